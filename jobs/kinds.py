@@ -1,0 +1,25 @@
+"""The job kinds this package publishes to memq (entry-point group ``memq.kinds``).
+
+Only names here: importing this module must stay cheap, it runs at every submit.
+"""
+
+from memq.kinds import KindSpec
+
+MEM_TRAIN = KindSpec(
+    name="mem.train",
+    target="jobs.mem.train:run",
+    validate="jobs.mem.config:validate_params",
+    description="train one Memory Encoding Model (whole brain or one ROI) and keep its top-k checkpoints",
+)
+MEM_TOPYNECK = KindSpec(
+    name="mem.topyneck",
+    target="jobs.mem.topyneck:run",
+    validate="jobs.mem.config:validate_params",
+    description="train per-subject models and gather their RetinaMapper and LayerSelector weights",
+)
+MEM_PREDICT = KindSpec(
+    name="mem.predict",
+    target="jobs.mem.predict:run",
+    validate="jobs.mem.config:validate_params",
+    description="predict one split with a trained model's soup",
+)

@@ -1,0 +1,69 @@
+"""The `memq` command line. Nothing heavy is imported until a command needs it."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from memq import __version__
+from memq.cli import db, queue
+
+app = typer.Typer(
+    name="memq",
+    help="A job queue for GPU clusters on a shared filesystem: submit grids, run workers, build ensembles.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"memq {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    ctx: typer.Context,
+    root: Annotated[str | None, typer.Option("--root", help="The shared memq root directory (env MEMQ_ROOT).")] = None,
+    db_url: Annotated[str | None, typer.Option(
+        "--db", help="postgresql+psycopg://USER@HOST/DB instead of SQLite in the root (env MEMQ_DB).")] = None,
+    db_mode: Annotated[str | None, typer.Option(
+        "--db-mode", help="SQLite mode for a new root: local (WAL, one host) or shared (NFS-safe lock). "
+        "Default: by the root's filesystem type.")] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of internal errors.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version.")] = False,
+) -> None:
+    from memq.root import RootOptions
+
+    ctx.obj = RootOptions(root=root, db=db_url, db_mode=db_mode)
+
+
+queue.register(app)
+app.add_typer(db.app, name="db")
+
+
+def main() -> None:
+    """Entry point: user errors print one line and exit 2; internal errors exit 1."""
+    from memq.errors import UserError
+
+    debug = "--debug" in sys.argv or bool(os.environ.get("MEMQ_DEBUG"))
+    try:
+        app()
+    except UserError as exc:
+        typer.echo(exc.line(), err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:
+        if debug:
+            raise
+        typer.echo(f"error: internal: {type(exc).__name__}: {exc} (run with --debug for the traceback)", err=True)
+        sys.exit(1)

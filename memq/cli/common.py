@@ -1,0 +1,39 @@
+"""Helpers shared by the CLI commands."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+if TYPE_CHECKING:
+    from memq.root import RootOptions
+    from memq.store.store import Store
+
+
+def options(ctx: typer.Context) -> RootOptions:
+    return ctx.find_root().obj
+
+
+def store(ctx: typer.Context, *, create: bool = False) -> Store:
+    from memq.root import open_store
+
+    return open_store(options(ctx), create=create)
+
+
+def print_json(value: Any) -> None:
+    json.dump(value, sys.stdout, indent=None, separators=(",", ":"), default=str)
+    sys.stdout.write("\n")
+
+
+def parse_ids(values: list[str]) -> list[int]:
+    from memq.errors import UserError
+
+    ids = []
+    for value in values:
+        if not value.isdigit():
+            raise UserError(f"{value!r} is not a job id", hint="job ids are numbers; see `memq jobs`")
+        ids.append(int(value))
+    return ids

@@ -1,0 +1,204 @@
+"""Queue commands: submit, status, jobs, cancel, retry, pause, resume."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from memq.cli.common import parse_ids, print_json, store
+
+
+def submit(
+    ctx: typer.Context,
+    grid_file: Annotated[Path, typer.Argument(help="The grid YAML file.", show_default=False)],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the expanded jobs; write nothing.")] = False,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="KEY=VALUE added to every job's params (e.g. DATASET.DIR=/data/prepared).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Expand a grid file into jobs and enqueue the ones not already queued (idempotent)."""
+    from memq.grid import load_grid, parse_overrides
+
+    spec = load_grid(grid_file, parse_overrides(set_ or []))
+    if dry_run:
+        _print_expanded(spec, as_json)
+        return
+    result = store(ctx, create=True).submit(spec)
+    if as_json:
+        print_json({"grid": result.grid, "added": result.added, "existing": result.existing, "edited": result.edited})
+        return
+    typer.echo(f"{result.grid}: {result.added} jobs added, {result.existing} already queued")
+    if result.edited:
+        typer.echo(f"note: {result.edited} queued jobs differ from the file (command, resources, priority or "
+                   "attempts); they keep what they were submitted with. Cancel and resubmit to change them.")
+
+
+def _print_expanded(spec, as_json: bool) -> None:  # type: ignore[no-untyped-def]
+    rows = [{"key": j.key, "group": j.group, "kind": j.kind, "repeat": j.repeat, "params": j.params,
+             "gpus": j.gpus, "priority": j.priority, "max_attempts": j.max_attempts, "command": j.command}
+            for j in spec.jobs]
+    if as_json:
+        print_json({"grid": spec.name, "jobs": rows})
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{spec.name}: {len(rows)} jobs (dry run, nothing written)", title_justify="left")
+    for col in ("#", "group", "kind", "rep", "gpus", "params", "key"):
+        table.add_column(col)
+    for i, r in enumerate(rows):
+        params = " ".join(f"{k}={v}" for k, v in r["params"].items())
+        table.add_row(str(i), r["group"], r["kind"], str(r["repeat"]), str(r["gpus"]), params, r["key"][:12])
+    Console().print(table)
+
+
+def status(
+    ctx: typer.Context,
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh until interrupted.")] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes with --watch.")] = 2.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Grids with progress and state counts, workers with their jobs, recent failures."""
+    from memq.dashboard import render, snapshot
+
+    st = store(ctx)
+    if as_json:
+        print_json(snapshot(st))
+        return
+    from rich.console import Console
+
+    if not watch:
+        Console().print(render(snapshot(st)))
+        return
+    from rich.live import Live
+
+    with Live(render(snapshot(st)), refresh_per_second=4, screen=False) as live:
+        try:
+            while True:
+                time.sleep(interval)
+                live.update(render(snapshot(st)))
+        except KeyboardInterrupt:
+            pass
+
+
+def jobs(
+    ctx: typer.Context,
+    grid: Annotated[str | None, typer.Option(help="Only this grid.")] = None,
+    group: Annotated[str | None, typer.Option(help="Only this group.")] = None,
+    state: Annotated[list[str] | None, typer.Option(help="Only these states (repeatable).")] = None,
+    limit: Annotated[int | None, typer.Option(help="At most this many (newest first).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
+) -> None:
+    """List jobs with their state, attempt and metrics."""
+    from memq.errors import UserError
+    from memq.store.schema import STATES
+
+    for s in state or []:
+        if s not in STATES:
+            raise UserError(f"unknown state {s!r}", where="--state", hint=", ".join(STATES))
+    rows = store(ctx).jobs(grid=grid, group=group, states=state or (), limit=limit, newest_first=limit is not None)
+    if as_json:
+        keep = ("id", "key", "grid", "group", "kind", "params", "repeat", "state", "attempt", "failures",
+                "crashes", "reason", "exit_code", "metrics", "progress", "submitted_at", "started_at", "finished_at")
+        print_json([{k: r[k] for k in keep} for r in rows])
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    from memq.dashboard import STATE_STYLES
+
+    table = Table()
+    for col in ("id", "grid", "group", "state", "att", "params", "metrics / reason"):
+        table.add_column(col)
+    for r in rows:
+        params = " ".join(f"{k}={v}" for k, v in r["params"].items())
+        metrics = r["metrics"] or {}
+        extra = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+        table.add_row(str(r["id"]), r["grid"], r["group"], f"[{STATE_STYLES[r['state']]}]{r['state']}",
+                      str(r["attempt"]), params[:60], extra or (r["reason"] or ""))
+    Console().print(table)
+
+
+def cancel(
+    ctx: typer.Context,
+    job_ids: Annotated[list[str] | None, typer.Argument(help="Job ids.", show_default=False)] = None,
+    grid: Annotated[str | None, typer.Option(help="Every unfinished job of this grid.")] = None,
+) -> None:
+    """Cancel queued jobs; running ones are stopped by their worker within seconds."""
+    ids = _selection(ctx, job_ids, grid)
+    queued, running = store(ctx).cancel(ids, grid)
+    typer.echo(f"cancelled {queued} queued jobs; asked workers to stop {running} running jobs")
+
+
+def retry(
+    ctx: typer.Context,
+    job_ids: Annotated[list[str] | None, typer.Argument(help="Job ids.", show_default=False)] = None,
+    grid: Annotated[str | None, typer.Option(help="Only this grid.")] = None,
+    failed: Annotated[bool, typer.Option("--failed", help="Every failed job.")] = False,
+    lost: Annotated[bool, typer.Option("--lost", help="Failed jobs whose workers were lost.")] = False,
+    cancelled: Annotated[bool, typer.Option("--cancelled", help="Cancelled jobs.")] = False,
+    from_scratch: Annotated[bool, typer.Option("--from-scratch", help="Do not resume from checkpoints.")] = False,
+) -> None:
+    """Requeue failed (or cancelled) jobs with a fresh attempt budget."""
+    from memq.errors import UserError
+
+    ids = parse_ids(job_ids or [])
+    if not (ids or failed or lost or cancelled):
+        raise UserError("nothing selected", hint="give job ids, or --failed, --lost or --cancelled")
+    st = store(ctx)
+    _check_known(st, ids, grid)
+    n = st.retry(ids, grid, failed=failed, lost=lost, cancelled=cancelled, from_scratch=from_scratch)
+    typer.echo(f"requeued {n} jobs" + (" (from scratch)" if from_scratch else ""))
+
+
+def _selection(ctx: typer.Context, job_ids: list[str] | None, grid: str | None) -> list[int]:
+    from memq.errors import UserError
+
+    ids = parse_ids(job_ids or [])
+    if not ids and not grid:
+        raise UserError("nothing selected", hint="give job ids or --grid NAME")
+    _check_known(store(ctx), ids, grid)
+    return ids
+
+
+def _check_known(st, ids: list[int], grid: str | None) -> None:  # type: ignore[no-untyped-def]
+    from memq.errors import UserError
+
+    if grid and grid not in {g["name"] for g in st.grids()}:
+        raise UserError(f"unknown grid {grid!r}", where="--grid", hint="see `memq status`")
+    if ids:
+        found = {r["id"] for r in st.jobs(ids=ids)}
+        missing = [i for i in ids if i not in found]
+        if missing:
+            raise UserError(f"unknown job id {missing[0]}", hint="see `memq jobs`")
+
+
+def pause(ctx: typer.Context, grid: Annotated[str, typer.Argument(help="Grid name.")]) -> None:
+    """Stop workers from claiming this grid's jobs (running ones continue)."""
+    _set_paused(ctx, grid, True)
+
+
+def resume(ctx: typer.Context, grid: Annotated[str, typer.Argument(help="Grid name.")]) -> None:
+    """Let workers claim this grid's jobs again."""
+    _set_paused(ctx, grid, False)
+
+
+def _set_paused(ctx: typer.Context, grid: str, paused: bool) -> None:
+    from memq.errors import UserError
+
+    if not store(ctx).set_paused(grid, paused):
+        raise UserError(f"unknown grid {grid!r}", hint="see `memq status`")
+    typer.echo(f"{grid}: {'paused' if paused else 'resumed'}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(submit)
+    app.command()(status)
+    app.command()(jobs)
+    app.command()(cancel)
+    app.command()(retry)
+    app.command()(pause)
+    app.command()(resume)

@@ -1,0 +1,132 @@
+"""`memq status`: one snapshot of the queue as a plain dict (for --json) and as rich renderables.
+
+Ages shown here compare another host's timestamps with this host's clock: they are for display
+only; liveness decisions never use them (design.md 5).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from memq.store.schema import STATES
+from memq.store.store import Store
+
+STATE_STYLES = {"queued": "cyan", "running": "yellow", "succeeded": "green", "failed": "red", "cancelled": "dim"}
+
+
+def _blocked_reason(group: dict[str, Any], by_name: dict[str, dict[str, Any]]) -> str | None:
+    if group["ready"] or not group["counts"]["queued"]:
+        return None
+    waits = []
+    for dep in group["after"]:
+        counts = by_name[dep]["counts"]
+        bad = counts["failed"] + counts["cancelled"]
+        if bad:
+            waits.append(f"{dep} has {bad} failed/cancelled")
+        elif counts["queued"] + counts["running"]:
+            waits.append(f"waiting for {dep}")
+    return "; ".join(waits) or "waiting for dependencies"
+
+
+def snapshot(store: Store, *, with_groups: bool = True) -> dict[str, Any]:
+    """Everything `memq status` shows, as JSON-ready values."""
+    now = time.time()
+    counts = store.counts()
+    grids_meta = {g["name"]: g for g in store.grids()}
+    total = dict.fromkeys(STATES, 0)
+    grids = []
+    durations = store.mean_durations()
+    for name, per_state in counts.items():
+        for state, n in per_state.items():
+            total[state] += n
+        entry: dict[str, Any] = {"name": name, "paused": bool(grids_meta[name]["paused"]), "counts": per_state,
+                                 "total": sum(per_state.values())}
+        remaining = per_state["queued"] + per_state["running"]
+        if name in durations and remaining:
+            entry["eta_s"] = round(remaining * durations[name] / max(per_state["running"], 1), 1)
+        if with_groups:
+            groups = store.groups(name)
+            by_name = {g["name"]: g for g in groups}
+            for g in groups:
+                g["blocked"] = _blocked_reason(g, by_name)
+            entry["groups"] = groups
+        grids.append(entry)
+    running = {}
+    for job in store.jobs(states=["running"]):
+        running.setdefault(job["worker_id"], []).append(
+            {"id": job["id"], "grid": job["grid"], "attempt": job["attempt"], "progress": job["progress"]})
+    workers = []
+    for w in store.workers():
+        if w["state"] in ("dead", "stopped") and now - (w["heartbeat_at"] or 0) > 3600:
+            continue
+        workers.append({
+            "name": w["name"], "host": w["host"], "state": w["state"], "reason": w["reason"], "gpus": w["gpus"],
+            "slots": w["slots"], "heartbeat": w["heartbeat"], "drain": w["drain"],
+            "heartbeat_age_s": round(now - w["heartbeat_at"], 1) if w["heartbeat_at"] else None,
+            "running": running.get(w["id"], []),
+        })
+    return {"counts": total, "grids": grids, "workers": workers, "recent_failures": store.recent_failures()}
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = max(seconds, 0)
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def _progress_text(progress: dict[str, Any] | None) -> str:
+    if not progress:
+        return ""
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in progress.items())
+
+
+def render(snap: dict[str, Any]) -> Any:
+    """The dashboard as one rich renderable."""
+    from rich.console import Group
+    from rich.progress_bar import ProgressBar
+    from rich.table import Table
+    from rich.text import Text
+
+    parts: list[Any] = []
+    grids = Table(title="grids", title_justify="left", expand=False)
+    for col in ("grid", "progress", *STATES, "eta"):
+        grids.add_column(col, justify="right" if col in STATES else "left")
+    for g in snap["grids"]:
+        c, total = g["counts"], g["total"] or 1
+        name = g["name"] + (" [paused]" if g["paused"] else "")
+        grids.add_row(name, ProgressBar(total=total, completed=c["succeeded"], width=24),
+                      *(Text(str(c[s]), style=STATE_STYLES[s] if c[s] else "dim") for s in STATES),
+                      _age(g.get("eta_s")) if "eta_s" in g else "")
+        for group in g.get("groups", []):
+            if group.get("blocked"):
+                grids.add_row(Text(f"  {group['name']}: blocked", style="red"), Text(group["blocked"], style="red"))
+    parts.append(grids)
+    if snap["workers"]:
+        workers = Table(title="workers", title_justify="left")
+        for col in ("worker", "host", "state", "gpus", "heartbeat", "running"):
+            workers.add_column(col)
+        for w in snap["workers"]:
+            state = w["state"] + (f": {w['reason']}" if w["reason"] else "") + (" (draining)" if w["drain"] else "")
+            jobs = "\n".join(f"{j['id']} ({j['grid']}) {_progress_text(j['progress'])}".rstrip()
+                             for j in w["running"]) or "-"
+            style = {"quarantined": "red", "dead": "dim", "stopped": "dim"}.get(w["state"], "")
+            workers.add_row(w["name"], w["host"], Text(state, style=style), ",".join(map(str, w["gpus"] or [])) or "-",
+                            _age(w["heartbeat_age_s"]), jobs)
+        parts.append(workers)
+    if snap["recent_failures"]:
+        failures = Table(title="recent failures", title_justify="left")
+        for col in ("job", "attempt", "outcome", "exit", "reason"):
+            failures.add_column(col)
+        for f in snap["recent_failures"]:
+            failures.add_row(str(f["job_id"]), str(f["attempt"]), f["outcome"],
+                             "" if f["exit_code"] is None else str(f["exit_code"]), (f["reason"] or "")[:80])
+        parts.append(failures)
+    if not snap["grids"]:
+        parts.append(Text("no grids yet: memq submit GRID.yaml"))
+    return Group(*parts)

@@ -1,0 +1,266 @@
+"""Grid files: a YAML description of groups of jobs, expanded into job specs.
+
+    name: smoke
+    defaults:                    # any job field, inherited by every group
+      kind: command              # or a registered Python kind, e.g. mem.train
+      command: ["python", "train.py", "--subj", "{subj}"]
+      resources: {gpus: 0, cpus: 1, mem_gb: 0}
+      max_attempts: 3
+      priority: 0
+      params: {OPTIMIZER.LR: 0.0003}
+    groups:
+      - name: rois
+        grid: {subj: [1, 2], roi: [E, V, L]}   # cartesian product
+      - name: whole
+        repeat: 3                              # three jobs with the same params
+        params: {subj: 1, roi: all}
+        after: [rois]                          # starts when every job of `rois` succeeded
+
+Every problem is reported as a UserError carrying FILE:LINE, before anything is written.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
+
+from memq import kinds
+from memq.errors import UserError
+from memq.store.types import GridSpec, GroupSpec, JobSpec
+from memq.template import RUNTIME_FIELDS, SUBMIT_FIELDS, placeholders
+from memq.yamlsource import YamlSource
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
+MAX_JOBS = 1_000_000
+
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+Params = dict[str, JsonValue]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class Resources(_Strict):
+    gpus: Annotated[int, Field(ge=0, le=64)] | None = None
+    cpus: Annotated[int, Field(ge=1, le=4096)] = 1
+    mem_gb: Annotated[float, Field(ge=0)] = 0.0
+
+
+class JobFields(_Strict):
+    kind: str | None = None
+    command: Annotated[list[str], Field(min_length=1)] | None = None
+    resources: Resources | None = None
+    max_attempts: Annotated[int, Field(ge=1, le=1000)] | None = None
+    priority: int | None = None
+    params: Params | None = None
+
+
+class Group(JobFields):
+    name: Name
+    grid: dict[str, Annotated[list[JsonValue], Field(min_length=1)]] | None = None
+    repeat: Annotated[int, Field(ge=1, le=100_000)] = 1
+    after: list[str] = Field(default_factory=list)
+
+
+class GridFile(_Strict):
+    name: Name
+    description: str | None = None
+    defaults: JobFields | None = None
+    groups: Annotated[list[Group], Field(min_length=1)]
+
+
+_FIELD_NAMES = {
+    "": set(GridFile.model_fields),
+    "defaults": set(JobFields.model_fields),
+    "groups": set(Group.model_fields),
+    "resources": set(Resources.model_fields),
+}
+
+
+def _loc_text(loc: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _friendly(err: dict[str, Any]) -> tuple[str, str | None]:
+    """A pydantic error as (what, hint)."""
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-", "json-"))))
+    kind, where = err["type"], _loc_text(loc)
+    if kind == "extra_forbidden":
+        key = str(loc[-1])
+        parent = next((str(p) for p in reversed(loc[:-1]) if isinstance(p, str)), "")
+        close = difflib.get_close_matches(key, _FIELD_NAMES.get(parent, set()), n=1)
+        hint = f"did you mean {close[0]!r}?" if close else None
+        return f"unknown key {key!r}" + (f" in {_loc_text(loc[:-1])}" if len(loc) > 1 else ""), hint
+    if kind == "missing":
+        return f"{where}: required", None
+    given = err.get("input")
+    shown = repr(given) if not isinstance(given, dict | list) else type(given).__name__
+    return f"{where}: {err['msg'].lower()}, got {shown}", None
+
+
+def load_grid_file(path: Path) -> tuple[GridFile, YamlSource]:
+    source = YamlSource(path)
+    if not isinstance(source.data, dict):
+        raise UserError("a grid file is a mapping with `name` and `groups`", where=source.where(1))
+    try:
+        return GridFile.model_validate(source.data), source
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        what, hint = _friendly(first)  # type: ignore[arg-type]
+        raise UserError(what, where=source.where(source.line_of(first["loc"])), hint=hint) from None
+
+
+def _check_dependencies(grid: GridFile, source: YamlSource) -> None:
+    names: dict[str, int] = {}
+    for i, group in enumerate(grid.groups):
+        if group.name in names:
+            raise UserError(f"duplicate group name {group.name!r}",
+                            where=source.where(source.line_of(("groups", i, "name"))),
+                            hint=f"group {names[group.name]} already has it")
+        names[group.name] = i
+    for i, group in enumerate(grid.groups):
+        for j, dep in enumerate(group.after):
+            if dep not in names:
+                close = difflib.get_close_matches(dep, list(names), n=1)
+                raise UserError(f"group {group.name!r} is after unknown group {dep!r}",
+                                where=source.where(source.line_of(("groups", i, "after", j))),
+                                hint=f"did you mean {close[0]!r}?" if close else f"groups: {', '.join(names)}")
+            if dep == group.name:
+                raise UserError(f"group {group.name!r} is after itself",
+                                where=source.where(source.line_of(("groups", i, "after", j))))
+    after = {g.name: g.after for g in grid.groups}
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+
+    def visit(name: str, path: list[str]) -> None:
+        state[name] = 1
+        for dep in after[name]:
+            if state.get(dep) == 1:
+                cycle = [*path[path.index(dep):], dep] if dep in path else [name, dep]
+                raise UserError("dependency cycle: " + " -> ".join(cycle),
+                                where=source.where(source.line_of(("groups", names[name], "after"))))
+            if dep not in state:
+                visit(dep, [*path, dep])
+        state[name] = 2
+
+    for group in grid.groups:
+        if group.name not in state:
+            visit(group.name, [group.name])
+
+
+def _merged(defaults: JobFields | None, group: Group) -> dict[str, Any]:
+    base = defaults or JobFields()
+    res: dict[str, Any] = {}
+    for source in (base.resources, group.resources):
+        if source is not None:
+            res.update(source.model_dump(exclude_unset=True))
+    return {
+        "kind": group.kind or base.kind or kinds.COMMAND,
+        "command": group.command if group.command is not None else base.command,
+        "resources": res,
+        "max_attempts": group.max_attempts or base.max_attempts or 3,
+        "priority": group.priority if group.priority is not None else (base.priority or 0),
+        "params": {**(base.params or {}), **(group.params or {})},
+    }
+
+
+def _check_group(i: int, group: Group, merged: dict[str, Any], source: YamlSource) -> None:
+    def where(*loc: str | int) -> str:
+        return source.where(source.line_of(("groups", i, *loc)))
+
+    kind = merged["kind"]
+    try:
+        spec = kinds.lookup(kind)
+    except KeyError:
+        close = difflib.get_close_matches(kind, kinds.known_kinds(), n=1)
+        raise UserError(f"unknown job kind {kind!r}", where=where("kind"),
+                        hint=f"did you mean {close[0]!r}?" if close else "known: " + ", ".join(kinds.known_kinds())
+                        ) from None
+    if spec is None and merged["command"] is None:
+        raise UserError(f"group {group.name!r} has kind `command` but no `command`", where=where(),
+                        hint='an argv list, e.g. command: ["python", "train.py", "--lr", "{lr}"]')
+    if spec is not None and merged["command"] is not None:
+        raise UserError(f"`command` is only for kind `command`, not {kind!r}", where=where("command"))
+    names = set(merged["params"]) | set(group.grid or {})
+    overlap = set(merged["params"]) & set(group.grid or {})
+    if overlap:
+        raise UserError(f"parameter {sorted(overlap)[0]!r} is both fixed in params and varied in grid",
+                        where=where("grid"))
+    if merged["command"] is not None:
+        unknown = placeholders(merged["command"]) - names - set(SUBMIT_FIELDS) - set(RUNTIME_FIELDS)
+        if unknown:
+            name = sorted(unknown)[0]
+            close = difflib.get_close_matches(name, [*names, *SUBMIT_FIELDS, *RUNTIME_FIELDS], n=1)
+            raise UserError(f"command uses {{{name}}}, which is not a parameter of group {group.name!r}",
+                            where=where("command") if group.command is not None else source.where(
+                                source.line_of(("defaults", "command"))),
+                            hint=f"did you mean {{{close[0]}}}?" if close else "define it in params or grid")
+
+
+def _validate_params(spec: kinds.KindSpec | None, i: int, params: dict[str, Any], source: YamlSource) -> None:
+    check = kinds.validator(spec) if spec is not None else None
+    if check is None:
+        return
+    try:
+        check(params)
+    except ValueError as exc:
+        raise UserError(str(exc), where=source.where(source.line_of(("groups", i)))) from None
+
+
+def expand(grid: GridFile, source: YamlSource, overrides: dict[str, Any] | None = None) -> GridSpec:
+    """Check a parsed grid file and expand it into job specs (nothing is written)."""
+    _check_dependencies(grid, source)
+    jobs: list[JobSpec] = []
+    for i, group in enumerate(grid.groups):
+        merged = _merged(grid.defaults, group)
+        merged["params"].update(overrides or {})
+        _check_group(i, group, merged, source)
+        spec = kinds.lookup(merged["kind"])
+        gpus = merged["resources"].get("gpus")
+        if gpus is None:
+            gpus = spec.gpus if spec is not None else 0
+        axes = list((group.grid or {}).items())
+        combos = itertools.product(*[values for _, values in axes])
+        for combo in combos:
+            params = {**merged["params"], **{name: value for (name, _), value in zip(axes, combo, strict=True)}}
+            _validate_params(spec, i, params, source)
+            for r in range(group.repeat):
+                job = JobSpec(grid=grid.name, group=group.name, kind=merged["kind"], params=params, repeat=r,
+                              command=merged["command"], gpus=gpus, cpus=merged["resources"].get("cpus", 1),
+                              mem_gb=float(merged["resources"].get("mem_gb", 0.0)),
+                              priority=merged["priority"], max_attempts=merged["max_attempts"])
+                jobs.append(job)
+                if len(jobs) > MAX_JOBS:
+                    raise UserError(f"the grid expands to more than {MAX_JOBS:,} jobs",
+                                    where=source.where(source.line_of(("groups", i, "grid"))))
+    groups = tuple(GroupSpec(g.name, tuple(g.after)) for g in grid.groups)
+    return GridSpec(name=grid.name, groups=groups, jobs=tuple(jobs), source=str(source.path.absolute()))
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs from --set; VALUE is read as YAML (numbers, lists, strings)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.\-]*", key):
+            raise UserError(f"--set {item!r} is not KEY=VALUE", where="--set")
+        try:
+            out[key] = yaml.safe_load(value) if value else ""
+        except yaml.YAMLError:
+            out[key] = value
+    return out
+
+
+def load_grid(path: Path, overrides: dict[str, Any] | None = None) -> GridSpec:
+    grid, source = load_grid_file(path)
+    return expand(grid, source, overrides)

@@ -1,0 +1,205 @@
+"""A lease lock that excludes across hosts sharing a network filesystem.
+
+flock/fcntl locks are not forwarded reliably between NFS (or sshfs) clients, so this lock is
+taken by creating a name atomically on the server: ``symlink(marker, path)``. The symlink's target
+is the marker: host, pid, boot id, a random token and the acquire time. Protocol (design.md 4):
+
+* A waiter breaks a lock whose marker has not changed for ``grace`` seconds measured on the
+  waiter's own monotonic clock, so no two hosts need agreeing clocks. A lock held by a process
+  that provably died on this very host (same boot, pid gone) is broken at once.
+* Breaking renames the link to a unique name and only then unlinks it, so of two breakers only
+  one wins. If the renamed link turns out to be a fresh lock (it was re-taken between our look
+  and our rename) it is put back.
+* The holder fences itself: past ``grace / 2`` after acquiring, or when the name no longer
+  carries its marker, ``check()`` raises :class:`LockLost` and the caller rolls back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import random
+import secrets
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_GRACE = float(os.environ.get("MEMQ_LOCK_GRACE", "20"))
+_HELD_ERRNOS = {errno.EEXIST, errno.EPERM, errno.EACCES}
+
+
+class LockError(RuntimeError):
+    """The lock could not be taken in time."""
+
+
+class LockLost(LockError):
+    """The holder lost the lock (stalled past grace/2 or broken): it must roll back."""
+
+
+def boot_id() -> str:
+    """An id of this boot of this host (a pid is only meaningful within one boot)."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+_HOST = socket.gethostname()
+_BOOT = boot_id()
+
+
+@dataclass(frozen=True)
+class Marker:
+    """What a lock name points at: who holds it."""
+
+    host: str
+    pid: int
+    boot: str
+    token: str
+    acquired: float
+
+    def encode(self) -> str:
+        return f"memq-lock:{self.host}:{self.pid}:{self.boot}:{self.token}:{self.acquired:.3f}"
+
+    @classmethod
+    def decode(cls, text: str) -> Marker | None:
+        parts = text.split(":")
+        if len(parts) != 6 or parts[0] != "memq-lock":
+            return None
+        try:
+            return cls(parts[1], int(parts[2]), parts[3], parts[4], float(parts[5]))
+        except ValueError:
+            return None
+
+    def provably_dead(self) -> bool:
+        """True when the holder ran on this host in this boot and its pid is gone."""
+        if self.host != _HOST or self.boot != _BOOT or self.boot == "unknown":
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
+
+def _readlink(path: Path) -> str | None:
+    try:
+        return os.readlink(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.EINVAL:  # not a symlink: someone else's file; treat as a foreign marker
+            return "foreign:not-a-symlink"
+        raise
+
+
+class LeaseLock:
+    """One exclusive lock name, held for one short transaction at a time."""
+
+    def __init__(self, path: str | os.PathLike[str], grace: float = DEFAULT_GRACE,
+                 timeout: float | None = None) -> None:
+        self.path = Path(path)
+        self.grace = grace
+        self.timeout = timeout if timeout is not None else max(4 * grace, 60.0)
+        self._marker: str | None = None
+        self._acquired_mono = 0.0
+        self.breaks = 0
+
+    @property
+    def held(self) -> bool:
+        return self._marker is not None
+
+    def acquire(self) -> None:
+        """Take the lock, breaking a stale one if needed; raises LockError after ``timeout``."""
+        if self._marker is not None:
+            raise LockError(f"{self.path}: already held by this object")
+        start = time.monotonic()
+        seen: str | None = None
+        seen_since = start
+        delay = 0.0005
+        while True:
+            marker = Marker(_HOST, os.getpid(), _BOOT, secrets.token_hex(8), time.time()).encode()
+            try:
+                os.symlink(marker, self.path)
+            except OSError as exc:
+                if exc.errno not in _HELD_ERRNOS:
+                    raise
+            else:
+                self._marker = marker
+                self._acquired_mono = time.monotonic()
+                return
+            now = time.monotonic()
+            current = _readlink(self.path)
+            if current is None:
+                continue  # released between our attempt and our look: try again at once
+            if current != seen:
+                seen, seen_since = current, now
+            decoded = Marker.decode(current)
+            if (decoded is not None and decoded.provably_dead()) or now - seen_since > self.grace:
+                if self._break(current):
+                    self.breaks += 1
+                seen = None
+                continue
+            if now - start > self.timeout:
+                raise LockError(f"{self.path}: still held by {current!r} after {self.timeout:.0f}s")
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 0.05)
+
+    def _break(self, expected: str) -> bool:
+        """Remove the lock name if it still carries ``expected``; restore it if it did not."""
+        aside = self.path.with_name(f"{self.path.name}.stale.{secrets.token_hex(6)}")
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return False
+        taken = _readlink(aside)
+        if taken is not None and taken != expected:
+            # We moved a lock that was re-taken since our look: put it back. If someone else
+            # took the name meanwhile, the holder we displaced fails its check() and rolls back.
+            try:
+                os.symlink(taken, self.path)
+            except OSError as exc:
+                if exc.errno not in _HELD_ERRNOS:
+                    raise
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(aside)
+        return taken == expected
+
+    def check(self) -> None:
+        """Raise LockLost unless this object still safely holds the lock (call before commit)."""
+        if self._marker is None:
+            raise LockLost(f"{self.path}: not held")
+        age = time.monotonic() - self._acquired_mono
+        if age > self.grace / 2:
+            raise LockLost(f"{self.path}: held {age:.1f}s, past grace/2 ({self.grace / 2:.1f}s)")
+        if _readlink(self.path) != self._marker:
+            raise LockLost(f"{self.path}: the lock was broken by another process")
+
+    def release(self) -> None:
+        """Give the lock back; never removes a lock that another process has taken since."""
+        marker, self._marker = self._marker, None
+        if marker is not None and _readlink(self.path) == marker:
+            self._break(marker)
+
+    def __enter__(self) -> LeaseLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def describe(self) -> str:
+        """Who holds the lock now, for `memq db check`."""
+        current = _readlink(self.path)
+        if current is None:
+            return "free"
+        decoded = Marker.decode(current)
+        if decoded is None:
+            return f"held by an unknown marker {current!r}"
+        dead = " (holder is dead on this host)" if decoded.provably_dead() else ""
+        return f"held by pid {decoded.pid} on {decoded.host}{dead}"
+

@@ -1,0 +1,88 @@
+"""A memq root: the shared directory holding the queue, logs and per-attempt job directories.
+
+    <root>/queue.db            SQLite job table (unless --db names PostgreSQL)
+    <root>/queue.db.lock       memq's lease lock (shared mode)
+    <root>/queue.version       bumped on every state change; idle workers stat it
+    <root>/jobs/<grid>/<id>/attempt-<k>/   log.txt and the attempt's own files (MEMQ_JOB_DIR)
+
+Files take the root's own permission bits: group-writable only where the root is.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from memq.errors import UserError
+from memq.store.backends import DB_FILE, open_backend
+from memq.store.store import Store
+
+
+@dataclass(frozen=True)
+class RootOptions:
+    """How the CLI was told to reach the queue."""
+
+    root: str | None = None
+    db: str | None = None
+    db_mode: str | None = None
+
+    def resolve_root(self) -> Path:
+        raw = self.root or os.environ.get("MEMQ_ROOT")
+        if not raw:
+            raise UserError("no memq root given", where="--root",
+                            hint="pass --root DIR or export MEMQ_ROOT=/shared/path/memq")
+        return Path(raw).expanduser().absolute()
+
+    def db_url(self) -> str | None:
+        return self.db or os.environ.get("MEMQ_DB") or None
+
+
+def apply_root_umask(root: Path) -> None:
+    """New files get at most the root's permission bits (never group-writable unless it is)."""
+    mode = stat.S_IMODE(root.stat().st_mode)
+    os.umask(~mode & 0o077)
+
+
+def job_dir(root: Path, grid: str, job_id: int, attempt: int) -> Path:
+    return root / "jobs" / grid / str(job_id) / f"attempt-{attempt}"
+
+
+def open_store(options: RootOptions, *, create: bool) -> Store:
+    """Open the root's store; ``create`` makes the root and schema, otherwise they must exist."""
+    root = options.resolve_root()
+    url = options.db_url()
+    if options.db_mode not in (None, "local", "shared"):
+        raise UserError(f"unknown --db-mode {options.db_mode!r}", where="--db-mode", hint="local or shared")
+    if not root.is_dir():
+        if not create:
+            raise UserError("no memq root here", where=str(root), hint="`memq submit GRID` creates one")
+        try:
+            root.mkdir(parents=True, mode=0o755)
+        except OSError as exc:
+            raise UserError(f"cannot create the root: {exc.strerror}", where=str(root)) from exc
+    elif not create and not url and not (root / DB_FILE).exists():
+        raise UserError("no queue database in this root", where=str(root),
+                        hint="`memq submit GRID` creates one")
+    apply_root_umask(root)
+    from memq.fsinfo import is_local
+
+    backend = open_backend(root, url, options.db_mode, fs_local=is_local(root))
+    store = Store(backend, root)
+    try:
+        if create:
+            store.initialize()
+        elif not store.exists():
+            raise UserError("the database has no memq tables", where=backend.display_url(),
+                            hint="`memq submit GRID` creates them")
+    except UserError:
+        raise
+    except Exception as exc:  # an unreachable or broken database is the user's to fix
+        from sqlalchemy.exc import SQLAlchemyError
+
+        if isinstance(exc, SQLAlchemyError):
+            detail = str(getattr(exc, "orig", exc) or exc).strip().splitlines()[0]
+            raise UserError(f"cannot reach the database: {detail}", where=backend.display_url()) from exc
+        raise
+    return store

@@ -1,0 +1,1 @@
+"""The job store: schema, backends and the Store API."""

@@ -1,0 +1,193 @@
+"""How a transaction reaches the database: SQLite on one host, SQLite on NFS, PostgreSQL.
+
+Every store operation is one function run by :meth:`Backend.run` inside one transaction. The three
+backends differ only in how that transaction is opened and made exclusive (design.md 4):
+
+* ``local``: SQLite in WAL mode with a kept connection; SQLite's own locks are sound on a local
+  filesystem. Writers start with ``BEGIN IMMEDIATE`` so they queue instead of deadlocking.
+* ``shared``: SQLite with a rollback journal (DELETE), synchronous=FULL, a fresh connection per
+  transaction, SQLite's own (unreliable over NFS) locking off, and every transaction - reads too -
+  under memq's :class:`~memq.lock.LeaseLock`, checked again just before commit.
+* ``postgresql``: the server's MVCC; claims use ``FOR UPDATE SKIP LOCKED``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.pool import NullPool
+
+from memq.errors import UserError
+from memq.lock import LeaseLock, LockLost
+
+T = TypeVar("T")
+
+DB_FILE = "queue.db"
+LOCK_FILE = "queue.db.lock"
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_RETRIES = 50
+
+
+def sqlite_journal_kind(path: Path) -> str | None:
+    """'wal' or 'rollback' from the database header (bytes 18-19), None if there is no database."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(20)
+    except FileNotFoundError:
+        return None
+    if len(head) < 20:
+        return None
+    if not head.startswith(_SQLITE_MAGIC):
+        raise UserError("not an SQLite database", where=str(path))
+    return "wal" if head[18] == 2 else "rollback"
+
+
+def _is_transient(exc: sa.exc.OperationalError) -> bool:
+    text = str(exc.orig).lower() if exc.orig is not None else str(exc).lower()
+    code = getattr(exc.orig, "sqlstate", None)
+    return "locked" in text or "busy" in text or code in {"40001", "40P01"}
+
+
+class Backend:
+    """One database, reached one transaction at a time."""
+
+    mode: str
+    dialect: str
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def run(self, fn: Callable[[Connection], T], *, write: bool = True) -> T:
+        """Run ``fn`` in one transaction, retrying it on transient conflicts; commit on return."""
+        for attempt in range(_RETRIES):
+            try:
+                with self._transaction(write) as conn:
+                    return fn(conn)
+            except LockLost:
+                pass
+            except sa.exc.OperationalError as exc:
+                if not _is_transient(exc) or attempt == _RETRIES - 1:
+                    raise
+            time.sleep(min(0.002 * 2 ** min(attempt, 8), 0.5) * (0.5 + random.random()))
+        raise RuntimeError("transaction retried too often")
+
+    def _transaction(self, write: bool) -> contextlib.AbstractContextManager[Connection]:
+        raise NotImplementedError
+
+    def display_url(self) -> str:
+        return self.engine.url.render_as_string(hide_password=True)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _sqlite_events(engine: Engine, pragmas: tuple[str, ...]) -> None:
+    """Take transaction control from the driver: we emit BEGIN (IMMEDIATE for writers) ourselves."""
+
+    @sa.event.listens_for(engine, "connect")
+    def _connect(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        for pragma in pragmas:
+            cur.execute(pragma)
+        cur.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        write = conn.get_execution_options().get("memq_write", True)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+class LocalSQLite(Backend):
+    """SQLite on a filesystem only this host writes: WAL and SQLite's own locking."""
+
+    mode = "local"
+    dialect = "sqlite"
+
+    def __init__(self, path: Path) -> None:
+        engine = sa.create_engine(
+            f"sqlite:///{path}", connect_args={"timeout": 60, "check_same_thread": False},
+        )
+        _sqlite_events(engine, ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL"))
+        super().__init__(engine)
+        self.path = path
+
+    @contextlib.contextmanager
+    def _transaction(self, write: bool) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(memq_write=write)
+            with conn.begin():
+                yield conn
+
+
+class SharedSQLite(Backend):
+    """SQLite on a network filesystem: every transaction under memq's lease lock."""
+
+    mode = "shared"
+    dialect = "sqlite"
+
+    def __init__(self, path: Path, grace: float | None = None) -> None:
+        engine = sa.create_engine(
+            f"sqlite:///file:{path}?nolock=1&uri=true",
+            connect_args={"timeout": 60, "check_same_thread": False},
+            poolclass=NullPool,
+        )
+        _sqlite_events(engine, ("PRAGMA journal_mode=DELETE", "PRAGMA synchronous=FULL"))
+        super().__init__(engine)
+        self.path = path
+        lock_path = path.with_name(LOCK_FILE)
+        self.lock = LeaseLock(lock_path) if grace is None else LeaseLock(lock_path, grace=grace)
+
+    @contextlib.contextmanager
+    def _transaction(self, write: bool) -> Iterator[Connection]:
+        with self.lock, self.engine.connect() as conn:
+            conn = conn.execution_options(memq_write=False)  # no SQLite locks: plain BEGIN
+            with conn.begin():
+                yield conn
+                self.lock.check()  # fenced: roll back rather than commit past grace/2
+
+
+class Postgres(Backend):
+    """PostgreSQL: the scale-out backend (same schema)."""
+
+    mode = "postgresql"
+    dialect = "postgresql"
+
+    def __init__(self, url: str) -> None:
+        super().__init__(sa.create_engine(url, pool_size=2, max_overflow=4, pool_recycle=3600))
+
+    @contextlib.contextmanager
+    def _transaction(self, write: bool) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+
+def open_backend(root: Path, db_url: str | None, db_mode: str | None, *, fs_local: bool) -> Backend:
+    """Pick the backend for a root: PostgreSQL by URL, else SQLite in the mode the database has."""
+    if db_url:
+        if not db_url.startswith("postgresql"):
+            raise UserError(f"unsupported database URL scheme {db_url.split(':', 1)[0]!r}", where="--db",
+                            hint="use postgresql+psycopg://USER@HOST/DB, or omit --db for SQLite in the root")
+        return Postgres(db_url)
+    path = root / DB_FILE
+    recorded = sqlite_journal_kind(path)
+    if recorded is not None:
+        existing = "local" if recorded == "wal" else "shared"
+        if db_mode and db_mode != existing:
+            raise UserError(f"database is in {existing} mode, not {db_mode}", where=str(path),
+                            hint="memq db set-mode converts it when no worker is running")
+        if existing == "local" and not fs_local:
+            raise UserError("database is in local (WAL) mode but this host reaches it over a network "
+                            "filesystem", where=str(path),
+                            hint="run `memq db set-mode shared` on the host that created it")
+        mode = existing
+    else:
+        mode = db_mode or ("local" if fs_local else "shared")
+    return LocalSQLite(path) if mode == "local" else SharedSQLite(path)

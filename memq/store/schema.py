@@ -1,0 +1,156 @@
+"""The job table and its neighbours: one SQLAlchemy schema for SQLite and PostgreSQL.
+
+Times are seconds since the epoch on the writer's clock and are for display only: no decision
+depends on two hosts' clocks agreeing (liveness uses heartbeat counters, design.md 5).
+"""
+
+from __future__ import annotations
+
+import enum
+
+import sqlalchemy as sa
+
+SCHEMA_VERSION = 1
+
+metadata = sa.MetaData()
+
+
+class JobState(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+STATES = tuple(s.value for s in JobState)
+UNFINISHED = (JobState.QUEUED.value, JobState.RUNNING.value)
+
+
+class WorkerState(enum.StrEnum):
+    ACTIVE = "active"
+    DRAINING = "draining"
+    QUARANTINED = "quarantined"
+    STOPPED = "stopped"
+    DEAD = "dead"
+
+
+meta = sa.Table(
+    "meta", metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+
+grids = sa.Table(
+    "grids", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(128), nullable=False, unique=True),
+    sa.Column("paused", sa.Boolean, nullable=False, default=False),
+    sa.Column("source", sa.Text),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+groups = sa.Table(
+    "groups", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("grid_id", sa.ForeignKey("grids.id"), nullable=False),
+    sa.Column("name", sa.String(128), nullable=False),
+    # True when every group this one is `after` has all its jobs succeeded.
+    sa.Column("ready", sa.Boolean, nullable=False, default=True),
+    sa.UniqueConstraint("grid_id", "name", name="uq_groups_grid_name"),
+)
+
+group_deps = sa.Table(
+    "group_deps", metadata,
+    sa.Column("group_id", sa.ForeignKey("groups.id"), primary_key=True),
+    sa.Column("after_group_id", sa.ForeignKey("groups.id"), primary_key=True),
+    sa.Index("ix_group_deps_after", "after_group_id"),
+)
+
+jobs = sa.Table(
+    "jobs", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("key", sa.String(32), nullable=False, unique=True),
+    sa.Column("grid_id", sa.ForeignKey("grids.id"), nullable=False),
+    sa.Column("group_id", sa.ForeignKey("groups.id"), nullable=False),
+    sa.Column("kind", sa.String(64), nullable=False),
+    sa.Column("params", sa.JSON(none_as_null=True), nullable=False),
+    sa.Column("repeat", sa.Integer, nullable=False, default=0),
+    sa.Column("command", sa.JSON(none_as_null=True)),
+    sa.Column("spec_hash", sa.String(16), nullable=False),
+    sa.Column("gpus", sa.Integer, nullable=False, default=0),
+    sa.Column("cpus", sa.Integer, nullable=False, default=1),
+    sa.Column("mem_gb", sa.Float, nullable=False, default=0.0),
+    sa.Column("priority", sa.Integer, nullable=False, default=0),
+    sa.Column("max_attempts", sa.Integer, nullable=False, default=3),
+    sa.Column("state", sa.String(16), nullable=False, default=JobState.QUEUED.value),
+    # Incremented by every claim: (id, attempt) names one attempt and fences all its writes.
+    sa.Column("attempt", sa.Integer, nullable=False, default=0),
+    sa.Column("worker_id", sa.ForeignKey("workers.id")),
+    sa.Column("failures", sa.Integer, nullable=False, default=0),  # the job's own non-zero exits
+    sa.Column("crashes", sa.Integer, nullable=False, default=0),  # its worker was lost under it
+    sa.Column("reason", sa.Text),
+    sa.Column("exit_code", sa.Integer),
+    sa.Column("not_before", sa.Float),  # retry back-off, bounded (see Store.claim)
+    sa.Column("cancel_requested", sa.Boolean, nullable=False, default=False),
+    sa.Column("from_scratch", sa.Boolean, nullable=False, default=False),
+    sa.Column("submitted_at", sa.Float, nullable=False),
+    sa.Column("started_at", sa.Float),
+    sa.Column("finished_at", sa.Float),
+    sa.Column("progress", sa.JSON(none_as_null=True)),
+    sa.Column("metrics", sa.JSON(none_as_null=True)),
+    sa.Index("ix_jobs_claim", "state", sa.desc("priority"), "id"),
+    sa.Index("ix_jobs_grid_state", "grid_id", "state"),
+    sa.Index("ix_jobs_group_state", "group_id", "state"),
+    sa.Index("ix_jobs_worker", "worker_id", "state"),
+)
+
+attempts = sa.Table(
+    "attempts", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("job_id", sa.ForeignKey("jobs.id"), nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("worker_id", sa.ForeignKey("workers.id")),
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("ended_at", sa.Float),
+    sa.Column("outcome", sa.String(16)),  # succeeded|failed|lost|requeued|cancelled
+    sa.Column("exit_code", sa.Integer),
+    sa.Column("reason", sa.Text),
+    sa.UniqueConstraint("job_id", "attempt", name="uq_attempts_job_attempt"),
+)
+
+workers = sa.Table(
+    "workers", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(128), nullable=False, unique=True),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("boot", sa.String(64), nullable=False),
+    sa.Column("incarnation", sa.Integer, nullable=False, default=1),
+    sa.Column("state", sa.String(16), nullable=False, default=WorkerState.ACTIVE.value),
+    sa.Column("reason", sa.Text),
+    sa.Column("gpus", sa.JSON(none_as_null=True)),
+    sa.Column("slots", sa.Integer, nullable=False, default=1),
+    sa.Column("heartbeat", sa.Integer, nullable=False, default=0),  # a counter, not a clock
+    sa.Column("heartbeat_at", sa.Float),
+    sa.Column("lease", sa.Float, nullable=False),
+    sa.Column("drain", sa.Boolean, nullable=False, default=False),
+    sa.Column("started_at", sa.Float, nullable=False),
+)
+
+checkpoints = sa.Table(
+    "checkpoints", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("job_id", sa.ForeignKey("jobs.id"), nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False, default="checkpoint"),
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("host", sa.String(255)),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("metric", sa.Float),
+    sa.Column("step", sa.Integer),
+    sa.Column("synced_path", sa.Text),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.UniqueConstraint("job_id", "kind", "path", name="uq_checkpoints_job_path"),
+)

@@ -1,0 +1,132 @@
+"""Values that cross the store's API: what to enqueue, what a worker claims and reports."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One job of an expanded grid. Its key is its identity: resubmitting it adds nothing."""
+
+    grid: str
+    group: str
+    kind: str
+    params: dict[str, Any]
+    repeat: int = 0
+    command: list[str] | None = None
+    gpus: int = 0
+    cpus: int = 1
+    mem_gb: float = 0.0
+    priority: int = 0
+    max_attempts: int = 3
+
+    @property
+    def key(self) -> str:
+        identity = [self.grid, self.group, self.kind, self.params, self.repeat]
+        return hashlib.sha256(canonical_json(identity).encode()).hexdigest()[:32]
+
+    @property
+    def spec_hash(self) -> str:
+        """Hash of what the job would run; a resubmitted job whose hash differs was edited."""
+        what = [self.command, self.gpus, self.cpus, self.mem_gb, self.priority, self.max_attempts]
+        return hashlib.sha256(canonical_json(what).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    name: str
+    after: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    name: str
+    groups: tuple[GroupSpec, ...]
+    jobs: tuple[JobSpec, ...]
+    source: str | None = None
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    grid: str
+    added: int
+    existing: int
+    edited: int  # already queued under the same key, but the file now says something else
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """What a worker can take now: free GPUs, free CPU-job slots, and which grids."""
+
+    gpus: int = 0
+    slots: int = 0
+    grids: tuple[str, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return self.gpus <= 0 and self.slots <= 0
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A job a worker has claimed: ``(job_id, attempt)`` names this attempt in every later write."""
+
+    job_id: int
+    attempt: int
+    key: str
+    grid: str
+    group: str
+    kind: str
+    params: dict[str, Any]
+    repeat: int
+    command: list[str] | None
+    gpus: int
+    cpus: int
+    mem_gb: float
+    from_scratch: bool
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How an attempt ended, as its worker reports it."""
+
+    job_id: int
+    attempt: int
+    state: str  # succeeded | failed | cancelled | lost (charged) | requeued (not charged)
+    exit_code: int | None = None
+    reason: str | None = None
+    metrics: dict[str, Any] | None = None
+    backoff: float = 0.0  # seconds before a failed job may run again
+
+
+@dataclass(frozen=True)
+class WorkerRef:
+    """One incarnation of a registered worker: a restarted worker of the same name is another."""
+
+    id: int
+    incarnation: int
+
+
+@dataclass(frozen=True)
+class Running:
+    """One job a worker believes it runs, as sent with its heartbeat."""
+
+    job_id: int
+    attempt: int
+    progress: dict[str, Any] | None = None
+
+
+@dataclass
+class HeartbeatReply:
+    alive: bool  # False: this worker was declared dead (or stopped); it must stand down
+    fenced: list[tuple[int, int]] = field(default_factory=list)
+    cancel: list[int] = field(default_factory=list)
+    drain: bool = False
