@@ -18,15 +18,17 @@ STATE_STYLES = {"queued": "cyan", "running": "yellow", "succeeded": "green", "fa
 def _blocked_reason(group: dict[str, Any], by_name: dict[str, dict[str, Any]]) -> str | None:
     if group["ready"] or not group["counts"]["queued"]:
         return None
-    waits = []
+    failed, waiting = [], []
     for dep in group["after"]:
         counts = by_name[dep]["counts"]
         bad = counts["failed"] + counts["cancelled"]
         if bad:
-            waits.append(f"{dep} has {bad} failed/cancelled")
+            failed.append(f"{dep} has {bad} failed/cancelled")
         elif counts["queued"] + counts["running"]:
-            waits.append(f"waiting for {dep}")
-    return "; ".join(waits) or "waiting for dependencies"
+            waiting.append(dep)
+    if failed:
+        return "blocked: " + "; ".join(failed) + " (memq retry --failed)"
+    return "waits for " + ", ".join(waiting or group["after"])
 
 
 def snapshot(store: Store, *, with_groups: bool = True) -> dict[str, Any]:
@@ -103,10 +105,13 @@ def render(snap: dict[str, Any]) -> Any:
         grids.add_row(name, ProgressBar(total=total, completed=c["succeeded"], width=24),
                       *(Text(str(c[s]), style=STATE_STYLES[s] if c[s] else "dim") for s in STATES),
                       _age(g.get("eta_s")) if "eta_s" in g else "")
+    parts.append(grids)
+    for g in snap["grids"]:
         for group in g.get("groups", []):
             if group.get("blocked"):
-                grids.add_row(Text(f"  {group['name']}: blocked", style="red"), Text(group["blocked"], style="red"))
-    parts.append(grids)
+                style = "red" if group["blocked"].startswith("blocked") else "dim"
+                parts.append(Text(f"  {g['name']}/{group['name']} ({group['counts']['queued']} queued) "
+                                  f"{group['blocked']}", style=style))
     if snap["workers"]:
         workers = Table(title="workers", title_justify="left")
         for col in ("worker", "host", "state", "gpus", "heartbeat", "running"):

@@ -54,7 +54,7 @@ class Resources(_Strict):
 
 class JobFields(_Strict):
     kind: str | None = None
-    command: Annotated[list[str], Field(min_length=1)] | None = None
+    command: Annotated[list[str | int | float], Field(min_length=1)] | None = None
     resources: Resources | None = None
     max_attempts: Annotated[int, Field(ge=1, le=1000)] | None = None
     priority: int | None = None
@@ -114,7 +114,8 @@ def load_grid_file(path: Path) -> tuple[GridFile, YamlSource]:
     try:
         return GridFile.model_validate(source.data), source
     except ValidationError as exc:
-        first = exc.errors()[0]
+        # An unknown key is usually a typo that also explains a "missing" error: report it first.
+        first = min(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
         what, hint = _friendly(first)  # type: ignore[arg-type]
         raise UserError(what, where=source.where(source.line_of(first["loc"])), hint=hint) from None
 
@@ -156,6 +157,10 @@ def _check_dependencies(grid: GridFile, source: YamlSource) -> None:
             visit(group.name, [group.name])
 
 
+def _argv(command: list[str | int | float] | None) -> list[str] | None:
+    return None if command is None else [str(arg) for arg in command]
+
+
 def _merged(defaults: JobFields | None, group: Group) -> dict[str, Any]:
     base = defaults or JobFields()
     res: dict[str, Any] = {}
@@ -164,7 +169,7 @@ def _merged(defaults: JobFields | None, group: Group) -> dict[str, Any]:
             res.update(source.model_dump(exclude_unset=True))
     return {
         "kind": group.kind or base.kind or kinds.COMMAND,
-        "command": group.command if group.command is not None else base.command,
+        "command": _argv(group.command if group.command is not None else base.command),
         "resources": res,
         "max_attempts": group.max_attempts or base.max_attempts or 3,
         "priority": group.priority if group.priority is not None else (base.priority or 0),
@@ -212,7 +217,12 @@ def _validate_params(spec: kinds.KindSpec | None, i: int, params: dict[str, Any]
     try:
         check(params)
     except ValueError as exc:
-        raise UserError(str(exc), where=source.where(source.line_of(("groups", i)))) from None
+        line = source.line_of(("groups", i))
+        named = [key for key in params if key in str(exc)]
+        for key in named:
+            for loc in (("groups", i, "params", key), ("groups", i, "grid", key), ("defaults", "params", key)):
+                line = source.line_of(loc, exact=True) or line
+        raise UserError(str(exc), where=source.where(line)) from None
 
 
 def expand(grid: GridFile, source: YamlSource, overrides: dict[str, Any] | None = None) -> GridSpec:

@@ -49,8 +49,9 @@ class YamlSource:
             for item in node.value:
                 self._check_duplicate_keys(item)
 
-    def line_of(self, loc: Sequence[str | int]) -> int | None:
-        """Line (1-based) of the value at ``loc`` or of the deepest part of it that exists."""
+    def line_of(self, loc: Sequence[str | int], *, exact: bool = False) -> int | None:
+        """Line (1-based) of the value at ``loc``, or of the deepest part of it that exists
+        (None instead with ``exact``)."""
         node = self.node
         if node is None:
             return None
@@ -59,12 +60,12 @@ class YamlSource:
             if isinstance(node, yaml.MappingNode):
                 match = next(((k, v) for k, v in node.value if k.value == str(part)), None)
                 if match is None:
-                    return line
+                    return None if exact else line
                 key, node = match
                 line = key.start_mark.line + 1
             elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
                 node = node.value[part]
                 line = node.start_mark.line + 1
             else:
-                return line
+                return None if exact else line
         return line

@@ -40,7 +40,7 @@ def _options(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Print the version.")] = False,
 ) -> None:
-    from memq.root import RootOptions
+    from memq.options import RootOptions
 
     ctx.obj = RootOptions(root=root, db=db_url, db_mode=db_mode)
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 if TYPE_CHECKING:
-    from memq.root import RootOptions
+    from memq.options import RootOptions
     from memq.store.store import Store
 
 

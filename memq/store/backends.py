@@ -14,6 +14,7 @@ backends differ only in how that transaction is opened and made exclusive (desig
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -169,6 +170,13 @@ class Postgres(Backend):
             yield conn
 
 
+def _precreate(path: Path) -> None:
+    """Create an empty database file ourselves: SQLite would create it 0644, ignoring a root that
+    is group-writable. Its journals then copy the file's mode."""
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+
+
 def open_backend(root: Path, db_url: str | None, db_mode: str | None, *, fs_local: bool) -> Backend:
     """Pick the backend for a root: PostgreSQL by URL, else SQLite in the mode the database has."""
     if db_url:
@@ -190,4 +198,5 @@ def open_backend(root: Path, db_url: str | None, db_mode: str | None, *, fs_loca
         mode = existing
     else:
         mode = db_mode or ("local" if fs_local else "shared")
+        _precreate(path)
     return LocalSQLite(path) if mode == "local" else SharedSQLite(path)

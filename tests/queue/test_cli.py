@@ -1,0 +1,118 @@
+"""The command line as a user types it."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from ..conftest import Rig
+
+
+def memq(*args: object, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    exe = Path(sys.executable).with_name("memq")
+    return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **(env or {})})
+
+
+def test_smoke_example_as_written(tmp_path: Path, smoke_file: Path) -> None:
+    root = tmp_path / "root"
+    first = memq("--root", root, "submit", smoke_file)
+    assert first.returncode == 0, first.stderr
+    assert "9 jobs added" in first.stdout
+    second = memq("--root", root, "submit", smoke_file)
+    assert "0 jobs added" in second.stdout
+    status = json.loads(memq("--root", root, "status", "--json").stdout)
+    assert status["counts"] == {"queued": 9, "running": 0, "succeeded": 0, "failed": 0, "cancelled": 0}
+    assert [(g["name"], g["counts"]["queued"]) for g in status["grids"]] == [("smoke", 9)]
+    # MEMQ_ROOT works as well as --root
+    assert json.loads(memq("status", "--json", env={"MEMQ_ROOT": str(root)}).stdout)["counts"]["queued"] == 9
+
+
+def test_cli_commands_on_every_backend(rig: Rig, cli, smoke_file: Path) -> None:
+    base = rig.cli_args()
+    added = json.loads(cli(*base, "submit", "--json", smoke_file).out)
+    assert added == {"grid": "smoke", "added": 9, "existing": 0, "edited": 0}
+    jobs = json.loads(cli(*base, "jobs", "--json").out)
+    assert len(jobs) == 9
+    first = jobs[0]
+    for key in ("id", "grid", "group", "kind", "params", "state", "attempt", "metrics"):
+        assert key in first
+    assert (first["grid"], first["group"], first["kind"], first["state"], first["attempt"]) == (
+        "smoke", "rois", "command", "queued", 0)
+    assert first["params"] == {"subj": 1, "roi": "E"}
+    assert cli(*base, "pause", "smoke").out.strip() == "smoke: paused"
+    assert json.loads(cli(*base, "status", "--json").out)["grids"][0]["paused"] is True
+    assert cli(*base, "resume", "smoke").code == 0
+    assert "cancelled 1 queued" in cli(*base, "cancel", first["id"]).out
+    by_state = json.loads(cli(*base, "jobs", "--json", "--state", "cancelled").out)
+    assert [j["id"] for j in by_state] == [first["id"]]
+    assert "requeued 1" in cli(*base, "retry", "--cancelled").out
+    assert json.loads(cli(*base, "status", "--json").out)["counts"]["queued"] == 9
+    rows = json.loads(cli(*base, "jobs", "--json", "--grid", "smoke", "--group", "whole").out)
+    assert len(rows) == 3
+    text = cli(*base, "status")
+    assert text.code == 0 and "smoke" in text.out and "waits for rois" in text.out
+    check = cli(*base, "db", "check", "--json")
+    assert check.code == 0 and json.loads(check.out)["problems"] == []
+
+
+def test_user_errors_are_one_line_with_exit_2(tmp_path: Path, cli, smoke_file: Path) -> None:
+    root = tmp_path / "root"
+    cases = [
+        (["status"], "no memq root given"),
+        (["--root", root, "status"], "no memq root here"),
+        (["--root", root, "submit", tmp_path / "missing.yaml"], "no such file"),
+    ]
+    for args, words in cases:
+        result = cli(*args)
+        assert result.code == 2 and words in result.err and result.err.count("\n") == 1, (args, result)
+    assert not root.exists()  # nothing written by failed commands
+    cli("--root", root, "submit", smoke_file)
+    for args, words in [
+        (["cancel", "999"], "unknown job id 999"),
+        (["cancel", "x1"], "not a job id"),
+        (["retry"], "nothing selected"),
+        (["pause", "nope"], "unknown grid 'nope'"),
+        (["jobs", "--state", "sleeping"], "unknown state"),
+        (["--db-mode", "fast", "status"], "unknown --db-mode"),
+    ]:
+        result = cli("--root", root, *args)
+        assert result.code == 2 and words in result.err and result.err.count("\n") == 1, (args, result)
+
+
+def test_unreachable_database_is_a_user_error_without_password(tmp_path: Path, cli) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once closed
+    url = f"postgresql+psycopg://alice:s3cret@127.0.0.1:{port}/memq"
+    result = cli("--root", tmp_path, "--db", url, "status")
+    assert result.code == 2
+    assert result.err.startswith("error: postgresql+psycopg://alice:***@127.0.0.1")
+    assert "cannot reach the database" in result.err and "s3cret" not in result.err
+
+
+def test_help_does_not_import_heavy_modules() -> None:
+    code = ("import sys; sys.argv=['memq','--help']\n"
+            "from memq.cli import main\n"
+            "try: main()\nexcept SystemExit: pass\n"
+            "heavy=[m for m in ('torch','lightning','timm','sqlalchemy','numpy') if m in sys.modules]\n"
+            "print('HEAVY', heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout
+    assert "HEAVY []" in out
+    code = code.replace("'--help'", "'status','--help'")
+    assert "HEAVY []" in subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout
+
+
+def test_group_writable_files_only_where_the_root_is(tmp_path: Path, cli, smoke_file: Path) -> None:
+    private, shared = tmp_path / "private", tmp_path / "shared"
+    private.mkdir(mode=0o700)
+    shared.mkdir()
+    shared.chmod(0o2770)
+    for root in (private, shared):
+        assert cli("--root", root, "submit", smoke_file).code == 0
+    assert (private / "queue.db").stat().st_mode & 0o077 == 0
+    assert (shared / "queue.db").stat().st_mode & 0o070 == 0o060

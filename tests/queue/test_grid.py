@@ -1,0 +1,179 @@
+"""Grid files: expansion, stable keys, templating, and one clear error per bad file."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from memq.errors import UserError
+from memq.grid import load_grid
+from memq.template import render
+
+from ..conftest import SMOKE
+
+
+def write(tmp_path: Path, text: str, name: str = "grid.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_smoke_expands_to_nine_jobs_with_stable_distinct_keys(tmp_path: Path) -> None:
+    spec = load_grid(write(tmp_path, SMOKE))
+    assert len(spec.jobs) == 9
+    assert [j.group for j in spec.jobs] == ["rois"] * 6 + ["whole"] * 3
+    assert [j.params for j in spec.jobs[:3]] == [{"subj": 1, "roi": r} for r in ("E", "V", "L")]
+    assert [j.repeat for j in spec.jobs[6:]] == [0, 1, 2]
+    assert len({j.key for j in spec.jobs}) == 9
+    again = load_grid(write(tmp_path, SMOKE, "copy.yaml"))
+    assert [j.key for j in again.jobs] == [j.key for j in spec.jobs]
+    whole = next(g for g in spec.groups if g.name == "whole")
+    assert whole.after == ("rois",)
+
+
+def test_key_ignores_param_order_but_not_values_grid_or_group(tmp_path: Path) -> None:
+    base = "name: g\ndefaults: {kind: command, command: [echo]}\ngroups:\n  - name: a\n    params: {x: 1, y: 2}\n"
+    a = load_grid(write(tmp_path, base)).jobs[0].key
+    assert load_grid(write(tmp_path, base.replace("{x: 1, y: 2}", "{y: 2, x: 1}"))).jobs[0].key == a
+    assert load_grid(write(tmp_path, base.replace("x: 1", "x: 3"))).jobs[0].key != a
+    assert load_grid(write(tmp_path, base.replace("name: g", "name: h"))).jobs[0].key != a
+    assert load_grid(write(tmp_path, base.replace("name: a", "name: b"))).jobs[0].key != a
+    # The command is not part of a job's identity: editing it does not make new jobs.
+    assert load_grid(write(tmp_path, base.replace("[echo]", "[ls, 3]"))).jobs[0].key == a
+
+
+def test_defaults_resources_and_overrides_merge(tmp_path: Path) -> None:
+    text = """\
+name: m
+defaults:
+  command: ["train", "--lr", "{OPTIMIZER.LR}", "--subj", "{subj}"]
+  resources: {gpus: 2, mem_gb: 16}
+  priority: 5
+  params: {OPTIMIZER.LR: 0.001}
+groups:
+  - name: a
+    grid: {subj: [1, 2]}
+    resources: {gpus: 1}
+    max_attempts: 7
+  - name: b
+    priority: -1
+    params: {subj: 3, OPTIMIZER.LR: 0.01}
+"""
+    spec = load_grid(write(tmp_path, text), {"extra": "x"})
+    a0, _, b = spec.jobs
+    assert (a0.gpus, a0.mem_gb, a0.priority, a0.max_attempts) == (1, 16.0, 5, 7)
+    assert (b.gpus, b.priority, b.max_attempts) == (2, -1, 3)
+    assert a0.params == {"OPTIMIZER.LR": 0.001, "extra": "x", "subj": 1}
+    assert b.params["OPTIMIZER.LR"] == 0.01
+    assert render(b.command, b.params) == ["train", "--lr", "0.01", "--subj", "3"]
+
+
+def test_template_rendering_keeps_arguments_whole() -> None:
+    argv = ["python", "-c", "print('{x}')", "{{literal}}", "--roi={roi}", "{rois}"]
+    out = render(argv, {"x": "a b; rm -rf /", "roi": "E", "rois": ["E", "V"]})
+    assert out == ["python", "-c", "print('a b; rm -rf /')", "{literal}", "--roi=E", '["E","V"]']
+
+
+def test_python_kind_defaults_to_one_gpu(tmp_path: Path) -> None:
+    text = "name: k\ngroups:\n  - name: a\n    kind: mem.train\n    params: {DATASET.ROIS: [E]}\n"
+    job = load_grid(write(tmp_path, text)).jobs[0]
+    assert (job.kind, job.gpus, job.command) == ("mem.train", 1, None)
+
+
+def test_xvbc_grid_has_the_111_jobs_of_the_winning_recipe() -> None:
+    spec = load_grid(Path(__file__).parents[2] / "grids" / "xvbc.yaml")
+    assert len(spec.jobs) == 111
+    groups: dict[str, list] = {}
+    for job in spec.jobs:
+        groups.setdefault(job.group, []).append(job)
+        assert job.kind == "mem.train"
+    assert sorted(groups) == sorted(["all", "A", "W", *[f"R{j}" for j in range(1, 11)]])
+    assert len(groups["all"]) == 3 and all("DATASET.ROIS" not in j.params for j in groups["all"])
+    assert [j.params["DATASET.ROIS"] for j in groups["A"]] == [[r] for r in
+                                                              ["RSC", "E", "MV", "ML", "MP", "V", "L", "P", "R"]]
+    assert [j.params["DATASET.ROIS"] for j in groups["W"]] == [[f"w_{i}"] for i in range(1, 10)]
+    for j in range(1, 11):
+        assert [x.params["DATASET.ROIS"] for x in groups[f"R{j}"]] == [[f"r_{j}_{i}"] for i in range(1, 10)]
+    assert len({j.key for j in spec.jobs}) == 111
+
+
+# (file text, line the error points at, words the message must contain)
+BAD_FILES = [
+    ("name: x\ngroups: [\n", 3, "invalid YAML"),
+    ("- just\n- a list\n", 1, "mapping"),
+    ("name: x\ngroup:\n  - name: a\n", 2, "unknown key 'group'"),
+    ("groups:\n  - name: a\n    command: [echo]\n", 1, "name: required"),
+    ("name: x\ngroups: []\n", 2, "groups"),
+    ("name: x\ngroups:\n  - name: a\n    comand: [echo]\n", 4, "did you mean 'command'"),
+    ("name: x\ngroups:\n  - name: a\n    command: [echo]\n    max_attempts: three\n", 5, "max_attempts"),
+    ("name: x\ngroups:\n  - name: a\n    kind: mem.trian\n", 4, "unknown job kind 'mem.trian'"),
+    ("name: x\ndefaults: {command: [echo]}\ngroups:\n  - name: a\n  - name: a\n", 5, "duplicate group name"),
+    ("name: x\ndefaults: {command: [echo]}\ngroups:\n  - name: a\n    after: [b]\n  - name: b\n    after: [a]\n",
+     None, "dependency cycle"),
+    ("name: x\ndefaults: {command: [echo]}\ngroups:\n  - name: a\n    after: [nope]\n", 5, "unknown group 'nope'"),
+    ("name: x\ngroups:\n  - name: a\n", 3, "no `command`"),
+    ("name: x\ngroups:\n  - name: a\n    command: echo hello\n", 4, "command"),
+    ("name: x\ngroups:\n  - name: a\n    command: [echo, '{sbj}']\n    grid: {subj: [1]}\n", 4, "{sbj}"),
+    ("name: x\ndefaults: {command: [echo]}\ngroups:\n  - name: a\n    grid: {subj: []}\n", 5, "grid.subj"),
+    ("name: x\ndefaults: {command: [echo]}\ngroups:\n  - name: a\n    repeat: 0\n", 5, "repeat"),
+    ("name: x\ndefaults: {command: [echo]}\ngroups:\n  - name: a\n    resources: {gpus: -1}\n", 5, "gpus"),
+    ("name: x\nname: y\ngroups:\n  - name: a\n", 2, "duplicate key 'name'"),
+    ("name: x\ngroups:\n  - name: a\n    kind: mem.train\n    command: [echo]\n", 5, "only for kind `command`"),
+    ("name: 'bad name/with slash'\ndefaults: {command: [echo]}\ngroups:\n  - name: a\n", 1, "name"),
+    ("name: x\ndefaults: {command: [echo]}\ngroups:\n  - name: a\n    params: {subj: 1}\n    grid: {subj: [2]}\n",
+     6, "both fixed"),
+    ("name: x\ngroups:\n  - name: a\n    resources: {gpus: 1, vram: 3}\n    command: [echo]\n", 4,
+     "unknown key 'vram'"),
+    ("name: x\ndefaults: {command: [echo]}\ngroups:\n  - name: a\n    priority: 1.5\n", 5, "priority"),
+    ("name: x\ngroups:\n  - name: a\n    kind: mem.train\n    params: {OPTIMZER.LR: 0.1}\n", 5, "OPTIMZER.LR"),
+    ("", 0, "mapping"),
+]
+
+
+def _db_state(root: Path) -> str:
+    """A digest of the database's content (the file's bytes move with WAL checkpoints)."""
+    conn = sqlite3.connect(root / "queue.db")
+    try:
+        return hashlib.sha256("\n".join(conn.iterdump()).encode()).hexdigest()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(("text", "line", "words"), BAD_FILES, ids=[f"bad{i:02d}" for i in range(len(BAD_FILES))])
+def test_bad_grid_file_gives_one_line_exit_2_and_writes_nothing(
+    tmp_path: Path, cli, smoke_file: Path, text: str, line: int | None, words: str,
+) -> None:
+    root = tmp_path / "root"
+    assert cli("--root", root, "submit", smoke_file).code == 0
+    before = _db_state(root)
+    bad = write(tmp_path, text, "bad.yaml")
+    for args in (["submit", bad], ["submit", "--dry-run", bad]):
+        result = cli("--root", root, *args)
+        assert result.code == 2, result
+        lines = result.err.strip().splitlines()
+        assert len(lines) == 1, result.err
+        prefix = f"error: {bad}:{line}: " if line else f"error: {bad}"
+        assert lines[0].startswith(prefix), lines[0]
+        assert words in lines[0], lines[0]
+        assert result.out == ""
+    assert _db_state(root) == before
+    status = json.loads(cli("--root", root, "status", "--json").out)
+    assert status["counts"]["queued"] == 9
+
+
+def test_bad_files_enough() -> None:
+    assert len(BAD_FILES) >= 15
+
+
+def test_missing_file_and_bad_set_are_user_errors(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="no such file"):
+        load_grid(tmp_path / "nope.yaml")
+    from memq.grid import parse_overrides
+
+    with pytest.raises(UserError, match="KEY=VALUE"):
+        parse_overrides(["novalue"])
+    assert parse_overrides(["A.B=3", "L=[1, 2]", "S=text"]) == {"A.B": 3, "L": [1, 2], "S": "text"}

@@ -1,0 +1,258 @@
+"""The Store API, run against every backend: local SQLite, shared SQLite, two hosts, PostgreSQL."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from memq.store.types import Capacity, GridSpec, GroupSpec, JobSpec, Outcome, Running
+
+from ..conftest import Rig
+
+CPU = Capacity(slots=1)
+
+
+def grid(name: str = "g", n: int = 3, *, group: str = "a", after: tuple[str, ...] = (), **job: object) -> GridSpec:
+    jobs = tuple(JobSpec(name, group, "command", {"i": i}, command=["true"], **job) for i in range(n))
+    return GridSpec(name, (GroupSpec(group, after),), jobs)
+
+
+def two_groups(n_first: int = 2, n_second: int = 2) -> GridSpec:
+    first = [JobSpec("g", "first", "command", {"i": i}, command=["true"]) for i in range(n_first)]
+    second = [JobSpec("g", "second", "command", {"i": i}, command=["true"]) for i in range(n_second)]
+    return GridSpec("g", (GroupSpec("first"), GroupSpec("second", ("first",))), tuple(first + second))
+
+
+def worker(store, name: str = "w", slots: int = 1, gpus: list[int] | None = None):
+    return store.register_worker(name, "host", 1, "boot", gpus or [], slots, 30.0)
+
+
+def drain_all(store, me, capacity: Capacity = CPU) -> list[int]:
+    """Claim and succeed until nothing is claimable; returns job ids in claim order."""
+    order, done = [], None
+    while True:
+        _, claim = store.claim(me, capacity, done)
+        if claim is None:
+            return order
+        order.append(claim.job_id)
+        done = Outcome(claim.job_id, claim.attempt, "succeeded")
+
+
+def test_submit_is_idempotent_and_edits_add_only_new_jobs(rig: Rig) -> None:
+    st = rig.store()
+    first = st.submit(grid(n=3))
+    assert (first.added, first.existing) == (3, 0)
+    assert st.submit(grid(n=3)).added == 0
+    more = st.submit(grid(n=5))
+    assert (more.added, more.existing) == (2, 3)
+    edited = st.submit(grid(n=5, priority=9))
+    assert (edited.added, edited.edited) == (0, 5)
+    assert st.counts() == {"g": {"queued": 5, "running": 0, "succeeded": 0, "failed": 0, "cancelled": 0}}
+    if rig.hosts > 1:  # the other host sees the same table
+        assert rig.store(1, create=False).counts()["g"]["queued"] == 5
+
+
+def test_claim_order_priority_then_submission(rig: Rig) -> None:
+    st = rig.store()
+    jobs = [JobSpec("g", "a", "command", {"i": i}, command=["true"], priority=p)
+            for i, p in enumerate([0, 5, 0, 5, -1])]
+    st.submit(GridSpec("g", (GroupSpec("a"),), tuple(jobs)))
+    ids = {r["params"]["i"]: r["id"] for r in st.jobs()}
+    assert drain_all(st, worker(st)) == [ids[1], ids[3], ids[0], ids[2], ids[4]]
+
+
+def test_dependencies_wait_for_every_job_and_block_on_failure(rig: Rig) -> None:
+    st = rig.store()
+    st.submit(two_groups())
+    me = worker(st)
+    _, a = st.claim(me, CPU)
+    _, b = st.claim(me, CPU)
+    assert {a.group, b.group} == {"first"}
+    assert st.claim(me, CPU)[1] is None  # second waits: first's jobs are still running
+    st.finish(Outcome(a.job_id, a.attempt, "succeeded"))
+    assert st.claim(me, CPU)[1] is None
+    st.finish(Outcome(b.job_id, b.attempt, "failed", exit_code=1))  # max_attempts 3: back in the queue
+    _, again = st.claim(me, CPU)
+    assert again.job_id == b.job_id and again.attempt == 2
+    assert st.claim(me, CPU)[1] is None
+    st.finish(Outcome(again.job_id, again.attempt, "succeeded"))
+    assert drain_all(st, me) and st.counts()["g"]["succeeded"] == 4
+
+
+def test_failed_dependency_keeps_dependants_queued(rig: Rig) -> None:
+    st = rig.store()
+    st.submit(two_groups(n_first=1, n_second=1))
+    me = worker(st)
+    for attempt in (1, 2, 3):
+        _, c = st.claim(me, CPU)
+        assert (c.group, c.attempt) == ("first", attempt)
+        st.finish(Outcome(c.job_id, c.attempt, "failed", exit_code=3))
+    assert st.claim(me, CPU)[1] is None
+    groups = {g["name"]: g for g in st.groups("g")}
+    assert groups["second"]["ready"] is False and groups["first"]["counts"]["failed"] == 1
+    # Retrying the failed dependency lets the grid go on.
+    assert st.retry(failed=True) == 1
+    assert len(drain_all(st, me)) == 2
+
+
+def test_resources_decide_who_claims(rig: Rig) -> None:
+    st = rig.store()
+    jobs = [JobSpec("g", "a", "command", {"i": i}, command=["true"], gpus=g) for i, g in enumerate([4, 1, 0])]
+    st.submit(GridSpec("g", (GroupSpec("a"),), tuple(jobs)))
+    me = worker(st, gpus=[0, 1])
+    _, c = st.claim(me, Capacity(gpus=2, slots=0))
+    assert c.gpus == 1  # the 4-GPU job does not fit two GPUs
+    _, c = st.claim(me, Capacity(gpus=0, slots=1))
+    assert c.gpus == 0
+    assert st.claim(me, Capacity(gpus=2, slots=1))[1] is None
+    _, c = st.claim(me, Capacity(gpus=8, slots=0))
+    assert c.gpus == 4
+
+
+def test_pause_resume_and_grid_filter(rig: Rig) -> None:
+    st = rig.store()
+    st.submit(grid("one", 1))
+    st.submit(grid("two", 1))
+    me = worker(st)
+    assert st.set_paused("one", True)
+    _, c = st.claim(me, CPU)
+    assert c.grid == "two"
+    assert st.claim(me, CPU)[1] is None
+    st.set_paused("one", False)
+    assert st.claim(me, Capacity(slots=1, grids=("two",)))[1] is None
+    assert st.claim(me, Capacity(slots=1, grids=("one",)))[1].grid == "one"
+
+
+def test_writes_of_a_superseded_attempt_are_refused(rig: Rig) -> None:
+    st = rig.store()
+    st.submit(grid(n=1))
+    one = worker(st, "one")
+    two = worker(st, "two")
+    _, c1 = st.claim(one, CPU)
+    hb = st.worker_heartbeats()[one.id][0]
+    assert st.declare_dead(one.id, hb) == [c1.job_id]
+    _, c2 = st.claim(two, CPU)
+    assert (c2.job_id, c2.attempt) == (c1.job_id, 2)
+    assert not st.update_attempt(c1.job_id, c1.attempt, progress={"epoch": 1})
+    assert not st.finish(Outcome(c1.job_id, c1.attempt, "succeeded"))
+    assert st.update_attempt(c2.job_id, c2.attempt, progress={"epoch": 1}, metrics={"val": 0.5})
+    assert st.finish(Outcome(c2.job_id, c2.attempt, "succeeded", metrics={"best": 1.0}))
+    job = st.jobs()[0]
+    assert (job["state"], job["attempt"], job["crashes"], job["failures"]) == ("succeeded", 2, 1, 0)
+    assert job["metrics"] == {"val": 0.5, "best": 1.0}
+    assert [a["outcome"] for a in st.attempts(job["id"])] == ["lost", "succeeded"]
+    # The dead worker is told so at its next heartbeat, and claims nothing.
+    reply = st.heartbeat(one, [Running(c1.job_id, c1.attempt)])
+    assert not reply.alive and reply.fenced == [(c1.job_id, c1.attempt)]
+    st.submit(grid(n=2))
+    assert st.claim(one, CPU)[1] is None
+
+
+def test_heartbeat_moves_the_counter_and_reports_cancel_and_drain(rig: Rig) -> None:
+    st = rig.store()
+    st.submit(grid(n=2))
+    me = worker(st)
+    _, c = st.claim(me, CPU)
+    before = st.worker_heartbeats()[me.id][0]
+    reply = st.heartbeat(me, [Running(c.job_id, c.attempt, {"epoch": 3})])
+    assert reply.alive and not reply.fenced and not reply.cancel and not reply.drain
+    assert st.worker_heartbeats()[me.id][0] == before + 1
+    assert st.jobs(ids=[c.job_id])[0]["progress"] == {"epoch": 3}
+    assert st.cancel([c.job_id]) == (0, 1)
+    assert st.request_drain("w")
+    reply = st.heartbeat(me, [Running(c.job_id, c.attempt)])
+    assert reply.cancel == [c.job_id] and reply.drain
+    # A stale heartbeat count does not kill a worker that has moved on.
+    assert st.declare_dead(me.id, before) == []
+
+
+def test_lost_attempts_are_charged_and_fail_at_max_attempts(rig: Rig) -> None:
+    st = rig.store()
+    st.submit(grid(n=1, max_attempts=2))
+    for round_ in (1, 2):
+        me = worker(st, f"w{round_}")
+        _, c = st.claim(me, CPU)
+        assert c.attempt == round_
+        st.declare_dead(me.id, st.worker_heartbeats()[me.id][0])
+    job = st.jobs()[0]
+    assert (job["state"], job["reason"], job["crashes"]) == ("failed", "lost", 2)
+    assert st.retry(lost=True, from_scratch=True) == 1
+    _, c = st.claim(worker(st, "w3"), CPU)
+    assert c.attempt == 3 and c.from_scratch
+
+
+def test_requeue_without_charge_and_backoff(rig: Rig) -> None:
+    st = rig.store()
+    st.submit(grid(n=1, max_attempts=1))
+    me = worker(st)
+    for _ in range(3):  # drained attempts never use up the budget of one
+        _, c = st.claim(me, CPU)
+        st.finish(Outcome(c.job_id, c.attempt, "requeued", reason="worker drained"))
+    st.submit(grid("b", 1, max_attempts=3))
+    _, c = st.claim(me, Capacity(slots=1, grids=("b",)))
+    st.finish(Outcome(c.job_id, c.attempt, "failed", exit_code=2, backoff=2.0))
+    assert st.claim(me, Capacity(slots=1, grids=("b",)))[1] is None  # backing off
+    time.sleep(2.1)
+    assert st.claim(me, Capacity(slots=1, grids=("b",)))[1].job_id == c.job_id
+
+
+def test_cancel_and_retry(rig: Rig) -> None:
+    st = rig.store()
+    st.submit(grid(n=3))
+    me = worker(st)
+    _, c = st.claim(me, CPU)
+    queued, running = st.cancel(grid="g")
+    assert (queued, running) == (2, 1)
+    st.finish(Outcome(c.job_id, c.attempt, "cancelled", reason="cancelled"))
+    assert st.counts()["g"]["cancelled"] == 3
+    assert st.retry(cancelled=True) == 3
+    assert len(drain_all(st, me)) == 3
+
+
+def test_reregistering_a_worker_requeues_what_its_last_life_held(rig: Rig) -> None:
+    st = rig.store()
+    st.submit(grid(n=1))
+    first = worker(st)
+    _, c = st.claim(first, CPU)
+    second = worker(st)
+    assert second.id == first.id and second.incarnation == first.incarnation + 1
+    assert not st.heartbeat(first, []).alive
+    _, again = st.claim(second, CPU)
+    assert (again.job_id, again.attempt) == (c.job_id, 2)
+
+
+def test_integrity_and_status_queries(rig: Rig) -> None:
+    st = rig.store()
+    st.submit(two_groups())
+    assert st.integrity() == []
+    drain_all(st, worker(st))
+    assert st.mean_durations()["g"] >= 0
+    assert [g["name"] for g in st.grids()] == ["g"]
+    assert len(st.jobs(states=["succeeded"], limit=3, newest_first=True)) == 3
+
+
+def test_version_file_changes_only_when_claimable_work_may_appear(rig: Rig) -> None:
+    st = rig.store()
+    st.submit(grid(n=2))
+    v0 = st.version()
+    me = worker(st)
+    v1 = st.version()
+    _, c = st.claim(me, CPU)
+    st.heartbeat(me, [Running(c.job_id, c.attempt)])
+    assert st.version() == v1  # claims and heartbeats wake nobody
+    st.finish(Outcome(c.job_id, c.attempt, "failed", exit_code=1))
+    assert st.version() != v1  # a requeued job can be claimed again
+    assert v0 is not None
+
+
+@pytest.mark.parametrize("mode", ["local", "shared"])
+def test_sqlite_mode_is_recorded_in_the_database(tmp_path, mode: str) -> None:
+    from memq.errors import UserError
+    from memq.root import RootOptions, open_store
+
+    open_store(RootOptions(root=str(tmp_path), db_mode=mode), create=True).submit(grid())
+    assert open_store(RootOptions(root=str(tmp_path)), create=False).backend.mode == mode
+    other = "shared" if mode == "local" else "local"
+    with pytest.raises(UserError, match=f"in {mode} mode"):
+        open_store(RootOptions(root=str(tmp_path), db_mode=other), create=False)
