@@ -1,0 +1,1 @@
+"""Job kinds that memq runs: the Mem model, data preparation, soups and predictions."""

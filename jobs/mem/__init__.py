@@ -1,0 +1,1 @@
+"""Memory Encoding Model (Mem): typed config and network."""

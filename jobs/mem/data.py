@@ -1,0 +1,266 @@
+"""Samples, batches and the LightningDataModule that feed the Mem model (mem-spec 1.9).
+
+A sample is one trial g of one subject, read from the prepared layout (``jobs/data/FORMAT.md``)
+with at most three HDF5 reads: one betas row and the T=0 and T=-1 images. Behaviour, the memory
+table and the memory features the split needs (about 20 MB for a real subject) are read once, in
+bulk, when the dataset is built: 31 scattered feature reads per sample are what made the
+reference slow on NFS. HDF5 files are opened lazily in the process that reads, so DataLoader
+workers (fork or spawn) each get their own handles.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
+
+from jobs.data.layout import (
+    BLANK,
+    IMAGES_FILE,
+    N_PREV,
+    N_SLOTS,
+    ImageFile,
+    LayoutError,
+    PathArg,
+    SubjectFile,
+    list_subjects,
+    open_images,
+    open_subject,
+    subject_path,
+)
+from jobs.data.memory import prev_behavior_rows
+
+IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+BLANK_PIXEL = 0.1  # a blank T=-1 slot is this constant image, not normalised (mem-spec 1.3)
+CURRENT, PREVIOUS = N_SLOTS - 1, N_SLOTS - 2  # memory_index entries of T=0 and T=-1
+STAGE_SPLITS = {"fit": ("train", "val1"), "validate": ("val1",), "test": ("val2",), "predict": ("predict",)}
+
+
+def roi_positions(subject: SubjectFile, rois: Sequence[str] | None) -> np.ndarray | None:
+    """Voxel positions of the union of ``rois`` in the order listed (ROI file order, first
+    occurrence kept); None means the whole brain."""
+    if rois is None:
+        return None
+    if not rois:
+        raise ValueError("rois must name at least one ROI (None selects the whole brain)")
+    positions = np.concatenate([subject.roi(name) for name in rois])
+    _, first = np.unique(positions, return_index=True)
+    return positions[np.sort(first)]
+
+
+class _Handles(NamedTuple):
+    subject: SubjectFile
+    images: ImageFile
+
+
+class MemDataset(Dataset[dict[str, Any]]):
+    """The trials of one subject's split as model samples.
+
+    Keys: ``img`` [3,H,W] (ImageNet-normalised), ``prev_img`` [3,H,W] (T=-1, blank -> 0.1),
+    ``prev_feats`` [n_prev_frames-1, F] (T=-2, -3, ...; blank -> 0), ``bhv`` [35], ``prev_bhvs``
+    [n_prev_frames, 35] (T=-1, -2, ...; by global trial, blank -> fill row), ``y`` [n_roi_voxels]
+    (not for the predict split), ``subject``, ``index`` (global trial g). ``limit`` keeps the
+    first trials of the split; ``image_size`` resizes images stored at another size.
+    """
+
+    def __init__(
+        self,
+        subject_file: PathArg,
+        split: str,
+        rois: Sequence[str] | None,
+        image_store: PathArg,
+        *,
+        n_prev_frames: int = N_PREV,
+        image_size: int | None = None,
+        limit: int | None = None,
+    ) -> None:
+        if not 1 <= n_prev_frames <= N_PREV:
+            raise ValueError(f"n_prev_frames must be in 1..{N_PREV}, got {n_prev_frames}")
+        self.subject_file, self.image_store = Path(subject_file), Path(image_store)
+        with open_subject(self.subject_file) as subject:
+            self.subject = subject.subject
+            self.indices = subject.split(split)[:limit]
+            self.behavior = subject.behavior()
+            memory_index = subject.memory_index()
+            self.roi = roi_positions(subject, rois)
+            self.has_targets = split != "predict"
+        self.prev_bhv_rows = prev_behavior_rows(memory_index)[self.indices, :n_prev_frames]
+        with open_images(self.image_store) as images:
+            rows = images.rows(memory_index[self.indices])
+            self.stored_size = images.image_size
+            feat_rows = rows[:, N_SLOTS - 1 - n_prev_frames : PREVIOUS][:, ::-1]
+            needed = np.unique(feat_rows[feat_rows != BLANK])
+            self.features = torch.from_numpy(images.feature_rows(needed))
+        self.image_size = image_size or self.stored_size
+        self.img_rows, self.prev_img_rows = rows[:, CURRENT], rows[:, PREVIOUS]
+        # memory features: positions in self.features, or BLANK
+        self.feat_pos = np.where(feat_rows != BLANK, np.searchsorted(needed, feat_rows), BLANK)
+        if np.any(self.img_rows == BLANK):
+            raise LayoutError(self.subject_file, "memory_index has a blank T=0 slot")
+        self._handles: _Handles | None = None
+        self._pid: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_handles": None, "_pid": None}
+
+    def _open(self) -> _Handles:
+        if self._handles is None or self._pid != os.getpid():
+            self._handles = _Handles(open_subject(self.subject_file), open_images(self.image_store))
+            self._pid = os.getpid()
+        return self._handles
+
+    def _image(self, images: ImageFile, row: int) -> Tensor:
+        if row == BLANK:
+            return torch.full((3, self.image_size, self.image_size), BLANK_PIXEL)
+        x = torch.from_numpy(images.images[row]).float().div_(255)
+        if self.image_size != self.stored_size:
+            size = (self.image_size, self.image_size)
+            x = F.interpolate(x[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+        return (x - IMAGENET_MEAN) / IMAGENET_STD
+
+    def _memory_features(self, positions: np.ndarray) -> Tensor:
+        feats = torch.zeros(len(positions), self.features.shape[1])
+        present = torch.from_numpy(positions != BLANK)
+        feats[present] = self.features[torch.from_numpy(positions[positions != BLANK])].float()
+        return feats
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        handles = self._open()
+        g = int(self.indices[i])
+        sample = {
+            "img": self._image(handles.images, int(self.img_rows[i])),
+            "prev_img": self._image(handles.images, int(self.prev_img_rows[i])),
+            "prev_feats": self._memory_features(self.feat_pos[i]),
+            "bhv": torch.from_numpy(self.behavior[g].copy()),
+            "prev_bhvs": torch.from_numpy(self.behavior[self.prev_bhv_rows[i]]),
+            "subject": self.subject,
+            "index": g,
+        }
+        if self.has_targets:
+            row = handles.subject.betas[g]
+            sample["y"] = torch.from_numpy((row if self.roi is None else row[self.roi]).astype(np.float32))
+        return sample
+
+
+def collate_by_subject(samples: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Tensor]]:
+    """Group a mixed batch by subject (sorted), stacking each field; ``index`` becomes a LongTensor.
+
+    The model runs one subject at a time, and subjects differ in their number of voxels.
+    """
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for sample in samples:
+        groups.setdefault(sample["subject"], []).append(sample)
+    batches = {}
+    for subject in sorted(groups):
+        items = groups[subject]
+        batch = {key: torch.stack([s[key] for s in items]) for key in items[0] if key not in ("subject", "index")}
+        batch["index"] = torch.tensor([s["index"] for s in items], dtype=torch.long)
+        batches[subject] = batch
+    return batches
+
+
+class SubjectInfo(NamedTuple):
+    """What the model needs to know of a subject: all its voxel coordinates, the positions of
+    the selected voxels (None: all), and its full voxel count."""
+
+    coords: np.ndarray
+    roi: np.ndarray | None
+    n_voxels: int
+
+
+class MemDataModule(L.LightningDataModule):
+    """All subjects of a prepared-data directory: train on ``train`` (subjects mixed and shuffled),
+    validate on ``val1``, test on ``val2``, predict on ``predict``.
+
+    ``rois`` (``DATASET.ROIS``) restricts every subject's targets to the union of those ROIs'
+    voxels in the order listed; subjects where that union is empty are left out.
+    """
+
+    def __init__(
+        self,
+        data_dir: PathArg,
+        subjects: Sequence[str] | None = None,
+        rois: Sequence[str] | None = None,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        *,
+        limit: int | None = None,
+        n_prev_frames: int = N_PREV,
+        image_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.data_dir = Path(data_dir)
+        self.rois = list(rois) if rois is not None else None
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.dataset_kwargs = {"n_prev_frames": n_prev_frames, "image_size": image_size, "limit": limit}
+        available = list_subjects(self.data_dir)
+        unknown = sorted(set(subjects or ()) - set(available))
+        if not available or unknown:
+            missing = ", ".join(unknown) or "any subject"
+            raise LayoutError(self.data_dir, f"no subject file for {missing}; found {', '.join(available) or 'none'}")
+        self._info: dict[str, SubjectInfo] = {}
+        for name in subjects or available:
+            with open_subject(subject_path(self.data_dir, name)) as subject:
+                roi = roi_positions(subject, self.rois)
+                if roi is None or roi.size:
+                    self._info[name] = SubjectInfo(subject.coords(), roi, subject.n_voxels)
+        if not self._info:
+            raise LayoutError(self.data_dir, f"the ROIs {self.rois} hold no voxels in any subject")
+        self.subjects = list(self._info)
+        self._datasets: dict[str, list[MemDataset]] = {}
+
+    def subject_info(self) -> dict[str, SubjectInfo]:
+        return dict(self._info)
+
+    def datasets(self, split: str) -> list[MemDataset]:
+        """One dataset per subject for ``split``, built on first use."""
+        if split not in self._datasets:
+            self._datasets[split] = [
+                MemDataset(
+                    subject_path(self.data_dir, name),
+                    split,
+                    self.rois,
+                    self.data_dir / IMAGES_FILE,
+                    **self.dataset_kwargs,
+                )
+                for name in self.subjects
+            ]
+        return self._datasets[split]
+
+    def setup(self, stage: str) -> None:
+        for split in STAGE_SPLITS[stage]:
+            self.datasets(split)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader[Any]:
+        return DataLoader(
+            ConcatDataset(self.datasets(split)),
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            collate_fn=collate_by_subject,
+        )
+
+    def train_dataloader(self) -> DataLoader[Any]:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader[Any]:
+        return self._loader("val1", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader[Any]:
+        return self._loader("val2", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader[Any]:
+        return self._loader("predict", shuffle=False)

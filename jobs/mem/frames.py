@@ -1,0 +1,66 @@
+"""The two image branches: the current frame T=0 (mem-spec 2.2, 2.4) and the previous frame T=-1 (2.5)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from jobs.mem.backbone import ConditionedViT
+from jobs.mem.behaviour import BehaviourEmbed
+from jobs.mem.config import ModelConfig
+from jobs.mem.heads import SimpleConvBlocks, class_token_mlps
+
+
+class CurrentFrame(nn.Module):
+    """T=0: behaviour-conditioned ViT-B; a conv head and a class-token Mlp per tapped layer."""
+
+    def __init__(self, config: ModelConfig, img_size: int, subjects: Sequence[str]) -> None:
+        super().__init__()
+        cond, head, width = config.COND, config.CONV_HEAD, config.conv_width
+        self.behav_embed = BehaviourEmbed(subjects, cond.IN_DIM, cond.DIM, cond.DROPOUT)
+        self.backbone = ConditionedViT(config.BACKBONE, img_size, cond.DIM, "MODEL.BACKBONE")
+        feature_dim = config.BACKBONE.FEATURE_DIM
+        self.conv_heads = nn.ModuleList(
+            SimpleConvBlocks(feature_dim, width, head.KERNEL, head.DEPTH, head.MAX_DIM) for _ in config.BACKBONE.LAYERS
+        )
+        self.cls_heads = class_token_mlps(config.BACKBONE.CLS_DIMS, width)
+
+    def forward(self, img: Tensor, bhv: Tensor, subject: str) -> tuple[list[Tensor], Tensor]:
+        """-> (per-layer grids [B, W, h, w], class features [B, W, L])."""
+        taps = self.backbone(img, self.behav_embed(bhv, subject))
+        grids = [head(grid) for head, (grid, _) in zip(self.conv_heads, taps, strict=True)]
+        cls = torch.stack([head(c) for head, (_, c) in zip(self.cls_heads, taps, strict=True)], dim=-1)
+        return grids, cls
+
+
+def retina_features(grids: Sequence[Tensor], cls: Tensor, mu: Tensor, layer_weights: Tensor) -> Tensor:
+    """Per-voxel T=0 feature x0 [B, n, W] = sum_l w_l * (grid_sample(grid_l, mu) + cls_l).
+
+    mu [n, 2] are the voxels' receptive-field centres (the same for every sample), layer_weights
+    [n, L] their LayerSelector weights; sampling is bilinear with zero padding, align_corners=False.
+    """
+    batch = cls.shape[0]
+    sample_at = mu[None, :, None, :].expand(batch, -1, -1, -1)  # [B, n, 1, 2]
+    x = cls @ layer_weights.T  # [B, W, n]
+    for layer, grid in enumerate(grids):
+        sampled = F.grid_sample(grid, sample_at, mode="bilinear", padding_mode="zeros", align_corners=False)
+        x = x + sampled.squeeze(-1) * layer_weights[:, layer]
+    return x.transpose(1, 2)
+
+
+class PreviousFrame(nn.Module):
+    """T=-1: behaviour-conditioned ViT-S; class-token Mlp per tapped layer, averaged -> x_prev [B, W]."""
+
+    def __init__(self, config: ModelConfig, img_size: int, subjects: Sequence[str]) -> None:
+        super().__init__()
+        cond, small = config.COND, config.BACKBONE_SMALL
+        self.behav_embed = BehaviourEmbed(subjects, cond.IN_DIM, cond.DIM, cond.DROPOUT)
+        self.backbone = ConditionedViT(small, img_size, cond.DIM, "MODEL.BACKBONE_SMALL")
+        self.cls_heads = class_token_mlps(small.CLS_DIMS, config.prev_width)
+
+    def forward(self, img: Tensor, bhv: Tensor, subject: str) -> Tensor:
+        taps = self.backbone(img, self.behav_embed(bhv, subject))
+        return torch.stack([head(c) for head, (_, c) in zip(self.cls_heads, taps, strict=True)]).mean(0)

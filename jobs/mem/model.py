@@ -1,0 +1,192 @@
+"""The Memory Encoding Model: one network for all subjects, per-subject modules keyed by name (mem-spec 2)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from jobs.mem.behaviour import BehaviourEmbed
+from jobs.mem.config import MemConfig, ModelConfig
+from jobs.mem.coords import normalise_coords
+from jobs.mem.frames import CurrentFrame, PreviousFrame, retina_features
+from jobs.mem.mappers import LayerSelector, RetinaMapper
+from jobs.mem.memory import MemoryBranch
+from jobs.mem.readout import FreeVoxelWeights, SharedVoxelWeights, apply_readout
+from jobs.mem.weights import read_state_dict
+
+# parameter-name prefixes of the "topyneck": trained per subject once, then loaded frozen (mem-spec 3.4)
+TOPYNECK_GROUPS = ("retina_mapper", "layer_selector")
+
+
+@dataclass(frozen=True, eq=False)
+class SubjectInfo:
+    """The voxels of one subject that a model predicts.
+
+    ``coords`` [N_s, 3] covers ALL the subject's voxels: its bounds fix the positional encoding, so
+    ROI models and whole-brain models (and a frozen topyneck) see a voxel at the same position.
+    ``voxels`` are the modelled voxels' positions in that list, in ROI order; None models them all.
+    """
+
+    coords: np.ndarray
+    voxels: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.coords.ndim != 2 or self.coords.shape[1] != 3 or len(self.coords) < 2:
+            raise ValueError(f"coords must be [N_s >= 2, 3], got {self.coords.shape}")
+        if self.voxels is not None:
+            in_range = self.voxels.size == 0 or 0 <= self.voxels.min() <= self.voxels.max() < len(self.coords)
+            if self.voxels.ndim != 1 or not in_range:
+                raise ValueError(f"voxels must be 1-D positions in 0..{len(self.coords) - 1}")
+
+    @property
+    def n_voxels(self) -> int:
+        return len(self.coords) if self.voxels is None else len(self.voxels)
+
+    def positions(self) -> Tensor:
+        """Normalised coordinates [n_voxels, 3] of the modelled voxels, bounds from all voxels."""
+        full = torch.as_tensor(self.coords, dtype=torch.float32)
+        modelled = full if self.voxels is None else full[torch.as_tensor(self.voxels, dtype=torch.long)]
+        return normalise_coords(modelled, full)
+
+
+def read_topyneck(path: str) -> dict[str, Tensor]:
+    """The tensors of a topyneck file (``retina_mapper.<subject>.*``, ``layer_selector.<subject>.*``)."""
+    return read_state_dict(path, "MODEL.TOPYNECK_PATH")
+
+
+def _voxel_weights(config: ModelConfig, positions: Tensor) -> nn.Module:
+    shared = config.VOXEL_OUTS.SHARED
+    if shared.USE:
+        return SharedVoxelWeights(positions, config.d_model, shared.MLP.WIDTH, shared.MLP.DEPTH)
+    return FreeVoxelWeights(len(positions), config.d_model)
+
+
+class MemModel(nn.Module):
+    """Predicts one subject's voxel responses from the current image, the previous image, the
+    cached features of older frames and the behaviour of all of them.
+
+    Frozen pretrained ViT weights come from ``MODEL.BACKBONE*.WEIGHTS``; a frozen topyneck from
+    ``MODEL.TOPYNECK_PATH`` (loaded here when set). Checkpoints hold only
+    :meth:`trainable_state_dict`, so a model rebuilt from the same config and subjects restores
+    fully from one.
+    """
+
+    def __init__(self, config: MemConfig, subjects: Mapping[str, SubjectInfo]) -> None:
+        super().__init__()
+        model, names, img_size = config.MODEL, list(subjects), config.DATASET.IMAGE_SIZE
+        cond, coords_mlp = model.COND, model.COORDS_MLP
+        self.chunk_size = model.CHUNK_SIZE
+        self.n_voxels = {s: info.n_voxels for s, info in subjects.items()}
+        self.current = CurrentFrame(model, img_size, names)
+        self.previous = PreviousFrame(model, img_size, names)
+        self.memory = MemoryBranch(model, config.DATASET.N_PREV_FRAMES - 1, names)
+        self.behav_pt = BehaviourEmbed(names, cond.IN_DIM, model.passthrough_dim, cond.DROPOUT)
+        self.behav_pt_prev = BehaviourEmbed(names, cond.IN_DIM, model.passthrough_dim, cond.DROPOUT)
+        positions = {s: info.positions() for s, info in subjects.items()}
+        self.retina_mapper = nn.ModuleDict(
+            {
+                s: RetinaMapper(p, coords_mlp.WIDTH, coords_mlp.DEPTH, model.RETINA_MAPPER.SIGMA)
+                for s, p in positions.items()
+            }
+        )
+        n_layers = len(model.BACKBONE.LAYERS)
+        self.layer_selector = nn.ModuleDict(
+            {s: LayerSelector(p, n_layers, coords_mlp.WIDTH, coords_mlp.DEPTH) for s, p in positions.items()}
+        )
+        self.readout = nn.ModuleDict({s: _voxel_weights(model, p) for s, p in positions.items()})
+        if model.TOPYNECK_PATH is not None:
+            self.load_topyneck(read_topyneck(model.TOPYNECK_PATH), source=model.TOPYNECK_PATH)
+
+    def forward(self, batch: Mapping[str, Tensor], subject: str, voxels: Tensor | None = None) -> Tensor:
+        """Predictions [B, n] for one subject's samples.
+
+        batch: "img", "prev_img" [B, 3, H, W] (T=0, T=-1), "prev_feats" [B, N-1, F] (T=-2..-N),
+        "bhv" [B, 35] (T=0), "prev_bhvs" [B, N, 35] (T=-1..-N). ``voxels``: positions into the
+        subject's modelled voxels; None predicts all of them. Voxels run in CHUNK_SIZE chunks.
+        """
+        grids, cls = self.current(batch["img"], batch["bhv"], subject)
+        prev_bhv, memory_bhvs = batch["prev_bhvs"][:, 0], batch["prev_bhvs"][:, 1:]
+        shared = torch.cat(
+            [
+                self.previous(batch["prev_img"], prev_bhv, subject),
+                self.memory(batch["prev_feats"], memory_bhvs, subject),
+                self.behav_pt(batch["bhv"], subject),
+                self.behav_pt_prev(prev_bhv, subject),
+            ],
+            dim=-1,
+        )
+        if voxels is None:
+            voxels = torch.arange(self.n_voxels[subject], device=cls.device)
+        chunks = [self._predict(grids, cls, shared, subject, chunk) for chunk in voxels.split(self.chunk_size)]
+        return torch.cat(chunks, dim=1) if chunks else cls.new_zeros(cls.shape[0], 0)
+
+    def _predict(self, grids: list[Tensor], cls: Tensor, shared: Tensor, subject: str, voxels: Tensor) -> Tensor:
+        mu = self.retina_mapper[subject](voxels)
+        x0 = retina_features(grids, cls, mu, self.layer_selector[subject](voxels))
+        weight, bias = self.readout[subject](voxels)
+        return apply_readout(x0, shared, weight, bias)
+
+    def regularizer(self, subject: str, voxels: Tensor | None = None) -> Tensor:
+        """LayerSelector negative entropy of ``subject`` (all modelled voxels by default); 0 when frozen."""
+        selector = self.layer_selector[subject]
+        if voxels is None:
+            voxels = torch.arange(self.n_voxels[subject], device=selector.positions.device)
+        return selector.regularizer(voxels)
+
+    def trainable_state_dict(self) -> dict[str, Tensor]:
+        """What a checkpoint stores: the parameters that train, nothing else.
+
+        Everything else is rebuilt by the constructor: frozen ViT weights and a frozen topyneck
+        from their files, coordinates from SubjectInfo; the model has no persistent buffers.
+        """
+        return {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}
+
+    def load_trainable_state_dict(
+        self, state: Mapping[str, Tensor], strict: bool = True
+    ) -> tuple[list[str], list[str]]:
+        """Load a :meth:`trainable_state_dict`; returns (missing, unexpected) trainable keys.
+
+        With ``strict`` any missing or unexpected key raises before anything is loaded;
+        otherwise the matching keys are loaded.
+        """
+        expected = self.trainable_state_dict().keys()
+        missing, unexpected = sorted(expected - state.keys()), sorted(state.keys() - expected)
+        if strict and (missing or unexpected):
+            raise RuntimeError(f"trainable state does not match the model: missing {missing}, unexpected {unexpected}")
+        self.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
+        return missing, unexpected
+
+    def topyneck_state_dict(self) -> dict[str, Tensor]:
+        """The RetinaMapper and LayerSelector weights of every subject, as a topyneck file holds them."""
+        return {k: v for k, v in self.state_dict().items() if k.split(".", 1)[0] in TOPYNECK_GROUPS}
+
+    def freeze_topyneck(self) -> None:
+        """Stop training every subject's RetinaMapper and LayerSelector (their outputs get cached)."""
+        for group in TOPYNECK_GROUPS:
+            getattr(self, group).requires_grad_(False)
+
+    def load_topyneck(self, state: Mapping[str, Tensor], source: str = "topyneck state") -> None:
+        """Load and freeze the RetinaMapper and LayerSelector of every subject of this model.
+
+        Keys of other subjects and other modules are ignored; a subject of this model that
+        ``state`` lacks is an error naming ``source`` (the file) and the subject.
+        """
+        parts = {}
+        for group in TOPYNECK_GROUPS:
+            for subject in getattr(self, group):
+                prefix = f"{group}.{subject}."
+                part = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+                if not part:
+                    present = sorted({k.split(".")[1] for k in state if k.startswith(f"{group}.")})
+                    raise ValueError(f"{source}: no {group} weights for subject {subject} (it has {present})")
+                parts[group, subject] = part
+        for (group, subject), part in parts.items():
+            try:
+                getattr(self, group)[subject].load_state_dict(part)
+            except RuntimeError as error:
+                raise ValueError(f"{source}: {group}.{subject} does not fit this model: {error}") from None
+        self.freeze_topyneck()

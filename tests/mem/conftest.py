@@ -1,0 +1,84 @@
+"""Tiny Mem models and batches for CPU tests."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from jobs.mem.config import MemConfig, load_config, tiny
+from jobs.mem.model import MemModel, SubjectInfo
+
+from .helpers import plain_vit
+
+N_VOXELS = {"subj01": 300, "subj02": 150}
+ROI = np.array([140, 3, 77, 5, 120, 64, 9])  # positions in subj02's full voxel list, in ROI order
+
+
+@pytest.fixture
+def tiny_overrides(tmp_path: Path) -> dict[str, Any]:
+    """tiny() with local "pretrained" weight files, as real runs have them.
+
+    Models built with different seeds then share their frozen ViTs, so trainable state moves
+    between them as it moves between checkpoints.
+    """
+    overrides = tiny()
+    config = load_config(overrides)
+    torch.manual_seed(1234)
+    for section in ("BACKBONE", "BACKBONE_SMALL"):
+        path = tmp_path / f"{section.lower()}.pth"
+        torch.save(plain_vit(config, section).state_dict(), path)
+        overrides[f"MODEL.{section}.WEIGHTS"] = str(path)
+    return overrides
+
+
+@pytest.fixture
+def tiny_config(tiny_overrides: dict[str, Any]) -> MemConfig:
+    return load_config(tiny_overrides)
+
+
+@pytest.fixture
+def full_coords() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {name: rng.uniform(-50, 50, size=(n, 3)).astype(np.float32) for name, n in N_VOXELS.items()}
+
+
+@pytest.fixture
+def subjects(full_coords: dict[str, np.ndarray]) -> dict[str, SubjectInfo]:
+    """Two subjects with different voxel counts; subj02 restricted to an ROI."""
+    return {"subj01": SubjectInfo(full_coords["subj01"]), "subj02": SubjectInfo(full_coords["subj02"], voxels=ROI)}
+
+
+@pytest.fixture
+def build(tiny_config: MemConfig, subjects: dict[str, SubjectInfo]) -> Callable[..., MemModel]:
+    """Builds a seeded model: the tiny config and the two subjects unless given others."""
+
+    def _build(
+        config: MemConfig | None = None, infos: Mapping[str, SubjectInfo] | None = None, seed: int = 0
+    ) -> MemModel:
+        torch.manual_seed(seed)
+        return MemModel(config or tiny_config, infos or subjects)
+
+    return _build
+
+
+@pytest.fixture
+def make_batch() -> Callable[..., dict[str, torch.Tensor]]:
+    """A random batch of one subject's samples, shaped as the data pipeline delivers it."""
+
+    def _make(config: MemConfig, batch: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
+        g = torch.Generator().manual_seed(seed)
+        size, frames, bhv = config.DATASET.IMAGE_SIZE, config.DATASET.N_PREV_FRAMES, config.MODEL.COND.IN_DIM
+        return {
+            "img": torch.randn(batch, 3, size, size, generator=g),
+            "prev_img": torch.randn(batch, 3, size, size, generator=g),
+            "prev_feats": torch.randn(batch, frames - 1, config.MODEL.PREV_FEAT.DIM, generator=g),
+            "bhv": torch.randn(batch, bhv, generator=g),
+            "prev_bhvs": torch.randn(batch, frames, bhv, generator=g),
+        }
+
+    return _make
