@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from memq import __version__
-from memq.cli import db, queue
+from memq.cli import db, queue, worker
 
 app = typer.Typer(
     name="memq",
@@ -46,7 +46,23 @@ def _options(
 
 
 queue.register(app)
+worker.register(app)
 app.add_typer(db.app, name="db")
+
+
+def _add_plugin_commands() -> None:
+    """Command groups other packages publish (entry-point group ``memq.cli``), e.g. `memq data`."""
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="memq.cli"):
+        try:
+            app.add_typer(ep.load(), name=ep.name)
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not ep.value.startswith(exc.name):
+                raise
+
+
+_add_plugin_commands()
 
 
 def main() -> None:

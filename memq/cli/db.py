@@ -44,7 +44,7 @@ def set_mode(
 
     from memq.errors import UserError
     from memq.lock import LeaseLock
-    from memq.store.backends import DB_FILE, LOCK_FILE
+    from memq.store.backends import DB_FILE, LOCK_FILE, record_mode
 
     if mode not in ("local", "shared"):
         raise UserError(f"unknown mode {mode!r}", hint="local or shared")
@@ -58,4 +58,5 @@ def set_mode(
             conn.execute(f"PRAGMA journal_mode={'WAL' if mode == 'local' else 'DELETE'}")
         finally:
             conn.close()
+        record_mode(path, mode)
     typer.echo(f"{path}: {mode} mode")

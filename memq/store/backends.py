@@ -32,22 +32,34 @@ T = TypeVar("T")
 
 DB_FILE = "queue.db"
 LOCK_FILE = "queue.db.lock"
-_SQLITE_MAGIC = b"SQLite format 3\x00"
 _RETRIES = 50
 
 
-def sqlite_journal_kind(path: Path) -> str | None:
-    """'wal' or 'rollback' from the database header (bytes 18-19), None if there is no database."""
+MODE_FILE = "queue.mode"
+
+
+def recorded_mode(path: Path) -> str | None:
+    """The SQLite mode a database was created in ('local' or 'shared'); None if it is new.
+
+    Kept in a side file: reading the database file's own header would mean opening and closing
+    it, and closing any descriptor of a file drops every POSIX lock this process holds on it -
+    SQLite's included (sqlite.org/howtocorrupt.html, 2.2).
+    """
+    mode_file = path.with_name(MODE_FILE)
     try:
-        with path.open("rb") as fh:
-            head = fh.read(20)
+        mode = mode_file.read_text().strip()
     except FileNotFoundError:
         return None
-    if len(head) < 20:
-        return None
-    if not head.startswith(_SQLITE_MAGIC):
-        raise UserError("not an SQLite database", where=str(path))
-    return "wal" if head[18] == 2 else "rollback"
+    if mode not in ("local", "shared"):
+        raise UserError(f"unknown mode {mode!r}", where=str(mode_file), hint="local or shared")
+    return mode
+
+
+def record_mode(path: Path, mode: str) -> None:
+    mode_file = path.with_name(MODE_FILE)
+    tmp = mode_file.with_name(f".{MODE_FILE}.{os.getpid()}")
+    tmp.write_text(mode + "\n")
+    tmp.replace(mode_file)
 
 
 def _is_transient(exc: sa.exc.OperationalError) -> bool:
@@ -185,9 +197,8 @@ def open_backend(root: Path, db_url: str | None, db_mode: str | None, *, fs_loca
                             hint="use postgresql+psycopg://USER@HOST/DB, or omit --db for SQLite in the root")
         return Postgres(db_url)
     path = root / DB_FILE
-    recorded = sqlite_journal_kind(path)
-    if recorded is not None:
-        existing = "local" if recorded == "wal" else "shared"
+    existing = recorded_mode(path)
+    if existing is not None:
         if db_mode and db_mode != existing:
             raise UserError(f"database is in {existing} mode, not {db_mode}", where=str(path),
                             hint="memq db set-mode converts it when no worker is running")
@@ -199,4 +210,5 @@ def open_backend(root: Path, db_url: str | None, db_mode: str | None, *, fs_loca
     else:
         mode = db_mode or ("local" if fs_local else "shared")
         _precreate(path)
+        record_mode(path, mode)
     return LocalSQLite(path) if mode == "local" else SharedSQLite(path)

@@ -215,6 +215,9 @@ class Store:
         row = conn.execute(self._stmt("claim_in_grids" if cap.grids else "claim"), params).first()
         if row is None:
             return None
+        # A claim is a sign of life: observers must not mistake an idle worker's old counter,
+        # unchanged for hours, for a stalled worker that now holds a job.
+        conn.execute(self._stmt("beat"), {"p_wid": worker.id})
         conn.execute(self._stmt("attempt_start"), {"p_job": row.id, "p_attempt": row.attempt, "p_wid": worker.id,
                                                    "p_now": now})
         return Claim(job_id=row.id, attempt=row.attempt, key=row.key, grid=self._name(conn, s.grids, row.grid_id),
@@ -239,8 +242,8 @@ class Store:
 
     def _finish(self, conn: Connection, o: Outcome, now: float) -> tuple[bool, bool]:
         """Apply an outcome; returns (accepted, whether some job may have become claimable)."""
-        variant = o.state if o.state in ("failed", "lost", "requeued") else "ended"
-        params = {"p_job": o.job_id, "p_attempt": o.attempt, "p_now": now, "p_state": o.state,
+        variant = o.state if o.state in ("failed", "failed_final", "lost", "requeued") else "ended"
+        params = {"p_job": o.job_id, "p_attempt": o.attempt, "p_now": now, "p_state": o.state.removesuffix("_final"),
                   "p_exit_code": o.exit_code, "p_reason": o.reason, "p_retry_at": now + min(o.backoff, MAX_BACKOFF)}
         row = conn.execute(self._stmt(f"finish_{variant}"), params).first()
         if row is None:
@@ -272,6 +275,61 @@ class Store:
             return True
 
         return self.backend.run(tx, write=True)
+
+    # -- checkpoints ------------------------------------------------------------------------------
+
+    def register_checkpoint(self, job_id: int, attempt: int, *, path: str, host: str, size: int, sha256: str,
+                            metric: float | None, step: int | None, kind: str = "checkpoint") -> bool:
+        """Record a checkpoint file of a running attempt (fenced); re-registering a path updates it."""
+        c = s.checkpoints
+        now = time.time()
+
+        def tx(conn: Connection) -> bool:
+            current = conn.execute(sa.select(J.c.id).where(J.c.id == job_id, J.c.attempt == attempt,
+                                                           J.c.state == Q.RUNNING.value)).first()
+            if current is None:
+                return False
+            values = {"attempt": attempt, "host": host, "size": size, "sha256": sha256, "metric": metric,
+                      "step": step, "synced_path": None, "created_at": now}
+            conn.execute(self._insert(c).values(job_id=job_id, kind=kind, path=path, **values)
+                         .on_conflict_do_update(index_elements=["job_id", "kind", "path"], set_=values))
+            return True
+
+        return self.backend.run(tx, write=True)
+
+    def unregister_checkpoint(self, job_id: int, attempt: int, path: str, kind: str = "checkpoint") -> bool:
+        """Forget a checkpoint file the attempt deleted (fenced)."""
+        c = s.checkpoints
+
+        def tx(conn: Connection) -> bool:
+            current = conn.execute(sa.select(J.c.id).where(J.c.id == job_id, J.c.attempt == attempt,
+                                                           J.c.state == Q.RUNNING.value)).first()
+            if current is None:
+                return False
+            conn.execute(c.delete().where(c.c.job_id == job_id, c.c.kind == kind, c.c.path == path))
+            return True
+
+        return self.backend.run(tx, write=True)
+
+    def checkpoints(self, *, job_ids: Iterable[int] = (), grid: str | None = None,
+                    kind: str | None = None) -> list[dict[str, Any]]:
+        c = s.checkpoints
+        cond = sa.true()
+        job_ids = list(job_ids)
+        if job_ids:
+            cond &= c.c.job_id.in_(job_ids)
+        if grid:
+            cond &= c.c.job_id.in_(sa.select(J.c.id).join(s.grids, s.grids.c.id == J.c.grid_id)
+                                   .where(s.grids.c.name == grid))
+        if kind:
+            cond &= c.c.kind == kind
+        query = sa.select(c).where(cond).order_by(c.c.job_id, c.c.metric.desc(), c.c.id)
+        return self._read(lambda conn: [dict(r._mapping) for r in conn.execute(query)])
+
+    def mark_synced(self, checkpoint_id: int, synced_path: str | None) -> None:
+        c = s.checkpoints
+        self.backend.run(lambda conn: conn.execute(c.update().where(c.c.id == checkpoint_id)
+                                                   .values(synced_path=synced_path)), write=True)
 
     # -- workers ----------------------------------------------------------------------------------
 
@@ -339,12 +397,15 @@ class Store:
 
         return self.backend.run(tx, write=True)
 
-    def worker_heartbeats(self) -> dict[int, tuple[int, str]]:
-        """id -> (heartbeat counter, state) of every worker that could hold jobs."""
+    def worker_heartbeats(self) -> dict[int, tuple[int, str, int]]:
+        """id -> (heartbeat counter, state, running jobs) of every worker that could hold jobs."""
         w = s.workers
         live = [s.WorkerState.ACTIVE.value, s.WorkerState.DRAINING.value, s.WorkerState.QUARANTINED.value]
-        return self._read(lambda conn: {r.id: (r.heartbeat, r.state) for r in conn.execute(
-            sa.select(w.c.id, w.c.heartbeat, w.c.state).where(w.c.state.in_(live)))})
+        running = (sa.select(J.c.worker_id, sa.func.count().label("n")).where(J.c.state == Q.RUNNING.value)
+                   .group_by(J.c.worker_id).subquery())
+        query = (sa.select(w.c.id, w.c.heartbeat, w.c.state, sa.func.coalesce(running.c.n, 0))
+                 .select_from(w.outerjoin(running, running.c.worker_id == w.c.id)).where(w.c.state.in_(live)))
+        return self._read(lambda conn: {r[0]: (r[1], r[2], r[3]) for r in conn.execute(query)})
 
     def declare_dead(self, worker_id: int, seen_heartbeat: int, reason: str = "lost") -> list[int]:
         """Mark a worker dead if its heartbeat is still ``seen_heartbeat``; requeue its jobs."""
@@ -369,8 +430,8 @@ class Store:
 
     def set_worker_state(self, worker_id: int, state: str, reason: str | None = None) -> None:
         w = s.workers
-        self._write(lambda conn: conn.execute(w.update().where(w.c.id == worker_id)
-                                              .values(state=state, reason=reason)))
+        self.backend.run(lambda conn: conn.execute(w.update().where(w.c.id == worker_id)
+                                                   .values(state=state, reason=reason)), write=True)
 
     def request_drain(self, name: str) -> bool:
         """Ask a worker (by name) to stop claiming and requeue its jobs, as SIGTERM would."""
@@ -565,6 +626,8 @@ def _build_statement(name: str, pg: bool) -> Any:
                         finished_at=None, progress=None, exit_code=None, reason=None)
                 .returning(J.c.id, J.c.attempt, J.c.key, J.c.grid_id, J.c.group_id, J.c.kind, J.c.params,
                            J.c.repeat, J.c.command, J.c.gpus, J.c.cpus, J.c.mem_gb, J.c.from_scratch))
+    if name == "beat":
+        return w.update().where(w.c.id == bp("p_wid")).values(heartbeat=w.c.heartbeat + 1)
     if name == "attempt_start":
         return a.insert().values(job_id=bp("p_job"), attempt=bp("p_attempt"), worker_id=bp("p_wid"),
                                  started_at=bp("p_now"))
@@ -575,9 +638,9 @@ def _build_statement(name: str, pg: bool) -> Any:
     if name.startswith("finish_"):
         variant = name.removeprefix("finish_")
         values: dict[str, Any]
-        if variant in ("failed", "lost"):
-            counter = J.c.failures if variant == "failed" else J.c.crashes
-            final = J.c.failures + J.c.crashes + 1 >= J.c.max_attempts
+        if variant in ("failed", "failed_final", "lost"):
+            counter = J.c.crashes if variant == "lost" else J.c.failures
+            final = sa.true() if variant == "failed_final" else J.c.failures + J.c.crashes + 1 >= J.c.max_attempts
             values = {counter.name: counter + 1,
                       "state": sa.case((final, Q.FAILED.value), else_=Q.QUEUED.value),
                       "not_before": sa.case((final, None), else_=bp("p_retry_at")),

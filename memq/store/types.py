@@ -100,7 +100,8 @@ class Outcome:
 
     job_id: int
     attempt: int
-    state: str  # succeeded | failed | cancelled | lost (charged) | requeued (not charged)
+    # succeeded | failed | failed_final (retrying cannot help) | cancelled | lost (charged) | requeued (not charged)
+    state: str
     exit_code: int | None = None
     reason: str | None = None
     metrics: dict[str, Any] | None = None

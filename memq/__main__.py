@@ -1,0 +1,5 @@
+"""`python -m memq` is `memq`."""
+
+from memq.cli import main
+
+main()

@@ -1,0 +1,107 @@
+"""Worker commands: `memq worker`, `memq drain`, `memq logs`."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from memq.cli.common import store
+
+
+def worker(
+    ctx: typer.Context,
+    gpus: Annotated[str, typer.Option(help="auto (NVML), none, or a list like 0,1,3.")] = "auto",
+    slots: Annotated[int, typer.Option(help="How many CPU-only jobs (gpus: 0) may run at once.")] = 1,
+    max_jobs: Annotated[int | None, typer.Option(help="Exit after claiming this many jobs.")] = None,
+    idle_exit: Annotated[float | None, typer.Option(help="Exit after this many seconds with nothing to run.")] = None,
+    poll: Annotated[float, typer.Option(help="Seconds between looks at the queue's version file.")] = 1.0,
+    heartbeat: Annotated[float, typer.Option(help="Seconds between heartbeats while running jobs.")] = 10.0,
+    lease: Annotated[float, typer.Option(
+        help="A worker whose heartbeat stands still this long is dead; its jobs are requeued.")] = 60.0,
+    name: Annotated[str | None, typer.Option(help="Worker name (default: the host name).")] = None,
+    grid: Annotated[list[str] | None, typer.Option(help="Only claim jobs of these grids (repeatable).")] = None,
+    scratch: Annotated[Path | None, typer.Option(
+        help="Node-local scratch directory (default: $MEMQ_SCRATCH or $TMPDIR/memq-scratch-UID).")] = None,
+    grace: Annotated[float, typer.Option(
+        help="On SIGTERM or drain: seconds running jobs get before they are requeued.")] = 30.0,
+    retry_backoff: Annotated[float, typer.Option(help="Seconds before a failed job is retried (doubles).")] = 30.0,
+    quarantine_after: Annotated[int, typer.Option(
+        help="Stop claiming after this many job failures in a row (a broken GPU must not drain the queue).")] = 5,
+    max_gpu_util: Annotated[int, typer.Option(help="A GPU busier than this (percent) is left alone.")] = 10,
+    max_gpu_mem: Annotated[float, typer.Option(
+        help="A GPU with more than this fraction of its memory in use is left alone.")] = 0.1,
+) -> None:
+    """Run jobs on this node until stopped: claim, run, heartbeat, recover."""
+    from memq.gpus import Nvml, healthy, parse_gpus
+    from memq.worker import Worker, WorkerConfig, default_scratch
+
+    nvml = Nvml()
+    gpu_list, said = parse_gpus(gpus, nvml)
+    config = WorkerConfig(name=name or socket.gethostname(), gpus=gpu_list, slots=slots, max_jobs=max_jobs,
+                          idle_exit=idle_exit, poll=poll, heartbeat=heartbeat, lease=lease, grids=tuple(grid or ()),
+                          scratch=scratch or default_scratch(), term_grace=grace, retry_backoff=retry_backoff,
+                          quarantine_after=quarantine_after)
+    st = store(ctx, create=True)
+    typer.echo(f"memq worker {config.name}: {said}; queue {st.backend.display_url()}", err=True)
+    run = Worker(st, config, gpu_filter=lambda free: healthy(free, nvml, max_gpu_util, max_gpu_mem)).run()
+    raise typer.Exit(run)
+
+
+def drain(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The worker's name (see `memq status`).")],
+) -> None:
+    """Ask a worker, from any host, to stop claiming and requeue its jobs after the grace period."""
+    from memq.errors import UserError
+
+    if not store(ctx).request_drain(name):
+        raise UserError(f"no running worker named {name!r}", hint="see `memq status`")
+    typer.echo(f"{name}: drain requested")
+
+
+def logs(
+    ctx: typer.Context,
+    job_id: Annotated[int, typer.Argument(help="Job id.")],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing, across attempts, until the job ends.")]
+    = False,
+    attempt: Annotated[int | None, typer.Option(help="Only this attempt.")] = None,
+) -> None:
+    """Print a job's log, attempt after attempt."""
+    from memq.errors import UserError
+    from memq.root import job_dir
+
+    st = store(ctx)
+    rows = st.jobs(ids=[job_id])
+    if not rows:
+        raise UserError(f"unknown job id {job_id}", hint="see `memq jobs`")
+    printed: dict[int, int] = {}
+    while True:
+        job = st.jobs(ids=[job_id])[0]
+        attempts = [attempt] if attempt else range(1, job["attempt"] + 1)
+        for k in attempts:
+            path = job_dir(st.root, job["grid"], job_id, k) / "log.txt"
+            if not path.exists():
+                continue
+            with path.open("rb") as fh:
+                fh.seek(printed.get(k, 0))
+                chunk = fh.read()
+            if chunk:
+                if k not in printed:
+                    sys.stdout.write(f"==> job {job_id} attempt {k}: {path} <==\n")
+                sys.stdout.write(chunk.decode(errors="replace"))
+                sys.stdout.flush()
+            printed[k] = printed.get(k, 0) + len(chunk)
+        if not follow or job["state"] not in ("queued", "running"):
+            return
+        time.sleep(1.0)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(worker)
+    app.command()(drain)
+    app.command()(logs)

@@ -1,0 +1,109 @@
+"""JobContext: what a Python job kind receives, and the only way it talks to the queue.
+
+A job kind is ``def run(ctx: JobContext) -> None``. Its writes (progress, metrics, checkpoints)
+name this attempt and raise :class:`~memq.errors.Fenced` once the job has moved on to another
+attempt - the job must then stop; its worker kills it anyway.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from memq.errors import Fenced
+
+PROGRESS_INTERVAL = 2.0  # seconds between progress writes; the dashboard needs no more
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class JobContext:
+    job_id: int
+    attempt: int
+    grid: str
+    group: str
+    kind: str
+    params: dict[str, Any]
+    repeat: int
+    job_dir: Path  # this attempt's own directory on the shared root
+    scratch_dir: Path  # node-local, this attempt's own
+    root: Path
+    gpus: list[int] = field(default_factory=list)
+    from_scratch: bool = False
+    db: str | None = None
+    _store: Any = field(default=None, repr=False)
+    _last_progress: float = field(default=0.0, repr=False)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> JobContext:
+        """The context of the job this process runs (the worker set MEMQ_* for it)."""
+        e = os.environ if env is None else env
+        gpus = [int(g) for g in e.get("MEMQ_GPUS", "").split(",") if g]
+        return cls(job_id=int(e["MEMQ_JOB_ID"]), attempt=int(e["MEMQ_ATTEMPT"]), grid=e["MEMQ_GRID"],
+                   group=e["MEMQ_GROUP"], kind=e["MEMQ_KIND"], params=json.loads(e["MEMQ_PARAMS"]),
+                   repeat=int(e.get("MEMQ_REPEAT", "0")), job_dir=Path(e["MEMQ_JOB_DIR"]),
+                   scratch_dir=Path(e["MEMQ_SCRATCH_DIR"]), root=Path(e["MEMQ_ROOT"]), gpus=gpus,
+                   from_scratch=e.get("MEMQ_FROM_SCRATCH") == "1", db=e.get("MEMQ_DB") or None)
+
+    @property
+    def store(self) -> Any:
+        if self._store is None:
+            from memq.options import RootOptions
+            from memq.root import open_store
+
+            self._store = open_store(RootOptions(root=str(self.root), db=self.db), create=False)
+        return self._store
+
+    def previous_attempt_dirs(self) -> list[Path]:
+        """Directories of this job's earlier attempts that exist, newest first."""
+        parent = self.job_dir.parent
+        return [d for k in range(self.attempt - 1, 0, -1) if (d := parent / f"attempt-{k}").is_dir()]
+
+    def resume_file(self, name: str) -> Path | None:
+        """The newest ``name`` an earlier attempt left, unless the job was retried from scratch."""
+        if self.from_scratch:
+            return None
+        return next((d / name for d in self.previous_attempt_dirs() if (d / name).is_file()), None)
+
+    def report_progress(self, force: bool = False, **values: Any) -> None:
+        """Show progress (epoch, best score...) on the dashboard; at most one write per 2 s."""
+        now = time.monotonic()
+        if not force and now - self._last_progress < PROGRESS_INTERVAL:
+            return
+        self._last_progress = now
+        if not self.store.update_attempt(self.job_id, self.attempt, progress=values):
+            raise Fenced(self.job_id, self.attempt)
+
+    def record_metrics(self, **metrics: Any) -> None:
+        """Merge metrics into the job's record (e.g. val_pearson), visible in `memq jobs --json`."""
+        if not self.store.update_attempt(self.job_id, self.attempt, metrics=metrics):
+            raise Fenced(self.job_id, self.attempt)
+
+    def register_checkpoint(self, path: str | os.PathLike[str], metric: float | None = None,
+                            step: int | None = None, kind: str = "checkpoint") -> str:
+        """Record a checkpoint with its size and sha256; returns the checksum."""
+        path = Path(path).absolute()
+        digest = sha256_file(path)
+        ok = self.store.register_checkpoint(self.job_id, self.attempt, path=str(path), host=socket.gethostname(),
+                                            size=path.stat().st_size, sha256=digest, metric=metric, step=step,
+                                            kind=kind)
+        if not ok:
+            raise Fenced(self.job_id, self.attempt)
+        return digest
+
+    def unregister_checkpoint(self, path: str | os.PathLike[str], kind: str = "checkpoint") -> None:
+        if not self.store.unregister_checkpoint(self.job_id, self.attempt, str(Path(path).absolute()), kind):
+            raise Fenced(self.job_id, self.attempt)

@@ -1,0 +1,51 @@
+"""`python -m memq.runner`: the job process of a Python job kind.
+
+It builds the JobContext from the MEMQ_* environment the worker set, resolves the kind by name
+and calls it. Exit codes: 0 done, 1 the job raised, 75 fenced, 78 the kind cannot run here
+(not implemented, bad parameters): retrying would not help.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+
+EXIT_FENCED = 75
+EXIT_PERMANENT = 78
+
+
+class PermanentError(Exception):
+    """Raised by a job kind when retrying cannot help (missing input file, bad parameter)."""
+
+
+def main() -> int:
+    from memq import kinds
+    from memq.context import JobContext
+    from memq.errors import Fenced, UserError
+
+    ctx = JobContext.from_env()
+    try:
+        spec = kinds.lookup(ctx.kind)
+        if spec is None:
+            raise kinds.KindNotImplemented("kind `command` runs an argv, not a Python function")
+        run = kinds.entry_function(spec)
+    except (KeyError, kinds.KindNotImplemented) as exc:
+        print(f"memq: cannot run job kind {ctx.kind!r}: {exc}", file=sys.stderr, flush=True)
+        return EXIT_PERMANENT
+    try:
+        run(ctx)
+    except Fenced as exc:
+        print(f"memq: {exc}; stopping", file=sys.stderr, flush=True)
+        return EXIT_FENCED
+    except (PermanentError, UserError) as exc:
+        message = exc.line() if isinstance(exc, UserError) else f"error: {exc}"
+        print(f"memq: {message} (not retried)", file=sys.stderr, flush=True)
+        return EXIT_PERMANENT
+    except Exception:
+        traceback.print_exc()
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""The process between a worker and one job: it keeps the job from outliving its lease.
+
+The worker starts ``python -m memq.supervisor``, writes the job's spec as one JSON line on its
+stdin, then keeps writing ``renew`` after every heartbeat it committed. The supervisor runs the
+job in its own process group and kills that whole group when
+
+* the worker dies: its stdin reaches EOF (and PR_SET_PDEATHSIG sends SIGTERM as a second path);
+* the worker says ``term REASON`` (SIGTERM, then SIGKILL after the grace) or ``kill REASON``;
+* no ``renew`` came for ``fence_after`` seconds on this host's monotonic clock - the worker is
+  stalled (SIGSTOP, swapped out, cut off from the database) and other workers may soon declare
+  it dead and rerun the job. fence_after is well under the lease, so the old attempt is gone
+  before a new one can start.
+
+It reports on stdout: ``started PID``, then ``exit CODE`` | ``fenced`` | ``killed REASON CODE``.
+Standard library only: it must start fast and never import the job's dependencies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+PR_SET_PDEATHSIG = 1
+
+
+def set_parent_death_signal(sig: int) -> None:
+    """Ask Linux to send ``sig`` to this process when its parent dies (no-op elsewhere)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
+
+
+def _kill_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+class Supervisor:
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.spec = spec
+        self.fence_after = float(spec["fence_after"])
+        self.term_grace = float(spec.get("term_grace", 10.0))
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.reason: str | None = None  # why we ended the job, if we did
+        self.kill_at: float | None = None
+        self.last_renew = time.monotonic()
+        self._buffer = b""
+
+    def start(self) -> None:
+        spec = self.spec
+        with open(spec["log"], "ab") as log:
+            if spec.get("header"):
+                log.write(spec["header"].encode() + b"\n")
+                log.flush()
+            self.proc = subprocess.Popen(
+                spec["argv"], env=spec["env"], cwd=spec.get("cwd"), stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=lambda: set_parent_death_signal(signal.SIGKILL),
+            )
+        self.say(f"started {self.proc.pid}")
+
+    @staticmethod
+    def say(line: str) -> None:
+        with contextlib.suppress(BrokenPipeError):
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+
+    def end(self, reason: str, sig: int) -> None:
+        """Stop the job's whole process group (once; SIGKILL may follow a SIGTERM)."""
+        assert self.proc is not None
+        if self.reason is None:
+            self.reason = reason
+        _kill_group(self.proc.pid, sig)
+        if sig == signal.SIGTERM and self.kill_at is None:
+            self.kill_at = time.monotonic() + self.term_grace
+
+    def on_command(self, line: str) -> None:
+        word, _, rest = line.partition(" ")
+        if word == "renew":
+            self.last_renew = time.monotonic()
+        elif word == "term":
+            self.end(rest or "terminated", signal.SIGTERM)
+        elif word == "kill":
+            self.end(rest or "killed", signal.SIGKILL)
+
+    def read_commands(self) -> bool:
+        """Handle what the worker wrote; False at EOF (the worker is gone)."""
+        chunk = os.read(sys.stdin.fileno(), 4096)
+        if not chunk:
+            return False
+        self._buffer += chunk
+        while b"\n" in self._buffer:
+            line, self._buffer = self._buffer.split(b"\n", 1)
+            self.on_command(line.decode().strip())
+        return True
+
+    def run(self) -> int:
+        self.start()
+        assert self.proc is not None
+        sel = selectors.DefaultSelector()
+        sel.register(sys.stdin.fileno(), selectors.EVENT_READ, "worker")
+        try:
+            pidfd = os.pidfd_open(self.proc.pid)
+            sel.register(pidfd, selectors.EVENT_READ, "job")
+        except (AttributeError, OSError):
+            pidfd = None
+        worker_gone = False
+        while self.proc.poll() is None:
+            now = time.monotonic()
+            if self.kill_at is not None and now >= self.kill_at:
+                _kill_group(self.proc.pid, signal.SIGKILL)
+            if now - self.last_renew > self.fence_after and self.reason is None:
+                self.end("fenced", signal.SIGKILL)
+            timeout = max(0.0, self.last_renew + self.fence_after - now)
+            timeout = min(timeout, 1.0 if pidfd is not None else 0.05)
+            for key, _ in sel.select(timeout):
+                if key.data == "worker" and not worker_gone and not self.read_commands():
+                    worker_gone = True
+                    sel.unregister(sys.stdin.fileno())
+                    self.end("worker gone", signal.SIGKILL)
+        code = self.proc.wait()
+        _kill_group(self.proc.pid, signal.SIGKILL)  # stragglers the job left in its group
+        if self.reason == "fenced":
+            self.say("fenced")
+        elif self.reason is not None:
+            self.say(f"killed {self.reason.replace(' ', '_')} {code}")
+        else:
+            self.say(f"exit {code}")
+        return 0
+
+
+def main() -> None:
+    set_parent_death_signal(signal.SIGTERM)
+    spec = json.loads(sys.stdin.buffer.readline())
+    supervisor = Supervisor(spec)
+
+    def on_term(_sig: int, _frame: object) -> None:
+        if supervisor.proc is not None:
+            _kill_group(supervisor.proc.pid, signal.SIGKILL)
+        os._exit(1)
+
+    signal.signal(signal.SIGTERM, on_term)
+    if os.getppid() == 1:  # the worker died before we could ask to be told
+        sys.exit(1)
+    sys.exit(supervisor.run())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,249 @@
+"""Real worker processes running real command jobs, with workers and jobs killed under them."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from memq.store.types import GridSpec, GroupSpec, JobSpec
+
+from ..conftest import Rig
+
+JOBSCRIPT = Path(__file__).with_name("jobscript.py")
+REPO = Path(__file__).parents[2]
+FAST = ["--heartbeat", "0.3", "--lease", "2", "--poll", "0.2", "--retry-backoff", "0", "--grace", "1"]
+
+
+def jobs_of(grid: str, group: str, out: Path, seconds: list[float], mode: str = "", **kw: object) -> list[JobSpec]:
+    return [JobSpec(grid, group, "command", {"i": i, "seconds": s},
+                    command=[sys.executable, str(JOBSCRIPT), str(out), "{job_id}", "{attempt}", "{seconds}", mode],
+                    **kw) for i, s in enumerate(seconds)]
+
+
+def start_worker(rig: Rig, host: int, name: str, tmp: Path, *extra: str) -> subprocess.Popen:
+    log = (tmp / f"{name}.log").open("ab")
+    cmd = [sys.executable, "-m", "memq", *rig.cli_args(host), "worker", "--gpus", "none", "--name", name,
+           *FAST, *extra]
+    env = {**os.environ, "MEMQ_SCRATCH": str(tmp / "scratch")}
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return predicate()
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def started(out: Path) -> dict[tuple[int, int], dict]:
+    found = {}
+    for path in out.glob("*.start"):
+        job, attempt, _ = path.name.split(".")
+        found[(int(job), int(attempt))] = json.loads(path.read_text())
+    return found
+
+
+def stop(procs: list[subprocess.Popen], logs: Path | None = None) -> list[int]:
+    """SIGTERM each worker once it is up (a signal during start-up just kills the interpreter)."""
+    for p in procs:
+        if logs is not None:
+            text = lambda: "".join(f.read_text() for f in logs.glob("*.log"))  # noqa: E731
+            wait_until(lambda: f"started (pid {p.pid}," in text(), 30)
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    return [p.wait(timeout=60) for p in procs]
+
+
+@pytest.fixture
+def out(tmp_path: Path) -> Path:
+    path = tmp_path / "out"
+    path.mkdir()
+    (tmp_path / "scratch").mkdir()
+    return path
+
+
+def test_chaos_every_job_succeeds_once_and_attempts_never_overlap(multihost_rig: Rig, tmp_path: Path,
+                                                                 out: Path) -> None:
+    rig = multihost_rig
+    rng = random.Random(7)
+    store = rig.store()
+    seconds = [round(rng.uniform(0.1, 0.6), 2) for _ in range(200)]
+    store.submit(GridSpec("chaos", (GroupSpec("g"),), tuple(jobs_of("chaos", "g", out, seconds, max_attempts=100))))
+    workers = {f"w{i}": start_worker(rig, i, f"w{i}", tmp_path, "--slots", "2") for i in range(4)}
+    killed_workers = killed_jobs = 0
+    deadline = time.monotonic() + 300
+    while store.counts()["chaos"]["succeeded"] < 200 and time.monotonic() < deadline:
+        time.sleep(rng.uniform(1, 3))
+        if rng.random() < 0.3:
+            running = [(r["id"], r["attempt"]) for r in store.jobs(states=["running"])]
+            records = started(out)
+            victims = [records[k]["pids"][0] for k in running if k in records]
+            if victims:
+                with contextlib.suppress(ProcessLookupError):  # it may just have finished
+                    os.kill(rng.choice(victims), signal.SIGKILL)
+                    killed_jobs += 1
+            continue
+        name = rng.choice(sorted(workers))
+        workers[name].kill()
+        workers[name].wait()
+        killed_workers += 1
+        workers[name] = start_worker(rig, int(name[1:]), name, tmp_path, "--slots", "2")
+    assert store.counts()["chaos"] == {"queued": 0, "running": 0, "succeeded": 200, "failed": 0, "cancelled": 0}
+    assert stop(list(workers.values()), tmp_path) == [0, 0, 0, 0]
+    assert killed_workers >= 3 and killed_jobs >= 1
+    assert not list(out.glob("*.overlap")), "two attempts of one job ran at the same time"
+    for job in store.jobs():
+        outcomes = [a["outcome"] for a in store.attempts(job["id"])]
+        assert outcomes.count("succeeded") == 1 and outcomes[-1] == "succeeded", (job["id"], outcomes)
+    leftovers = [pid for record in started(out).values() for pid in record["pids"] if alive(pid)]
+    assert wait_until(lambda: not [p for p in leftovers if alive(p)], 10), "job processes outlived their workers"
+    assert store.integrity() == []
+
+
+def test_sigkilled_worker_leaves_no_job_process(tmp_path: Path, out: Path) -> None:
+    rig = Rig("local", [tmp_path / "root"])
+    store = rig.store()
+    store.submit(GridSpec("k", (GroupSpec("g"),), tuple(jobs_of("k", "g", out, [60, 60], "child"))))
+    worker = start_worker(rig, 0, "w", tmp_path, "--slots", "2")
+    assert wait_until(lambda: len(started(out)) == 2, 30)
+    pids = [pid for record in started(out).values() for pid in record["pids"]]
+    assert len(pids) == 4 and all(alive(p) for p in pids)
+    worker.kill()
+    worker.wait()
+    assert wait_until(lambda: not [p for p in pids if alive(p)], 5), "a job process survived SIGKILL of its worker"
+
+
+def test_stopped_worker_is_fenced_and_its_job_is_not_recorded_twice(tmp_path: Path, out: Path) -> None:
+    rig = Rig("local", [tmp_path / "root"])
+    store = rig.store()
+    store.submit(GridSpec("s", (GroupSpec("g"),), tuple(jobs_of("s", "g", out, [4.0]))))
+    stale = start_worker(rig, 0, "stale", tmp_path)
+    assert wait_until(lambda: (1, 1) in started(out), 30)
+    first_pid = started(out)[(1, 1)]["pids"][0]
+    os.kill(stale.pid, signal.SIGSTOP)
+    try:
+        # Its supervisor kills the job once the lease can no longer be renewed (lease/2)...
+        assert wait_until(lambda: not alive(first_pid), 5)
+        other = start_worker(rig, 0, "other", tmp_path)
+        # ...and another worker declares it dead after a lease on its own clock and reruns the job.
+        assert wait_until(lambda: (1, 2) in started(out), 30)
+    finally:
+        os.kill(stale.pid, signal.SIGCONT)
+    assert stale.wait(timeout=30) == 3  # it learns it was declared dead and stands down
+    assert wait_until(lambda: store.counts()["s"]["succeeded"] == 1, 30)
+    assert stop([other]) == [0]
+    assert [a["outcome"] for a in store.attempts(1)] == ["lost", "succeeded"]
+    assert not list(out.glob("*.overlap"))
+    assert "declared dead" in (tmp_path / "stale.log").read_text()
+
+
+def test_dependencies_and_a_failed_dependency_blocks_with_a_reason(tmp_path: Path, out: Path, cli) -> None:
+    rig = Rig("local", [tmp_path / "root"])
+    store = rig.store()
+    first = jobs_of("d", "first", out, [0.2, 0.8, 0.4, 1.0])
+    second = jobs_of("d", "second", out, [0.1, 0.1])
+    store.submit(GridSpec("d", (GroupSpec("first"), GroupSpec("second", ("first",))), tuple(first + second)))
+    broken = jobs_of("b", "a", out, [0.1], "fail", max_attempts=1) + jobs_of("b", "z", out, [0.1])
+    store.submit(GridSpec("b", (GroupSpec("a"), GroupSpec("z", ("a",))), tuple(broken)))
+    worker = start_worker(rig, 0, "w", tmp_path, "--slots", "3", "--idle-exit", "2")
+    assert worker.wait(timeout=60) == 0
+    ids = {(r["grid"], r["group"]): [] for r in store.jobs()}
+    for r in store.jobs():
+        ids[(r["grid"], r["group"])].append(r["id"])
+    runs = started(out)
+    ends = {int(p.name.split(".")[0]): json.loads(p.read_text())["end"] for p in out.glob("*.end")}
+    assert min(runs[(j, 1)]["start"] for j in ids[("d", "second")]) >= max(ends[j] for j in ids[("d", "first")])
+    assert store.counts()["b"]["failed"] == 1 and store.counts()["b"]["queued"] == 1
+    status = json.loads(cli(*rig.cli_args(), "status", "--json").out)
+    z = next(g for g in status["grids"] if g["name"] == "b")["groups"][1]
+    assert z["blocked"].startswith("blocked: a has 1 failed")
+
+
+def test_sigterm_requeues_running_jobs_without_charging_them(tmp_path: Path, out: Path) -> None:
+    rig = Rig("local", [tmp_path / "root"])
+    store = rig.store()
+    store.submit(GridSpec("t", (GroupSpec("g"),), tuple(jobs_of("t", "g", out, [30, 30], max_attempts=1))))
+    worker = start_worker(rig, 0, "w", tmp_path, "--slots", "2")
+    assert wait_until(lambda: len(started(out)) == 2, 30)
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0
+    jobs = store.jobs()
+    assert [(j["state"], j["failures"], j["crashes"]) for j in jobs] == [("queued", 0, 0)] * 2
+    assert all(not alive(pid) for r in started(out).values() for pid in r["pids"])
+    # max_attempts is 1, yet the jobs run again: a drain is not the job's fault.
+    again = start_worker(rig, 0, "w2", tmp_path, "--slots", "2")
+    assert wait_until(lambda: len(started(out)) == 4, 30)
+    assert stop([again]) == [0]
+
+
+def test_drain_from_another_host_cancel_and_quarantine(tmp_path: Path, out: Path, cli) -> None:
+    rig = Rig("local", [tmp_path / "root"])
+    store = rig.store()
+    store.submit(GridSpec("c", (GroupSpec("g"),), tuple(jobs_of("c", "g", out, [60]))))
+    worker = start_worker(rig, 0, "w", tmp_path)
+    assert wait_until(lambda: (1, 1) in started(out), 30)
+    t0 = time.monotonic()
+    assert cli(*rig.cli_args(), "cancel", "1").code == 0
+    assert wait_until(lambda: store.jobs(ids=[1])[0]["state"] == "cancelled", 10)
+    assert time.monotonic() - t0 < 5
+    assert cli(*rig.cli_args(), "drain", "w").code == 0
+    assert worker.wait(timeout=30) == 0
+    # Three failures in a row quarantine a worker: it stops claiming and says why.
+    store.submit(GridSpec("q", (GroupSpec("g"),), tuple(jobs_of("q", "g", out, [0.1] * 5, "fail", max_attempts=1))))
+    bad = start_worker(rig, 0, "bad", tmp_path, "--quarantine-after", "3", "--idle-exit", "3")
+    assert bad.wait(timeout=60) == 0
+    assert store.counts()["q"]["failed"] == 3 and store.counts()["q"]["queued"] == 2
+    workers = json.loads(cli(*rig.cli_args(), "status", "--json").out)["workers"]
+    assert "3 job failures in a row" in next(w for w in workers if w["name"] == "bad")["reason"]
+
+
+def test_gpus_are_given_out_exclusively_with_cuda_visible_devices(tmp_path: Path, out: Path) -> None:
+    rig = Rig("local", [tmp_path / "root"])
+    store = rig.store()
+    jobs = (jobs_of("gpu", "one", out, [0.5] * 4, gpus=1) + jobs_of("gpu", "two", out, [0.5] * 2, gpus=2)
+            + jobs_of("gpu", "four", out, [0.1], gpus=4))
+    store.submit(GridSpec("gpu", (GroupSpec("one"), GroupSpec("two"), GroupSpec("four")), tuple(jobs)))
+    cmd = [sys.executable, "-m", "memq", *rig.cli_args(), "worker", "--gpus", "0,1,2", "--slots", "0",
+           "--idle-exit", "2", *FAST]
+    assert subprocess.run(cmd, cwd=REPO, capture_output=True, timeout=120).returncode == 0
+    runs = started(out)
+    assert len(runs) == 6 and store.counts()["gpu"]["queued"] == 1  # 4 GPUs never fit a 3-GPU node
+    ends = {int(p.name.split(".")[0]): json.loads(p.read_text())["end"] for p in out.glob("*.end")}
+    spans = [(r["start"], ends[job], set(r["gpus"].split(","))) for (job, _), r in runs.items()]
+    assert sorted(len(g) for *_, g in spans) == [1, 1, 1, 1, 2, 2]
+    for i, (s1, e1, g1) in enumerate(spans):
+        for s2, e2, g2 in spans[i + 1:]:
+            if s1 < e2 and s2 < e1:
+                assert not g1 & g2, "two running jobs shared a GPU"
+
+
+def test_runner_refuses_an_unknown_or_unimplemented_kind(tmp_path: Path) -> None:
+    from memq.kinds import KindNotImplemented, KindSpec, entry_function
+
+    with pytest.raises(KindNotImplemented, match="reserved but not implemented"):
+        entry_function(KindSpec("x.y", "jobs.not_there:run"))
+    env = {**os.environ, "MEMQ_JOB_ID": "1", "MEMQ_ATTEMPT": "1", "MEMQ_GRID": "g", "MEMQ_GROUP": "a",
+           "MEMQ_KIND": "no.such.kind", "MEMQ_PARAMS": "{}", "MEMQ_JOB_DIR": str(tmp_path),
+           "MEMQ_SCRATCH_DIR": str(tmp_path), "MEMQ_ROOT": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-m", "memq.runner"], env=env, capture_output=True, text=True)
+    assert done.returncode == 78 and "cannot run job kind 'no.such.kind'" in done.stderr
