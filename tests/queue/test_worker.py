@@ -65,10 +65,11 @@ def started(out: Path) -> dict[tuple[int, int], dict]:
 
 def stop(procs: list[subprocess.Popen], logs: Path | None = None) -> list[int]:
     """SIGTERM each worker once it is up (a signal during start-up just kills the interpreter)."""
+    def up(pid: int) -> bool:
+        return logs is None or any(f"started (pid {pid}," in f.read_text() for f in logs.glob("*.log"))
+
     for p in procs:
-        if logs is not None:
-            text = lambda: "".join(f.read_text() for f in logs.glob("*.log"))  # noqa: E731
-            wait_until(lambda: f"started (pid {p.pid}," in text(), 30)
+        wait_until(lambda pid=p.pid: up(pid), 30)
         if p.poll() is None:
             p.send_signal(signal.SIGTERM)
     return [p.wait(timeout=60) for p in procs]
