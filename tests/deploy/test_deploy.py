@@ -35,8 +35,9 @@ def test_slurm_script_starts_one_worker_per_node_and_drains_before_the_limit(tmp
     assert worker[worker.index("--grace") + 1] == "200" and int(lead) > 200
     assert worker[-2:] == ["--grid", "xvbc"] and worker[worker.index("--name") + 1].endswith("-77")
     # The worker options it passes are real ones.
-    from memq.cli import app
     from typer.main import get_command
+
+    from memq.cli import app
 
     names = {opt for p in get_command(app).commands["worker"].params for opt in p.opts}
     assert {w for w in worker if w.startswith("--")} <= names
