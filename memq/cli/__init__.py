@@ -10,6 +10,7 @@ import typer
 
 from memq import __version__
 from memq.cli import db, queue, worker
+from memq.demo import demo
 
 app = typer.Typer(
     name="memq",
@@ -47,6 +48,7 @@ def _options(
 
 queue.register(app)
 worker.register(app)
+app.command()(demo)
 app.add_typer(db.app, name="db")
 
 
