@@ -23,3 +23,14 @@ MEM_PREDICT = KindSpec(
     validate="jobs.mem.config:validate_params",
     description="predict one split with a trained model's soup",
 )
+DATA_PREPARE_NSD = KindSpec(
+    name="data.prepare_nsd",
+    target="jobs.data.nsd:run",
+    description="prepare one subject of NSD + Algonauts 2023 into the training layout",
+    gpus=0,
+)
+DATA_CACHE_FEATURES = KindSpec(
+    name="data.cache_features",
+    target="jobs.data.features:run",
+    description="cache DINOv2 ViT-L/14 CLS features of the memory images",
+)

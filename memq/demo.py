@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -14,8 +15,8 @@ DEMO_GRID = Path(__file__).resolve().parents[1] / "grids" / "demo.yaml"
 
 
 def demo(
-    root: Path = typer.Option(Path("demo-root"), help="Where the demo queue lives."),
-    fresh: bool = typer.Option(True, help="Start from an empty root."),
+    root: Annotated[Path, typer.Option(help="Where the demo queue lives.")] = Path("demo-root"),
+    fresh: Annotated[bool, typer.Option(help="Start from an empty root.")] = True,
 ) -> None:
     """Run the demo: submit a grid, work it off with a local worker, show the dashboard."""
     from rich.console import Console
