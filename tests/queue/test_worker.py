@@ -248,3 +248,20 @@ def test_runner_refuses_an_unknown_or_unimplemented_kind(tmp_path: Path) -> None
            "MEMQ_SCRATCH_DIR": str(tmp_path), "MEMQ_ROOT": str(tmp_path)}
     done = subprocess.run([sys.executable, "-m", "memq.runner"], env=env, capture_output=True, text=True)
     assert done.returncode == 78 and "cannot run job kind 'no.such.kind'" in done.stderr
+
+
+def test_logs_follow_a_job_across_attempts(tmp_path: Path, out: Path, cli) -> None:
+    rig = Rig("local", [tmp_path / "root"])
+    store = rig.store()
+    code = ("import os, sys; k = os.environ['MEMQ_ATTEMPT']; print('attempt', k, 'of', os.environ['MEMQ_JOB_ID']);"
+            "sys.exit(0 if k == '2' else 5)")
+    job = JobSpec("l", "g", "command", {}, command=[sys.executable, "-c", code])
+    store.submit(GridSpec("l", (GroupSpec("g"),), (job,)))
+    worker = start_worker(rig, 0, "w", tmp_path, "--idle-exit", "1")
+    followed = cli(*rig.cli_args(), "logs", "1", "-f")  # returns once the job has ended
+    assert worker.wait(timeout=60) == 0
+    assert followed.code == 0
+    assert followed.out.index("attempt 1 of 1") < followed.out.index("==> job 1 attempt 2") < followed.out.index(
+        "attempt 2 of 1")
+    assert cli(*rig.cli_args(), "logs", "1", "--attempt", "1").out.count("attempt 2 of 1") == 0
+    assert cli(*rig.cli_args(), "logs", "99").code == 2
