@@ -7,7 +7,6 @@ attempt - the job must then stop; its worker kills it anyway.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import socket
@@ -16,17 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from memq.checkpoints import sha256_file
 from memq.errors import Fenced
 
 PROGRESS_INTERVAL = 2.0  # seconds between progress writes; the dashboard needs no more
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass

@@ -7,6 +7,7 @@ and calls it. Exit codes: 0 done, 1 the job raised, 75 fenced, 78 the kind canno
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 
@@ -16,6 +17,16 @@ EXIT_PERMANENT = 78
 
 class PermanentError(Exception):
     """Raised by a job kind when retrying cannot help (missing input file, bad parameter)."""
+
+
+def _sync_own_checkpoints(ctx: object) -> None:
+    """Copy this job's checkpoints to the shared store now, while their node is still at hand."""
+    from memq.sync import sync
+
+    report = sync(ctx.store, job_ids=[ctx.job_id])  # type: ignore[attr-defined]
+    print(f"memq: synced {len(report.copied)} checkpoints to the shared store", file=sys.stderr, flush=True)
+    for problem in report.unreachable + report.corrupt:
+        print(f"memq: sync: {problem}", file=sys.stderr, flush=True)
 
 
 def main() -> int:
@@ -34,6 +45,8 @@ def main() -> int:
         return EXIT_PERMANENT
     try:
         run(ctx)
+        if os.environ.get("MEMQ_SYNC") == "1":
+            _sync_own_checkpoints(ctx)
     except Fenced as exc:
         print(f"memq: {exc}; stopping", file=sys.stderr, flush=True)
         return EXIT_FENCED

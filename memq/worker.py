@@ -70,6 +70,7 @@ class WorkerConfig:
     retry_backoff: float = 30.0
     quarantine_after: int = 5
     max_poll_backoff: float = 60.0
+    sync_checkpoints: bool = True  # jobs copy their checkpoints to the shared store when they succeed
 
     def check(self) -> None:
         from memq.errors import UserError
@@ -316,7 +317,7 @@ class Worker:
             "MEMQ_JOB_DIR": str(shared), "MEMQ_SCRATCH_DIR": str(scratch), "MEMQ_ROOT": str(self.store.root),
             "MEMQ_GPUS": ",".join(map(str, gpus)), "MEMQ_FROM_SCRATCH": "1" if claim.from_scratch else "0",
             "CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus)), "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
-            "PYTHONUNBUFFERED": "1",
+            "PYTHONUNBUFFERED": "1", "MEMQ_SYNC": "1" if self.cfg.sync_checkpoints else "0",
         })
         if self.store.backend.dialect == "postgresql":
             env["MEMQ_DB"] = self.store.backend.engine.url.render_as_string(hide_password=False)

@@ -35,6 +35,8 @@ def worker(
     max_gpu_util: Annotated[int, typer.Option(help="A GPU busier than this (percent) is left alone.")] = 10,
     max_gpu_mem: Annotated[float, typer.Option(
         help="A GPU with more than this fraction of its memory in use is left alone.")] = 0.1,
+    sync_checkpoints: Annotated[bool, typer.Option(
+        "--sync/--no-sync", help="Copy a job's checkpoints to the shared store when it succeeds.")] = True,
 ) -> None:
     """Run jobs on this node until stopped: claim, run, heartbeat, recover."""
     from memq.gpus import Nvml, healthy, parse_gpus
@@ -45,7 +47,7 @@ def worker(
     config = WorkerConfig(name=name or socket.gethostname(), gpus=gpu_list, slots=slots, max_jobs=max_jobs,
                           idle_exit=idle_exit, poll=poll, heartbeat=heartbeat, lease=lease, grids=tuple(grid or ()),
                           scratch=scratch or default_scratch(), term_grace=grace, retry_backoff=retry_backoff,
-                          quarantine_after=quarantine_after)
+                          quarantine_after=quarantine_after, sync_checkpoints=sync_checkpoints)
     st = store(ctx, create=True)
     typer.echo(f"memq worker {config.name}: {said}; queue {st.backend.display_url()}", err=True)
     run = Worker(st, config, gpu_filter=lambda free: healthy(free, nvml, max_gpu_util, max_gpu_mem)).run()
@@ -101,7 +103,33 @@ def logs(
         time.sleep(1.0)
 
 
+def sync(
+    ctx: typer.Context,
+    grid: Annotated[str | None, typer.Option(help="Only this grid's checkpoints.")] = None,
+    recheck: Annotated[bool, typer.Option("--verify", help="Re-hash shared copies; replace bad ones.")] = False,
+    remote: Annotated[bool, typer.Option(
+        "--remote", help="Pull checkpoints of other hosts over ssh (else run sync on those hosts).")] = False,
+) -> None:
+    """Copy registered checkpoints from node-local scratch to the shared store, verified by sha256."""
+    from rich.progress import Progress
+
+    from memq.sync import sync as run_sync
+
+    st = store(ctx)
+    with Progress(transient=True) as progress:
+        task = progress.add_task("sync", total=None)
+        report = run_sync(st, grid=grid, recheck=recheck, remote=remote,
+                          on_row=lambda row: progress.advance(task))
+    typer.echo(f"copied {len(report.copied)}, already synced {report.already}, "
+               f"unreachable {len(report.unreachable)}, corrupt {len(report.corrupt)}")
+    for line in report.unreachable + report.corrupt:
+        typer.echo(f"  {line}")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
+    app.command()(sync)
     app.command()(worker)
     app.command()(drain)
     app.command()(logs)

@@ -297,6 +297,21 @@ class Store:
 
         return self.backend.run(tx, write=True)
 
+    def register_artifact(self, job_id: int, *, kind: str, path: str, host: str, size: int, sha256: str,
+                          metric: float | None = None, step: int | None = None) -> None:
+        """Record a file made from a finished job (a soup, predictions) under its last attempt."""
+        c = s.checkpoints
+        now = time.time()
+
+        def tx(conn: Connection) -> None:
+            attempt = conn.execute(sa.select(J.c.attempt).where(J.c.id == job_id)).scalar_one()
+            values = {"attempt": attempt, "host": host, "size": size, "sha256": sha256, "metric": metric,
+                      "step": step, "synced_path": path, "created_at": now}
+            conn.execute(self._insert(c).values(job_id=job_id, kind=kind, path=path, **values)
+                         .on_conflict_do_update(index_elements=["job_id", "kind", "path"], set_=values))
+
+        self.backend.run(tx, write=True)
+
     def unregister_checkpoint(self, job_id: int, attempt: int, path: str, kind: str = "checkpoint") -> bool:
         """Forget a checkpoint file the attempt deleted (fenced)."""
         c = s.checkpoints
