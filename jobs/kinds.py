@@ -26,11 +26,15 @@ MEM_PREDICT = KindSpec(
 DATA_PREPARE_NSD = KindSpec(
     name="data.prepare_nsd",
     target="jobs.data.nsd:run",
-    description="prepare one subject of NSD + Algonauts 2023 into the training layout",
+    validate="jobs.data.params:validate_prepare_nsd",
+    description="prepare one subject of NSD + Algonauts 2023 into the training layout (params nsd_dir, alg_dir, "
+    "out, subject; space, beta, fsaverage_dir, force)",
     gpus=0,
 )
 DATA_CACHE_FEATURES = KindSpec(
     name="data.cache_features",
     target="jobs.data.features:run",
-    description="cache DINOv2 ViT-L/14 CLS features of the memory images",
+    validate="jobs.data.params:validate_cache_features",
+    description="cache DINOv2 ViT-L/14 CLS features of the memory images in images.h5 (params data_dir, weights; "
+    "alg_dir writes images.h5 from the Algonauts PNGs first if missing)",
 )

@@ -78,6 +78,9 @@ Root attributes:
     format_version  1
     image_size      int, H = W
     feature_dim     int, F
+    features_source str, optional: what computed ``features`` (e.g. the timm model, its input size
+                    and the sha256 of its weights file). ``"pending"``: not computed yet (zeros);
+                    run ``memq data cache-features`` before training.
 
 Datasets:
 
@@ -109,6 +112,8 @@ IMAGES_FORMAT = "memq.images"
 FORMAT_VERSION = 1
 IMAGES_FILE = "images.h5"
 FEATURE_READ_BLOCK = 4096  # rows per read when gathering many features
+FEATURES_SOURCE = "features_source"  # images.h5 attribute: what computed the features
+FEATURES_PENDING = "pending"
 
 TRIALS_PER_SESSION = 750
 RUNS_PER_SESSION = 12
@@ -349,7 +354,14 @@ def write_subject(path: PathArg, meta: SubjectMeta, betas: np.ndarray) -> Path:
 class ImageWriter(_RowWriter):
     """Writes ``images.h5``; images and features are appended in blocks, in ``ids`` order."""
 
-    def __init__(self, path: PathArg, ids: np.ndarray, image_size: int, feature_dim: int) -> None:
+    def __init__(
+        self,
+        path: PathArg,
+        ids: np.ndarray,
+        image_size: int,
+        feature_dim: int,
+        attrs: Mapping[str, Any] | None = None,
+    ) -> None:
         ids = np.asarray(ids, dtype=np.int64)
         if ids.ndim != 1 or ids.size == 0 or (ids.min() < 0) or np.any(np.diff(ids) <= 0):
             raise LayoutError(path, "ids must be a non-empty, sorted, unique, non-negative 1-d array")
@@ -357,6 +369,7 @@ class ImageWriter(_RowWriter):
         super().__init__(path, "images")
         try:
             f = self._out.file
+            f.attrs.update(dict(attrs or {}))
             f.attrs.update(
                 format=IMAGES_FORMAT, format_version=FORMAT_VERSION, image_size=image_size, feature_dim=feature_dim
             )

@@ -17,12 +17,11 @@ Besides the layout files, ``DIR/synth_truth.h5`` holds the truth:
     subjXX/r_ceiling      float64 [n_voxels]
     subjXX/betas_predict  float16 [750 * n_predict_sessions, n_voxels]  targets of the predict split
 
-Usage: ``python -m jobs.data.synth OUT_DIR [--sessions 40 --voxels 40000 --image-size 224 ...]``.
+Usage: ``memq data synth --out DIR [--sessions 40 --voxels 40000 --image-size 224 ...]``.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,7 +29,6 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from rich.console import Console
 from rich.progress import Progress
 
 from jobs.data.atomic import AtomicH5
@@ -260,38 +258,3 @@ def synthesize(
         image_size=image_size,
         feature_dim=feature_dim,
     )
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m jobs.data.synth", description=__doc__.split("\n")[0])
-    parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--subjects", type=int, default=2)
-    parser.add_argument("--sessions", type=int, default=4)
-    parser.add_argument("--voxels", default="300,240", help="one count, or one per subject (comma-separated)")
-    parser.add_argument("--image-size", type=int, default=32)
-    parser.add_argument("--feature-dim", type=int, default=16)
-    parser.add_argument("--noise", type=float, default=1.0)
-    parser.add_argument("--predict-sessions", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    counts = [int(v) for v in args.voxels.split(",")]
-    info = synthesize(
-        args.out_dir,
-        n_subjects=args.subjects,
-        n_sessions=args.sessions,
-        n_voxels=counts[0] if len(counts) == 1 else counts,
-        image_size=args.image_size,
-        feature_dim=args.feature_dim,
-        noise=args.noise,
-        n_predict_sessions=args.predict_sessions,
-        seed=args.seed,
-        progress=True,
-    )
-    Console().print(
-        f"wrote {', '.join(info.subjects)} to {info.data_dir}: noise {info.noise}, "
-        f"mean r ceiling {info.r_ceiling_mean:.3f}"
-    )
-
-
-if __name__ == "__main__":
-    main()

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from jobs.data.behavior import neighbour_showings
+from jobs.data.behavior import TrialRecords, base_behavior, memory_counts
 from jobs.data.layout import (
     BLANK,
     RUNS_PER_SESSION,
@@ -87,17 +87,6 @@ def voxel_layout(rng: np.random.Generator, n_voxels: int) -> VoxelLayout:
     return VoxelLayout(coords[order].astype(np.float32), vertex[order], rois, challenge)
 
 
-def _z(x: np.ndarray) -> np.ndarray:
-    return (x - x.mean()) / (x.std() + 1e-8)
-
-
-def _session_z(x: np.ndarray, session: np.ndarray) -> np.ndarray:
-    out = np.empty_like(x)
-    for s in np.unique(session):
-        out[session == s] = _z(x[session == s])
-    return out
-
-
 def behavior_base(rng: np.random.Generator, design: np.ndarray) -> np.ndarray:
     """float32 [n_trials, 21]: base behaviour columns of mem-spec 1.4, random but consistent.
 
@@ -112,38 +101,27 @@ def behavior_base(rng: np.random.Generator, design: np.ndarray) -> np.ndarray:
     run_id = session * RUNS_PER_SESSION + run
     trial_in_run = g - np.searchsorted(run_id, run_id) + 1  # trials are in run order
     days = 7.0 * session + (run * RUN_SLOTS_WITH_BREAK + slot) * SLOT_SECONDS / 86400
-    prev, _ = neighbour_showings(images)
-    _, first_showing, image_of = np.unique(images, return_index=True, return_inverse=True)
-    first = first_showing[image_of]
-    seen = prev >= 0
+    memory_recent, memory_first = memory_counts(images)
+    seen = ~np.isnan(memory_recent)
+    prev = g - np.nan_to_num(memory_recent).astype(np.int64) - 1
     old_current = seen & (session[np.where(seen, prev, 0)] == session)
-    memory_recent = np.where(seen, g - prev - 1, np.nan)
-    memory_first = np.where(seen, g - first - 1, np.nan)
-    dt_recent = np.where(seen, days - days[np.where(seen, prev, 0)], 500.0)
-    dt_first = np.where(seen, days - days[first], 500.0)
 
     rt = np.exp(rng.normal(np.log(0.8), 0.25, n)) - 0.1 * seen
     button = np.where(rng.random(n) < np.where(seen, 0.8, 0.2), 2.0, 1.0)
-    correct = ((button == 2) == seen).astype(float)
-    correct_current = ((button == 2) == old_current).astype(float)
-    columns = [
-        _z(rt),
-        _session_z(rt, session),
-        button,
-        (rng.random(n) < 0.03).astype(float),
-        rng.poisson(2.0, n).astype(float),
-        rng.poisson(1.0, n).astype(float),
-        correct,
-        correct_current,
-        seen.astype(float),
-        seen.astype(float),
-        old_current.astype(float),
-    ]
-    for dt in (dt_recent, dt_first):
-        log_dt = np.log1p(dt * 1440)
-        columns += [_z(log_dt), _session_z(log_dt, session)]
-    for count in (memory_recent, memory_first):
-        log_count = np.log1p(np.nan_to_num(count, nan=15000.0))
-        columns += [_z(log_count), _session_z(log_count, session)]
-    columns += [(run + 1 - 6) / 12, (trial_in_run - 30) / 60]
-    return np.stack(columns, axis=1).astype(np.float32)
+    records = TrialRecords(
+        session=session,
+        run=run + 1.0,
+        trial=trial_in_run.astype(np.float64),
+        time=days,
+        rt=rt,
+        button=button,
+        change_mind=(rng.random(n) < 0.03).astype(float),
+        total1=rng.poisson(2.0, n).astype(float),
+        total2=rng.poisson(1.0, n).astype(float),
+        is_correct=((button == 2) == seen).astype(float),
+        is_correct_current=((button == 2) == old_current).astype(float),
+        is_old_current=old_current.astype(float),
+        memory_recent=memory_recent,
+        memory_first=memory_first,
+    )
+    return base_behavior(records).astype(np.float32)

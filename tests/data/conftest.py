@@ -1,14 +1,21 @@
-"""Shared fixtures: one default synthetic dataset per test session and a tiny hand-made subject."""
+"""Shared fixtures: one default synthetic dataset per test session, a tiny hand-made subject, fake
+NSD + Algonauts trees in the real file formats, and `memq` run in-process for session fixtures."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import sys
 from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
 
 from jobs.data.layout import FILL_ROW, N_SLOTS, ChallengeLayout, SubjectMeta
 from jobs.data.memory import memory_index_from_design
+from jobs.data.nsd_fake import FakeNsd, write_fake_nsd
 from jobs.data.rois import random_rois
 from jobs.data.splits import split_trials
 from jobs.data.synth import SynthInfo, synthesize
@@ -44,3 +51,73 @@ def _tiny_meta(n_sessions: int = 2, n_voxels: int = 12, subject: str = "subj01")
 def tiny_meta() -> Callable[..., SubjectMeta]:
     """Factory of valid subjects with one training session, the rest predict (fresh arrays each call)."""
     return _tiny_meta
+
+
+class Ran(NamedTuple):
+    code: int
+    out: str
+    err: str
+
+
+def run_memq(*args: object) -> Ran:
+    """`memq ARGS...` through the real entry point, in this process (usable at any fixture scope)."""
+    from memq.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        mp.setattr(sys, "argv", ["memq", *map(str, args)])
+        try:
+            main()
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return Ran(code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture(scope="session")
+def memq() -> Callable[..., Ran]:
+    return run_memq
+
+
+N_VERTICES = 600  # per hemisphere; fsaverage has 163,842
+
+
+@pytest.fixture(scope="session")
+def nsd_tree(tmp_path_factory: pytest.TempPathFactory) -> FakeNsd:
+    """subj01 with 5 sessions (2 with betas), subj02 with 4 (1 with betas)."""
+    return write_fake_nsd(tmp_path_factory.mktemp("trees"), {"subj01": 5, "subj02": 4}, n_vertices=N_VERTICES)
+
+
+def prepare_args(tree: FakeNsd, out: Path, *more: object) -> list[object]:
+    return ["data", "prepare-nsd", "--nsd-dir", tree.nsd_dir, "--alg-dir", tree.alg_dir, "--out", out, *more]
+
+
+@pytest.fixture(scope="session")
+def prepare_cmd() -> Callable[..., list[object]]:
+    """Arguments of `memq data prepare-nsd` for a tree and an output directory (plus options)."""
+    return prepare_args
+
+
+@pytest.fixture(scope="session")
+def nsd_prepared(nsd_tree: FakeNsd, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tree prepared through the CLI once (images 16 x 16, features pending). Do not modify."""
+    out = tmp_path_factory.mktemp("prepared")
+    ran = run_memq(*prepare_args(nsd_tree, out, "--image-size", 16))
+    assert ran.code == 0, ran.err
+    return out
+
+
+class FakeJobContext:
+    """What a data job kind uses of memq's JobContext: params and progress reports (recorded)."""
+
+    def __init__(self, **params: object) -> None:
+        self.params = params
+        self.progress: list[dict[str, object]] = []
+
+    def report_progress(self, force: bool = False, **values: object) -> None:
+        self.progress.append(values)
+
+
+@pytest.fixture
+def job_ctx() -> type[FakeJobContext]:
+    return FakeJobContext

@@ -1,0 +1,1 @@
+"""Command groups this package adds to `memq` (entry-point group ``memq.cli``)."""

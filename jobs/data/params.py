@@ -1,0 +1,49 @@
+"""Parameters of the data job kinds, checked at submit time (stdlib only: this runs on every submit)."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Mapping
+from typing import Any
+
+SPACES = ("fsaverage",)
+BETA_DIRS = {"b3": "betas_fithrf_GLMdenoise_RR", "b2": "betas_fithrf"}
+PREPARE_NSD = {"nsd_dir", "alg_dir", "out", "subject"}, {"space", "beta", "fsaverage_dir", "force"}
+CACHE_FEATURES = {"data_dir"}, {
+    "weights", "random_init", "model", "image_size", "batch_size", "device", "alg_dir", "force",
+}  # fmt: skip
+_SUBJECT = re.compile(r"(?:subj)?0*(\d{1,2})")
+
+
+def parse_subject(value: str | int) -> str:
+    """``3``, ``"03"`` or ``"subj03"`` -> ``"subj03"``; ValueError otherwise."""
+    match = _SUBJECT.fullmatch(str(value).strip())
+    if not match or int(match.group(1)) < 1:
+        raise ValueError(f"{value!r} is not a subject (write 1, 01 or subj01)")
+    return f"subj{int(match.group(1)):02d}"
+
+
+def _check_keys(params: Mapping[str, Any], keys: tuple[set[str], set[str]]) -> None:
+    required, optional = keys
+    missing = sorted(required - params.keys())
+    if missing:
+        raise ValueError(f"missing parameter {', '.join(missing)}")
+    for key in sorted(params.keys() - required - optional):
+        close = difflib.get_close_matches(key, [*required, *optional], n=1)
+        raise ValueError(f"{key}: unknown parameter" + (f"; did you mean {close[0]}?" if close else ""))
+
+
+def validate_prepare_nsd(params: Mapping[str, Any]) -> None:
+    _check_keys(params, PREPARE_NSD)
+    parse_subject(params["subject"])
+    if params.get("space", SPACES[0]) not in SPACES:
+        raise ValueError(f"space: {params['space']!r} is not one of {', '.join(SPACES)}")
+    if params.get("beta", "b3") not in BETA_DIRS:
+        raise ValueError(f"beta: {params['beta']!r} is not one of {', '.join(BETA_DIRS)}")
+
+
+def validate_cache_features(params: Mapping[str, Any]) -> None:
+    _check_keys(params, CACHE_FEATURES)
+    if bool(params.get("weights")) == bool(params.get("random_init")):
+        raise ValueError("weights: give a local weights file (or random_init: true, for tests only), not both")
