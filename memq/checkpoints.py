@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import secrets
 import shutil
 import socket
 import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
+
+from memq.files import publishing
 
 CHUNK = 1 << 22
 
@@ -58,32 +57,17 @@ def shared_copy_path(root: Path, row: dict[str, Any], grid: str) -> Path:
     return root / "checkpoints" / grid / str(row["job_id"]) / f"attempt-{row['attempt']}" / Path(row["path"]).name
 
 
-@contextmanager
-def _publishing(dest: Path) -> Iterator[tuple[IO[bytes], Path]]:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with tmp.open("wb") as fh:
-            yield fh, tmp
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def copy_verified(source: IO[bytes], dest: Path, size: int, sha256: str) -> None:
     """Stream ``source`` into ``dest`` atomically, publishing it only if size and sha256 match."""
     digest, written = hashlib.sha256(), 0
-    with _publishing(dest) as (fh, tmp):
+    with publishing(dest) as tmp, tmp.open("wb") as fh:
         while block := source.read(CHUNK):
             digest.update(block)
             fh.write(block)
             written += len(block)
-        fh.flush()
-        os.fsync(fh.fileno())
         if written != size or digest.hexdigest() != sha256:
             raise ChecksumError(f"{dest.name}: source has {written} bytes / sha256 {digest.hexdigest()[:12]}..., "
                                 f"registered {size} / {sha256[:12]}...")
-    tmp.replace(dest)
 
 
 def pull(row: dict[str, Any], dest: Path, *, remote: bool) -> str:

@@ -26,6 +26,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import NullPool
 
 from memq.errors import UserError
+from memq.files import write_text_atomically
 from memq.lock import LeaseLock, LockLost
 
 T = TypeVar("T")
@@ -56,10 +57,7 @@ def recorded_mode(path: Path) -> str | None:
 
 
 def record_mode(path: Path, mode: str) -> None:
-    mode_file = path.with_name(MODE_FILE)
-    tmp = mode_file.with_name(f".{MODE_FILE}.{os.getpid()}")
-    tmp.write_text(mode + "\n")
-    tmp.replace(mode_file)
+    write_text_atomically(path.with_name(MODE_FILE), mode + "\n")
 
 
 def _is_transient(exc: sa.exc.OperationalError) -> bool:

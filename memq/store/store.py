@@ -19,6 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from memq.errors import UserError
+from memq.files import write_text_atomically
 from memq.store import schema as s
 from memq.store.backends import Backend
 from memq.store.types import (
@@ -76,10 +77,9 @@ class Store:
         return self.backend.run(fn, write=False)
 
     def bump_version(self) -> None:
-        """Tell idle readers something changed (atomic rename: a new inode every time)."""
-        tmp = self.version_path.with_name(f".{VERSION_FILE}.{os.getpid()}.{secrets.token_hex(4)}")
-        tmp.write_text(secrets.token_hex(8))
-        os.replace(tmp, self.version_path)
+        """Tell idle readers something changed (atomic rename: a new inode every time). A hint
+        only, so not fsynced: a lost bump costs an idle worker one back-off period."""
+        write_text_atomically(self.version_path, secrets.token_hex(8), durable=False)
 
     def version(self) -> tuple[int, int, int] | None:
         """A cheap fingerprint of the version file; changes whenever the store changed."""
