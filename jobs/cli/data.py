@@ -168,7 +168,8 @@ def synth(
     predict_sessions: Annotated[int, typer.Option("--predict-sessions", help="Held-out sessions.")] = 1,
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
 ) -> None:
-    """Synthetic prepared data with a planted ground truth (synth_truth.h5)."""
+    """Synthetic prepared data with a planted ground truth (synth_truth.h5) and a test truth for `memq score`
+    (truth/)."""
     from jobs.data.synth import synthesize
     from memq.errors import UserError
 

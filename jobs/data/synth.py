@@ -17,6 +17,9 @@ Besides the layout files, ``DIR/synth_truth.h5`` holds the truth:
     subjXX/r_ceiling      float64 [n_voxels]
     subjXX/betas_predict  float16 [750 * n_predict_sessions, n_voxels]  targets of the predict split
 
+and ``DIR/truth/`` the test truth of the predict split in the format of ``jobs/eval/TRUTH.md``, for
+``memq score`` (see ``synth_truth``; written when there are predict sessions).
+
 Usage: ``memq data synth --out DIR [--sessions 40 --voxels 40000 --image-size 224 ...]``.
 """
 
@@ -48,6 +51,7 @@ from jobs.data.splits import split_trials
 from jobs.data.synth_images import SIGNAL_POOL, feature_projection, image_features, pooled, render_images
 from jobs.data.synth_signal import PlantedMap, plant
 from jobs.data.synth_subject import behavior_base, trial_design, voxel_layout
+from jobs.data.synth_truth import write_synth_truth
 
 TRUTH_FILE = "synth_truth.h5"
 N_IMAGE_IDS = 73_000
@@ -179,6 +183,8 @@ def _write_subject(
             else:
                 betas_predict[trials.start - meta.n_beta_trials : trials.stop - meta.n_beta_trials] = betas
             progress.advance(task)
+    if len(splits["predict"]):
+        write_synth_truth(setup.out_dir, meta, betas_predict[()], planted.signal_std, setup.noise)
     return r_ceiling
 
 
@@ -209,6 +215,8 @@ def synthesize(
     n_train_sessions = n_sessions - n_predict_sessions
     if len(voxel_counts) != n_subjects or n_train_sessions < 1 or n_predict_sessions < 0:
         raise ValueError("need one voxel count per subject and at least one training session")
+    if not noise > 0:
+        raise ValueError(f"noise must be positive (the test truth's ncsnr is signal / noise), got {noise}")
     per_subject = math.ceil(TRIALS_PER_SESSION * n_sessions / repeats)
     n_shared = round(shared_fraction * per_subject)
     n_pool = n_shared + n_subjects * (per_subject - n_shared)

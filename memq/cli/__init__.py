@@ -53,15 +53,21 @@ app.add_typer(db.app, name="db")
 
 
 def _add_plugin_commands() -> None:
-    """Command groups other packages publish (entry-point group ``memq.cli``), e.g. `memq data`."""
+    """Commands other packages publish (entry-point group ``memq.cli``): a Typer app is added as a
+    command group (`memq data ...`), a plain function as one command (`memq score`)."""
     from importlib.metadata import entry_points
 
     for ep in entry_points(group="memq.cli"):
         try:
-            app.add_typer(ep.load(), name=ep.name)
+            plugin = ep.load()
         except ModuleNotFoundError as exc:
             if exc.name is None or not ep.value.startswith(exc.name):
                 raise
+            continue
+        if isinstance(plugin, typer.Typer):
+            app.add_typer(plugin, name=ep.name)
+        else:
+            app.command(name=ep.name)(plugin)
 
 
 _add_plugin_commands()

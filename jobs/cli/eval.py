@@ -1,0 +1,92 @@
+"""`memq score` and `memq report`: the Algonauts 2023 score of a submission, and a grid's HTML report.
+
+This module is imported at every `memq` start: it imports typer only; each command imports what it
+needs. Bad inputs raise memq's UserError (one line, exit 2).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+
+def _print_scores(result: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Algonauts 2023 score (%)", title_justify="left")
+    for column in ("scores of", "vertices", "median", "mean"):
+        table.add_column(column, justify="left" if column == "scores of" else "right")
+
+    def row(name: str, entry: dict[str, Any], style: str | None = None) -> None:
+        values = ["-" if entry[k] is None else f"{entry[k]:.2f}" for k in ("median", "mean")]
+        table.add_row(name, str(entry["n"]), *values, style=style)
+
+    for subject, entry in result["subjects"].items():
+        row(subject, entry["all"], "bold")
+        row(f"  {subject} lh", entry["lh"])
+        row(f"  {subject} rh", entry["rh"])
+    for name, entry in result["rois"].items():
+        row(f"ROI {name}", entry)
+    row("all subjects", result["all"], "bold")
+    Console().print(table)
+
+
+def score(
+    pred: Annotated[Path, typer.Argument(help="The submission: subjXX/lh_pred_test.npy, rh_pred_test.npy.")],
+    truth: Annotated[Path, typer.Option("--truth", help="The test truth directory (jobs/eval/TRUTH.md).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the scores as JSON.")] = False,
+) -> None:
+    """Algonauts 2023 noise-normalised score of a submission: per subject, hemisphere and stream ROI."""
+    from jobs.eval.score import score_dirs, scores_json
+    from memq.cli.common import print_json
+
+    result = scores_json(score_dirs(pred, truth))
+    if as_json:
+        print_json(result)
+    else:
+        _print_scores(result)
+
+
+def _grid_name(grid: str) -> str:
+    """A grid name, or the name inside a grid file."""
+    path = Path(grid)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        from memq.grid import load_grid_file
+
+        return load_grid_file(path)[0].name
+    return grid
+
+
+def report(
+    ctx: typer.Context,
+    grid: Annotated[str, typer.Argument(help="Grid name (or its grid file).")],
+    out: Annotated[Path, typer.Option("--out", help="Directory to write index.html and its PNGs into.")],
+    ensemble: Annotated[
+        Path | None, typer.Option("--ensemble", help="The ensemble's output (submission, scores.json, ensemble.json).")
+    ] = None,
+    truth: Annotated[Path | None, typer.Option("--truth", help="Test truth (jobs/eval/TRUTH.md): adds scores.")] = None,
+    data: Annotated[
+        Path | None, typer.Option("--data", help="Prepared data for the surface map (default: the jobs' DATASET.DIR).")
+    ] = None,
+    root: Annotated[str | None, typer.Option("--root", help="The memq root (default: memq --root, MEMQ_ROOT).")] = None,
+) -> None:
+    """HTML report of a grid: validation curves, ensemble gain, and with --truth the test score on the cortex."""
+    from dataclasses import replace
+
+    from jobs.eval.report import ReportInputs, build_report
+    from memq.errors import UserError
+    from memq.root import open_store
+
+    options = ctx.find_root().obj
+    if root is not None:
+        options = replace(options, root=root)
+    store = open_store(options, create=False)
+    name = _grid_name(grid)
+    jobs = store.jobs(grid=name)
+    if not jobs:
+        raise UserError(f"no jobs of grid {name!r}", where=str(store.root), hint="`memq status` lists the grids")
+    inputs = ReportInputs(name, store.root, jobs, out, ensemble=ensemble, truth=truth, data=data)
+    typer.echo(f"wrote {build_report(inputs)}")
