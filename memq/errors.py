@@ -27,3 +27,8 @@ class Fenced(Exception):
         super().__init__(f"job {job_id} attempt {attempt} has been superseded")
         self.job_id = job_id
         self.attempt = attempt
+
+
+class PermanentError(Exception):
+    """Raised by a job kind when retrying cannot help (missing input file, bad parameter): the job
+    fails at once instead of using up its attempts."""

@@ -11,12 +11,14 @@ import os
 import sys
 import traceback
 
+# Jobs raise memq.runner.PermanentError; it lives in memq.errors so that it is the same class
+# when this module runs as __main__ (python -m memq.runner).
+from memq.errors import PermanentError
+
+__all__ = ["EXIT_FENCED", "EXIT_PERMANENT", "PermanentError", "main"]
+
 EXIT_FENCED = 75
 EXIT_PERMANENT = 78
-
-
-class PermanentError(Exception):
-    """Raised by a job kind when retrying cannot help (missing input file, bad parameter)."""
 
 
 def _sync_own_checkpoints(ctx: object) -> None:

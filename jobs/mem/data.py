@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
 from jobs.data.layout import (
     BLANK,
@@ -42,6 +42,7 @@ IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
 BLANK_PIXEL = 0.1  # a blank T=-1 slot is this constant image, not normalised (mem-spec 1.3)
 CURRENT, PREVIOUS = N_SLOTS - 1, N_SLOTS - 2  # memory_index entries of T=0 and T=-1
+VAL_SUBSET_SEED = 0
 STAGE_SPLITS = {"fit": ("train", "val1"), "validate": ("val1",), "test": ("val2",), "predict": ("predict",)}
 
 
@@ -186,6 +187,9 @@ class MemDataModule(L.LightningDataModule):
 
     ``rois`` (``DATASET.ROIS``) restricts every subject's targets to the union of those ROIs'
     voxels in the order listed; subjects where that union is empty are left out.
+    ``val_fraction`` < 1 validates on a fixed random subset of each subject's val1 trials: the
+    same trials every epoch and every attempt, so per-voxel r stays comparable across epochs (the
+    reference validated on a fresh random 25%, mem-spec 5.10).
     """
 
     def __init__(
@@ -199,9 +203,11 @@ class MemDataModule(L.LightningDataModule):
         limit: int | None = None,
         n_prev_frames: int = N_PREV,
         image_size: int | None = None,
+        val_fraction: float = 1.0,
     ) -> None:
         super().__init__()
         self.data_dir = Path(data_dir)
+        self.val_fraction = val_fraction
         self.rois = list(rois) if rois is not None else None
         self.batch_size, self.num_workers = batch_size, num_workers
         self.dataset_kwargs = {"n_prev_frames": n_prev_frames, "image_size": image_size, "limit": limit}
@@ -243,9 +249,21 @@ class MemDataModule(L.LightningDataModule):
         for split in STAGE_SPLITS[stage]:
             self.datasets(split)
 
+    def _val_subset(self, datasets: Sequence[MemDataset]) -> Subset[dict[str, Any]]:
+        generator = torch.Generator().manual_seed(VAL_SUBSET_SEED)
+        keep, offset = [], 0
+        for dataset in datasets:
+            n = len(dataset)
+            chosen = torch.randperm(n, generator=generator)[: max(1, round(self.val_fraction * n))]
+            keep += (offset + chosen.sort().values).tolist()
+            offset += n
+        return Subset(ConcatDataset(datasets), keep)
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader[Any]:
+        datasets = self.datasets(split)
+        subset = split == "val1" and self.val_fraction < 1
         return DataLoader(
-            ConcatDataset(self.datasets(split)),
+            self._val_subset(datasets) if subset else ConcatDataset(datasets),
             batch_size=self.batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,

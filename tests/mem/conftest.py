@@ -1,4 +1,4 @@
-"""Tiny Mem models and batches for CPU tests."""
+"""Tiny Mem models, batches, synthetic data and training-job params for CPU tests."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from jobs.data.synth import SynthInfo, synthesize
 from jobs.mem.config import MemConfig, load_config, tiny
 from jobs.mem.model import MemModel, SubjectInfo
 
@@ -19,6 +20,17 @@ N_VOXELS = {"subj01": 300, "subj02": 150}
 ROI = np.array([140, 3, 77, 5, 120, 64, 9])  # positions in subj02's full voxel list, in ROI order
 
 
+def _tiny_with_weights(directory: Path) -> dict[str, Any]:
+    overrides = tiny()
+    config = load_config(overrides)
+    torch.manual_seed(1234)
+    for section in ("BACKBONE", "BACKBONE_SMALL"):
+        path = directory / f"{section.lower()}.pth"
+        torch.save(plain_vit(config, section).state_dict(), path)
+        overrides[f"MODEL.{section}.WEIGHTS"] = str(path)
+    return overrides
+
+
 @pytest.fixture
 def tiny_overrides(tmp_path: Path) -> dict[str, Any]:
     """tiny() with local "pretrained" weight files, as real runs have them.
@@ -26,14 +38,30 @@ def tiny_overrides(tmp_path: Path) -> dict[str, Any]:
     Models built with different seeds then share their frozen ViTs, so trainable state moves
     between them as it moves between checkpoints.
     """
-    overrides = tiny()
-    config = load_config(overrides)
-    torch.manual_seed(1234)
-    for section in ("BACKBONE", "BACKBONE_SMALL"):
-        path = tmp_path / f"{section.lower()}.pth"
-        torch.save(plain_vit(config, section).state_dict(), path)
-        overrides[f"MODEL.{section}.WEIGHTS"] = str(path)
-    return overrides
+    return _tiny_with_weights(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def synth_data(tmp_path_factory: pytest.TempPathFactory) -> SynthInfo:
+    """The default synthetic dataset: 2 subjects (300 and 240 voxels), a planted map, 32 px images."""
+    return synthesize(tmp_path_factory.mktemp("synth"))
+
+
+@pytest.fixture(scope="session")
+def job_params(tmp_path_factory: pytest.TempPathFactory, synth_data: SynthInfo) -> dict[str, Any]:
+    """Params of a tiny, fast-learning training job on the synthetic data.
+
+    Tuned for CPU tests: a large learning rate and batch reach most of the planted ceiling in
+    about 200 steps; no warm-up; SYNC weighting from epoch 2 so that short runs exercise it.
+    """
+    return {
+        **_tiny_with_weights(tmp_path_factory.mktemp("weights")),
+        "DATASET.DIR": str(synth_data.data_dir),
+        "OPTIMIZER.LR": 0.01,
+        "OPTIMIZER.SCHEDULER.WARMUP_EPOCHS": 0,
+        "TRAINER.BATCH_SIZE": 64,
+        "LOSS.SYNC.SKIP_EPOCHS": 2,
+    }
 
 
 @pytest.fixture

@@ -251,6 +251,11 @@ def test_runner_refuses_an_unknown_or_unimplemented_kind(tmp_path: Path) -> None
            "MEMQ_SCRATCH_DIR": str(tmp_path), "MEMQ_ROOT": str(tmp_path)}
     done = subprocess.run([sys.executable, "-m", "memq.runner"], env=env, capture_output=True, text=True)
     assert done.returncode == 78 and "cannot run job kind 'no.such.kind'" in done.stderr
+    # A kind that raises memq.runner.PermanentError (here: its data directory is missing) is not retried,
+    # also when the runner runs as __main__.
+    env.update(MEMQ_KIND="mem.train", MEMQ_PARAMS='{"DATASET.DIR": "/no/such/dir"}')
+    done = subprocess.run([sys.executable, "-m", "memq.runner"], env=env, capture_output=True, text=True)
+    assert done.returncode == 78 and "/no/such/dir" in done.stderr and "not retried" in done.stderr
 
 
 def test_logs_follow_a_job_across_attempts(tmp_path: Path, out: Path, cli) -> None:

@@ -1,0 +1,179 @@
+"""One Mem training run inside a memq job: config from params, checks, data, model, Lightning.
+
+Shared by the kinds ``mem.train`` and ``mem.topyneck`` (stage train). Failures that a retry
+cannot fix (bad settings, missing data or weight files) raise PermanentError.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, Checkpoint, EarlyStopping
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
+from torch import Tensor
+
+from jobs.data.layout import open_subject, subject_path
+from jobs.mem.config import ConfigError, MemConfig, load_config
+from jobs.mem.data import MemDataModule
+from jobs.mem.data import SubjectInfo as DataSubjectInfo
+from jobs.mem.files import write_atomically
+from jobs.mem.lit import VAL_METRIC, MemLit
+from jobs.mem.model import MemModel, SubjectInfo
+from jobs.mem.progress import JobProgress
+from jobs.mem.topk import RESUME_FILE, TopKCheckpoints
+from memq.context import JobContext
+from memq.runner import PermanentError
+
+RESULT_FILE = "result.json"
+
+
+def job_config(params: Mapping[str, Any]) -> MemConfig:
+    """The config named by a job's params; lower-case params are free grid parameters, not settings."""
+    settings = {key: value for key, value in params.items() if key != key.lower()}
+    try:
+        return load_config(settings)
+    except ConfigError as error:
+        raise PermanentError("bad config: " + "; ".join(str(error).splitlines())) from None
+
+
+def check_inputs(config: MemConfig) -> None:
+    """The data directory and every weight file the config names must exist (never downloaded)."""
+    data_dir = config.DATASET.DIR
+    if data_dir is None:
+        raise PermanentError("DATASET.DIR is not set (the prepared-data directory)")
+    if not Path(data_dir).is_dir():
+        raise PermanentError(f"DATASET.DIR: data directory {data_dir} does not exist")
+    model = config.MODEL
+    files = {
+        "MODEL.TOPYNECK_PATH": model.TOPYNECK_PATH,
+        "MODEL.BACKBONE.WEIGHTS": model.BACKBONE.WEIGHTS,
+        "MODEL.BACKBONE_SMALL.WEIGHTS": model.BACKBONE_SMALL.WEIGHTS,
+    }
+    for key, path in files.items():
+        if path is not None and not Path(path).is_file():
+            raise PermanentError(f"{key}: file {path} does not exist")
+
+
+def roi_columns(
+    data_dir: str, infos: Mapping[str, DataSubjectInfo], rois: Sequence[str] | None
+) -> dict[str, dict[str, Tensor]]:
+    """Per subject, ROI name -> the ROI's columns among the modelled voxels (the ROIs' union)."""
+    if rois is None:
+        return {}
+    columns: dict[str, dict[str, Tensor]] = {}
+    for subject, info in infos.items():
+        assert info.roi is not None
+        order = np.argsort(info.roi)
+        with open_subject(subject_path(data_dir, subject)) as file:
+            positions = {name: file.roi(name) for name in rois}
+        columns[subject] = {
+            name: torch.from_numpy(order[np.searchsorted(info.roi, p, sorter=order)])
+            for name, p in positions.items()
+            if p.size
+        }
+    return columns
+
+
+def build_trainer(
+    config: MemConfig, ctx: JobContext, callbacks: list[Callback], loggers: list[Logger] | None = None
+) -> L.Trainer:
+    """A Trainer for this job's device: the config's mixed precision on a GPU, float32 on a CPU."""
+    trainer = config.TRAINER
+    gpu = bool(ctx.gpus)
+    return L.Trainer(
+        accelerator="gpu" if gpu else "cpu",
+        devices=1,
+        precision=trainer.PRECISION if gpu else "32-true",
+        gradient_clip_val=trainer.GRADIENT_CLIP_VAL,
+        accumulate_grad_batches=trainer.ACCUMULATE_GRAD_BATCHES,
+        limit_train_batches=trainer.LIMIT_TRAIN_BATCHES,
+        max_epochs=trainer.MAX_EPOCHS,
+        callbacks=callbacks,
+        logger=loggers or False,
+        # our TopKCheckpoints, or none at all: never Lightning's default ModelCheckpoint
+        enable_checkpointing=any(isinstance(c, Checkpoint) for c in callbacks),
+        enable_progress_bar=False,  # the job log is a file
+        enable_model_summary=False,
+        default_root_dir=ctx.job_dir,
+    )
+
+
+@dataclass
+class Fitted:
+    """A finished (or early-stopped) run and what evaluating or summarising it needs."""
+
+    config: MemConfig
+    data: MemDataModule
+    lit: MemLit
+    topk: TopKCheckpoints
+    epochs: int  # epochs trained, earlier attempts included
+
+
+def fit(ctx: JobContext, config: MemConfig) -> Fitted:
+    """Train, resuming from the resume file of an earlier attempt if there is one."""
+    check_inputs(config)
+    if ctx.gpus:
+        # TF32 on the GPU. On a CPU, oneDNN emulates the lower precisions: several times slower
+        torch.set_float32_matmul_precision(config.TRAINER.MATMUL_PRECISION)
+    L.seed_everything(config.TRAINER.SEED + ctx.repeat, workers=True, verbose=False)
+    dataset = config.DATASET
+    assert dataset.DIR is not None  # checked above
+    data = MemDataModule(
+        dataset.DIR,
+        dataset.SUBJECTS,
+        dataset.ROIS,
+        config.TRAINER.BATCH_SIZE,
+        config.DATALOADER.NUM_WORKERS,
+        n_prev_frames=dataset.N_PREV_FRAMES,
+        image_size=dataset.IMAGE_SIZE,
+        val_fraction=config.TRAINER.LIMIT_VAL_BATCHES,  # a fixed subset of val1, not Lightning's first batches
+    )
+    infos = data.subject_info()
+    try:
+        model = MemModel(config, {s: SubjectInfo(info.coords, info.roi) for s, info in infos.items()})
+    except ValueError as error:  # e.g. a topyneck file without one of the subjects
+        raise PermanentError(str(error)) from None
+    lit = MemLit(config, model, roi_columns(dataset.DIR, infos, dataset.ROIS))
+    topk = TopKCheckpoints(ctx, config.TRAINER.SAVE_TOP_K, VAL_METRIC)
+    callbacks: list[Callback] = [
+        # checked where the resume file is written: at the end of each epoch, after its validation
+        EarlyStopping(
+            VAL_METRIC, mode="max", patience=config.TRAINER.EARLY_STOP_PATIENCE, check_on_train_epoch_end=True
+        ),
+        JobProgress(ctx, VAL_METRIC),
+        topk,
+    ]
+    loggers: list[Logger] = [
+        TensorBoardLogger(ctx.job_dir, name="logs", version="tensorboard"),
+        CSVLogger(ctx.job_dir, name="logs", version="csv"),
+    ]
+    trainer = build_trainer(config, ctx, callbacks, loggers)
+    trainer.fit(lit, datamodule=data, ckpt_path=ctx.resume_file(RESUME_FILE), weights_only=True)
+    return Fitted(config, data, lit, topk, epochs=trainer.current_epoch)
+
+
+def finish(ctx: JobContext, fitted: Fitted, **extra: Any) -> dict[str, Any]:
+    """Record the final metrics and write ``result.json`` into the attempt's directory."""
+    best = fitted.topk.best
+    result = {
+        "val_pearson": best["score"] if best else None,
+        "best_epoch": best["epoch"] if best else None,
+        "epochs": fitted.epochs,
+        "checkpoints": fitted.topk.entries,
+        **extra,
+    }
+    ctx.record_metrics(val_pearson=result["val_pearson"], epochs=fitted.epochs)
+    write_result(ctx, result)
+    return result
+
+
+def write_result(ctx: JobContext, result: Mapping[str, Any]) -> None:
+    """``result.json`` in the attempt's directory: what the job produced, for people and scripts."""
+    write_atomically(ctx.job_dir / RESULT_FILE, lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"))

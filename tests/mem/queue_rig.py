@@ -1,0 +1,93 @@
+"""A real memq store on disk and the JobContexts its claims give, as a worker would build them.
+
+``MEMQ_TEST_GPUS=0`` (GPU ids, comma-separated) gives the jobs those GPUs, so the same tests
+check the GPU path (mixed precision) on a machine that has one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from memq.context import JobContext
+from memq.options import RootOptions
+from memq.root import job_dir, open_store
+from memq.store.types import Capacity, GridSpec, GroupSpec, JobSpec, WorkerRef
+
+GRID = "test"
+
+
+class QueueRig:
+    """One grid of Python jobs and one worker at a time; ``lose_worker`` makes the queue requeue
+    its running jobs as if the worker had died, and brings up a new worker."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.root = tmp / "root"
+        self.scratch = tmp / "scratch"
+        self.store = open_store(RootOptions(root=str(self.root)), create=True)
+        self.workers = 0
+        self.worker = self._new_worker()
+
+    def _new_worker(self) -> WorkerRef:
+        self.workers += 1
+        return self.store.register_worker(
+            f"w{self.workers}", socket.gethostname(), os.getpid(), "boot", [], slots=1, lease=60.0
+        )
+
+    def submit(self, kind: str, params: Mapping[str, Any], group: str = "g", repeat: int = 0) -> int:
+        job = JobSpec(GRID, group, kind, dict(params), repeat=repeat)
+        self.store.submit(GridSpec(GRID, (GroupSpec(group),), (job,)))
+        return next(j["id"] for j in self.store.jobs(grid=GRID) if j["key"] == job.key)
+
+    def claim(self) -> JobContext:
+        _, claim = self.store.claim(self.worker, Capacity(slots=1))
+        assert claim is not None, "nothing to claim"
+        directory = job_dir(self.root, claim.grid, claim.job_id, claim.attempt)
+        directory.mkdir(parents=True)
+        scratch = self.scratch / str(claim.job_id) / f"attempt-{claim.attempt}"
+        scratch.mkdir(parents=True)
+        return JobContext(
+            job_id=claim.job_id,
+            attempt=claim.attempt,
+            grid=claim.grid,
+            group=claim.group,
+            kind=claim.kind,
+            params=claim.params,
+            repeat=claim.repeat,
+            job_dir=directory,
+            scratch_dir=scratch,
+            root=self.root,
+            gpus=[int(g) for g in os.environ.get("MEMQ_TEST_GPUS", "").split(",") if g],
+            from_scratch=claim.from_scratch,
+            _store=self.store,
+        )
+
+    def environment(self, ctx: JobContext) -> dict[str, str]:
+        """The MEMQ_* variables a worker sets for the job process of ``ctx``."""
+        return {
+            "MEMQ_JOB_ID": str(ctx.job_id),
+            "MEMQ_ATTEMPT": str(ctx.attempt),
+            "MEMQ_GRID": ctx.grid,
+            "MEMQ_GROUP": ctx.group,
+            "MEMQ_KIND": ctx.kind,
+            "MEMQ_PARAMS": json.dumps(ctx.params),
+            "MEMQ_REPEAT": str(ctx.repeat),
+            "MEMQ_JOB_DIR": str(ctx.job_dir),
+            "MEMQ_SCRATCH_DIR": str(ctx.scratch_dir),
+            "MEMQ_ROOT": str(self.root),
+        }
+
+    def lose_worker(self) -> None:
+        heartbeat = self.store.worker_heartbeats()[self.worker.id][0]
+        self.store.declare_dead(self.worker.id, heartbeat)
+        self.worker = self._new_worker()
+
+    def job(self, job_id: int) -> dict[str, Any]:
+        return self.store.jobs(ids=[job_id])[0]
+
+    def checkpoints(self, job_id: int) -> list[dict[str, Any]]:
+        return self.store.checkpoints(job_ids=[job_id], kind="checkpoint")
