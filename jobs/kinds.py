@@ -17,11 +17,26 @@ MEM_TOPYNECK = KindSpec(
     validate="jobs.mem.config:validate_params",
     description="train per-subject models and gather their RetinaMapper and LayerSelector weights",
 )
+MEM_SOUP = KindSpec(
+    name="mem.soup",
+    target="jobs.mem.soup:run",
+    validate="jobs.mem.stage_params:validate_soup",
+    description="sync a trained job's checkpoints and average them into a soup (params source_job, recipe "
+    "uniform|greedy); greedy selects on val1, reports val2",
+)
 MEM_PREDICT = KindSpec(
     name="mem.predict",
     target="jobs.mem.predict:run",
-    validate="jobs.mem.config:validate_params",
-    description="predict one split with a trained model's soup",
+    validate="jobs.mem.stage_params:validate_predict",
+    description="predict one split with a trained job's soup (params source_job, recipe, split)",
+)
+MEM_ENSEMBLE = KindSpec(
+    name="mem.ensemble",
+    target="jobs.mem.ensemble:run",
+    validate="jobs.mem.stage_params:validate_ensemble",
+    description="stitch ROI models into whole-brain predictions, average schemes, write the Algonauts 2023 "
+    "submission, ensemble.json and val2 scores.json (params grid, out, recipe, jobs; schemes, partial)",
+    gpus=0,
 )
 DATA_PREPARE_NSD = KindSpec(
     name="data.prepare_nsd",

@@ -7,19 +7,12 @@ under the final name that looks complete but is not.
 from __future__ import annotations
 
 import os
-import secrets
 from pathlib import Path
 from types import TracebackType
 
 import h5py
 
-
-def _fsync(path: Path, *, directory: bool = False) -> None:
-    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+from memq.files import fsync_path, temp_path
 
 
 class AtomicH5:
@@ -30,15 +23,15 @@ class AtomicH5:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self.tmp_path = self.path.with_name(f".{self.path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        self.tmp_path = temp_path(self.path)
         self.file = h5py.File(self.tmp_path, "w")
 
     def commit(self) -> Path:
         self.file.flush()
         self.file.close()
-        _fsync(self.tmp_path)
+        fsync_path(self.tmp_path)
         self.tmp_path.replace(self.path)
-        _fsync(self.path.parent, directory=True)
+        fsync_path(self.path.parent, directory=True)
         return self.path
 
     def abort(self) -> None:

@@ -220,6 +220,9 @@ class TrainerConfig(_Section):
     MAX_EPOCHS: PositiveInt = 500
     EARLY_STOP_PATIENCE: PositiveInt = 120
     SAVE_TOP_K: PositiveInt = 10
+    # The resume file holds weights + optimiser state (GBs for the full model): write it at most
+    # this often (seconds; 0 = every epoch) rather than every short epoch of 111 jobs over NFS.
+    RESUME_EVERY_S: Annotated[float, Field(ge=0)] = 600.0
     SEED: int = 0
 
 
@@ -342,6 +345,7 @@ def tiny() -> dict[str, Any]:
         "MODEL.MAX_TRAIN_VOXELS": 100,
         "MODEL.CHUNK_SIZE": 64,
         "TRAINER.PRECISION": "32-true",
+        "TRAINER.RESUME_EVERY_S": 0,
         "TRAINER.BATCH_SIZE": 4,
         "DATALOADER.NUM_WORKERS": 0,
     }

@@ -23,12 +23,12 @@ from jobs.data.layout import open_subject, subject_path
 from jobs.mem.config import ConfigError, MemConfig, load_config
 from jobs.mem.data import MemDataModule
 from jobs.mem.data import SubjectInfo as DataSubjectInfo
-from jobs.mem.files import write_atomically
 from jobs.mem.lit import VAL_METRIC, MemLit
 from jobs.mem.model import MemModel, SubjectInfo
 from jobs.mem.progress import JobProgress
 from jobs.mem.topk import RESUME_FILE, TopKCheckpoints
 from memq.context import JobContext
+from memq.files import write_atomically
 from memq.runner import PermanentError
 
 RESULT_FILE = "result.json"
@@ -141,7 +141,7 @@ def fit(ctx: JobContext, config: MemConfig) -> Fitted:
     except ValueError as error:  # e.g. a topyneck file without one of the subjects
         raise PermanentError(str(error)) from None
     lit = MemLit(config, model, roi_columns(dataset.DIR, infos, dataset.ROIS))
-    topk = TopKCheckpoints(ctx, config.TRAINER.SAVE_TOP_K, VAL_METRIC)
+    topk = TopKCheckpoints(ctx, config.TRAINER.SAVE_TOP_K, VAL_METRIC, config.TRAINER.RESUME_EVERY_S)
     callbacks: list[Callback] = [
         # checked where the resume file is written: at the end of each epoch, after its validation
         EarlyStopping(

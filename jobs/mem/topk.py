@@ -16,14 +16,16 @@ own attempt and forgets the others (e.g. when it runs on another node).
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Checkpoint
 
-from jobs.mem.files import save_atomically, write_atomically
+from jobs.mem.files import save_atomically
 from memq.context import JobContext
+from memq.files import write_atomically
 
 RESUME_FILE = "last.ckpt"
 
@@ -36,11 +38,13 @@ class TopKCheckpoints(Checkpoint):
     callbacks after the others, so the resume file sees their state of this epoch.
     """
 
-    def __init__(self, ctx: JobContext, k: int, monitor: str) -> None:
+    def __init__(self, ctx: JobContext, k: int, monitor: str, resume_every_s: float = 0.0) -> None:
         self.ctx, self.k, self.monitor = ctx, k, monitor
+        self.resume_every_s = resume_every_s
         self.directory = ctx.scratch_dir / "checkpoints"
         self.entries: list[dict[str, Any]] = []
         self.dropped: list[str] = []
+        self._resume_written = float("-inf")
 
     @property
     def best(self) -> dict[str, Any] | None:
@@ -63,6 +67,12 @@ class TopKCheckpoints(Checkpoint):
             else:
                 self.ctx.unregister_checkpoint(entry["path"])
         self.entries = present
+        # The resume file may predate the last epochs (it is written at most every resume_every_s):
+        # checkpoints registered since then and not in its list are not part of this run's top k.
+        listed = {entry["path"] for entry in present}
+        for row in self.ctx.store.checkpoints(job_ids=[self.ctx.job_id], kind="checkpoint"):
+            if row["path"] not in listed:
+                self._drop(row["path"])
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         score, epoch = float(trainer.callback_metrics[self.monitor]), trainer.current_epoch
@@ -73,7 +83,11 @@ class TopKCheckpoints(Checkpoint):
             save_atomically(weights, new["path"])
             ranked = sorted([*self.entries, new], key=lambda e: e["score"], reverse=True)
             self.entries, self.dropped = ranked[: self.k], [e["path"] for e in ranked[self.k :]]
-        write_atomically(self.ctx.job_dir / RESUME_FILE, lambda tmp: trainer.save_checkpoint(tmp, weights_only=False))
+        now = time.monotonic()
+        if now - self._resume_written >= self.resume_every_s or epoch + 1 >= (trainer.max_epochs or 0):
+            write_atomically(self.ctx.job_dir / RESUME_FILE,
+                             lambda tmp: trainer.save_checkpoint(tmp, weights_only=False))
+            self._resume_written = now
         if new is not None:
             self.ctx.register_checkpoint(new["path"], metric=score, step=epoch)
         for path in self.dropped:

@@ -1,0 +1,65 @@
+"""Job kind ``mem.predict``: a trained job's soup predicts one split for every subject it models.
+
+Output: ``<root>/predictions/<grid>/<job>/<recipe>/<split>/`` (see jobs/mem/artifacts.py): one
+float16 file per subject, the trial and voxel index, and the manifest, written last. Idempotent:
+a directory whose manifest names the current soup and whose files verify is kept.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from jobs.mem.artifacts import (
+    MANIFEST,
+    SOUP,
+    prediction_dir,
+    read_manifest,
+    soup_path,
+    verified,
+    write_index,
+    write_manifest,
+    write_subject,
+)
+from jobs.mem.build import build
+from jobs.mem.evaluate import subject_batches
+from jobs.mem.source import registered, stage_params, trained_job
+from jobs.mem.stage_params import PredictParams
+from memq.checkpoints import load_verified
+from memq.context import JobContext
+from memq.runner import PermanentError
+
+
+def run(ctx: JobContext) -> None:
+    params = stage_params(PredictParams, ctx)
+    source = trained_job(ctx, params.source_job)
+    soup = registered(ctx, source["id"], SOUP, str(soup_path(ctx.root, source["grid"], source["id"], params.recipe)))
+    if soup is None:
+        raise PermanentError(f"job {source['id']} has no {params.recipe} soup (run its mem.soup job first)")
+    directory = prediction_dir(ctx.root, source["grid"], source["id"], params.recipe, params.split)
+    manifest = read_manifest(directory)
+    if manifest is not None and manifest["soup_sha256"] == soup["sha256"] and verified(directory, manifest):
+        print(f"{directory}: up to date", flush=True)
+        return
+    (directory / MANIFEST).unlink(missing_ok=True)  # the files below are about to change
+    built = build(source["params"], source["repeat"], ctx.gpus)
+    built.model.load_trainable_state_dict(load_verified(soup))
+    infos = built.data.subject_info()
+    entries, index = {}, {}
+    for dataset in built.data.datasets(params.split):
+        subject = dataset.subject
+        values = np.empty((len(dataset), built.model.n_voxels[subject]), dtype=np.float16)
+        row = 0
+        for samples, preds in subject_batches(built, dataset):
+            if not np.array_equal(samples["index"].cpu().numpy(), dataset.indices[row : row + len(preds)]):
+                raise RuntimeError(f"{subject}: batches out of split order at row {row}")
+            values[row : row + len(preds)] = preds.cpu().numpy()
+            row += len(preds)
+            ctx.report_progress(subject=subject, trials=row)
+        entries[subject] = write_subject(directory, subject, values)
+        voxels = infos[subject].roi
+        index[subject] = (dataset.indices, np.arange(infos[subject].n_voxels) if voxels is None else voxels)
+    write_manifest(directory, {"source_job": source["id"], "grid": source["grid"], "recipe": params.recipe,
+                               "split": params.split, "soup_sha256": soup["sha256"],
+                               "index": write_index(directory, index), "subjects": entries})
+    print(f"job {source['id']} {params.recipe} soup: {params.split} predictions of {len(entries)} subjects "
+          f"-> {directory}", flush=True)

@@ -1,0 +1,121 @@
+"""Job kind ``mem.soup``: the uniform or greedy soup of a trained job's registered checkpoints.
+
+The checkpoints are first synced to the shared store (pulled over ssh from the node that has them
+when needed), then averaged by :mod:`memq.soup`, streaming and reading only verified bytes. A
+checkpoint whose shared copy fails its checksum is copied again from its source; if that cannot
+be done the job fails and says which: nothing corrupt is ever averaged. The greedy soup selects
+on val1 and reports val2; the uniform soup reports val2 too (full passes, eval mode).
+
+Output: ``<root>/soups/<grid>/<job>/<recipe>.pt`` (registered as the trained job's ``soup``, metric
+= val2 r) and ``<recipe>.json`` beside it. Idempotent: a registered soup that verifies and was made
+from the checkpoints registered now is kept.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from jobs.mem.artifacts import SOUP, soup_path
+from jobs.mem.build import Built, build
+from jobs.mem.evaluate import mean_pearson
+from jobs.mem.source import registered, stage_params, trained_job
+from jobs.mem.stage_params import SoupParams
+from memq import soup as soups
+from memq.checkpoints import ChecksumError, sha256_file, verify
+from memq.context import JobContext
+from memq.files import write_atomically, write_text_atomically
+from memq.sync import SyncReport, sync
+
+
+class CheckpointsUnavailable(RuntimeError):
+    """A checkpoint could not be read with its registered checksum, from any copy."""
+
+
+def _problems(report: SyncReport) -> list[str]:
+    for line in report.unreachable + report.corrupt:
+        print(f"sync: {line}", flush=True)
+    return report.unreachable + report.corrupt
+
+
+def _checkpoints(ctx: JobContext, job_id: int, *, recheck: bool) -> list[dict[str, Any]]:
+    """The job's checkpoints, synced to the shared store (``recheck``: re-hash shared copies first)."""
+    report = sync(ctx.store, job_ids=[job_id], remote=True, recheck=recheck)
+    problems = _problems(report)
+    if problems and not recheck:  # recheck reports repaired copies too; the next load decides
+        raise CheckpointsUnavailable("; ".join(problems))
+    rows = ctx.store.checkpoints(job_ids=[job_id], kind="checkpoint")
+    if not rows:
+        raise CheckpointsUnavailable(f"job {job_id} has no registered checkpoints")
+    return rows
+
+
+def _evaluator(ctx: JobContext, built: Built) -> Any:
+    calls = 0
+
+    def evaluate(state: dict[str, torch.Tensor]) -> tuple[float, float]:
+        nonlocal calls
+        calls += 1
+        ctx.report_progress(evaluated=calls)
+        built.model.load_trainable_state_dict(state)
+        return mean_pearson(built, "val1"), mean_pearson(built, "val2")
+
+    return evaluate
+
+
+def _make(ctx: JobContext, rows: list[dict[str, Any]], recipe: str, built: Built) -> tuple[dict, dict[str, Any]]:
+    """(soup state, summary for the .json)."""
+    if recipe == "greedy":
+        result = soups.greedy(rows, _evaluator(ctx, built))
+        return result.state, {"members": result.members, "val1": result.selection_score,
+                              "val2": result.reported_score, "trace": result.trace}
+    state = soups.uniform(rows)
+    built.model.load_trainable_state_dict(state)
+    return state, {"members": [row["id"] for row in rows], "val2": mean_pearson(built, "val2")}
+
+
+def _current(path: Path, row: dict[str, Any] | None, rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The summary of an existing soup if it verifies and was made from ``rows``; else None."""
+    summary_path = path.with_suffix(".json")
+    if row is None or not summary_path.is_file():
+        return None
+    try:
+        verify(path, row["size"], row["sha256"])
+    except ChecksumError:
+        return None
+    summary = json.loads(summary_path.read_text())
+    return summary if summary["checkpoints"] == [r["sha256"] for r in rows] else None
+
+
+def run(ctx: JobContext) -> None:
+    params = stage_params(SoupParams, ctx)
+    source = trained_job(ctx, params.source_job)
+    path = soup_path(ctx.root, source["grid"], source["id"], params.recipe)
+    rows = _checkpoints(ctx, source["id"], recheck=False)
+    summary = _current(path, registered(ctx, source["id"], SOUP, str(path)), rows)
+    if summary is not None:
+        print(f"{path}: up to date", flush=True)
+    else:
+        built = build(source["params"], source["repeat"], ctx.gpus)
+        try:
+            state, summary = _make(ctx, rows, params.recipe, built)
+        except ChecksumError as exc:
+            print(f"{exc}: checking every shared copy and copying bad ones again", flush=True)
+            rows = _checkpoints(ctx, source["id"], recheck=True)
+            try:
+                state, summary = _make(ctx, rows, params.recipe, built)
+            except ChecksumError as again:
+                raise CheckpointsUnavailable(f"{again} (and no good copy could be made)") from None
+        summary = {"source_job": source["id"], "recipe": params.recipe,
+                   "checkpoints": [r["sha256"] for r in rows], **summary}
+        write_atomically(path, lambda tmp: torch.save(state, tmp))
+        write_text_atomically(path.with_suffix(".json"), json.dumps(summary, indent=2) + "\n")
+        ctx.store.register_artifact(source["id"], kind=SOUP, path=str(path), host=socket.gethostname(),
+                                    size=path.stat().st_size, sha256=sha256_file(path), metric=summary["val2"])
+    ctx.record_metrics(val2_pearson=summary["val2"], members=len(summary["members"]))
+    print(f"{params.recipe} soup of job {source['id']}: {len(summary['members'])} of {len(rows)} checkpoints, "
+          f"val2 r {summary['val2']:.4f} -> {path}", flush=True)
