@@ -46,13 +46,19 @@ def _print_expanded(spec, as_json: bool) -> None:  # type: ignore[no-untyped-def
     from rich.console import Console
     from rich.table import Table
 
+    # Parameters every job shares would repeat on every row: show them once, above the table.
+    shared = {k: v for k, v in rows[0]["params"].items() if all(r["params"].get(k, object()) == v for r in rows)}
+    console = Console()
+    if shared and len(rows) > 1:
+        console.print(f"{len(shared)} parameters shared by every job: "
+                      + " ".join(f"{k}={v}" for k, v in shared.items()), soft_wrap=True)
     table = Table(title=f"{spec.name}: {len(rows)} jobs (dry run, nothing written)", title_justify="left")
     for col in ("#", "group", "kind", "rep", "gpus", "params", "key"):
         table.add_column(col)
     for i, r in enumerate(rows):
-        params = " ".join(f"{k}={v}" for k, v in r["params"].items())
+        params = " ".join(f"{k}={v}" for k, v in r["params"].items() if k not in shared or len(rows) == 1)
         table.add_row(str(i), r["group"], r["kind"], str(r["repeat"]), str(r["gpus"]), params, r["key"][:12])
-    Console().print(table)
+    console.print(table)
 
 
 def status(
