@@ -9,13 +9,35 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 import h5py
 
 from memq.files import fsync_path, temp_path
 
 
-class AtomicH5:
+class CommitOnExit:
+    """As a context manager: ``commit()`` on a clean exit, ``abort()`` on an exception."""
+
+    def commit(self) -> Path:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+
+class AtomicH5(CommitOnExit):
     """An HDF5 file open for writing that appears at ``path`` only on :meth:`commit`.
 
     Used as a context manager it commits on a clean exit and discards the file on an exception.
@@ -38,14 +60,3 @@ class AtomicH5:
         if self.file.id.valid:
             self.file.close()
         self.tmp_path.unlink(missing_ok=True)
-
-    def __enter__(self) -> AtomicH5:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
-            self.abort()

@@ -99,12 +99,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import h5py
 import numpy as np
 
-from jobs.data.atomic import AtomicH5
+from jobs.data.atomic import AtomicH5, CommitOnExit
 from memq.errors import UserError
 
 SUBJECT_FORMAT = "memq.subject"
@@ -234,7 +234,7 @@ def _check_format(path: PathArg, attrs: Mapping[str, Any], expected: str) -> Non
 # writers
 
 
-class _RowWriter:
+class _RowWriter(CommitOnExit):
     """An atomic HDF5 file whose main dataset is appended in row blocks and must end up full."""
 
     def __init__(self, path: PathArg, what: str) -> None:
@@ -261,17 +261,6 @@ class _RowWriter:
 
     def abort(self) -> None:
         self._out.abort()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
-            self.abort()
 
 
 def _check_subject_meta(path: Path, meta: SubjectMeta) -> tuple[dict[str, np.ndarray], Spec]:
