@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from timm.layers import Mlp
 from torch import Tensor, nn
 
+from jobs.mem.groups import SubjectGroups
+
 
 class BehaviourEmbed(nn.Module):
     """Per-subject Linear(in -> D) + GELU, a shared Mlp(D -> D -> D), then dropout.
@@ -21,6 +23,6 @@ class BehaviourEmbed(nn.Module):
         self.shared = Mlp(dim, out_features=dim)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, bhv: Tensor, subject: str) -> Tensor:
-        """bhv [..., in_dim] -> [..., dim]."""
-        return self.dropout(self.shared(self.subject[subject](bhv)))
+    def forward(self, bhv: Tensor, groups: SubjectGroups) -> Tensor:
+        """bhv [B, ..., in_dim] -> [B, ..., dim]; each sample through its subject's layer."""
+        return self.dropout(self.shared(groups.apply(self.subject, bhv)))

@@ -158,7 +158,7 @@ class MemDataset(Dataset[dict[str, Any]]):
 def collate_by_subject(samples: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Tensor]]:
     """Group a mixed batch by subject (sorted), stacking each field; ``index`` becomes a LongTensor.
 
-    The model runs one subject at a time, and subjects differ in their number of voxels.
+    Subjects differ in their number of voxels; MemModel.forward_subjects takes the groups as they are.
     """
     groups: dict[str, list[Mapping[str, Any]]] = {}
     for sample in samples:

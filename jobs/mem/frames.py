@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from jobs.mem.backbone import ConditionedViT
 from jobs.mem.behaviour import BehaviourEmbed
 from jobs.mem.config import ModelConfig
+from jobs.mem.groups import SubjectGroups
 from jobs.mem.heads import SimpleConvBlocks, class_token_mlps
 
 
@@ -28,9 +29,9 @@ class CurrentFrame(nn.Module):
         )
         self.cls_heads = class_token_mlps(config.BACKBONE.CLS_DIMS, width)
 
-    def forward(self, img: Tensor, bhv: Tensor, subject: str) -> tuple[list[Tensor], Tensor]:
+    def forward(self, img: Tensor, bhv: Tensor, groups: SubjectGroups) -> tuple[list[Tensor], Tensor]:
         """-> (per-layer grids [B, W, h, w], class features [B, W, L])."""
-        taps = self.backbone(img, self.behav_embed(bhv, subject))
+        taps = self.backbone(img, self.behav_embed(bhv, groups))
         grids = [head(grid) for head, (grid, _) in zip(self.conv_heads, taps, strict=True)]
         cls = torch.stack([head(c) for head, (_, c) in zip(self.cls_heads, taps, strict=True)], dim=-1)
         return grids, cls
@@ -61,6 +62,6 @@ class PreviousFrame(nn.Module):
         self.backbone = ConditionedViT(small, img_size, cond.DIM, "MODEL.BACKBONE_SMALL")
         self.cls_heads = class_token_mlps(small.CLS_DIMS, config.prev_width)
 
-    def forward(self, img: Tensor, bhv: Tensor, subject: str) -> Tensor:
-        taps = self.backbone(img, self.behav_embed(bhv, subject))
+    def forward(self, img: Tensor, bhv: Tensor, groups: SubjectGroups) -> Tensor:
+        taps = self.backbone(img, self.behav_embed(bhv, groups))
         return torch.stack([head(c) for head, (_, c) in zip(self.cls_heads, taps, strict=True)]).mean(0)

@@ -63,34 +63,40 @@ class MemLit(L.LightningModule):
         weights = self.sync.weight(subject, device)
         return weights if weights is None or voxels is None else weights[voxels]
 
-    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        sums, regularizers, count = [], [], 0
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
+        device = next(iter(batch.values()))["y"].device
+        voxels = {subject: self._sample_voxels(subject, device) for subject in batch}
+        out = self.model.forward_subjects(batch, voxels)
+        sums, count = [], 0
         for subject, samples in batch.items():
-            y = samples["y"]
-            voxels = self._sample_voxels(subject, y.device)
-            pred = self.model(samples, subject, voxels)
-            target = y if voxels is None else y[:, voxels]
-            voxel_loss = F.smooth_l1_loss(pred.float(), target, beta=self.config.LOSS.SMOOTH_L1_BETA, reduction="none")
-            weights = self._voxel_weights(subject, voxels, y.device)
+            y, selected = samples["y"], voxels[subject]
+            target = y if selected is None else y[:, selected]
+            voxel_loss = F.smooth_l1_loss(
+                out.preds[subject].float(), target, beta=self.config.LOSS.SMOOTH_L1_BETA, reduction="none"
+            )
+            weights = self._voxel_weights(subject, selected, device)
             if weights is not None:
                 voxel_loss = voxel_loss * weights
             sums.append(voxel_loss.sum())
             count += voxel_loss.numel()
-            regularizers.append(self.model.regularizer(subject, voxels))
         # every (sample, voxel) pair weighs the same, whichever subject it belongs to
-        loss = torch.stack(sums).sum() / count + self.config.REGULARIZER.LAYER * torch.stack(regularizers).sum()
+        loss = torch.stack(sums).sum() / count + self.config.REGULARIZER.LAYER * out.regularizer
         n_samples = sum(len(samples["y"]) for samples in batch.values())
-        if not torch.isfinite(loss):
+        # a host sync, but skipping the step needs the answer here: torch.where(finite, loss, 0)
+        # would still send NaN gradients back (0 * NaN) from a NaN target or prediction
+        finite = bool(torch.isfinite(loss))
+        if not finite:
             log.warning("non-finite training loss %s at step %d; counted as 0", loss.item(), self.global_step)
-            loss = loss.new_zeros((), requires_grad=True)  # no gradient reaches the weights
-        self.log("TRAIN/loss", loss, batch_size=n_samples)
-        return loss
+        self.log("TRAIN/loss", loss if finite else 0.0, batch_size=n_samples)
+        # None: Lightning skips the backward and the optimizer step, GradScaler included (a zero
+        # loss without gradients made GradScaler.step fail: "No inf checks were recorded")
+        return loss if finite else None
 
     # -- evaluation -------------------------------------------------------------------------------
 
     def _evaluate(self, batch: Batch) -> None:
-        for subject, samples in batch.items():
-            self.pearson[subject].update(self.model(samples, subject), samples["y"])
+        for subject, pred in self.model.forward_subjects(batch).preds.items():
+            self.pearson[subject].update(pred, batch[subject]["y"])
 
     def _reset(self) -> None:
         for sums in self.pearson.values():

@@ -30,12 +30,10 @@ class LayerSelector(CachedCoordsMLP):
     def __init__(self, positions: Tensor, n_layers: int, width: int, depth: int) -> None:
         super().__init__(positions, n_layers, width, depth, nn.Softmax(dim=-1))
 
-    def regularizer(self, voxels: Tensor) -> Tensor:
-        """Mean over ``voxels`` of sum_l w_l log w_l (negative entropy), 0 when frozen.
 
-        As in the reference, adding this to the loss pushes the weights towards uniform.
-        """
-        if not self.trainable:
-            return self.positions.new_zeros(())
-        weights = self(voxels)
-        return torch.special.xlogy(weights, weights).sum(dim=-1).mean()
+def negative_entropy(layer_weights: Tensor) -> Tensor:
+    """The LayerSelector regulariser: mean over voxels of sum_l w_l log w_l, for weights [n, L].
+
+    As in the reference, adding this to the loss pushes the weights towards uniform.
+    """
+    return torch.special.xlogy(layer_weights, layer_weights).sum(dim=-1).mean()

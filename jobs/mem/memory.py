@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from jobs.mem.behaviour import BehaviourEmbed
 from jobs.mem.config import ModelConfig
+from jobs.mem.groups import SubjectGroups
 
 TIME_FREQ_DIM = 256  # width of the sinusoidal time encoding
 TIME_MAX_PERIOD = 10_000.0
@@ -56,13 +57,14 @@ class MemoryBranch(nn.Module):
         )
         self.merge = Mlp(hidden, out_features=config.merge_width)
 
-    def forward(self, feats: Tensor, bhvs: Tensor, subject: str) -> Tensor:
+    def forward(self, feats: Tensor, bhvs: Tensor, groups: SubjectGroups) -> Tensor:
         """feats [B, T, F] cached features and bhvs [B, T, 35] behaviour of T=-2, -3, ... (t = 0, 1, ...)."""
-        batch, n_frames, _ = feats.shape
+        n_frames = feats.shape[1]
         if n_frames != self.n_frames or bhvs.shape[1] != n_frames:
             raise ValueError(f"expected {self.n_frames} memory frames, got {n_frames} and {bhvs.shape[1]}")
-        c = self.behav_embed(bhvs, subject)
-        t = self.time_embed(torch.arange(n_frames, device=feats.device), subject).expand(batch, -1, -1)
+        c = self.behav_embed(bhvs, groups)
+        steps = torch.arange(n_frames, device=feats.device)
+        t = groups.expand([self.time_embed(steps, s) for s in groups.subjects])  # [B, T, T_DIM]
         # the feature cache is float16 on disk: follow the embeddings' dtype (fp32, or the autocast one)
         x = self.frame_mlp(torch.cat([feats.to(c.dtype), c, t], dim=-1))  # [B, T, WIDTH]
-        return self.merge(self.compress[subject](x.flatten(1)))
+        return self.merge(groups.apply(self.compress, x.flatten(1)))

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -13,7 +14,8 @@ from jobs.mem.behaviour import BehaviourEmbed
 from jobs.mem.config import MemConfig, ModelConfig
 from jobs.mem.coords import normalise_coords
 from jobs.mem.frames import CurrentFrame, PreviousFrame, retina_features
-from jobs.mem.mappers import LayerSelector, RetinaMapper
+from jobs.mem.groups import SubjectGroups
+from jobs.mem.mappers import LayerSelector, RetinaMapper, negative_entropy
 from jobs.mem.memory import MemoryBranch
 from jobs.mem.readout import FreeVoxelWeights, SharedVoxelWeights, apply_readout
 from jobs.mem.weights import read_state_dict
@@ -56,6 +58,15 @@ class SubjectInfo:
 def read_topyneck(path: str) -> dict[str, Tensor]:
     """The tensors of a topyneck file (``retina_mapper.<subject>.*``, ``layer_selector.<subject>.*``)."""
     return read_state_dict(path, "MODEL.TOPYNECK_PATH")
+
+
+class MemOutput(NamedTuple):
+    """What :meth:`MemModel.forward_subjects` returns."""
+
+    preds: dict[str, Tensor]  # subject -> predictions [B_s, n_s]
+    # sum over the subjects of the LayerSelector negative entropy of the voxels predicted; a
+    # frozen LayerSelector adds 0 (mem-spec 2.3)
+    regularizer: Tensor
 
 
 def _voxel_weights(config: ModelConfig, positions: Tensor) -> nn.Module:
@@ -102,40 +113,77 @@ class MemModel(nn.Module):
             self.load_topyneck(read_topyneck(model.TOPYNECK_PATH), source=model.TOPYNECK_PATH)
 
     def forward(self, batch: Mapping[str, Tensor], subject: str, voxels: Tensor | None = None) -> Tensor:
-        """Predictions [B, n] for one subject's samples.
+        """Predictions [B, n] for one subject's samples: :meth:`forward_subjects` with one subject.
 
         batch: "img", "prev_img" [B, 3, H, W] (T=0, T=-1), "prev_feats" [B, N-1, F] (T=-2..-N),
         "bhv" [B, 35] (T=0), "prev_bhvs" [B, N, 35] (T=-1..-N). ``voxels``: positions into the
         subject's modelled voxels; None predicts all of them. Voxels run in CHUNK_SIZE chunks.
         """
-        grids, cls = self.current(batch["img"], batch["bhv"], subject)
-        prev_bhv, memory_bhvs = batch["prev_bhvs"][:, 0], batch["prev_bhvs"][:, 1:]
+        return self.forward_subjects({subject: batch}, {subject: voxels}).preds[subject]
+
+    def forward_subjects(
+        self, batches: Mapping[str, Mapping[str, Tensor]], voxels: Mapping[str, Tensor | None] | None = None
+    ) -> MemOutput:
+        """Predictions for a batch that mixes subjects, grouped as ``collate_by_subject`` groups it.
+
+        ``batches``: subject -> that subject's samples (the fields of :meth:`forward`);
+        ``voxels``: subject -> positions into its modelled voxels, all of them where absent or None.
+        Both ViTs and every shared module run once over all samples, each per-subject module once
+        over its subject's samples; only the per-voxel part runs subject by subject.
+        """
+        groups = SubjectGroups(tuple(batches), tuple(len(b["img"]) for b in batches.values()))
+
+        def field(key: str) -> Tensor:
+            return torch.cat([b[key] for b in batches.values()])
+
+        bhv, prev_bhvs = field("bhv"), field("prev_bhvs")
+        grids, cls = self.current(field("img"), bhv, groups)
         shared = torch.cat(
             [
-                self.previous(batch["prev_img"], prev_bhv, subject),
-                self.memory(batch["prev_feats"], memory_bhvs, subject),
-                self.behav_pt(batch["bhv"], subject),
-                self.behav_pt_prev(prev_bhv, subject),
+                self.previous(field("prev_img"), prev_bhvs[:, 0], groups),
+                self.memory(field("prev_feats"), prev_bhvs[:, 1:], groups),
+                self.behav_pt(bhv, groups),
+                self.behav_pt_prev(prev_bhvs[:, 0], groups),
             ],
             dim=-1,
         )
-        if voxels is None:
-            voxels = torch.arange(self.n_voxels[subject], device=cls.device)
-        chunks = [self._predict(grids, cls, shared, subject, chunk) for chunk in voxels.split(self.chunk_size)]
-        return torch.cat(chunks, dim=1) if chunks else cls.new_zeros(cls.shape[0], 0)
+        voxels = voxels or {}
+        preds, regularizers = {}, []
+        for subject, rows in groups.slices():
+            selected = voxels.get(subject)
+            if selected is None:
+                selected = torch.arange(self.n_voxels[subject], device=cls.device)
+            selector = self.layer_selector[subject]
+            layer_weights = selector(selected)
+            preds[subject] = self._predict(
+                [grid[rows] for grid in grids], cls[rows], shared[rows], subject, selected, layer_weights
+            )
+            if selector.trainable:
+                regularizers.append(negative_entropy(layer_weights))
+        regularizer = torch.stack(regularizers).sum() if regularizers else torch.zeros((), device=cls.device)
+        return MemOutput(preds, regularizer)
 
-    def _predict(self, grids: list[Tensor], cls: Tensor, shared: Tensor, subject: str, voxels: Tensor) -> Tensor:
+    def _predict(
+        self,
+        grids: Sequence[Tensor],
+        cls: Tensor,
+        shared: Tensor,
+        subject: str,
+        voxels: Tensor,
+        layer_weights: Tensor,
+    ) -> Tensor:
+        """One subject's predictions [B_s, n] from its samples' features, CHUNK_SIZE voxels at a time."""
         mu = self.retina_mapper[subject](voxels)
-        x0 = retina_features(grids, cls, mu, self.layer_selector[subject](voxels))
-        weight, bias = self.readout[subject](voxels)
-        return apply_readout(x0, shared, weight, bias)
-
-    def regularizer(self, subject: str, voxels: Tensor | None = None) -> Tensor:
-        """LayerSelector negative entropy of ``subject`` (all modelled voxels by default); 0 when frozen."""
-        selector = self.layer_selector[subject]
-        if voxels is None:
-            voxels = torch.arange(self.n_voxels[subject], device=selector.positions.device)
-        return selector.regularizer(voxels)
+        chunks = [
+            apply_readout(retina_features(grids, cls, m, w), shared, *self.readout[subject](v))
+            for v, m, w in zip(
+                voxels.split(self.chunk_size),
+                mu.split(self.chunk_size),
+                layer_weights.split(self.chunk_size),
+                strict=True,
+            )
+        ]
+        return torch.cat(chunks, dim=1) if chunks else cls.new_zeros(cls.shape[0], 0)
 
     def trainable_state_dict(self) -> dict[str, Tensor]:
         """What a checkpoint stores: the parameters that train, nothing else.

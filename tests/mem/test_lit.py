@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch.plugins.precision import MixedPrecision
+from torch.utils.data import DataLoader
 
 from jobs.mem.config import MemConfig, SyncConfig, load_config
 from jobs.mem.lit import MemLit
@@ -70,20 +74,46 @@ def _with_targets(config: MemConfig, batch: dict[str, torch.Tensor], n: int, fil
 
 
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
-def test_nan_loss_counts_as_zero_with_a_warning(
+def test_nan_loss_skips_the_step_with_a_warning(
     build: Build, make_batch: MakeBatch, tiny_config: MemConfig, caplog: pytest.LogCaptureFixture
 ) -> None:
-    model = build().train()
-    lit = MemLit(tiny_config, model)
+    lit = MemLit(tiny_config, build().train())
     batch = {"subj01": _with_targets(tiny_config, make_batch(tiny_config), 300, fill=float("nan"))}
     with caplog.at_level(logging.WARNING, logger="jobs.mem.lit"):
-        loss = lit.training_step(batch, 0)
-    assert loss.item() == 0 and "non-finite training loss" in caplog.text
-    loss.backward()
-    assert all(p.grad is None for p in model.parameters())
+        assert lit.training_step(batch, 0) is None  # Lightning then skips backward and optimizer step
+    assert "non-finite training loss" in caplog.text
 
-    finite = lit.training_step({"subj01": _with_targets(tiny_config, make_batch(tiny_config), 300)}, 0)
-    assert torch.isfinite(finite) and finite.item() > 0
+    mixed = {
+        "subj01": _with_targets(tiny_config, make_batch(tiny_config), 300),
+        "subj02": _with_targets(tiny_config, make_batch(tiny_config, batch=3, seed=1), 7),
+    }
+    finite = lit.training_step(mixed, 0)
+    assert finite is not None and torch.isfinite(finite) and finite.item() > 0
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_a_nan_step_under_a_grad_scaler_changes_no_weight(
+    build: Build, make_batch: MakeBatch, tiny_config: MemConfig, tmp_path: Path
+) -> None:
+    """fp16 training (GradScaler) skips the step; it used to fail in GradScaler.step."""
+    model = build().train()
+    before = {k: v.clone() for k, v in model.trainable_state_dict().items()}
+    batch = {"subj01": _with_targets(tiny_config, make_batch(tiny_config), 300, fill=float("nan"))}
+    trainer = L.Trainer(
+        accelerator="cpu",
+        plugins=[MixedPrecision("16-mixed", "cpu", torch.amp.GradScaler("cpu"))],
+        gradient_clip_val=0.5,
+        max_steps=1,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(MemLit(tiny_config, model), train_dataloaders=DataLoader([batch], batch_size=None))
+    for name, value in model.trainable_state_dict().items():
+        assert torch.equal(value, before[name]), name
 
 
 def test_training_voxels_are_a_fresh_sample_per_step(build: Build, tiny_config: MemConfig) -> None:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from jobs.mem.config import MemConfig, load_config, tiny
+from jobs.mem.mappers import negative_entropy
 from jobs.mem.model import MemModel, SubjectInfo
 
 Build = Callable[..., MemModel]
@@ -42,6 +43,75 @@ def test_chunked_equals_unchunked_and_subsets_equal_slices(build: Build, make_ba
     torch.testing.assert_close(picked, whole[:, subset])
 
 
+@pytest.fixture
+def three_subjects(subjects: dict[str, SubjectInfo]) -> dict[str, SubjectInfo]:
+    """subj01 (300 voxels), subj02 (a 7-voxel ROI) and subj03 (120 voxels)."""
+    coords = np.random.default_rng(3).uniform(-40, 40, size=(120, 3)).astype(np.float32)
+    return {**subjects, "subj03": SubjectInfo(coords)}
+
+
+def _wake_adapters(model: MemModel) -> MemModel:
+    """Non-zero AdaLN and LoRA-up weights: at their zero init no gradient reaches the conditions."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith((".modulation.weight", ".up.weight")):
+                p.normal_(std=0.05)
+    return model
+
+
+def _mixed_batch(config: MemConfig, make_batch: MakeBatch) -> dict[str, dict[str, torch.Tensor]]:
+    return {
+        s: make_batch(config, batch=n, seed=i)
+        for i, (s, n) in enumerate({"subj01": 2, "subj02": 3, "subj03": 1}.items())
+    }
+
+
+def test_mixed_batch_equals_per_subject_forward(
+    build: Build, make_batch: MakeBatch, tiny_config: MemConfig, three_subjects: dict
+) -> None:
+    """Each backbone runs once over all subjects' samples; outputs and gradients are those of
+    running each subject alone (eval mode: no dropout, no retina noise)."""
+    model = _wake_adapters(build(infos=three_subjects)).eval()
+    batches = _mixed_batch(tiny_config, make_batch)
+    voxels = {"subj01": torch.randperm(300)[:150], "subj02": None, "subj03": None}  # 3, 1 and 2 chunks
+    calls = []
+    for vit in (model.current.backbone, model.previous.backbone):
+        vit.register_forward_hook(lambda module, args, out: calls.append(len(args[0])))
+
+    mixed = model.forward_subjects(batches, voxels).preds
+    assert calls == [6, 6]  # one pass of each ViT over the 2 + 3 + 1 samples
+    sum(p.square().mean() for p in mixed.values()).backward()
+    mixed_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    alone = {s: model(batch, s, voxels[s]) for s, batch in batches.items()}
+    sum(p.square().mean() for p in alone.values()).backward()
+    alone_grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+    assert {s: p.shape for s, p in mixed.items()} == {"subj01": (2, 150), "subj02": (3, 7), "subj03": (1, 120)}
+    for subject, pred in mixed.items():
+        torch.testing.assert_close(pred, alone[subject], rtol=1e-5, atol=1e-6)
+    assert mixed_grads.keys() == alone_grads.keys()
+    assert any(".subj03." in name for name in mixed_grads)  # per-subject modules have gradients
+    for name, grad in mixed_grads.items():
+        torch.testing.assert_close(grad, alone_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_mixed_batch_trains_every_subjects_modules(
+    build: Build, make_batch: MakeBatch, tiny_config: MemConfig, three_subjects: dict
+) -> None:
+    model = _wake_adapters(build(infos=three_subjects)).train()
+    out = model.forward_subjects(_mixed_batch(tiny_config, make_batch), {"subj01": torch.randperm(300)[:100]})
+    (sum(p.square().mean() for p in out.preds.values()) + out.regularizer).backward()
+    per_subject = {n: p for n, p in model.named_parameters() if ".subj0" in f".{n}"}
+    for subject in three_subjects:
+        names = [n for n in per_subject if f".{subject}." in f".{n}"]
+        # behaviour embedders (5), time embedding, compression, RetinaMapper, LayerSelector, readout
+        assert len({n.split(f".{subject}.")[0] for n in names}) == 10, names
+        for name in names:
+            grad = per_subject[name].grad
+            assert grad is not None and grad.abs().sum() > 0, name
+
+
 def test_shared_readout_option(build: Build, make_batch: MakeBatch, tiny_overrides: dict) -> None:
     config = load_config({**tiny_overrides, "MODEL.VOXEL_OUTS.SHARED.USE": True})
     model = build(config).eval()
@@ -53,7 +123,8 @@ def test_shared_readout_option(build: Build, make_batch: MakeBatch, tiny_overrid
 def test_training_step_reaches_only_trainable_weights(build: Build, make_batch: MakeBatch, tiny_config) -> None:
     model = build().train()
     voxels = torch.randperm(300)[: tiny_config.MODEL.MAX_TRAIN_VOXELS]
-    loss = model(make_batch(tiny_config), "subj01", voxels).square().mean() + model.regularizer("subj01", voxels)
+    out = model.forward_subjects({"subj01": make_batch(tiny_config)}, {"subj01": voxels})
+    loss = out.preds["subj01"].square().mean() + out.regularizer
     loss.backward()
     params = dict(model.named_parameters())
     for name, p in params.items():
@@ -123,14 +194,20 @@ def test_retina_noise_is_training_only(build: Build) -> None:
     assert (noisy_a - clean).std().item() == pytest.approx(0.01, rel=0.2)
 
 
-def test_layer_selector_regularizer(build: Build) -> None:
+def test_layer_selector_regularizer(build: Build, make_batch: MakeBatch, tiny_config: MemConfig) -> None:
     model = build().train()
-    reg = model.regularizer("subj01")
-    n_layers = len(load_config(tiny()).MODEL.BACKBONE.LAYERS)
-    assert -np.log(n_layers) - 1e-6 <= reg.item() <= 0
+    batches = {"subj01": make_batch(tiny_config), "subj02": make_batch(tiny_config, seed=1)}
+    voxels = {"subj01": torch.tensor([3, 250, 17]), "subj02": None}
+    reg = model.forward_subjects(batches, voxels).regularizer
     assert reg.requires_grad
+    expected = [
+        negative_entropy(model.layer_selector[s](torch.arange(7) if v is None else v)) for s, v in voxels.items()
+    ]
+    torch.testing.assert_close(reg, sum(expected))  # per subject, over the voxels predicted
+    n_layers = len(load_config(tiny()).MODEL.BACKBONE.LAYERS)
+    assert all(-np.log(n_layers) - 1e-6 <= e.item() <= 0 for e in expected)
     model.freeze_topyneck()
-    assert model.regularizer("subj01").item() == 0
+    assert model.forward_subjects(batches, voxels).regularizer.item() == 0
 
 
 def test_trainable_state_dict_round_trip(build: Build, make_batch: MakeBatch, tiny_config) -> None:
