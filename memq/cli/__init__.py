@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from memq import __version__
-from memq.cli import db, queue, worker
+from memq.cli import db, ensemble, queue, worker
 from memq.demo import demo
 
 app = typer.Typer(
@@ -48,6 +48,7 @@ def _options(
 
 queue.register(app)
 worker.register(app)
+ensemble.register(app)
 app.command()(demo)
 app.add_typer(db.app, name="db")
 

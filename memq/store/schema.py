@@ -99,7 +99,10 @@ jobs = sa.Table(
     sa.Column("finished_at", sa.Float),
     sa.Column("progress", sa.JSON(none_as_null=True)),
     sa.Column("metrics", sa.JSON(none_as_null=True)),
-    sa.Index("ix_jobs_claim", "state", sa.desc("priority"), "id"),
+    # Claims scan only queued jobs, in claim order; the claim query spells 'queued' as a literal
+    # so that both planners can use this partial index.
+    sa.Index("ix_jobs_queued", sa.desc("priority"), "id", sqlite_where=sa.text("state = 'queued'"),
+             postgresql_where=sa.text("state = 'queued'")),
     sa.Index("ix_jobs_grid_state", "grid_id", "state"),
     sa.Index("ix_jobs_group_state", "group_id", "state"),
     sa.Index("ix_jobs_worker", "worker_id", "state"),

@@ -65,6 +65,9 @@ class Store:
         self._pg = backend.dialect == "postgresql"
         self._names: dict[tuple[str, int], str] = {}
         self._stmts: dict[str, Any] = {}
+        # Seconds until the first backed-off job is due, as the last empty claim saw it (None:
+        # no job is waiting out a back-off). Lets idle workers sleep instead of polling.
+        self.retry_in: float | None = None
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -151,14 +154,28 @@ class Store:
                 "max_attempts": j.max_attempts, "state": Q.QUEUED.value, "attempt": 0, "failures": 0,
                 "crashes": 0, "cancel_requested": False, "from_scratch": False, "submitted_at": now,
             } for j in fresh]
-            added = 0
-            insert = self._insert(J).on_conflict_do_nothing(index_elements=["key"]).returning(J.c.id)
-            for start in range(0, len(rows), _CHUNK):
-                added += len(conn.execute(insert, rows[start:start + _CHUNK]).all())
+            added = self._insert_new(conn, rows, grid_id)
             self._refresh_ready(conn, grid_id)
             return SubmitResult(grid.name, added, len(grid.jobs) - len(fresh), edited)
 
         return self._write(tx)
+
+    def _insert_new(self, conn: Connection, rows: list[dict[str, Any]], grid_id: int) -> int:
+        """Insert jobs whose key is new; returns how many this transaction inserted (a concurrent
+        submit of the same grid inserts each key once between them)."""
+        insert = self._insert(J).on_conflict_do_nothing(index_elements=["key"])
+        if not self._pg:
+            insert = insert.returning(J.c.id)
+            return sum(len(conn.execute(insert, rows[i:i + _CHUNK]).all()) for i in range(0, len(rows), _CHUNK))
+        # On PostgreSQL, RETURNING turns the bulk insert into huge statements psycopg parses in
+        # Python (24 s for 100,000 jobs); instead count the rows this transaction created.
+        for i in range(0, len(rows), _CHUNK):
+            conn.execute(insert, rows[i:i + _CHUNK])
+        mine = "SELECT count(*) FROM jobs WHERE grid_id = :g AND xmin = pg_current_xact_id()::xid"
+        added = conn.execute(sa.text(mine), {"g": grid_id}).scalar_one()
+        if added:
+            conn.execute(sa.text("ANALYZE jobs"))  # fresh statistics, or claims plan a full scan
+        return added
 
     @staticmethod
     def _refresh_ready(conn: Connection, grid_id: int) -> None:
@@ -194,7 +211,7 @@ class Store:
             accepted, wake = self._finish(conn, done, now) if done is not None else (None, False)
             if capacity.empty:
                 return accepted, None, wake
-            return accepted, self._claim_one(conn, worker, capacity, now), wake
+            return accepted, self._claim_one(conn, worker, capacity, now, beat=done is None), wake
 
         accepted, claim, wake = self.backend.run(tx, write=True)
         if wake:
@@ -207,17 +224,22 @@ class Store:
             self._stmts[name] = _build_statement(name, self._pg)
         return self._stmts[name]
 
-    def _claim_one(self, conn: Connection, worker: WorkerRef, cap: Capacity, now: float) -> Claim | None:
+    def _claim_one(self, conn: Connection, worker: WorkerRef, cap: Capacity, now: float, *,
+                   beat: bool) -> Claim | None:
         params: dict[str, Any] = {"p_wid": worker.id, "p_inc": worker.incarnation, "p_free_gpus": cap.gpus,
                                   "p_free_slots": cap.slots, "p_now": now, "p_horizon": now + MAX_BACKOFF}
         if cap.grids:
             params["p_grids"] = list(cap.grids)
         row = conn.execute(self._stmt("claim_in_grids" if cap.grids else "claim"), params).first()
         if row is None:
+            due = conn.execute(self._stmt("next_due"), params).scalar()
+            self.retry_in = None if due is None else max(due - now, 0.0)
             return None
-        # A claim is a sign of life: observers must not mistake an idle worker's old counter,
-        # unchanged for hours, for a stalled worker that now holds a job.
-        conn.execute(self._stmt("beat"), {"p_wid": worker.id})
+        if beat:
+            # A claim from idle is a sign of life: observers must not mistake an idle worker's old
+            # counter, unchanged for hours, for a stalled worker that now holds a job. (A worker
+            # that just finished a job was heartbeating while it ran.)
+            conn.execute(self._stmt("beat"), {"p_wid": worker.id})
         conn.execute(self._stmt("attempt_start"), {"p_job": row.id, "p_attempt": row.attempt, "p_wid": worker.id,
                                                    "p_now": now})
         return Claim(job_id=row.id, attempt=row.attempt, key=row.key, grid=self._name(conn, s.grids, row.grid_id),
@@ -358,7 +380,7 @@ class Store:
         now = time.time()
         w = s.workers
 
-        def tx(conn: Connection) -> WorkerRef:
+        def tx(conn: Connection) -> tuple[WorkerRef, bool]:
             old = conn.execute(sa.select(w).where(w.c.name == name)).first()
             values = {"host": host, "pid": pid, "boot": boot, "gpus": gpus, "slots": slots, "lease": lease,
                       "state": s.WorkerState.ACTIVE.value, "reason": None, "drain": False,
@@ -366,17 +388,20 @@ class Store:
             if old is None:
                 wid = conn.execute(w.insert().values(name=name, heartbeat=0, incarnation=1, **values)
                                    .returning(w.c.id)).scalar_one()
-                return WorkerRef(wid, 1)
+                return WorkerRef(wid, 1), False
             if (old.state not in (s.WorkerState.DEAD.value, s.WorkerState.STOPPED.value)
                     and old.host == host and old.boot == boot and old.pid != pid and _pid_alive(old.pid)):
                 raise UserError(f"a worker named {name!r} already runs on this host (pid {old.pid})",
                                 hint="give this one another --name")
-            self._requeue_worker_jobs(conn, old.id, now)
+            requeued = self._requeue_worker_jobs(conn, old.id, now)
             conn.execute(w.update().where(w.c.id == old.id)
                          .values(incarnation=old.incarnation + 1, heartbeat=w.c.heartbeat + 1, **values))
-            return WorkerRef(old.id, old.incarnation + 1)
+            return WorkerRef(old.id, old.incarnation + 1), bool(requeued)
 
-        return self._write(tx)
+        ref, requeued = self.backend.run(tx, write=True)
+        if requeued:  # a new worker wakes nobody, but its last life's jobs are claimable again
+            self.bump_version()
+        return ref
 
     @staticmethod
     def _alive(ref: WorkerRef) -> Any:
@@ -630,7 +655,8 @@ def _build_statement(name: str, pg: bool) -> Any:
                       sa.and_(J.c.gpus == 0, bp("p_free_slots") > 0))
         due = sa.or_(J.c.not_before.is_(None), J.c.not_before <= bp("p_now"), J.c.not_before > bp("p_horizon"))
         cand = (sa.select(J.c.id).select_from(J.join(g, g.c.id == J.c.group_id).join(gr, gr.c.id == J.c.grid_id))
-                .where(J.c.state == Q.QUEUED.value, g.c.ready.is_(True), gr.c.paused.is_(False), fits, due, alive)
+                .where(J.c.state == sa.literal_column("'queued'"), g.c.ready.is_(True), gr.c.paused.is_(False), fits,
+                       due, alive)
                 .order_by(J.c.priority.desc(), J.c.id).limit(1))
         if name == "claim_in_grids":
             cand = cand.where(gr.c.name.in_(bp("p_grids", expanding=True)))
@@ -641,6 +667,9 @@ def _build_statement(name: str, pg: bool) -> Any:
                         finished_at=None, progress=None, exit_code=None, reason=None)
                 .returning(J.c.id, J.c.attempt, J.c.key, J.c.grid_id, J.c.group_id, J.c.kind, J.c.params,
                            J.c.repeat, J.c.command, J.c.gpus, J.c.cpus, J.c.mem_gb, J.c.from_scratch))
+    if name == "next_due":
+        return sa.select(sa.func.min(J.c.not_before)).where(
+            J.c.state == sa.literal_column("'queued'"), J.c.not_before > bp("p_now"), J.c.not_before <= bp("p_horizon"))
     if name == "beat":
         return w.update().where(w.c.id == bp("p_wid")).values(heartbeat=w.c.heartbeat + 1)
     if name == "attempt_start":

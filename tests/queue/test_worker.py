@@ -112,8 +112,13 @@ def test_chaos_every_job_succeeds_once_and_attempts_never_overlap(multihost_rig:
         workers[name].wait()
         killed_workers += 1
         workers[name] = start_worker(rig, int(name[1:]), name, tmp_path, *relaxed)
-    assert store.counts()["chaos"] == {"queued": 0, "running": 0, "succeeded": 200, "failed": 0, "cancelled": 0}
-    assert stop(list(workers.values()), tmp_path) == [0, 0, 0, 0]
+    def logs() -> str:
+        return "\n".join(f"--- {f.name}\n" + "\n".join(f.read_text().splitlines()[-15:])
+                         for f in sorted(tmp_path.glob("w*.log")))
+
+    assert store.counts()["chaos"] == {"queued": 0, "running": 0, "succeeded": 200, "failed": 0,
+                                       "cancelled": 0}, logs()
+    assert stop(list(workers.values()), tmp_path) == [0, 0, 0, 0], logs()
     assert killed_workers >= 3 and killed_jobs >= 1
     assert not list(out.glob("*.overlap")), "two attempts of one job ran at the same time"
     for job in store.jobs():
