@@ -16,7 +16,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from collections.abc import Iterator, Mapping
+import re
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -29,8 +30,18 @@ from memq.files import write_atomically, write_text_atomically
 
 SOUP = "soup"  # the registry kind of soups (registered under the trained job)
 MANIFEST, INDEX = "manifest.json", "index.npz"
-BLOCK_BYTES = 1 << 24  # rows read per block of a prediction file: about 16 MB
 _HEADERS = {(1, 0): npy_format.read_array_header_1_0, (2, 0): npy_format.read_array_header_2_0}
+
+
+def remove_temporaries(directory: Path, names: Iterable[str] | None = None) -> None:
+    """Delete the temporary files (memq.files.temp_path) that killed writers of ``names`` (default:
+    any) left in ``directory`` and its subdirectories, so that a rerun ends with exactly the files
+    of an uninterrupted run. Only where no other live process writes those names."""
+    name = "|".join(map(re.escape, names)) if names is not None else ".+"
+    temporary = re.compile(rf"\.(?:{name})\.\d+\.[0-9a-f]{{8}}\.tmp")
+    for path in [*directory.glob(".*.tmp"), *directory.glob("*/.*.tmp")]:
+        if temporary.fullmatch(path.name):
+            path.unlink(missing_ok=True)
 
 
 def soup_path(root: Path, grid: str, job_id: int, recipe: str) -> Path:
@@ -58,8 +69,9 @@ def _file_entry(path: Path) -> dict[str, Any]:
 
 
 def write_subject(directory: Path, subject: str, values: np.ndarray) -> dict[str, Any]:
-    """Publish ``subjXX.npy`` (as float16); returns its manifest entry."""
-    path = write_atomically(directory / f"{subject}.npy", lambda tmp: save_npy(tmp, values.astype(np.float16)))
+    """Publish ``subjXX.npy`` (float16, C order: readers stream it by rows); returns its manifest entry."""
+    rows = np.ascontiguousarray(values, dtype=np.float16)
+    path = write_atomically(directory / f"{subject}.npy", lambda tmp: save_npy(tmp, rows))
     return _file_entry(path)
 
 
@@ -136,11 +148,11 @@ class _Hashing:
         return data
 
 
-def stream_rows(part: SubjectPrediction) -> Iterator[tuple[int, np.ndarray]]:
-    """(first row, float16 block) of a prediction file, in blocks of about 16 MB, read once.
+def stream_rows(part: SubjectPrediction, rows: int) -> Iterator[np.ndarray]:
+    """The float16 rows of a prediction file, ``rows`` at a time, read once.
 
     The file's sha256 is checked as it is read: ChecksumError after the last block if it does not
-    match, so a caller publishes nothing it accumulated from bad bytes.
+    match, so a caller publishes nothing it computed from bad bytes.
     """
     with part.path.open("rb") as raw:
         fh = _Hashing(raw)
@@ -150,15 +162,16 @@ def stream_rows(part: SubjectPrediction) -> Iterator[tuple[int, np.ndarray]]:
         shape, fortran, dtype = _HEADERS[version](fh)
         expected = (len(part.trials), len(part.voxels))
         if shape != expected or fortran or dtype != np.float16:
-            raise ChecksumError(f"{part.path}: {dtype} {list(shape)}, expected float16 {list(expected)} (C order)")
+            order = "Fortran" if fortran else "C"
+            raise ChecksumError(f"{part.path}: {dtype} {list(shape)} in {order} order, expected float16 "
+                                f"{list(expected)} in C order")
         n_rows, n_cols = shape
-        step = max(1, BLOCK_BYTES // max(1, 2 * n_cols))
-        for start in range(0, n_rows, step):
-            rows = min(step, n_rows - start)
-            block = np.frombuffer(fh.read(2 * rows * n_cols), dtype=np.float16)
-            if block.size != rows * n_cols:
+        for start in range(0, n_rows, rows):
+            count = min(rows, n_rows - start)
+            block = np.frombuffer(fh.read(2 * count * n_cols), dtype=np.float16)
+            if block.size != count * n_cols:
                 raise ChecksumError(f"{part.path}: truncated")
-            yield start, block.reshape(rows, n_cols)
+            yield block.reshape(count, n_cols)
         fh.read()
         if fh.size != part.size or fh.digest.hexdigest() != part.sha256:
             raise ChecksumError(f"{part.path}: sha256 {fh.digest.hexdigest()[:12]}... does not match its manifest")

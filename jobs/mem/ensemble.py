@@ -1,17 +1,19 @@
 """Job kind ``mem.ensemble``: stitch each scheme's ROI models into whole-brain predictions, average
 the schemes with equal weights, write the Algonauts 2023 submission and the val2 scores.
 
-Subject by subject, each model's prediction file is streamed straight into one float32
-[n_trials, N_s] sum scaled by 1/n_schemes (memory: one whole-brain prediction, whatever the number
-of models). Before any of that, every scheme must cover every voxel of every subject exactly once
-(with ``partial``, schemes that do not are left out and listed). Files in ``out``:
+Subject by subject, each scheme's model files are streamed, stitched block by block
+(jobs/mem/stitch.py) and added straight into one float32 [n_trials, N_s] sum scaled by 1/n_schemes
+(memory: one whole-brain prediction, whatever the number of models). Before any of that, every
+scheme must cover every voxel of every subject exactly once (with ``partial``, schemes that do
+not are left out and listed). Files in ``out``:
 
     subjXX/lh_pred_test.npy, rh_pred_test.npy   float32 [n_test, n_lh | n_rh] (mem-spec 4.4)
     scores.json     val2 mean per-voxel r of each scheme alone and of the running average as the
                     schemes are added in order: {"per_scheme": {name: {"mean", "per_subject"}},
                     "cumulative": [{"schemes": [...], "mean", "per_subject"}]}; "mean" pools every
                     voxel of every subject, as the validation metric does
-    ensemble.json   the manifest, written last: grid, recipe, splits, subjects, schemes -> job ids
+    ensemble.json   the manifest, written last: grid, recipe, split, score_split, subjects,
+                    schemes -> job ids, skipped (with ``partial``: scheme -> why it was left out)
 
 Every output is rewritten on every run, atomically and deterministically (fixed orders, float32).
 """
@@ -29,13 +31,13 @@ import numpy as np
 from jobs.data.layout import N_SLOTS, open_subject, subject_path
 from jobs.eval.report import MANIFEST_FILE, SCORES_FILE
 from jobs.eval.score import pearson
-from jobs.mem.artifacts import SubjectPrediction, prediction_dir, read_predictions
+from jobs.mem.artifacts import SubjectPrediction, prediction_dir, read_predictions, remove_temporaries
 from jobs.mem.challenge import submission, write_submission
 from jobs.mem.schemes import schemes as find_schemes
 from jobs.mem.schemes import select
 from jobs.mem.source import stage_params
 from jobs.mem.stage_params import SCORE_SPLIT, SUBMISSION_SPLIT, EnsembleParams
-from jobs.mem.stitch import add_model, coverage
+from jobs.mem.stitch import coverage, scheme_blocks
 from memq.context import JobContext
 from memq.files import write_text_atomically
 from memq.runner import PermanentError
@@ -106,11 +108,16 @@ def _subjects(data_dir: Path, parts: Parts) -> list[Subject]:
     return subjects
 
 
+def _models(subject: Subject, split: str, job_ids: Sequence[int], parts: Parts) -> list[SubjectPrediction]:
+    """A scheme's models of one subject (a model of an ROI without voxels there has none)."""
+    return [parts[split][job][subject.name] for job in job_ids if subject.name in parts[split][job]]
+
+
 def _problem(job_ids: Sequence[int], parts: Parts, subjects: Sequence[Subject]) -> str | None:
     """Why a scheme cannot be stitched (voxels not covered exactly once, other trials), or None."""
     for subject in subjects:
         for split in SPLITS:
-            models = [parts[split][job][subject.name] for job in job_ids if subject.name in parts[split][job]]
+            models = _models(subject, split, job_ids, parts)
             wrong = [p.path for p in models if not np.array_equal(p.trials, subject.trials[split])]
             if wrong:
                 return f"{wrong[0]} does not hold the {split} trials of {subject.name}"
@@ -126,11 +133,10 @@ def _score_subject(subject: Subject, data_dir: Path, schemes: Mapping[str, list[
     with open_subject(subject_path(data_dir, subject.name)) as f:
         targets = f.betas[subject.trials[SCORE_SPLIT]].astype(np.float32)
     total = np.zeros_like(targets)
+    stitched = np.empty_like(targets)
     for k, (name, job_ids) in enumerate(schemes.items()):
-        stitched = np.zeros_like(targets)
-        for job in job_ids:
-            if subject.name in parts[SCORE_SPLIT][job]:
-                add_model(stitched, parts[SCORE_SPLIT][job][subject.name])
+        for start, block in scheme_blocks(_models(subject, SCORE_SPLIT, job_ids, parts), subject.n_voxels):
+            stitched[start : start + len(block)] = block
         alone[name].add(subject.name, pearson(stitched, targets))
         total += stitched
         cumulative[k].add(subject.name, pearson(total, targets))  # r of the mean = r of the sum
@@ -144,10 +150,11 @@ def _submit_subject(subject: Subject, data_dir: Path, schemes: Mapping[str, list
     if layout is None or order is None:
         raise PermanentError(f"{subject.name}: the prepared data has no challenge layout or challenge_images")
     mean = np.zeros((len(images), subject.n_voxels), dtype=np.float32)
+    scale = np.float32(1 / len(schemes))
     for job_ids in schemes.values():
-        for job in job_ids:
-            if subject.name in parts[SUBMISSION_SPLIT][job]:
-                add_model(mean, parts[SUBMISSION_SPLIT][job][subject.name], 1.0 / len(schemes))
+        for start, block in scheme_blocks(_models(subject, SUBMISSION_SPLIT, job_ids, parts), subject.n_voxels):
+            block *= scale
+            mean[start : start + len(block)] += block
     try:
         write_submission(out, subject.name, submission(mean, images, order, layout))
     except ValueError as exc:
@@ -158,6 +165,7 @@ def run(ctx: JobContext) -> None:
     params = stage_params(EnsembleParams, ctx)
     out = Path(params.out)
     (out / MANIFEST_FILE).unlink(missing_ok=True)  # present again only once every file below is rewritten
+    remove_temporaries(out)
     jobs = _jobs(ctx, params.jobs)
     try:
         schemes = select(find_schemes(jobs, ctx.store.jobs(grid=params.grid)), params.schemes, partial=params.partial)
@@ -166,7 +174,8 @@ def run(ctx: JobContext) -> None:
     data_dir = _data_dir(jobs)
     parts = _parts(ctx.root, params.grid, params.recipe, [job for ids in schemes.values() for job in ids])
     subjects = _subjects(data_dir, parts)
-    skipped = {name: problem for name, ids in schemes.items() if (problem := _problem(ids, parts, subjects))}
+    skipped = {name: "no succeeded jobs" for name in params.schemes or () if name not in schemes}  # partial
+    skipped |= {name: problem for name, ids in schemes.items() if (problem := _problem(ids, parts, subjects))}
     if skipped and not params.partial:
         raise PermanentError("; ".join(f"scheme {name}: {problem}" for name, problem in skipped.items()))
     schemes = {name: ids for name, ids in schemes.items() if name not in skipped}

@@ -14,6 +14,7 @@ from jobs.mem.artifacts import (
     SOUP,
     prediction_dir,
     read_manifest,
+    remove_temporaries,
     soup_path,
     verified,
     write_index,
@@ -41,6 +42,7 @@ def run(ctx: JobContext) -> None:
         print(f"{directory}: up to date", flush=True)
         return
     (directory / MANIFEST).unlink(missing_ok=True)  # the files below are about to change
+    remove_temporaries(directory)
     built = build(source["params"], source["repeat"], ctx.gpus)
     built.model.load_trainable_state_dict(load_verified(soup))
     infos = built.data.subject_info()

@@ -20,15 +20,16 @@ from typing import Any
 
 import torch
 
-from jobs.mem.artifacts import SOUP, soup_path
+from jobs.mem.artifacts import SOUP, remove_temporaries, soup_path
 from jobs.mem.build import Built, build
 from jobs.mem.evaluate import mean_pearson
+from jobs.mem.files import save_atomically
 from jobs.mem.source import registered, stage_params, trained_job
 from jobs.mem.stage_params import SoupParams
 from memq import soup as soups
 from memq.checkpoints import ChecksumError, sha256_file, verify
 from memq.context import JobContext
-from memq.files import write_atomically, write_text_atomically
+from memq.files import write_text_atomically
 from memq.sync import SyncReport, sync
 
 
@@ -67,7 +68,8 @@ def _evaluator(ctx: JobContext, built: Built) -> Any:
     return evaluate
 
 
-def _make(ctx: JobContext, rows: list[dict[str, Any]], recipe: str, built: Built) -> tuple[dict, dict[str, Any]]:
+def _make(ctx: JobContext, rows: list[dict[str, Any]], recipe: str, built: Built,
+          ) -> tuple[soups.StateDict, dict[str, Any]]:
     """(soup state, summary for the .json)."""
     if recipe == "greedy":
         result = soups.greedy(rows, _evaluator(ctx, built))
@@ -91,6 +93,21 @@ def _current(path: Path, row: dict[str, Any] | None, rows: list[dict[str, Any]])
     return summary if summary["checkpoints"] == [r["sha256"] for r in rows] else None
 
 
+def _make_verified(ctx: JobContext, job_id: int, rows: list[dict[str, Any]], recipe: str, built: Built,
+                   ) -> tuple[list[dict[str, Any]], soups.StateDict, dict[str, Any]]:
+    """:func:`_make`; on a checksum failure, every shared copy is re-hashed, bad ones are copied
+    again from their source, and the soup is made once more. Returns the rows it was made from too."""
+    try:
+        return rows, *_make(ctx, rows, recipe, built)
+    except ChecksumError as exc:
+        print(f"{exc}: checking every shared copy and copying bad ones again", flush=True)
+    rows = _checkpoints(ctx, job_id, recheck=True)
+    try:
+        return rows, *_make(ctx, rows, recipe, built)
+    except ChecksumError as exc:
+        raise CheckpointsUnavailable(f"{exc} (and no good copy could be made)") from None
+
+
 def run(ctx: JobContext) -> None:
     params = stage_params(SoupParams, ctx)
     source = trained_job(ctx, params.source_job)
@@ -100,19 +117,12 @@ def run(ctx: JobContext) -> None:
     if summary is not None:
         print(f"{path}: up to date", flush=True)
     else:
+        remove_temporaries(path.parent, [path.name, path.with_suffix(".json").name])  # of a killed attempt
         built = build(source["params"], source["repeat"], ctx.gpus)
-        try:
-            state, summary = _make(ctx, rows, params.recipe, built)
-        except ChecksumError as exc:
-            print(f"{exc}: checking every shared copy and copying bad ones again", flush=True)
-            rows = _checkpoints(ctx, source["id"], recheck=True)
-            try:
-                state, summary = _make(ctx, rows, params.recipe, built)
-            except ChecksumError as again:
-                raise CheckpointsUnavailable(f"{again} (and no good copy could be made)") from None
+        rows, state, made = _make_verified(ctx, source["id"], rows, params.recipe, built)
         summary = {"source_job": source["id"], "recipe": params.recipe,
-                   "checkpoints": [r["sha256"] for r in rows], **summary}
-        write_atomically(path, lambda tmp: torch.save(state, tmp))
+                   "checkpoints": [r["sha256"] for r in rows], **made}
+        save_atomically(state, path)
         write_text_atomically(path.with_suffix(".json"), json.dumps(summary, indent=2) + "\n")
         ctx.store.register_artifact(source["id"], kind=SOUP, path=str(path), host=socket.gethostname(),
                                     size=path.stat().st_size, sha256=sha256_file(path), metric=summary["val2"])

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from jobs.mem.stage_params import _Params
+from jobs.mem.stage_params import StageParams
 from memq.context import JobContext
 from memq.runner import PermanentError
 
-P = TypeVar("P", bound=_Params)
+P = TypeVar("P", bound=StageParams)
 
 
 def stage_params(cls: type[P], ctx: JobContext) -> P:

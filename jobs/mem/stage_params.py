@@ -15,12 +15,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from jobs.data.layout import SPLITS
 
 Recipe = Literal["uniform", "greedy"]
-Split = Literal[SPLITS]  # type: ignore[valid-type]
+Split = Literal[SPLITS]  # type: ignore[valid-type]  # the prepared layout's split names
 JobId = Annotated[int, Field(ge=1)]
 SUBMISSION_SPLIT, SCORE_SPLIT = "predict", "val2"  # the Algonauts test sessions; held-out with betas
 
 
-class _Params(BaseModel):
+class StageParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     @classmethod
@@ -33,14 +33,14 @@ class _Params(BaseModel):
             raise ValueError(f"{cls.__doc__}: " + "; ".join(problems)) from None
 
 
-class SoupParams(_Params):
+class SoupParams(StageParams):
     """mem.soup params"""
 
     source_job: JobId
     recipe: Recipe = "uniform"
 
 
-class PredictParams(_Params):
+class PredictParams(StageParams):
     """mem.predict params"""
 
     source_job: JobId
@@ -48,7 +48,7 @@ class PredictParams(_Params):
     split: Split
 
 
-class EnsembleParams(_Params):
+class EnsembleParams(StageParams):
     """mem.ensemble params"""
 
     grid: str

@@ -101,6 +101,30 @@ def test_xvbc_grid_has_the_111_jobs_of_the_winning_recipe() -> None:
     assert len({j.key for j in spec.jobs}) == 111
 
 
+ENSEMBLE = """\
+name: x
+defaults: {command: [echo]}
+groups:
+  - name: a
+ensemble:
+  soup: {kind: mem.soup}
+  predict: {kind: mem.predict, splits: [predict]}
+  combine: {kind: mem.ensemble}
+"""
+
+
+def test_ensemble_section_is_read_and_adds_no_jobs(tmp_path: Path) -> None:
+    from memq.grid import load_grid_file
+
+    text = ENSEMBLE.replace("{kind: mem.soup}", "{kind: mem.soup, params: {recipe: greedy}, resources: {gpus: 0}}")
+    grid, _ = load_grid_file(write(tmp_path, text))
+    assert grid.ensemble is not None
+    assert (grid.ensemble.soup.kind, grid.ensemble.soup.params, grid.ensemble.soup.resources.gpus) == (
+        "mem.soup", {"recipe": "greedy"}, 0)
+    assert grid.ensemble.predict.splits == ["predict"] and grid.ensemble.combine.kind == "mem.ensemble"
+    assert len(load_grid(write(tmp_path, text)).jobs) == 1
+
+
 # (file text, line the error points at, words the message must contain)
 BAD_FILES = [
     ("name: x\ngroups: [\n", 3, "invalid YAML"),
@@ -131,6 +155,16 @@ BAD_FILES = [
     ("name: x\ndefaults: {command: [echo]}\ngroups:\n  - name: a\n    priority: 1.5\n", 5, "priority"),
     ("name: x\ngroups:\n  - name: a\n    kind: mem.train\n    params: {OPTIMZER.LR: 0.1}\n", 5, "OPTIMZER.LR"),
     ("", 0, "mapping"),
+    *[(ENSEMBLE.replace(old, new), line, words) for old, new, line, words in [
+        ("splits: [predict]", "splitz: [predict]", 7, "unknown key 'splitz' in ensemble.predict (hint: did you mean "
+                                                      "'splits'?)"),
+        ("{kind: mem.soup}", "{kind: mem.soop}", 6, "unknown job kind 'mem.soop' (hint: did you mean 'mem.soup'?)"),
+        ("{kind: mem.ensemble}", "{kind: command}", 8, "ensemble stage 'combine' needs a Python job kind"),
+        (", splits: [predict]", "", 7, "ensemble.predict.splits: required"),
+        ("  combine: {kind: mem.ensemble}\n", "", 5, "ensemble.combine: required"),
+        ("  combine:", "  stitch: {kind: mem.ensemble}\n  combine:", 8, "unknown key 'stitch' in ensemble"),
+        ("{kind: mem.soup}", "{kind: mem.soup, resources: {gpu: 1}}", 6, "did you mean 'gpus'"),
+    ]],
 ]
 
 

@@ -1,0 +1,141 @@
+"""`memq soup` / `memq ensemble`: the derived grid, its checks, idempotence and waiting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from memq.follow import JobsFailed, wait
+from memq.store.types import Capacity, Outcome
+
+from .rig import GRID, Rig, grid_text
+
+DERIVED = GRID + "-ensemble"
+
+
+def groups(rig: Rig) -> dict[str, list[str]]:
+    return {g["name"]: sorted(g["after"]) for g in rig.store.groups(DERIVED)}
+
+
+def derived(rig: Rig, group: str | None = None) -> list[dict[str, Any]]:
+    return rig.store.jobs(grid=DERIVED, group=group)
+
+
+def test_ensemble_derives_soup_predict_and_combine_groups_once(rig: Rig, grid_file: Path, tmp_path: Path,
+                                                               cli) -> None:
+    ids = rig.train(grid_file, n_checkpoints=0)
+    result = cli(*rig.options(), "ensemble", grid_file, "--out", tmp_path / "out", "--no-wait")
+    assert result.code == 0, result
+    assert "tgrid-ensemble: 13 jobs, 13 added" in result.out
+    expected = {f"soup-greedy-{i}": [] for i in ids}
+    expected |= {f"predict-greedy-{i}": [f"soup-greedy-{i}"] for i in ids}
+    expected["combine-greedy"] = sorted(f"predict-greedy-{i}" for i in ids)
+    assert groups(rig) == expected
+    soup = derived(rig, f"soup-greedy-{ids[0]}")[0]
+    assert (soup["kind"], soup["params"], soup["gpus"]) == ("mem.soup", {"source_job": ids[0], "recipe": "greedy"}, 0)
+    predicts = derived(rig, f"predict-greedy-{ids[0]}")
+    assert [p["params"]["split"] for p in predicts] == ["predict", "val2"]
+    assert predicts[0]["params"] == {"source_job": ids[0], "recipe": "greedy", "split": "predict"}
+    combine = derived(rig, "combine-greedy")[0]
+    assert combine["gpus"] == 0  # the kind's default
+    assert combine["params"] == {"grid": GRID, "out": str(tmp_path / "out"), "recipe": "greedy", "jobs": ids}
+    again = cli(*rig.options(), "ensemble", GRID, "--out", tmp_path / "out", "--no-wait")  # by grid name
+    assert again.code == 0 and "13 jobs, 0 added" in again.out
+
+
+def test_soup_alone_then_the_ensemble_reuses_the_soups(rig: Rig, grid_file: Path, tmp_path: Path, cli) -> None:
+    ids = rig.train(grid_file, n_checkpoints=0)
+    result = cli(*rig.options(), "soup", grid_file, "--recipe", "uniform", "--no-wait")
+    assert result.code == 0 and "4 jobs, 4 added" in result.out
+    assert sorted(groups(rig)) == sorted(f"soup-uniform-{i}" for i in ids)
+    result = cli(*rig.options(), "ensemble", grid_file, "--recipe", "uniform", "--out", tmp_path / "o", "--no-wait")
+    assert "13 jobs, 9 added" in result.out
+    # the other recipe (the section's) is a plan of its own: its jobs wait for nothing of this one
+    assert cli(*rig.options(), "soup", grid_file, "--no-wait").code == 0
+    assert groups(rig)[f"predict-uniform-{ids[0]}"] == [f"soup-uniform-{ids[0]}"]
+    assert groups(rig)["combine-uniform"] == sorted(f"predict-uniform-{i}" for i in ids)
+    assert len(derived(rig, f"soup-greedy-{ids[0]}")) == 1
+
+
+def test_unfinished_training_is_an_error_unless_partial(rig: Rig, grid_file: Path, tmp_path: Path, cli) -> None:
+    from memq.grid import load_grid
+
+    rig.store.submit(load_grid(grid_file))
+    ctx = rig.claim()
+    rig.finish(ctx)  # job 1 succeeded, 2..4 queued
+    result = cli(*rig.options(), "ensemble", grid_file, "--out", tmp_path / "out", "--no-wait")
+    assert result.code == 2 and result.err.count("\n") == 1
+    assert "3 of 4 jobs of grid 'tgrid' have not succeeded: #2 all queued, #3 A queued, #4 A queued" in result.err
+    assert "--partial" in result.err and derived(rig) == []
+    result = cli(*rig.options(), "ensemble", grid_file, "--out", tmp_path / "out", "--no-wait", "--partial")
+    assert result.code == 0 and "4 jobs, 4 added" in result.out  # soup, predict x2, combine of job 1
+    old = derived(rig, "combine-greedy")[0]
+    assert old["params"]["jobs"] == [1] and old["params"]["partial"] is True
+    for _ in range(3):
+        rig.finish(rig.claim())  # jobs 2..4 succeed (the derived ones have higher ids)
+    # the full plan writes to the same directory: the partial plan's unfinished combine job is cancelled
+    result = cli(*rig.options(), "ensemble", grid_file, "--out", tmp_path / "out", "--no-wait")
+    assert result.code == 0 and f"cancelled combine jobs {old['id']}" in result.out
+    combines = {row["id"]: row for row in derived(rig, "combine-greedy")}
+    assert combines[old["id"]]["state"] == "cancelled"
+    (new,) = [row for row in combines.values() if row["id"] != old["id"]]
+    assert new["state"] == "queued" and new["params"]["jobs"] == [1, 2, 3, 4] and "partial" not in new["params"]
+
+
+def test_a_grid_without_an_ensemble_section_or_with_bad_stage_params(rig: Rig, tmp_path: Path,
+                                                                     params: dict[str, Any], cli) -> None:
+    bare = tmp_path / "bare.yaml"
+    bare.write_text(grid_text(params, ensemble=False))
+    rig.train(bare, n_checkpoints=0)
+    result = cli(*rig.options(), "ensemble", bare, "--out", tmp_path / "out")
+    assert result.code == 2 and "has no `ensemble:` section" in result.err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(grid_text(params, schemes="A"))
+    result = cli(*rig.options(), "ensemble", bad, "--out", tmp_path / "out")
+    assert result.code == 2 and f"{bad}:" in result.err and "schemes" in result.err
+    result = cli(*rig.options(), "soup", bare.with_name("nope.yaml"))
+    assert result.code == 2 and "no such grid file" in result.err
+    result = cli(*rig.options(), "soup", bad, "--recipe", "best")
+    assert result.code == 2 and "unknown soup recipe 'best'" in result.err
+
+
+def test_waiting_ends_when_all_succeed_and_fails_on_a_failed_job(rig: Rig, grid_file: Path, tmp_path: Path,
+                                                                 cli) -> None:
+    rig.train(grid_file, n_checkpoints=0)
+    assert cli(*rig.options(), "soup", grid_file, "--no-wait").code == 0
+    stages = {row["key"]: "soup" for row in derived(rig)}
+    seen: list[dict[str, dict[str, int]]] = []
+    first = rig.claim()
+    rig.finish(first)
+    _, second = rig.store.claim(rig.worker, Capacity(slots=1))
+    rig.store.finish(Outcome(second.job_id, second.attempt, "failed_final", exit_code=1, reason="exit code 1"))
+    with pytest.raises(JobsFailed) as failed:
+        wait(rig.store, DERIVED, stages, seen.append, interval=0.01)
+    assert [row["id"] for row in failed.value.rows] == [second.job_id]
+    assert seen[-1]["soup"]["succeeded"] == 1 and seen[-1]["soup"]["failed"] == 1
+    # a rerun requeues what failed; once every job succeeded the wait returns their rows
+    result = cli(*rig.options(), "soup", grid_file, "--no-wait")
+    assert "requeued 1 jobs" in result.out
+    while (ctx := rig.claim()) is not None:
+        rig.finish(ctx)
+    rows = wait(rig.store, DERIVED, stages, seen.append, interval=0.01)
+    assert len(rows) == 4 and seen[-1] == {"soup": {"queued": 0, "running": 0, "succeeded": 4, "failed": 0,
+                                                    "cancelled": 0}}
+
+
+def test_a_failed_derived_job_ends_the_command_with_exit_1(rig: Rig, grid_file: Path, tmp_path: Path, cli,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    rig.train(grid_file, n_checkpoints=0)
+
+    def fails(store: object, grid: str, stages: object, on_update: object, interval: float) -> None:
+        row = derived(rig, "combine-greedy")[0]
+        raise JobsFailed([{**row, "state": "failed", "reason": "exit code 1"}])
+
+    monkeypatch.setattr("memq.follow.wait", fails)
+    result = cli(*rig.options(), "ensemble", grid_file, "--out", tmp_path / "out")
+    combine = derived(rig, "combine-greedy")[0]
+    assert result.code == 1
+    expected = f"error: job {combine['id']} (combine-greedy, mem.ensemble) failed: exit code 1 (see `memq logs "
+    assert expected in result.err
