@@ -9,16 +9,43 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 
-from jobs.mem.config import MemConfig
+from jobs.mem.config import ConfigError, MemConfig, load_config
 from jobs.mem.data import MemDataModule
-from jobs.mem.fit import check_inputs, job_config
 from jobs.mem.model import MemModel, SubjectInfo
 from memq.runner import PermanentError
+
+
+def job_config(params: Mapping[str, Any]) -> MemConfig:
+    """The config named by a job's params; lower-case params are free grid parameters, not settings."""
+    settings = {key: value for key, value in params.items() if key != key.lower()}
+    try:
+        return load_config(settings)
+    except ConfigError as error:
+        raise PermanentError("bad config: " + "; ".join(str(error).splitlines())) from None
+
+
+def check_inputs(config: MemConfig) -> None:
+    """The data directory and every weight file the config names must exist (never downloaded)."""
+    data_dir = config.DATASET.DIR
+    if data_dir is None:
+        raise PermanentError("DATASET.DIR is not set (the prepared-data directory)")
+    if not Path(data_dir).is_dir():
+        raise PermanentError(f"DATASET.DIR: data directory {data_dir} does not exist")
+    model = config.MODEL
+    files = {
+        "MODEL.TOPYNECK_PATH": model.TOPYNECK_PATH,
+        "MODEL.BACKBONE.WEIGHTS": model.BACKBONE.WEIGHTS,
+        "MODEL.BACKBONE_SMALL.WEIGHTS": model.BACKBONE_SMALL.WEIGHTS,
+    }
+    for key, path in files.items():
+        if path is not None and not Path(path).is_file():
+            raise PermanentError(f"{key}: file {path} does not exist")
 
 
 @dataclass
@@ -29,12 +56,14 @@ class Built:
     device: torch.device
 
 
-def build(params: Mapping[str, Any], repeat: int, gpus: list[int]) -> Built:
-    """The model and data of a trained job (its params and repeat), on the first GPU if any."""
+def build(params: Mapping[str, Any], repeat: int, gpus: list[int], *, val_fraction: float = 1.0) -> Built:
+    """The model and data of a job (its params and repeat), on the first GPU if any: built the
+    same way for training and for loading its checkpoints or soup, seed included."""
     config = job_config(params)
     check_inputs(config)
     device = torch.device("cuda" if gpus else "cpu")
     if gpus:
+        # TF32 on the GPU. On a CPU, oneDNN emulates the lower precisions: several times slower
         torch.set_float32_matmul_precision(config.TRAINER.MATMUL_PRECISION)
     L.seed_everything(config.TRAINER.SEED + repeat, workers=True, verbose=False)
     dataset = config.DATASET
@@ -47,6 +76,7 @@ def build(params: Mapping[str, Any], repeat: int, gpus: list[int]) -> Built:
         config.DATALOADER.NUM_WORKERS,
         n_prev_frames=dataset.N_PREV_FRAMES,
         image_size=dataset.IMAGE_SIZE,
+        val_fraction=val_fraction,
     )
     try:
         model = MemModel(config, {s: SubjectInfo(info.coords, info.roi) for s, info in data.subject_info().items()})

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -20,45 +19,17 @@ from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from torch import Tensor
 
 from jobs.data.layout import open_subject, subject_path
-from jobs.mem.config import ConfigError, MemConfig, load_config
+from jobs.mem.build import build, job_config
+from jobs.mem.config import MemConfig
 from jobs.mem.data import MemDataModule
 from jobs.mem.data import SubjectInfo as DataSubjectInfo
 from jobs.mem.lit import VAL_METRIC, MemLit
-from jobs.mem.model import MemModel, SubjectInfo
 from jobs.mem.progress import JobProgress
 from jobs.mem.topk import RESUME_FILE, TopKCheckpoints
 from memq.context import JobContext
 from memq.files import write_atomically
-from memq.runner import PermanentError
 
 RESULT_FILE = "result.json"
-
-
-def job_config(params: Mapping[str, Any]) -> MemConfig:
-    """The config named by a job's params; lower-case params are free grid parameters, not settings."""
-    settings = {key: value for key, value in params.items() if key != key.lower()}
-    try:
-        return load_config(settings)
-    except ConfigError as error:
-        raise PermanentError("bad config: " + "; ".join(str(error).splitlines())) from None
-
-
-def check_inputs(config: MemConfig) -> None:
-    """The data directory and every weight file the config names must exist (never downloaded)."""
-    data_dir = config.DATASET.DIR
-    if data_dir is None:
-        raise PermanentError("DATASET.DIR is not set (the prepared-data directory)")
-    if not Path(data_dir).is_dir():
-        raise PermanentError(f"DATASET.DIR: data directory {data_dir} does not exist")
-    model = config.MODEL
-    files = {
-        "MODEL.TOPYNECK_PATH": model.TOPYNECK_PATH,
-        "MODEL.BACKBONE.WEIGHTS": model.BACKBONE.WEIGHTS,
-        "MODEL.BACKBONE_SMALL.WEIGHTS": model.BACKBONE_SMALL.WEIGHTS,
-    }
-    for key, path in files.items():
-        if path is not None and not Path(path).is_file():
-            raise PermanentError(f"{key}: file {path} does not exist")
 
 
 def roi_columns(
@@ -116,30 +87,13 @@ class Fitted:
     epochs: int  # epochs trained, earlier attempts included
 
 
-def fit(ctx: JobContext, config: MemConfig) -> Fitted:
+def fit(ctx: JobContext) -> Fitted:
     """Train, resuming from the resume file of an earlier attempt if there is one."""
-    check_inputs(config)
-    if ctx.gpus:
-        # TF32 on the GPU. On a CPU, oneDNN emulates the lower precisions: several times slower
-        torch.set_float32_matmul_precision(config.TRAINER.MATMUL_PRECISION)
-    L.seed_everything(config.TRAINER.SEED + ctx.repeat, workers=True, verbose=False)
-    dataset = config.DATASET
-    assert dataset.DIR is not None  # checked above
-    data = MemDataModule(
-        dataset.DIR,
-        dataset.SUBJECTS,
-        dataset.ROIS,
-        config.TRAINER.BATCH_SIZE,
-        config.DATALOADER.NUM_WORKERS,
-        n_prev_frames=dataset.N_PREV_FRAMES,
-        image_size=dataset.IMAGE_SIZE,
-        val_fraction=config.TRAINER.LIMIT_VAL_BATCHES,  # a fixed subset of val1, not Lightning's first batches
-    )
-    infos = data.subject_info()
-    try:
-        model = MemModel(config, {s: SubjectInfo(info.coords, info.roi) for s, info in infos.items()})
-    except ValueError as error:  # e.g. a topyneck file without one of the subjects
-        raise PermanentError(str(error)) from None
+    built = build(ctx.params, ctx.repeat, ctx.gpus, val_fraction=job_config(ctx.params).TRAINER.LIMIT_VAL_BATCHES)
+    # (a fixed subset of val1 is validated, not Lightning's first batches)
+    config, data, model = built.config, built.data, built.model.train()
+    dataset, infos = config.DATASET, data.subject_info()
+    assert dataset.DIR is not None
     lit = MemLit(config, model, roi_columns(dataset.DIR, infos, dataset.ROIS))
     topk = TopKCheckpoints(ctx, config.TRAINER.SAVE_TOP_K, VAL_METRIC, config.TRAINER.RESUME_EVERY_S)
     callbacks: list[Callback] = [

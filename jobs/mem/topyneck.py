@@ -67,7 +67,7 @@ def train(ctx: JobContext) -> None:
     if config.MODEL.TOPYNECK_PATH is not None:
         raise PermanentError("mem.topyneck stage train: MODEL.TOPYNECK_PATH must be unset (it trains the topyneck)")
     parts_dir = _param(ctx, "parts_dir")
-    fitted = fit(ctx, config)
+    fitted = fit(ctx)
     scores = _scores(ctx, fitted)
     topyneck = fitted.lit.model.topyneck_state_dict()
     parts = {}

@@ -8,9 +8,9 @@ CSV) and ``result.json`` in the attempt's directory; job metrics ``val_pearson``
 
 from __future__ import annotations
 
-from jobs.mem.fit import finish, fit, job_config
+from jobs.mem.fit import finish, fit
 from memq.context import JobContext
 
 
 def run(ctx: JobContext) -> None:
-    finish(ctx, fit(ctx, job_config(ctx.params)))
+    finish(ctx, fit(ctx))

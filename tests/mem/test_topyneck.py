@@ -124,7 +124,7 @@ def test_training_with_a_topyneck_keeps_it_frozen(
     }
     job_id = rig.submit("mem.train", params)
     ctx = rig.claim()
-    model = fit(ctx, job_config(ctx.params)).lit.model
+    model = fit(ctx).lit.model
 
     frozen = model.topyneck_state_dict()
     assert frozen.keys() == read_topyneck(str(output)).keys()
