@@ -107,11 +107,16 @@ def render(snap: dict[str, Any]) -> Any:
                       _age(g.get("eta_s")) if "eta_s" in g else "")
     parts.append(grids)
     for g in snap["grids"]:
-        for group in g.get("groups", []):
-            if group.get("blocked"):
-                style = "red" if group["blocked"].startswith("blocked") else "dim"
-                parts.append(Text(f"  {g['name']}/{group['name']} ({group['counts']['queued']} queued) "
-                                  f"{group['blocked']}", style=style))
+        waiting = [group for group in g.get("groups", []) if group.get("blocked")]
+        failed = [group for group in waiting if group["blocked"].startswith("blocked")]
+        shown = failed[:5] + ([group for group in waiting if group not in failed] if len(waiting) <= 5 else [])
+        for group in shown:
+            style = "red" if group in failed else "dim"
+            parts.append(Text(f"  {g['name']}/{group['name']} ({group['counts']['queued']} queued) "
+                              f"{group['blocked']}", style=style))
+        if len(waiting) > len(shown):
+            parts.append(Text(f"  {g['name']}: {len(waiting) - len(shown)} more groups wait for their "
+                              "dependencies (memq status --json lists them)", style="dim"))
     if snap["workers"]:
         workers = Table(title="workers", title_justify="left")
         for col in ("worker", "host", "state", "gpus", "heartbeat", "running"):
