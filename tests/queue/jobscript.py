@@ -27,6 +27,7 @@ pids = [os.getpid()]
 if mode == "child":
     pids.append(subprocess.Popen(["sleep", "120"]).pid)
 record = {"start": time.time(), "pids": pids, "gpus": os.environ.get("CUDA_VISIBLE_DEVICES"),
+          "threads": os.environ.get("OMP_NUM_THREADS"),
           "env_job": os.environ.get("MEMQ_JOB_ID")}
 with open(os.path.join(out, f"{job}.{attempt}.start"), "w") as fh:
     json.dump(record, fh)

@@ -229,7 +229,7 @@ def test_drain_from_another_host_cancel_and_quarantine(tmp_path: Path, out: Path
 def test_gpus_are_given_out_exclusively_with_cuda_visible_devices(tmp_path: Path, out: Path) -> None:
     rig = Rig("local", [tmp_path / "root"])
     store = rig.store()
-    jobs = (jobs_of("gpu", "one", out, [0.5] * 4, gpus=1) + jobs_of("gpu", "two", out, [0.5] * 2, gpus=2)
+    jobs = (jobs_of("gpu", "one", out, [0.5] * 4, gpus=1) + jobs_of("gpu", "two", out, [0.5] * 2, gpus=2, cpus=3)
             + jobs_of("gpu", "four", out, [0.1], gpus=4))
     store.submit(GridSpec("gpu", (GroupSpec("one"), GroupSpec("two"), GroupSpec("four")), tuple(jobs)))
     cmd = [sys.executable, "-m", "memq", *rig.cli_args(), "worker", "--gpus", "0,1,2", "--slots", "0",
@@ -240,6 +240,8 @@ def test_gpus_are_given_out_exclusively_with_cuda_visible_devices(tmp_path: Path
     ends = {int(p.name.split(".")[0]): json.loads(p.read_text())["end"] for p in out.glob("*.end")}
     spans = [(r["start"], ends[job], set(r["gpus"].split(","))) for (job, _), r in runs.items()]
     assert sorted(len(g) for *_, g in spans) == [1, 1, 1, 1, 2, 2]
+    # Each job gets the CPU threads it asked for (default 1), not one per core.
+    assert sorted(r["threads"] for r in runs.values()) == ["1", "1", "1", "1", "3", "3"]
     for i, (s1, e1, g1) in enumerate(spans):
         for s2, e2, g2 in spans[i + 1:]:
             if s1 < e2 and s2 < e1:
