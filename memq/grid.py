@@ -213,8 +213,19 @@ def _unknown_kind(kind: str, where: str) -> UserError:
                      hint=f"did you mean {close[0]!r}?" if close else "known: " + ", ".join(kinds.known_kinds()))
 
 
-def _check_ensemble(section: EnsembleSection, source: YamlSource) -> None:
-    """Every stage names a registered Python kind (its params are checked when jobs are derived)."""
+def _check_ensemble(grid: GridFile, section: EnsembleSection, source: YamlSource) -> None:
+    """Every stage names a registered Python kind, and the schemes to combine exist: a group, or
+    GROUP-R for each repeat R of a repeated group (its params are checked when jobs are derived)."""
+    schemes = section.combine.params.get("schemes") if section.combine.params else None
+    if isinstance(schemes, list):
+        known = [name for g in grid.groups for name in ([f"{g.name}-{r}" for r in range(g.repeat)]
+                                                        if g.repeat > 1 else [g.name])]
+        for i, scheme in enumerate(schemes):
+            if scheme not in known:
+                close = difflib.get_close_matches(str(scheme), known, n=1)
+                raise UserError(f"ensemble scheme {scheme!r} is not a group of this grid",
+                                where=source.where(source.line_of(("ensemble", "combine", "params", "schemes", i))),
+                                hint=f"did you mean {close[0]!r}?" if close else "schemes: " + ", ".join(known))
     for stage in EnsembleSection.model_fields:
         kind = getattr(section, stage).kind
         where = source.where(source.line_of(("ensemble", stage, "kind")))
@@ -275,7 +286,7 @@ def expand(grid: GridFile, source: YamlSource, overrides: dict[str, Any] | None 
     """Check a parsed grid file and expand it into job specs (nothing is written)."""
     _check_dependencies(grid, source)
     if grid.ensemble is not None:
-        _check_ensemble(grid.ensemble, source)
+        _check_ensemble(grid, grid.ensemble, source)
     jobs: list[JobSpec] = []
     for i, group in enumerate(grid.groups):
         merged = _merged(grid.defaults, group)

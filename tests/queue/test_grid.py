@@ -164,6 +164,8 @@ BAD_FILES = [
         ("  combine: {kind: mem.ensemble}\n", "", 5, "ensemble.combine: required"),
         ("  combine:", "  stitch: {kind: mem.ensemble}\n  combine:", 8, "unknown key 'stitch' in ensemble"),
         ("{kind: mem.soup}", "{kind: mem.soup, resources: {gpu: 1}}", 6, "did you mean 'gpus'"),
+        ("{kind: mem.ensemble}", "{kind: mem.ensemble, params: {schemes: [a, all-2]}}", 8,
+         "ensemble scheme 'all-2' is not a group of this grid"),
     ]],
 ]
 
