@@ -15,6 +15,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from jobs.data.layout import LayoutError
 from jobs.mem.config import ConfigError, MemConfig, load_config
 from jobs.mem.data import MemDataModule
 from jobs.mem.model import MemModel, SubjectInfo
@@ -68,16 +69,21 @@ def build(params: Mapping[str, Any], repeat: int, gpus: list[int], *, val_fracti
     L.seed_everything(config.TRAINER.SEED + repeat, workers=True, verbose=False)
     dataset = config.DATASET
     assert dataset.DIR is not None  # checked above
-    data = MemDataModule(
-        dataset.DIR,
-        dataset.SUBJECTS,
-        dataset.ROIS,
-        config.TRAINER.BATCH_SIZE,
-        config.DATALOADER.NUM_WORKERS,
-        n_prev_frames=dataset.N_PREV_FRAMES,
-        image_size=dataset.IMAGE_SIZE,
-        val_fraction=val_fraction,
-    )
+    try:
+        data = MemDataModule(
+            dataset.DIR,
+            dataset.SUBJECTS,
+            dataset.ROIS,
+            config.TRAINER.BATCH_SIZE,
+            config.DATALOADER.NUM_WORKERS,
+            n_prev_frames=dataset.N_PREV_FRAMES,
+            image_size=dataset.IMAGE_SIZE,
+            val_fraction=val_fraction,
+        )
+    except LayoutError as error:  # retrying cannot help; `memq retry` once the data is fixed
+        atlas_w = any(roi.startswith("w_") for roi in dataset.ROIS or [])
+        hint = " (atlas W: run `memq data atlas-w` first)" if atlas_w else ""
+        raise PermanentError(f"{error}{hint}") from None
     try:
         model = MemModel(config, {s: SubjectInfo(info.coords, info.roi) for s, info in data.subject_info().items()})
     except ValueError as error:  # e.g. a topyneck file without one of the subjects

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import shutil
 from pathlib import Path
 from typing import Any
 
+import h5py
 import pytest
 import torch
 
@@ -174,6 +176,21 @@ def test_unfixable_inputs_fail_permanently(
     with pytest.raises(PermanentError, match="^" + message.replace("?", r"\?")) as error:
         train.run(rig.claim())
     assert "\n" not in str(error.value)
+
+
+def test_a_missing_roi_fails_permanently_and_names_the_command_that_adds_it(
+    tmp_path: Path, job_params: dict[str, Any]
+) -> None:
+    data = tmp_path / "prepared"
+    shutil.copytree(job_params["DATASET.DIR"], data)
+    for subject in ("subj01", "subj02"):
+        with h5py.File(subject_path(data, subject), "a") as file:
+            del file["rois/w_3"]  # as before `memq data atlas-w`
+    rig = QueueRig(tmp_path)
+    rig.submit("mem.train", {**job_params, "DATASET.DIR": str(data), "DATASET.ROIS": ["w_3"]})
+    message = r"subj01.h5: no ROI 'w_3'; ROIs here: .*r_9_9.*\(atlas W: run `memq data atlas-w` first\)$"
+    with pytest.raises(PermanentError, match=message):
+        train.run(rig.claim())
 
 
 def test_the_runner_fails_a_job_without_data_at_once(
