@@ -32,6 +32,7 @@ RECIPES = ("uniform", "greedy")  # memq.soup's two soups
 DEFAULT_RECIPE = "uniform"
 SUFFIX = "-ensemble"
 COMBINE = "combine"
+SOUP_ARTIFACT = "soup"  # the registry kind under which a soup job registers its soup (at the trained job)
 MAX_NAME = 128  # the store's grid-name column
 
 

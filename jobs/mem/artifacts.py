@@ -28,7 +28,6 @@ from numpy.lib import format as npy_format
 from memq.checkpoints import ChecksumError, sha256_file
 from memq.files import write_atomically, write_text_atomically
 
-SOUP = "soup"  # the registry kind of soups (registered under the trained job)
 MANIFEST, INDEX = "manifest.json", "index.npz"
 _HEADERS = {(1, 0): npy_format.read_array_header_1_0, (2, 0): npy_format.read_array_header_2_0}
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from jobs.mem.artifacts import SOUP, remove_temporaries, soup_path
+from jobs.mem.artifacts import remove_temporaries, soup_path
 from jobs.mem.build import Built, build
 from jobs.mem.evaluate import mean_pearson
 from jobs.mem.files import save_atomically
@@ -29,6 +29,7 @@ from jobs.mem.stage_params import SoupParams
 from memq import soup as soups
 from memq.checkpoints import ChecksumError, sha256_file, verify
 from memq.context import JobContext
+from memq.coordinator import SOUP_ARTIFACT
 from memq.files import write_text_atomically
 from memq.sync import SyncReport, sync
 
@@ -113,7 +114,7 @@ def run(ctx: JobContext) -> None:
     source = trained_job(ctx, params.source_job)
     path = soup_path(ctx.root, source["grid"], source["id"], params.recipe)
     rows = _checkpoints(ctx, source["id"], recheck=False)
-    summary = _current(path, registered(ctx, source["id"], SOUP, str(path)), rows)
+    summary = _current(path, registered(ctx, source["id"], SOUP_ARTIFACT, str(path)), rows)
     if summary is not None:
         print(f"{path}: up to date", flush=True)
     else:
@@ -124,7 +125,7 @@ def run(ctx: JobContext) -> None:
                    "checkpoints": [r["sha256"] for r in rows], **made}
         save_atomically(state, path)
         write_text_atomically(path.with_suffix(".json"), json.dumps(summary, indent=2) + "\n")
-        ctx.store.register_artifact(source["id"], kind=SOUP, path=str(path), host=socket.gethostname(),
+        ctx.store.register_artifact(source["id"], kind=SOUP_ARTIFACT, path=str(path), host=socket.gethostname(),
                                     size=path.stat().st_size, sha256=sha256_file(path), metric=summary["val2"])
     ctx.record_metrics(val2_pearson=summary["val2"], members=len(summary["members"]))
     print(f"{params.recipe} soup of job {source['id']}: {len(summary['members'])} of {len(rows)} checkpoints, "

@@ -96,7 +96,7 @@ def soup(
     poll: PollOpt = 2.0,
 ) -> None:
     """Soup every trained job of a grid: sync its checkpoints, then average them (uniform or greedy)."""
-    from memq.coordinator import load_section, plan, resolve_recipe, trained_jobs
+    from memq.coordinator import SOUP_ARTIFACT, load_section, plan, resolve_recipe, trained_jobs
 
     st = store(ctx)
     section = load_section(st, grid)
@@ -104,6 +104,12 @@ def soup(
     planned = plan(section, trained_jobs(st, section.grid.name, partial=partial), recipe=chosen)
     rows = _run(st, planned, wait, poll)
     if rows is not None:
+        sources = {row["params"]["source_job"]: row for row in rows}
+        soups = [a for a in st.checkpoints(job_ids=sources, kind=SOUP_ARTIFACT) if a["path"].endswith(f"/{chosen}.pt")]
+        for artifact in soups:
+            metrics = sources[artifact["job_id"]]["metrics"] or {}
+            score = f"  val2 r {metrics['val2_pearson']:.4f}" if "val2_pearson" in metrics else ""
+            typer.echo(f"job {artifact['job_id']}: {artifact['path']}{score}")
         typer.echo(f"{len(rows)} {chosen} soups ready")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -139,3 +140,17 @@ def test_a_failed_derived_job_ends_the_command_with_exit_1(rig: Rig, grid_file: 
     assert result.code == 1
     expected = f"error: job {combine['id']} (combine-greedy, mem.ensemble) failed: exit code 1 (see `memq logs "
     assert expected in result.err
+
+
+def test_soup_waits_and_says_where_each_soup_is(rig: Rig, grid_file: Path, cli) -> None:
+    ids = rig.train(grid_file)
+    assert cli(*rig.options(), "soup", grid_file, "--recipe", "uniform", "--no-wait").code == 0
+    assert rig.drain() == len(ids)
+    result = cli(*rig.options(), "soup", grid_file, "--recipe", "uniform")
+    assert result.code == 0, result.err
+    lines = result.out.splitlines()  # (after what the in-process soup jobs printed)
+    lines = lines[lines.index(f"{DERIVED}: 4 jobs, 0 added"):]
+    assert lines[-1] == "4 uniform soups ready"
+    for job_id, line in zip(ids, lines[1:-1], strict=True):
+        path = rig.root / "soups" / GRID / str(job_id) / "uniform.pt"
+        assert re.fullmatch(rf"job {job_id}: {re.escape(str(path))}  val2 r -?0\.\d{{4}}", line) and path.is_file()
