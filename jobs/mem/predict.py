@@ -11,7 +11,6 @@ import numpy as np
 
 from jobs.mem.artifacts import (
     MANIFEST,
-    SOUP,
     prediction_dir,
     read_manifest,
     remove_temporaries,
@@ -27,13 +26,15 @@ from jobs.mem.source import registered, stage_params, trained_job
 from jobs.mem.stage_params import PredictParams
 from memq.checkpoints import load_verified
 from memq.context import JobContext
+from memq.coordinator import SOUP_ARTIFACT
 from memq.runner import PermanentError
 
 
 def run(ctx: JobContext) -> None:
     params = stage_params(PredictParams, ctx)
     source = trained_job(ctx, params.source_job)
-    soup = registered(ctx, source["id"], SOUP, str(soup_path(ctx.root, source["grid"], source["id"], params.recipe)))
+    path = soup_path(ctx.root, source["grid"], source["id"], params.recipe)
+    soup = registered(ctx, source["id"], SOUP_ARTIFACT, str(path))
     if soup is None:
         raise PermanentError(f"job {source['id']} has no {params.recipe} soup (run its mem.soup job first)")
     directory = prediction_dir(ctx.root, source["grid"], source["id"], params.recipe, params.split)
