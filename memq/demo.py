@@ -96,15 +96,13 @@ def demo(
     console.print(render(snapshot(store, with_groups=False)))
 
     table = Table(title=f"best validation Pearson r per model ({said.split(': ', 1)[-1]})", title_justify="left")
-    for col in ("atlas", "models", "mean val_pearson", "min", "max"):
+    for col in ("job", "atlas", "ROIs", "val_pearson", "epochs"):
         table.add_column(col)
-    by_group: dict[str, list[float]] = {}
     for job in store.jobs(grid="demo"):
-        r = (job["metrics"] or {}).get("val_pearson")
-        if r is not None:
-            by_group.setdefault(job["group"], []).append(r)
-    for group, rs in by_group.items():
-        table.add_row(group, str(len(rs)), f"{sum(rs) / len(rs):.3f}", f"{min(rs):.3f}", f"{max(rs):.3f}")
+        metrics = job["metrics"] or {}
+        r = metrics.get("val_pearson")
+        table.add_row(str(job["id"]), job["group"], ",".join(job["params"].get("DATASET.ROIS") or ["whole brain"]),
+                      f"{r:.3f}" if r is not None else "-", str(metrics.get("epochs", "-")))
     console.print(table)
 
     console.print("[bold]5. score[/]: memq score", out, "--truth", data / "truth")
