@@ -240,8 +240,9 @@ class Store:
             # counter, unchanged for hours, for a stalled worker that now holds a job. (A worker
             # that just finished a job was heartbeating while it ran.)
             conn.execute(self._stmt("beat"), {"p_wid": worker.id})
-        conn.execute(self._stmt("attempt_start"), {"p_job": row.id, "p_attempt": row.attempt, "p_wid": worker.id,
-                                                   "p_now": now})
+        if not self._pg:  # PostgreSQL's claim statement records the attempt itself
+            conn.execute(self._stmt("attempt_start"), {"p_job": row.id, "p_attempt": row.attempt,
+                                                       "p_wid": worker.id, "p_now": now})
         return Claim(job_id=row.id, attempt=row.attempt, key=row.key, grid=self._name(conn, s.grids, row.grid_id),
                      group=self._name(conn, s.groups, row.group_id),
                      kind=row.kind, params=row.params, repeat=row.repeat, command=row.command,
@@ -270,7 +271,8 @@ class Store:
         row = conn.execute(self._stmt(f"finish_{variant}"), params).first()
         if row is None:
             return False, False
-        conn.execute(self._stmt("attempt_end"), params)
+        if not self._pg:  # PostgreSQL's finish statement ends the attempt itself
+            conn.execute(self._stmt("attempt_end"), params)
         if o.metrics:
             merged = {**(row.metrics or {}), **o.metrics}
             conn.execute(J.update().where(J.c.id == o.job_id).values(metrics=merged))
@@ -645,7 +647,25 @@ class Store:
 
 
 def _build_statement(name: str, pg: bool) -> Any:
-    """The hot path's statements, with bind parameters (see Store._stmt)."""
+    """The hot path's statements, with bind parameters (see Store._stmt). On PostgreSQL a claim and
+    a finish each write their attempt row in the same statement (a data-modifying CTE): every
+    statement is a round trip to the server, and round trips are most of a claim's time."""
+    stmt = _build_plain_statement(name, pg)
+    if pg and name.startswith("claim"):
+        claimed = stmt.cte("claimed")
+        started = s.attempts.insert().from_select(
+            ["job_id", "attempt", "worker_id", "started_at"],
+            sa.select(claimed.c.id, claimed.c.attempt, sa.bindparam("p_wid", type_=sa.Integer),
+                      sa.bindparam("p_now", type_=sa.Float))).cte("started")
+        return sa.select(claimed).add_cte(started)
+    if pg and name.startswith("finish_"):
+        finished = stmt.cte("finished")
+        ended = _build_plain_statement("attempt_end", pg).where(sa.exists(sa.select(finished.c.state))).cte("ended")
+        return sa.select(finished).add_cte(ended)
+    return stmt
+
+
+def _build_plain_statement(name: str, pg: bool) -> Any:
     bp = sa.bindparam
     w, a, g, gr = s.workers, s.attempts, s.groups, s.grids
     if name.startswith("claim"):
