@@ -1,0 +1,77 @@
+"""A `mem.train` job under a real `memq worker` that is SIGKILLed mid-training: another worker
+declares it dead, requeues the job, and the next attempt resumes where the last one saved."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from jobs.mem.topk import RESUME_FILE
+from memq.root import job_dir
+
+from .jobs_helpers import result, val_rows
+from .queue_rig import GRID, QueueRig
+
+REPO = Path(__file__).parents[2]
+MAX_EPOCHS = 6
+LEASE = 6
+
+
+def until(what: str, predicate: Callable[[], Any], timeout: float = 300) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def worker(rig: QueueRig, name: str, tmp: Path) -> subprocess.Popen:
+    env = {**os.environ, "MEMQ_SCRATCH": str(tmp / f"scratch-{name}")}
+    log = (tmp / f"{name}.log").open("ab")
+    return subprocess.Popen(
+        [sys.executable, "-m", "memq", "--root", str(rig.root), "worker", "--gpus", "none", "--slots", "1",
+         "--name", name, "--heartbeat", "1", "--lease", str(LEASE), "--poll", "0.2", "--retry-backoff", "0"],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def test_a_killed_worker_s_job_resumes_from_its_last_checkpoint(tmp_path: Path, job_params: dict[str, Any]) -> None:
+    rig = QueueRig(tmp_path)
+    params = {**job_params, "DATASET.ROIS": ["E", "V"], "TRAINER.MAX_EPOCHS": MAX_EPOCHS,
+              "TRAINER.SAVE_TOP_K": 2, "TRAINER.RESUME_EVERY_S": 0}
+    job_id = rig.submit("mem.train", params)
+    first_dir = job_dir(rig.root, GRID, job_id, 1)
+    first = worker(rig, "first", tmp_path)
+    try:
+        def trained_two_epochs() -> int | None:
+            progress = rig.job(job_id)["progress"] or {}
+            epoch = progress.get("epoch")
+            return epoch if epoch is not None and epoch >= 1 and (first_dir / RESUME_FILE).is_file() else None
+
+        killed_at = until("two epochs of the first attempt", trained_two_epochs)
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        second = worker(rig, "second", tmp_path)
+        try:
+            until("the job to succeed", lambda: rig.job(job_id)["state"] in ("succeeded", "failed"))
+        finally:
+            second.terminate()
+            second.wait(timeout=60)
+    finally:
+        if first.poll() is None:
+            first.kill()
+
+    job = rig.job(job_id)
+    assert job["state"] == "succeeded", (tmp_path / "second.log").read_text()[-3000:]
+    assert job["attempt"] == 2 and job["crashes"] == 1 and job["failures"] == 0
+    epochs = [int(row["epoch"]) for row in val_rows(job_dir(rig.root, GRID, job_id, 2))]
+    # the second attempt went on from the first one's last saved epoch, not from 0
+    assert 1 <= epochs[0] <= killed_at + 1 and epochs == list(range(epochs[0], MAX_EPOCHS))
+    assert result(job_dir(rig.root, GRID, job_id, 2))["epochs"] == MAX_EPOCHS
+    assert job["metrics"]["epochs"] == MAX_EPOCHS
