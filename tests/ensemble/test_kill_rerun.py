@@ -8,11 +8,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..waiting import until
 from .rig import GRID, Rig, grid_text
 
 REPO = Path(__file__).parents[2]
@@ -28,14 +27,6 @@ def memq(rig: Rig, *args: object, log: Path) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, "-m", "memq", *rig.options(), *map(str, args)], cwd=REPO, env=env,
                                 stdout=out, stderr=subprocess.STDOUT)
 
-
-def until(what: str, predicate: Callable[[], Any], timeout: float = TIMEOUT) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def job_pid(job_id: int) -> int | None:
@@ -59,7 +50,7 @@ def kill_job(rig: Rig, stage: str) -> int:
                 return row["id"], pid
         return None
 
-    job_id, pid = until(f"a running {stage} job", running)
+    job_id, pid = until(f"a running {stage} job", running, TIMEOUT)
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
     return job_id
@@ -88,7 +79,7 @@ def test_killed_and_rerun_ensemble_writes_the_same_files(tmp_path: Path, params:
     try:
         command = [rig.tmp / "tgrid.yaml", "--out", rig.tmp / "out", "--poll", "0.2"]
         first = memq(rig, "ensemble", *command, log=log)
-        until("a soup", lambda: rig.store.jobs(grid=DERIVED, states=["succeeded"]))
+        until("a soup", lambda: rig.store.jobs(grid=DERIVED, states=["succeeded"]), TIMEOUT)
         first.kill()  # the command dies while its jobs run on
         first.wait()
         killed = [kill_job(rig, "predict")]

@@ -7,29 +7,21 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from jobs.mem.topk import RESUME_FILE
 from memq.root import job_dir
 
+from ..waiting import until
 from .jobs_helpers import result, val_rows
 from .queue_rig import GRID, QueueRig
 
 REPO = Path(__file__).parents[2]
 MAX_EPOCHS = 6
 LEASE = 6
+TIMEOUT = 300
 
-
-def until(what: str, predicate: Callable[[], Any], timeout: float = 300) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def worker(rig: QueueRig, name: str, tmp: Path) -> subprocess.Popen:
@@ -54,12 +46,12 @@ def test_a_killed_worker_s_job_resumes_from_its_last_checkpoint(tmp_path: Path, 
             epoch = progress.get("epoch")
             return epoch if epoch is not None and epoch >= 1 and (first_dir / RESUME_FILE).is_file() else None
 
-        killed_at = until("two epochs of the first attempt", trained_two_epochs)
+        killed_at = until("two epochs of the first attempt", trained_two_epochs, TIMEOUT, step=0.2)
         first.send_signal(signal.SIGKILL)
         first.wait()
         second = worker(rig, "second", tmp_path)
         try:
-            until("the job to succeed", lambda: rig.job(job_id)["state"] in ("succeeded", "failed"))
+            until("the job to end", lambda: rig.job(job_id)["state"] in ("succeeded", "failed"), TIMEOUT, step=0.2)
         finally:
             second.terminate()
             second.wait(timeout=60)
