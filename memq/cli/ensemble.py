@@ -64,6 +64,16 @@ class _View:
             self.progress.update(self.tasks[stage], completed=by_state["succeeded"], detail=detail)
 
 
+def _plan(st: Store, grid: str, recipe: str | None, partial: bool, out: Path | None = None) -> tuple[Plan, str]:
+    """The derived jobs for a grid (soups only, or with ``out`` the whole ensemble), and the recipe."""
+    from memq.coordinator import load_section, plan, resolve_recipe, trained_jobs
+
+    section = load_section(st, grid)
+    chosen = resolve_recipe(section, recipe)
+    trained = trained_jobs(st, section.grid.name, partial=partial)
+    return plan(section, trained, recipe=chosen, out=out, partial=partial), chosen
+
+
 def _run(st: Store, planned: Plan, wait: bool, poll: float) -> list[dict[str, Any]] | None:
     from memq.coordinator import submit
     from memq.follow import JobsFailed
@@ -96,12 +106,10 @@ def soup(
     poll: PollOpt = 2.0,
 ) -> None:
     """Soup every trained job of a grid: sync its checkpoints, then average them (uniform or greedy)."""
-    from memq.coordinator import SOUP_ARTIFACT, load_section, plan, resolve_recipe, trained_jobs
+    from memq.coordinator import SOUP_ARTIFACT
 
     st = store(ctx)
-    section = load_section(st, grid)
-    chosen = resolve_recipe(section, recipe)
-    planned = plan(section, trained_jobs(st, section.grid.name, partial=partial), recipe=chosen)
+    planned, chosen = _plan(st, grid, recipe, partial)
     rows = _run(st, planned, wait, poll)
     if rows is not None:
         sources = {row["params"]["source_job"]: row for row in rows}
@@ -124,12 +132,10 @@ def ensemble(
     poll: PollOpt = 2.0,
 ) -> None:
     """Sync, soup, predict, stitch and average a trained grid into an Algonauts submission with val2 scores."""
-    from memq.coordinator import COMBINE, load_section, plan, resolve_recipe, trained_jobs
+    from memq.coordinator import COMBINE
 
     st = store(ctx)
-    section = load_section(st, grid)
-    planned = plan(section, trained_jobs(st, section.grid.name, partial=partial),
-                   recipe=resolve_recipe(section, recipe), out=out.expanduser().absolute(), partial=partial)
+    planned, _ = _plan(st, grid, recipe, partial, out.expanduser().absolute())
     rows = _run(st, planned, wait, poll)
     if rows is not None:
         combine = next(row for row in rows if planned.stages[row["key"]] == COMBINE)
