@@ -665,31 +665,38 @@ def _build_statement(name: str, pg: bool) -> Any:
     return stmt
 
 
+def _lit(value: str | int) -> Any:
+    """A constant written into the SQL: bound parameters cost every execution on the hot path."""
+    return sa.literal_column(f"'{value}'" if isinstance(value, str) else str(int(value)))
+
+
 def _build_plain_statement(name: str, pg: bool) -> Any:
     bp = sa.bindparam
     w, a, g, gr = s.workers, s.attempts, s.groups, s.grids
     if name.startswith("claim"):
         alive = sa.exists().where(w.c.id == bp("p_wid"), w.c.incarnation == bp("p_inc"),
-                                  w.c.state.notin_([s.WorkerState.DEAD.value, s.WorkerState.STOPPED.value]))
-        fits = sa.or_(sa.and_(J.c.gpus > 0, J.c.gpus <= bp("p_free_gpus")),
-                      sa.and_(J.c.gpus == 0, bp("p_free_slots") > 0))
+                                  w.c.state != _lit(s.WorkerState.DEAD.value),
+                                  w.c.state != _lit(s.WorkerState.STOPPED.value))
+        fits = sa.or_(sa.and_(J.c.gpus > _lit(0), J.c.gpus <= bp("p_free_gpus")),
+                      sa.and_(J.c.gpus == _lit(0), bp("p_free_slots") > _lit(0)))
         due = sa.or_(J.c.not_before.is_(None), J.c.not_before <= bp("p_now"), J.c.not_before > bp("p_horizon"))
         cand = (sa.select(J.c.id).select_from(J.join(g, g.c.id == J.c.group_id).join(gr, gr.c.id == J.c.grid_id))
-                .where(J.c.state == sa.literal_column("'queued'"), g.c.ready.is_(True), gr.c.paused.is_(False), fits,
+                .where(J.c.state == _lit(Q.QUEUED.value), g.c.ready.is_(True), gr.c.paused.is_(False), fits,
                        due, alive)
-                .order_by(J.c.priority.desc(), J.c.id).limit(1))
+                .order_by(J.c.priority.desc(), J.c.id).limit(_lit(1)))
         if name == "claim_in_grids":
             cand = cand.where(gr.c.name.in_(bp("p_grids", expanding=True)))
         if pg:
             cand = cand.with_for_update(skip_locked=True, of=J)
         return (J.update().where(J.c.id == cand.scalar_subquery())
-                .values(state=Q.RUNNING.value, attempt=J.c.attempt + 1, worker_id=bp("p_wid"), started_at=bp("p_now"),
-                        finished_at=None, progress=None, exit_code=None, reason=None)
+                .values(state=_lit(Q.RUNNING.value), attempt=J.c.attempt + _lit(1), worker_id=bp("p_wid"),
+                        started_at=bp("p_now"), finished_at=sa.null(), progress=sa.null(), exit_code=sa.null(),
+                        reason=sa.null())
                 .returning(J.c.id, J.c.attempt, J.c.key, J.c.grid_id, J.c.group_id, J.c.kind, J.c.params,
                            J.c.repeat, J.c.command, J.c.gpus, J.c.cpus, J.c.mem_gb, J.c.from_scratch))
     if name == "next_due":
         return sa.select(sa.func.min(J.c.not_before)).where(
-            J.c.state == sa.literal_column("'queued'"), J.c.not_before > bp("p_now"), J.c.not_before <= bp("p_horizon"))
+            J.c.state == _lit(Q.QUEUED.value), J.c.not_before > bp("p_now"), J.c.not_before <= bp("p_horizon"))
     if name == "beat":
         return w.update().where(w.c.id == bp("p_wid")).values(heartbeat=w.c.heartbeat + 1)
     if name == "attempt_start":
@@ -712,9 +719,10 @@ def _build_plain_statement(name: str, pg: bool) -> Any:
         elif variant == "requeued":  # drained or interrupted by us: not the job's fault, not charged
             values = {"state": Q.QUEUED.value, "not_before": None, "finished_at": None}
         else:
-            values = {"state": bp("p_state"), "finished_at": bp("p_now"), "not_before": None}
-        values.update(worker_id=None, exit_code=bp("p_exit_code"), reason=bp("p_reason"), cancel_requested=False)
-        current = (J.c.id == bp("p_job")) & (J.c.attempt == bp("p_attempt")) & (J.c.state == Q.RUNNING.value)
+            values = {"state": bp("p_state"), "finished_at": bp("p_now"), "not_before": sa.null()}
+        values.update(worker_id=sa.null(), exit_code=bp("p_exit_code"), reason=bp("p_reason"),
+                      cancel_requested=sa.false())
+        current = (J.c.id == bp("p_job")) & (J.c.attempt == bp("p_attempt")) & (J.c.state == _lit(Q.RUNNING.value))
         # Spelled out: SQLAlchemy leaves RETURNING columns unqualified, and inside this subquery an
         # unqualified group_id would name group_deps' own column.
         has_dependants = sa.literal_column(
