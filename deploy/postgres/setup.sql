@@ -5,6 +5,8 @@
 \set ON_ERROR_STOP on
 SELECT 'CREATE ROLE memq LOGIN' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'memq')\gexec
 ALTER ROLE memq WITH LOGIN PASSWORD :password;
+-- memq also asks for this when it connects; set here, it holds behind a pooler that drops startup options
+ALTER ROLE memq SET plan_cache_mode = force_generic_plan;
 SELECT 'CREATE DATABASE memq OWNER memq' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'memq')\gexec
 REVOKE ALL ON DATABASE memq FROM PUBLIC;
 GRANT CONNECT, TEMPORARY ON DATABASE memq TO memq;

@@ -134,9 +134,16 @@ def test_postgres_setup_script_makes_a_database_memq_can_use(tmp_path: Path, smo
         run = subprocess.run([sys.executable, "-m", "memq", "--root", str(tmp_path), "--db", memq_url, "submit",
                               str(smoke_file)], capture_output=True, text=True)
         assert run.returncode == 0 and "9 jobs added" in run.stdout, run.stderr
-        with engine.connect() as conn:
+        as_admin = sa.create_engine(admin.rsplit("/", 1)[0] + "/memq")
+        with as_admin.connect() as conn:
             owner = conn.execute(sa.text("SELECT tableowner FROM pg_tables WHERE tablename = 'jobs'")).scalar()
-        assert owner is None or owner == "memq"
+        as_admin.dispose()
+        assert owner == "memq"
+        # the role's own setting: what memq asks for at connect time also holds behind a pooler
+        as_memq = sa.create_engine(memq_url)
+        with as_memq.connect() as conn:
+            assert conn.execute(sa.text("SHOW plan_cache_mode")).scalar() == "force_generic_plan"
+        as_memq.dispose()
     finally:
         with sa.create_engine(admin, isolation_level="AUTOCOMMIT").connect() as conn:
             conn.execute(sa.text("DROP DATABASE IF EXISTS memq WITH (FORCE)"))

@@ -256,3 +256,29 @@ def test_sqlite_mode_is_recorded_in_the_database(tmp_path, mode: str) -> None:
     other = "shared" if mode == "local" else "local"
     with pytest.raises(UserError, match=f"in {mode} mode"):
         open_store(RootOptions(root=str(tmp_path), db_mode=other), create=False)
+
+
+def test_every_claim_and_finish_records_its_attempt(rig: Rig) -> None:
+    # more claims than psycopg's prepare threshold: prepared statements (generic plans on PostgreSQL)
+    st = rig.store()
+    st.submit(grid(n=12, max_attempts=2))
+    me = worker(st)
+    done = None
+    for i in range(12):
+        _, claim = st.claim(me, CPU, done)
+        done = Outcome(claim.job_id, claim.attempt, "failed", exit_code=3, reason="exit code 3") if i == 5 else \
+            Outcome(claim.job_id, claim.attempt, "succeeded")
+    assert st.finish(done)
+    drain_all(st, me, CPU)
+    assert st.counts()["g"]["succeeded"] == 12
+    for job in st.jobs(grid="g"):
+        rows = st.attempts(job["id"])
+        outcomes = [(r["attempt"], r["outcome"], r["exit_code"], r["worker"]) for r in rows]
+        once = [(1, "succeeded", None, "w")]
+        assert outcomes == ([(1, "failed", 3, "w"), (2, "succeeded", None, "w")] if job["id"] == 6 else once)
+        assert all(r["ended_at"] >= r["started_at"] for r in rows)
+    if rig.kind == "postgres":
+        import sqlalchemy as sa
+
+        with st.backend.engine.connect() as conn:
+            assert conn.execute(sa.text("SHOW plan_cache_mode")).scalar() == "force_generic_plan"
