@@ -224,13 +224,30 @@ class Store:
             self._stmts[name] = _build_statement(name, self._pg)
         return self._stmts[name]
 
+    def _first(self, conn: Connection, name: str, params: dict[str, Any]) -> Any:
+        """The first row of a hot-path statement. On PostgreSQL its compiled SQL goes straight to
+        psycopg, in the same transaction: SQLAlchemy's per-execution work was a third of a claim's CPU."""
+        if not self._pg or name == "claim_in_grids":  # (an expanding IN list needs SQLAlchemy)
+            return conn.execute(self._stmt(name), params).first()
+        from psycopg.rows import namedtuple_row
+
+        key = "sql:" + name
+        if key not in self._stmts:
+            compiled = self._stmt(name).compile(dialect=conn.dialect)
+            constants = {k: v for k, v in compiled.params.items() if not k.startswith("p_")}
+            self._stmts[key] = (str(compiled), constants)
+        sql, constants = self._stmts[key]
+        cursor = conn.connection.driver_connection.cursor(row_factory=namedtuple_row)  # type: ignore[union-attr]
+        with cursor:
+            return cursor.execute(sql, {**constants, **params}).fetchone()
+
     def _claim_one(self, conn: Connection, worker: WorkerRef, cap: Capacity, now: float, *,
                    beat: bool) -> Claim | None:
         params: dict[str, Any] = {"p_wid": worker.id, "p_inc": worker.incarnation, "p_free_gpus": cap.gpus,
                                   "p_free_slots": cap.slots, "p_now": now, "p_horizon": now + MAX_BACKOFF}
         if cap.grids:
             params["p_grids"] = list(cap.grids)
-        row = conn.execute(self._stmt("claim_in_grids" if cap.grids else "claim"), params).first()
+        row = self._first(conn, "claim_in_grids" if cap.grids else "claim", params)
         if row is None:
             due = conn.execute(self._stmt("next_due"), params).scalar()
             self.retry_in = None if due is None else max(due - now, 0.0)
@@ -268,7 +285,7 @@ class Store:
         variant = o.state if o.state in ("failed", "failed_final", "lost", "requeued") else "ended"
         params = {"p_job": o.job_id, "p_attempt": o.attempt, "p_now": now, "p_state": o.state.removesuffix("_final"),
                   "p_exit_code": o.exit_code, "p_reason": o.reason, "p_retry_at": now + min(o.backoff, MAX_BACKOFF)}
-        row = conn.execute(self._stmt(f"finish_{variant}"), params).first()
+        row = self._first(conn, f"finish_{variant}", params)
         if row is None:
             return False, False
         if not self._pg:  # PostgreSQL's finish statement ends the attempt itself
