@@ -194,10 +194,13 @@ def _precreate(path: Path) -> None:
 def open_backend(root: Path, db_url: str | None, db_mode: str | None, *, fs_local: bool) -> Backend:
     """Pick the backend for a root: PostgreSQL by URL, else SQLite in the mode the database has."""
     if db_url:
-        if not db_url.startswith("postgresql"):
-            raise UserError(f"unsupported database URL scheme {db_url.split(':', 1)[0]!r}", where="--db",
+        scheme, sep, rest = db_url.partition("://")
+        if scheme in ("postgresql", "postgres"):  # the driver memq ships with: psycopg 3
+            scheme = "postgresql+psycopg"
+        if scheme != "postgresql+psycopg" or not sep:
+            raise UserError(f"unsupported database URL scheme {scheme!r}", where="--db",
                             hint="use postgresql+psycopg://USER@HOST/DB, or omit --db for SQLite in the root")
-        return Postgres(db_url)
+        return Postgres(f"{scheme}://{rest}")
     path = root / DB_FILE
     existing = recorded_mode(path)
     if existing is not None:

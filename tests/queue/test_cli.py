@@ -79,6 +79,8 @@ def test_user_errors_are_one_line_with_exit_2(tmp_path: Path, cli, smoke_file: P
         (["pause", "nope"], "unknown grid 'nope'"),
         (["jobs", "--state", "sleeping"], "unknown state"),
         (["--db-mode", "fast", "status"], "unknown --db-mode"),
+        (["--db", "mysql://h/memq", "status"], "error: --db: unsupported database URL scheme 'mysql'"),
+        (["--db", "postgresql+psycopg2://h/memq", "status"], "scheme 'postgresql+psycopg2'"),
     ]:
         result = cli("--root", root, *args)
         assert result.code == 2 and words in result.err and result.err.count("\n") == 1, (args, result)
@@ -88,11 +90,12 @@ def test_unreachable_database_is_a_user_error_without_password(tmp_path: Path, c
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # nothing listens here once closed
-    url = f"postgresql+psycopg://alice:s3cret@127.0.0.1:{port}/memq"
-    result = cli("--root", tmp_path, "--db", url, "status")
-    assert result.code == 2
-    assert result.err.startswith("error: postgresql+psycopg://alice:***@127.0.0.1")
-    assert "cannot reach the database" in result.err and "s3cret" not in result.err
+    for scheme in ("postgresql+psycopg", "postgresql"):  # plain postgresql:// means memq's driver, psycopg 3
+        url = f"{scheme}://alice:s3cret@127.0.0.1:{port}/memq"
+        result = cli("--root", tmp_path, "--db", url, "status")
+        assert result.code == 2
+        assert result.err.startswith("error: postgresql+psycopg://alice:***@127.0.0.1")
+        assert "cannot reach the database" in result.err and "s3cret" not in result.err
 
 
 def test_help_does_not_import_heavy_modules() -> None:
