@@ -282,3 +282,30 @@ def test_every_claim_and_finish_records_its_attempt(rig: Rig) -> None:
 
         with st.backend.engine.connect() as conn:
             assert conn.execute(sa.text("SHOW plan_cache_mode")).scalar() == "force_generic_plan"
+
+
+def test_postgres_connection_lost_mid_claim_is_sqlalchemy_s_error_and_the_next_claim_reconnects(tmp_path) -> None:
+    import sqlalchemy as sa
+
+    from ..conftest import make_rig
+
+    rig = make_rig("postgres", tmp_path)
+    try:
+        st = rig.store()
+        st.submit(grid(n=3))
+        me = worker(st)
+        _, first = st.claim(me, CPU)
+        killer = sa.create_engine(rig.db)  # the server ends the store's pooled session, as in a restart
+        with killer.connect() as conn:
+            ended = conn.execute(sa.text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                         "WHERE datname = current_database() AND pid <> pg_backend_pid()")).scalar()
+        killer.dispose()
+        assert ended >= 1
+        with pytest.raises(sa.exc.OperationalError):
+            st.claim(me, CPU, Outcome(first.job_id, first.attempt, "succeeded"))
+        assert st.counts()["g"] == {"queued": 2, "running": 1, "succeeded": 0, "failed": 0, "cancelled": 0}
+        accepted, second = st.claim(me, CPU, Outcome(first.job_id, first.attempt, "succeeded"))
+        assert accepted and second is not None and second.job_id != first.job_id
+    finally:
+        for fn in rig.cleanup:
+            fn()
