@@ -12,6 +12,10 @@ it sleeps in a selector on the supervisors' pipes and a signal pipe, and wakes f
   expired, so idle workers cause no database transactions;
 * the reaper timer -> read other workers' heartbeat counters and declare dead those whose counter
   did not move for LEASE seconds on this host's monotonic clock.
+
+A database that cannot be reached (a PostgreSQL restart, an NFS error) does not stop the worker:
+its jobs go on, what they ended with waits in memory, and the loop tries again after a pause. The
+supervisors still fence their jobs once the lease has not been renewed for half its length.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
+
+import sqlalchemy as sa
 
 from memq.lock import boot_id
 from memq.root import job_dir
@@ -53,6 +59,10 @@ def default_scratch() -> Path:
         raise UserError("scratch directory is not ours", where=str(path), hint="set MEMQ_SCRATCH or --scratch")
     return path
 
+
+# Store errors that mean "not now" rather than a bug: lost connections, I/O errors, a locked file.
+DB_UNAVAILABLE = (sa.exc.OperationalError, sa.exc.InterfaceError)
+MAX_OUTAGE_PAUSE = 10.0
 
 @dataclass
 class WorkerConfig:
@@ -106,6 +116,7 @@ class Worker:
         self.out = out
         self.gpu_filter = gpu_filter  # callable(free GPU list) -> usable GPUs
         self.jobs: dict[int, ActiveJob] = {}
+        self.unrecorded: list[Outcome] = []  # ended attempts the store has not taken yet (an outage)
         self.claimed = 0
         self.failures_in_a_row = 0
         self.draining: str | None = None
@@ -136,12 +147,32 @@ class Worker:
         old_wakeup = signal.set_wakeup_fd(wake_w)
         handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
-            code = self._loop(wake_r)
+            pause = 1.0
+            while True:
+                try:
+                    code = self._loop(wake_r)
+                    break
+                except DB_UNAVAILABLE as exc:
+                    detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+                    self.log(f"database unavailable ({detail}): running jobs go on; trying again in {pause:g}s")
+                    self._wait(wake_r, pause)
+                    pause = min(pause * 2, MAX_OUTAGE_PAUSE)
         finally:
             signal.set_wakeup_fd(old_wakeup)
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
         return code
+
+    def _wait(self, wake_r: int, seconds: float) -> None:
+        """Sleep ``seconds`` while still noticing signals and what the supervisors say."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0 and not self.stop_now:
+            events = self.sel.select(timeout=left)
+            for key, _ in events:
+                if key.data is None:
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(wake_r, 512)
+            self._collect(events)
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         if self.draining is None:
@@ -172,11 +203,12 @@ class Worker:
                     self._end_job(job, "requeued", "kill")
                 self.drain_deadline = None
             self._collect(self.sel.select(timeout=0))
-            finished = [job for job in self.jobs.values() if job.result is not None]
-            for job in finished:
-                done = self._outcome(job)
+            for job in [job for job in self.jobs.values() if job.result is not None]:
+                self.unrecorded.append(self._outcome(job))
                 del self.jobs[job.claim.job_id]
-                self._finish(done)
+            while self.unrecorded:
+                self._finish(self.unrecorded[0])
+                self.unrecorded.pop(0)
             if self.jobs and now >= next_heartbeat:
                 if not self._heartbeat():
                     return EXIT_LOST_LEASE
@@ -406,8 +438,9 @@ class Worker:
 
     def _heartbeat(self) -> bool:
         """Renew all leases with one write; False when this worker was declared dead."""
-        running = [Running(job.claim.job_id, job.claim.attempt) for job in self.jobs.values()
-                   if job.result is None]
+        # every attempt this worker holds, ended ones included until the store has their outcome
+        running = [Running(job.claim.job_id, job.claim.attempt) for job in self.jobs.values()]
+        running += [Running(done.job_id, done.attempt) for done in self.unrecorded]
         reply = self.store.heartbeat(self.ref, running)
         if not reply.alive:
             self.log("declared dead by another worker (no heartbeat within the lease): killing my jobs "

@@ -438,11 +438,18 @@ class Store:
                 & w.c.state.notin_([s.WorkerState.DEAD.value, s.WorkerState.STOPPED.value]))
 
     def heartbeat(self, ref: WorkerRef, running: Sequence[Running]) -> HeartbeatReply:
-        """Renew the leases of all this worker's jobs with one write; learn what was fenced."""
+        """Renew the leases of all this worker's jobs with one write; learn what was fenced.
+
+        ``running`` is every attempt the worker holds; a job the table gives this worker that is not
+        among them was claimed by a transaction whose reply never arrived (the connection broke as it
+        committed): it goes back to the queue, uncharged."""
         now = time.time()
         w = s.workers
+        woke = False
 
         def tx(conn: Connection) -> HeartbeatReply:
+            nonlocal woke
+            woke = False  # (a retried transaction starts over)
             row = conn.execute(w.update().where(self._alive(ref))
                                .values(heartbeat=w.c.heartbeat + 1, heartbeat_at=now)
                                .returning(w.c.drain)).first()
@@ -452,6 +459,10 @@ class Store:
                 sa.select(J.c.id, J.c.attempt, J.c.cancel_requested)
                 .where(J.c.worker_id == ref.id, J.c.state == Q.RUNNING.value))}
             reply = HeartbeatReply(alive=True, drain=row.drain)
+            held = {(r.job_id, r.attempt) for r in running}
+            for job_id, attempt in sorted(set(current) - held):
+                outcome = Outcome(job_id, attempt, "requeued", reason="its claim's reply was lost")
+                woke = self._finish(conn, outcome, now)[1] or woke
             for r in running:
                 if (r.job_id, r.attempt) not in current:
                     reply.fenced.append((r.job_id, r.attempt))
@@ -463,7 +474,10 @@ class Store:
                                  .values(progress=r.progress))
             return reply
 
-        return self.backend.run(tx, write=True)
+        reply = self.backend.run(tx, write=True)
+        if woke:
+            self.bump_version()
+        return reply
 
     def worker_heartbeats(self) -> dict[int, tuple[int, str, int]]:
         """id -> (heartbeat counter, state, running jobs) of every worker that could hold jobs."""

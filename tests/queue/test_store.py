@@ -309,3 +309,20 @@ def test_postgres_connection_lost_mid_claim_is_sqlalchemy_s_error_and_the_next_c
     finally:
         for fn in rig.cleanup:
             fn()
+
+
+def test_a_claim_whose_reply_was_lost_goes_back_to_the_queue_at_the_next_heartbeat(rig: Rig) -> None:
+    st = rig.store()
+    st.submit(grid(n=2))
+    me = worker(st)
+    _, kept = st.claim(me, CPU)
+    _, lost = st.claim(me, CPU)  # committed, but the worker never learnt of it
+    v0 = st.version()
+    reply = st.heartbeat(me, [Running(kept.job_id, kept.attempt)])
+    assert reply.alive and reply.fenced == []
+    jobs = {job["id"]: job for job in st.jobs(grid="g")}
+    assert jobs[kept.job_id]["state"] == "running"
+    assert (jobs[lost.job_id]["state"], jobs[lost.job_id]["failures"], jobs[lost.job_id]["crashes"]) == ("queued", 0, 0)
+    assert st.attempts(lost.job_id)[0]["outcome"] == "requeued" and st.version() != v0  # claimable again
+    _, again = st.claim(me, CPU)
+    assert (again.job_id, again.attempt) == (lost.job_id, 2)

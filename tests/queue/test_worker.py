@@ -283,3 +283,37 @@ def test_logs_follow_a_job_across_attempts(tmp_path: Path, out: Path, cli) -> No
         "attempt 2 of 1")
     assert cli(*rig.cli_args(), "logs", "1", "--attempt", "1").out.count("attempt 2 of 1") == 0
     assert cli(*rig.cli_args(), "logs", "99").code == 2
+
+
+def test_a_database_outage_neither_stops_the_worker_nor_loses_its_job(tmp_path: Path, out: Path) -> None:
+    import sqlalchemy as sa
+
+    from ..conftest import make_rig
+
+    rig = make_rig("postgres", tmp_path)
+    admin = sa.create_engine(rig.db.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
+    database = rig.db.rsplit("/", 1)[1]
+    try:
+        store = rig.store()
+        store.submit(GridSpec("o", (GroupSpec("g"),), tuple(jobs_of("o", "g", out, [6.0, 0.5]))))
+        worker = start_worker(rig, 0, "w", tmp_path, "--heartbeat", "0.5", "--lease", "30")
+        assert wait_until(lambda: (1, 1) in started(out), 30)
+        with admin.connect() as conn:  # the server goes away for 3 s, as in a restart
+            conn.execute(sa.text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false'))
+            conn.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d"),
+                         {"d": database})
+            time.sleep(3)
+            conn.execute(sa.text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true'))
+        store.backend.dispose()  # (this process's connections were ended too)
+        assert wait_until(lambda: store.counts()["o"]["succeeded"] == 2, 60), (tmp_path / "w.log").read_text()
+        assert worker.poll() is None  # still serving
+        assert stop([worker], tmp_path) == [0]
+        log = (tmp_path / "w.log").read_text()
+        assert "database unavailable" in log
+        jobs = {job["id"]: job for job in store.jobs(grid="o")}
+        assert all(job["attempt"] == 1 and job["crashes"] == 0 for job in jobs.values())  # nothing ran twice
+        assert sorted(started(out)) == [(1, 1), (2, 1)]
+    finally:
+        admin.dispose()
+        for fn in rig.cleanup:
+            fn()
