@@ -167,12 +167,16 @@ class Worker:
         """Sleep ``seconds`` while still noticing signals and what the supervisors say."""
         deadline = time.monotonic() + seconds
         while (left := deadline - time.monotonic()) > 0 and not self.stop_now:
-            events = self.sel.select(timeout=left)
-            for key, _ in events:
-                if key.data is None:
-                    with contextlib.suppress(BlockingIOError):
-                        os.read(wake_r, 512)
-            self._collect(events)
+            self._sleep(wake_r, left)
+
+    def _sleep(self, wake_r: int, timeout: float) -> None:
+        """Wait up to ``timeout`` for a signal or a supervisor's message, and take in the messages."""
+        events = self.sel.select(timeout=timeout)
+        for key, _ in events:
+            if key.data is None:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(wake_r, 512)
+        self._collect(events)
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         if self.draining is None:
@@ -251,13 +255,7 @@ class Worker:
                 deadlines.append(next_reap)
             if self.drain_deadline is not None:
                 deadlines.append(self.drain_deadline)
-            timeout = max(0.0, min(deadlines) - time.monotonic())
-            events = self.sel.select(timeout=timeout)
-            for key, _ in events:
-                if key.data is None:
-                    with contextlib.suppress(BlockingIOError):
-                        os.read(wake_r, 512)
-            self._collect(events)
+            self._sleep(wake_r, max(0.0, min(deadlines) - time.monotonic()))
 
     # -- claiming and starting -------------------------------------------------------------------
 
