@@ -213,13 +213,17 @@ def _unknown_kind(kind: str, where: str) -> UserError:
                      hint=f"did you mean {close[0]!r}?" if close else "known: " + ", ".join(kinds.known_kinds()))
 
 
+def scheme_name(group: str, repeat: int, repeated: bool) -> str:
+    """The ensemble scheme a job belongs to: its group, or GROUP-R for repeat R of a repeated group."""
+    return f"{group}-{repeat}" if repeated else group
+
+
 def _check_ensemble(grid: GridFile, section: EnsembleSection, source: YamlSource) -> None:
     """Every stage names a registered Python kind, and the schemes to combine exist: a group, or
     GROUP-R for each repeat R of a repeated group (its params are checked when jobs are derived)."""
     schemes = section.combine.params.get("schemes") if section.combine.params else None
     if isinstance(schemes, list):
-        known = [name for g in grid.groups for name in ([f"{g.name}-{r}" for r in range(g.repeat)]
-                                                        if g.repeat > 1 else [g.name])]
+        known = [scheme_name(g.name, r, g.repeat > 1) for g in grid.groups for r in range(g.repeat)]
         for i, scheme in enumerate(schemes):
             if scheme not in known:
                 close = difflib.get_close_matches(str(scheme), known, n=1)

@@ -10,9 +10,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from memq.grid import scheme_name
+
 
 def scheme_of(job: dict[str, Any], repeated: set[str]) -> str:
-    return f"{job['group']}-{job['repeat']}" if job["group"] in repeated else job["group"]
+    return scheme_name(job["group"], job["repeat"], job["group"] in repeated)
 
 
 def schemes(jobs: Sequence[dict[str, Any]], grid_jobs: Iterable[dict[str, Any]]) -> dict[str, list[int]]:
