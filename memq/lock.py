@@ -12,22 +12,39 @@ is the marker: host, pid, boot id, a random token and the acquire time. Protocol
   and our rename) it is put back.
 * The holder fences itself: past ``grace / 2`` after acquiring, or when the name no longer
   carries its marker, ``check()`` raises :class:`LockLost` and the caller rolls back.
+* Processes of one host first queue behind a local flock (a file in the temp directory): only one
+  of them at a time polls the name on the server. Safety never rests on that flock.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
+import hashlib
 import os
 import random
 import secrets
 import socket
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_GRACE = float(os.environ.get("MEMQ_LOCK_GRACE", "20"))
 _HELD_ERRNOS = {errno.EEXIST, errno.EPERM, errno.EACCES}
+_FIRST_PAUSE = 0.0005
+_SERVER_PAUSE_CAP = 0.002  # between two tries of the name on the server (each is two round trips)
+_LOCAL_PAUSE_CAP = 0.001  # between two tries of this host's flock (a system call)
+_LOOK_EVERY = 0.05  # seconds between two reads of a held lock's marker (for staleness)
+
+
+def _pause(delay: float, cap: float) -> float:
+    """Sleep about ``delay`` (jittered); returns the next delay. Caps are short: waiters that sleep
+    long lose every race to a holder that re-takes the lock at once (measured: one process got 16
+    of 1,000 claims with a 50 ms cap), and a long sleep delays the hand-over."""
+    time.sleep(delay * (0.5 + random.random()))
+    return min(delay * 2, cap)
 
 
 class LockError(RuntimeError):
@@ -86,9 +103,9 @@ class Marker:
         return False
 
 
-def _readlink(path: Path) -> str | None:
+def _readlink(path: Path | str, dir_fd: int | None = None) -> str | None:
     try:
-        return os.readlink(path)
+        return os.readlink(path, dir_fd=dir_fd)
     except FileNotFoundError:
         return None
     except OSError as exc:
@@ -98,7 +115,12 @@ def _readlink(path: Path) -> str | None:
 
 
 class LeaseLock:
-    """One exclusive lock name, held for one short transaction at a time."""
+    """One exclusive lock name, held for one short transaction at a time.
+
+    Names are reached through a descriptor of their directory: on a network filesystem every
+    component of a path costs a round trip to the server (a lookup), and this lock is taken and
+    given back once per transaction.
+    """
 
     def __init__(self, path: str | os.PathLike[str], grace: float = DEFAULT_GRACE,
                  timeout: float | None = None) -> None:
@@ -107,7 +129,23 @@ class LeaseLock:
         self.timeout = timeout if timeout is not None else max(4 * grace, 60.0)
         self._marker: str | None = None
         self._acquired_mono = 0.0
+        self._checked = False
+        self._dir_fd: int | None = None
+        self._queue_fd: int | None = None
+        self._queued = False
         self.breaks = 0
+
+    def _dir(self) -> int:
+        if self._dir_fd is None:
+            self._dir_fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        return self._dir_fd
+
+    def close(self) -> None:
+        """Close the descriptors this object keeps (the lock must not be held)."""
+        for fd in (self._dir_fd, self._queue_fd):
+            if fd is not None:
+                os.close(fd)
+        self._dir_fd = self._queue_fd = None
 
     @property
     def held(self) -> bool:
@@ -118,22 +156,36 @@ class LeaseLock:
         if self._marker is not None:
             raise LockError(f"{self.path}: already held by this object")
         start = time.monotonic()
+        self._queue_on_this_host(start)
+        try:
+            self._take(start)
+        except BaseException:
+            self._leave_host_queue()
+            raise
+
+    def _take(self, start: float) -> None:
+        name, dir_fd = self.path.name, self._dir()
         seen: str | None = None
         seen_since = start
-        delay = 0.0005
+        looked = -_LOOK_EVERY
+        delay = _FIRST_PAUSE
         while True:
             marker = Marker(_HOST, os.getpid(), _BOOT, secrets.token_hex(8), time.time()).encode()
             try:
-                os.symlink(marker, self.path)
+                os.symlink(marker, name, dir_fd=dir_fd)
             except OSError as exc:
                 if exc.errno not in _HELD_ERRNOS:
                     raise
             else:
-                self._marker = marker
+                self._marker, self._checked = marker, False
                 self._acquired_mono = time.monotonic()
                 return
             now = time.monotonic()
-            current = _readlink(self.path)
+            if now - looked < _LOOK_EVERY:  # markers are unique: sampling them misses no change
+                delay = _pause(delay, _SERVER_PAUSE_CAP)
+                continue
+            looked = now
+            current = _readlink(name, dir_fd)
             if current is None:
                 continue  # released between our attempt and our look: try again at once
             if current != seen:
@@ -146,29 +198,65 @@ class LeaseLock:
                 continue
             if now - start > self.timeout:
                 raise LockError(f"{self.path}: still held by {current!r} after {self.timeout:.0f}s")
-            time.sleep(delay * (0.5 + random.random()))
-            # A short cap: waiters that sleep long lose every race to a holder that re-takes the
-            # lock at once (measured: one process got 16 of 1,000 claims with a 50 ms cap).
-            delay = min(delay * 2, 0.005)
+            delay = _pause(delay, _SERVER_PAUSE_CAP)
+
+    def _queue_on_this_host(self, start: float) -> None:
+        """Wait behind the other processes of this host that want the lock (a local flock), so that
+        one process per host, not every waiter, polls the name on the server: each poll is two
+        round trips, and polls from many waiters slowed the holder. Only a shortcut: after ``grace``
+        (a local holder stalled) or when no local file can be had, we go on without it."""
+        fd = self._host_queue()
+        delay = _FIRST_PAUSE / 5
+        while fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if time.monotonic() - start > self.grace:
+                    return
+                delay = _pause(delay, _LOCAL_PAUSE_CAP)
+            else:
+                self._queued = True
+                return
+
+    def _host_queue(self) -> int | None:
+        """This user's local file for this lock name (created 0600; someone else's is not used)."""
+        if self._queue_fd is None:
+            digest = hashlib.sha256(str(self.path.absolute()).encode()).hexdigest()[:16]
+            path = Path(tempfile.gettempdir()) / f"memq-{os.getuid()}-{digest}.lock"
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            except OSError:
+                return None
+            if os.fstat(fd).st_uid != os.getuid():
+                os.close(fd)
+                return None
+            self._queue_fd = fd
+        return self._queue_fd
+
+    def _leave_host_queue(self) -> None:
+        if self._queued and self._queue_fd is not None:
+            fcntl.flock(self._queue_fd, fcntl.LOCK_UN)
+        self._queued = False
 
     def _break(self, expected: str) -> bool:
         """Remove the lock name if it still carries ``expected``; restore it if it did not."""
-        aside = self.path.with_name(f"{self.path.name}.stale.{secrets.token_hex(6)}")
+        name, dir_fd = self.path.name, self._dir()
+        aside = f"{name}.stale.{secrets.token_hex(6)}"
         try:
-            os.rename(self.path, aside)
+            os.rename(name, aside, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         except FileNotFoundError:
             return False
-        taken = _readlink(aside)
+        taken = _readlink(aside, dir_fd)
         if taken is not None and taken != expected:
             # We moved a lock that was re-taken since our look: put it back. If someone else
             # took the name meanwhile, the holder we displaced fails its check() and rolls back.
             try:
-                os.symlink(taken, self.path)
+                os.symlink(taken, name, dir_fd=dir_fd)
             except OSError as exc:
                 if exc.errno not in _HELD_ERRNOS:
                     raise
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(aside)
+            os.unlink(aside, dir_fd=dir_fd)
         return taken == expected
 
     def check(self) -> None:
@@ -178,14 +266,28 @@ class LeaseLock:
         age = time.monotonic() - self._acquired_mono
         if age > self.grace / 2:
             raise LockLost(f"{self.path}: held {age:.1f}s, past grace/2 ({self.grace / 2:.1f}s)")
-        if _readlink(self.path) != self._marker:
+        if _readlink(self.path.name, self._dir()) != self._marker:
             raise LockLost(f"{self.path}: the lock was broken by another process")
+        self._checked = True
 
     def release(self) -> None:
-        """Give the lock back; never removes a lock that another process has taken since."""
+        """Give the lock back; never removes a lock that another process has taken since.
+
+        After a passed check() and while younger than grace/2 the name is still ours (a waiter
+        breaks only a marker it has seen unchanged for grace), so one unlink gives it back;
+        otherwise the name is moved aside first and put back if it was someone else's.
+        """
         marker, self._marker = self._marker, None
-        if marker is not None and _readlink(self.path) == marker:
-            self._break(marker)
+        if marker is None:
+            return
+        try:
+            if self._checked and time.monotonic() - self._acquired_mono < self.grace / 2:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path.name, dir_fd=self._dir())
+            elif _readlink(self.path.name, self._dir()) == marker:
+                self._break(marker)
+        finally:
+            self._leave_host_queue()
 
     def __enter__(self) -> LeaseLock:
         self.acquire()

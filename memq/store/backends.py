@@ -7,15 +7,18 @@ backends differ only in how that transaction is opened and made exclusive (desig
   filesystem. Writers start with ``BEGIN IMMEDIATE`` so they queue instead of deadlocking.
 * ``shared``: SQLite with a rollback journal (DELETE), synchronous=FULL, a fresh connection per
   transaction, SQLite's own (unreliable over NFS) locking off, and every transaction - reads too -
-  under memq's :class:`~memq.lock.LeaseLock`, checked again just before commit.
+  under memq's :class:`~memq.lock.LeaseLock`, checked again just before commit. Each file operation
+  there is a round trip to the server, so the code avoids the ones it can (see SharedSQLite).
 * ``postgresql``: the server's MVCC; claims use ``FOR UPDATE SKIP LOCKED``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import random
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -116,6 +119,16 @@ def _sqlite_events(engine: Engine, pragmas: tuple[str, ...]) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
+_FULL = 2
+
+
+@functools.cache
+def _default_synchronous() -> int:
+    """The synchronous level a new connection of this SQLite build starts with."""
+    with contextlib.closing(sqlite3.connect(":memory:")) as conn:
+        return int(conn.execute("PRAGMA synchronous").fetchone()[0])
+
+
 class LocalSQLite(Backend):
     """SQLite on a filesystem only this host writes: WAL and SQLite's own locking."""
 
@@ -150,16 +163,27 @@ class SharedSQLite(Backend):
             connect_args={"timeout": 60, "check_same_thread": False},
             poolclass=NullPool,
         )
-        _sqlite_events(engine, ("PRAGMA journal_mode=DELETE", "PRAGMA synchronous=FULL"))
+        # No per-connection pragma that reads the file: a pragma run before BEGIN loads the schema
+        # in a read transaction of its own, one more hot-journal check (two more round trips to the
+        # server per path component). The journal mode is DELETE from creation on (`memq db
+        # set-mode shared` converts a WAL database); synchronous is FULL by default in most builds.
+        _sqlite_events(engine, () if _default_synchronous() == _FULL else ("PRAGMA synchronous=FULL",))
         super().__init__(engine)
         self.path = path
         lock_path = path.with_name(LOCK_FILE)
         self.lock = LeaseLock(lock_path) if grace is None else LeaseLock(lock_path, grace=grace)
 
+    def dispose(self) -> None:
+        super().dispose()
+        self.lock.close()
+
     @contextlib.contextmanager
     def _transaction(self, write: bool) -> Iterator[Connection]:
         with self.lock, self.engine.connect() as conn:
-            conn = conn.execution_options(memq_write=False)  # no SQLite locks: plain BEGIN
+            # SQLite's locks are off (nolock), so IMMEDIATE takes none; it makes SQLite open its read
+            # transaction at BEGIN, and the schema is then read within it: without it, loading the
+            # schema and running the first statement each check for a hot journal.
+            conn = conn.execution_options(memq_write=True)
             with conn.begin():
                 yield conn
                 self.lock.check()  # fenced: roll back rather than commit past grace/2

@@ -10,7 +10,7 @@ import enum
 
 import sqlalchemy as sa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 metadata = sa.MetaData()
 
@@ -103,23 +103,32 @@ jobs = sa.Table(
     # so that both planners can use this partial index.
     sa.Index("ix_jobs_queued", sa.desc("priority"), "id", sqlite_where=sa.text("state = 'queued'"),
              postgresql_where=sa.text("state = 'queued'")),
-    sa.Index("ix_jobs_grid_state", "grid_id", "state"),
+    # Every index with `state` in it changes on every claim and finish, and on a network filesystem
+    # each page a transaction changes costs round trips (design.md 4): so one such index (counts by
+    # group, dependencies); grids are found by id alone; a job has a worker exactly while it runs,
+    # so the workers' index holds running jobs only (and `worker_id = x` implies its condition).
+    sa.Index("ix_jobs_grid", "grid_id"),
     sa.Index("ix_jobs_group_state", "group_id", "state"),
-    sa.Index("ix_jobs_worker", "worker_id", "state"),
+    sa.Index("ix_jobs_running", "worker_id", sqlite_where=sa.text("worker_id IS NOT NULL"),
+             postgresql_where=sa.text("worker_id IS NOT NULL")),
 )
 
+# Indexes of schema version 1 that version 2 replaced (see Store._upgrade).
+RETIRED_INDEXES = ("ix_jobs_grid_state", "ix_jobs_worker")
+
+# Keyed by (job, attempt) without a rowid: one b-tree, not a table plus a unique index (a claim
+# and a finish each write one attempt row).
 attempts = sa.Table(
     "attempts", metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("job_id", sa.ForeignKey("jobs.id"), nullable=False),
-    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("job_id", sa.ForeignKey("jobs.id"), primary_key=True),
+    sa.Column("attempt", sa.Integer, primary_key=True),
     sa.Column("worker_id", sa.ForeignKey("workers.id")),
     sa.Column("started_at", sa.Float, nullable=False),
     sa.Column("ended_at", sa.Float),
     sa.Column("outcome", sa.String(16)),  # succeeded|failed|lost|requeued|cancelled
     sa.Column("exit_code", sa.Integer),
     sa.Column("reason", sa.Text),
-    sa.UniqueConstraint("job_id", "attempt", name="uq_attempts_job_attempt"),
+    sqlite_with_rowid=False,
 )
 
 workers = sa.Table(

@@ -96,7 +96,7 @@ class Store:
         return (postgresql if self._pg else sqlite).insert(table)
 
     def initialize(self) -> None:
-        """Create the schema if missing (safe to race), and check its version."""
+        """Create the schema if missing (safe to race), and check or upgrade its version."""
 
         def tx(conn: Connection) -> None:
             if self._pg:
@@ -104,24 +104,47 @@ class Store:
             s.metadata.create_all(conn, checkfirst=True)
             conn.execute(self._insert(s.meta).values(key="schema_version", value=str(s.SCHEMA_VERSION))
                          .on_conflict_do_nothing(index_elements=["key"]))
-            self._check_schema(conn)
+            self._upgrade(conn)
 
         self._write(tx)
 
     def exists(self) -> bool:
-        def tx(conn: Connection) -> bool:
-            present = sa.inspect(conn).has_table("meta")
-            if present:
-                self._check_schema(conn)
-            return present
+        """Whether the memq tables are there (an older schema is upgraded first)."""
 
-        return self._read(tx)
+        def tx(conn: Connection) -> int | None:
+            return self._schema_version(conn) if sa.inspect(conn).has_table("meta") else None
+
+        found = self._read(tx)
+        if found is None:
+            return False
+        if found != s.SCHEMA_VERSION:
+            self.initialize()
+        return True
 
     @staticmethod
-    def _check_schema(conn: Connection) -> None:
+    def _schema_version(conn: Connection) -> int:
         found = conn.execute(sa.select(s.meta.c.value).where(s.meta.c.key == "schema_version")).scalar()
-        if found is not None and int(found) != s.SCHEMA_VERSION:
-            raise UserError(f"database schema version {found}, this memq needs {s.SCHEMA_VERSION}")
+        return s.SCHEMA_VERSION if found is None else int(found)
+
+    def _upgrade(self, conn: Connection) -> None:
+        """Bring a version-1 database to this schema: the job indexes that changed on every claim and
+        finish are replaced, attempts are keyed by (job, attempt). Newer versions are an error."""
+        found = self._schema_version(conn)
+        if found == s.SCHEMA_VERSION:
+            return
+        if found != 1:
+            raise UserError(f"database schema version {found}, this memq needs {s.SCHEMA_VERSION}",
+                            hint="use the memq version that created it")
+        for name in s.RETIRED_INDEXES:
+            conn.execute(sa.text(f"DROP INDEX IF EXISTS {name}"))
+        for index in s.jobs.indexes:
+            index.create(conn, checkfirst=True)
+        rows = [dict(r._mapping) for r in conn.execute(sa.select(*s.attempts.c))]  # (v1 has these too)
+        conn.execute(sa.text("DROP TABLE attempts"))
+        s.attempts.create(conn)
+        if rows:
+            conn.execute(s.attempts.insert(), rows)
+        conn.execute(s.meta.update().where(s.meta.c.key == "schema_version").values(value=str(s.SCHEMA_VERSION)))
 
     # -- submit -----------------------------------------------------------------------------------
 
@@ -181,9 +204,8 @@ class Store:
     def _refresh_ready(conn: Connection, grid_id: int) -> None:
         """Recompute `groups.ready` for one grid: every `after` group fully succeeded."""
         g, d = s.groups, s.group_deps
-        unfinished = (sa.select(J.c.group_id).where(J.c.grid_id == grid_id, J.c.state != Q.SUCCEEDED.value)
-                      .distinct())
-        blocked = sa.select(d.c.group_id).where(d.c.after_group_id.in_(unfinished))
+        unfinished = sa.exists().where(J.c.group_id == d.c.after_group_id, J.c.state != Q.SUCCEEDED.value)
+        blocked = sa.select(d.c.group_id).where(unfinished)
         conn.execute(g.update().where(g.c.grid_id == grid_id).values(ready=~g.c.id.in_(blocked)))
 
     def _group_succeeded(self, conn: Connection, group_id: int) -> bool:
@@ -483,8 +505,8 @@ class Store:
         """id -> (heartbeat counter, state, running jobs) of every worker that could hold jobs."""
         w = s.workers
         live = [s.WorkerState.ACTIVE.value, s.WorkerState.DRAINING.value, s.WorkerState.QUARANTINED.value]
-        running = (sa.select(J.c.worker_id, sa.func.count().label("n")).where(J.c.state == Q.RUNNING.value)
-                   .group_by(J.c.worker_id).subquery())
+        running = (sa.select(J.c.worker_id, sa.func.count().label("n")).where(J.c.worker_id.is_not(None))
+                   .group_by(J.c.worker_id).subquery())  # (a job has a worker exactly while it runs)
         query = (sa.select(w.c.id, w.c.heartbeat, w.c.state, sa.func.coalesce(running.c.n, 0))
                  .select_from(w.outerjoin(running, running.c.worker_id == w.c.id)).where(w.c.state.in_(live)))
         return self._read(lambda conn: {r[0]: (r[1], r[2], r[3]) for r in conn.execute(query)})
@@ -586,10 +608,11 @@ class Store:
 
         def tx(conn: Connection) -> dict[str, dict[str, int]]:
             names = dict(conn.execute(sa.select(s.grids.c.id, s.grids.c.name)).all())
+            grid_of = dict(conn.execute(sa.select(s.groups.c.id, s.groups.c.grid_id)).all())
             out = {name: dict.fromkeys(s.STATES, 0) for name in names.values()}
-            for grid_id, state, n in conn.execute(
-                    sa.select(J.c.grid_id, J.c.state, sa.func.count()).group_by(J.c.grid_id, J.c.state)):
-                out[names[grid_id]][state] = n
+            for group_id, state, n in conn.execute(  # (group, state): the one index that has state
+                    sa.select(J.c.group_id, J.c.state, sa.func.count()).group_by(J.c.group_id, J.c.state)):
+                out[names[grid_of[group_id]]][state] += n
             return out
 
         return self._read(tx)
@@ -650,7 +673,8 @@ class Store:
     def recent_failures(self, limit: int = 5) -> list[dict[str, Any]]:
         a = s.attempts
         query = (sa.select(a.c.job_id, a.c.attempt, a.c.outcome, a.c.exit_code, a.c.reason, a.c.ended_at)
-                 .where(a.c.outcome.in_(["failed", "lost"])).order_by(a.c.id.desc()).limit(limit))
+                 .where(a.c.outcome.in_(["failed", "lost"]))
+                 .order_by(a.c.ended_at.desc(), a.c.job_id.desc()).limit(limit))
         return self._read(lambda conn: [dict(r._mapping) for r in conn.execute(query)])
 
     def attempts(self, job_id: int) -> list[dict[str, Any]]:

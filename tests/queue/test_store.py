@@ -326,3 +326,55 @@ def test_a_claim_whose_reply_was_lost_goes_back_to_the_queue_at_the_next_heartbe
     assert st.attempts(lost.job_id)[0]["outcome"] == "requeued" and st.version() != v0  # claimable again
     _, again = st.claim(me, CPU)
     assert (again.job_id, again.attempt) == (lost.job_id, 2)
+
+
+def _downgrade_to_version_1(st) -> None:
+    """Give a database the shape schema version 1 had (indexes with state, attempts with an id)."""
+    import sqlalchemy as sa
+
+    statements = [
+        "DROP INDEX ix_jobs_grid", "DROP INDEX ix_jobs_running",
+        "CREATE INDEX ix_jobs_grid_state ON jobs (grid_id, state)",
+        "CREATE INDEX ix_jobs_worker ON jobs (worker_id, state)",
+        "CREATE TABLE attempts_v1 (id INTEGER PRIMARY KEY, job_id INTEGER NOT NULL REFERENCES jobs (id), "
+        "attempt INTEGER NOT NULL, worker_id INTEGER REFERENCES workers (id), started_at FLOAT NOT NULL, "
+        "ended_at FLOAT, outcome VARCHAR(16), exit_code INTEGER, reason TEXT, "
+        "CONSTRAINT uq_attempts_job_attempt UNIQUE (job_id, attempt))",
+        "INSERT INTO attempts_v1 (id, job_id, attempt, worker_id, started_at, ended_at, outcome, exit_code, reason) "
+        "SELECT row_number() OVER (ORDER BY job_id, attempt), job_id, attempt, worker_id, started_at, ended_at, "
+        "outcome, exit_code, reason FROM attempts",
+        "DROP TABLE attempts", "ALTER TABLE attempts_v1 RENAME TO attempts",
+        "UPDATE meta SET value = '1' WHERE key = 'schema_version'",
+    ]
+    st.backend.run(lambda conn: [conn.execute(sa.text(sql)) for sql in statements])
+
+
+def test_a_version_1_database_is_upgraded_when_opened(rig: Rig) -> None:
+    import sqlalchemy as sa
+
+    st = rig.store()
+    st.submit(grid(n=4))
+    me = worker(st)
+    _, first = st.claim(me, CPU)
+    _, second = st.claim(me, CPU, Outcome(first.job_id, first.attempt, "failed", exit_code=2))
+    history = {job["id"]: st.attempts(job["id"]) for job in st.jobs()}
+    assert sum(len(rows) for rows in history.values()) == 2
+    _downgrade_to_version_1(st)
+
+    upgraded = rig.store(create=False)
+
+    def shape(conn: sa.Connection) -> tuple[str, set[str], set[str], list[str]]:
+        inspector = sa.inspect(conn)
+        version = conn.execute(sa.text("SELECT value FROM meta WHERE key = 'schema_version'")).scalar_one()
+        return (version, {ix["name"] for ix in inspector.get_indexes("jobs")},
+                {ix["name"] for ix in inspector.get_indexes("attempts")},
+                inspector.get_pk_constraint("attempts")["constrained_columns"])
+
+    version, job_indexes, attempt_indexes, key = upgraded.backend.run(shape, write=False)
+    assert version == "2" and key == ["job_id", "attempt"] and not attempt_indexes
+    assert {"ix_jobs_grid", "ix_jobs_running", "ix_jobs_group_state", "ix_jobs_queued"} <= job_indexes
+    assert not job_indexes & {"ix_jobs_grid_state", "ix_jobs_worker"}
+    assert {job["id"]: upgraded.attempts(job["id"]) for job in upgraded.jobs()} == history
+    assert upgraded.finish(Outcome(second.job_id, second.attempt, "succeeded"))
+    drain_all(upgraded, me)
+    assert upgraded.counts()["g"]["succeeded"] == 4 and upgraded.integrity() == []
