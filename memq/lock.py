@@ -12,21 +12,16 @@ is the marker: host, pid, boot id, a random token and the acquire time. Protocol
   and our rename) it is put back.
 * The holder fences itself: past ``grace / 2`` after acquiring, or when the name no longer
   carries its marker, ``check()`` raises :class:`LockLost` and the caller rolls back.
-* Processes of one host first queue behind a local flock (a file in the temp directory): only one
-  of them at a time polls the name on the server. Safety never rests on that flock.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
-import hashlib
 import os
 import random
 import secrets
 import socket
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,17 +29,16 @@ from pathlib import Path
 DEFAULT_GRACE = float(os.environ.get("MEMQ_LOCK_GRACE", "20"))
 _HELD_ERRNOS = {errno.EEXIST, errno.EPERM, errno.EACCES}
 _FIRST_PAUSE = 0.0005
-_SERVER_PAUSE_CAP = 0.002  # between two tries of the name on the server (each is two round trips)
-_LOCAL_PAUSE_CAP = 0.001  # between two tries of this host's flock (a system call)
+_PAUSE_CAP = 0.002  # between two tries of the name (each is two round trips to the server)
 _LOOK_EVERY = 0.05  # seconds between two reads of a held lock's marker (for staleness)
 
 
-def _pause(delay: float, cap: float) -> float:
-    """Sleep about ``delay`` (jittered); returns the next delay. Caps are short: waiters that sleep
+def _pause(delay: float) -> float:
+    """Sleep about ``delay`` (jittered); returns the next delay. The cap is short: waiters that sleep
     long lose every race to a holder that re-takes the lock at once (measured: one process got 16
     of 1,000 claims with a 50 ms cap), and a long sleep delays the hand-over."""
     time.sleep(delay * (0.5 + random.random()))
-    return min(delay * 2, cap)
+    return min(delay * 2, _PAUSE_CAP)
 
 
 class LockError(RuntimeError):
@@ -131,8 +125,6 @@ class LeaseLock:
         self._acquired_mono = 0.0
         self._checked = False
         self._dir_fd: int | None = None
-        self._queue_fd: int | None = None
-        self._queued = False
         self.breaks = 0
 
     def _dir(self) -> int:
@@ -141,11 +133,10 @@ class LeaseLock:
         return self._dir_fd
 
     def close(self) -> None:
-        """Close the descriptors this object keeps (the lock must not be held)."""
-        for fd in (self._dir_fd, self._queue_fd):
-            if fd is not None:
-                os.close(fd)
-        self._dir_fd = self._queue_fd = None
+        """Close the directory descriptor (the lock must not be held)."""
+        if self._dir_fd is not None:
+            os.close(self._dir_fd)
+            self._dir_fd = None
 
     @property
     def held(self) -> bool:
@@ -156,14 +147,6 @@ class LeaseLock:
         if self._marker is not None:
             raise LockError(f"{self.path}: already held by this object")
         start = time.monotonic()
-        self._queue_on_this_host(start)
-        try:
-            self._take(start)
-        except BaseException:
-            self._leave_host_queue()
-            raise
-
-    def _take(self, start: float) -> None:
         name, dir_fd = self.path.name, self._dir()
         seen: str | None = None
         seen_since = start
@@ -182,7 +165,7 @@ class LeaseLock:
                 return
             now = time.monotonic()
             if now - looked < _LOOK_EVERY:  # markers are unique: sampling them misses no change
-                delay = _pause(delay, _SERVER_PAUSE_CAP)
+                delay = _pause(delay)
                 continue
             looked = now
             current = _readlink(name, dir_fd)
@@ -198,45 +181,7 @@ class LeaseLock:
                 continue
             if now - start > self.timeout:
                 raise LockError(f"{self.path}: still held by {current!r} after {self.timeout:.0f}s")
-            delay = _pause(delay, _SERVER_PAUSE_CAP)
-
-    def _queue_on_this_host(self, start: float) -> None:
-        """Wait behind the other processes of this host that want the lock (a local flock), so that
-        one process per host, not every waiter, polls the name on the server: each poll is two
-        round trips, and polls from many waiters slowed the holder. Only a shortcut: after ``grace``
-        (a local holder stalled) or when no local file can be had, we go on without it."""
-        fd = self._host_queue()
-        delay = _FIRST_PAUSE / 5
-        while fd is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if time.monotonic() - start > self.grace:
-                    return
-                delay = _pause(delay, _LOCAL_PAUSE_CAP)
-            else:
-                self._queued = True
-                return
-
-    def _host_queue(self) -> int | None:
-        """This user's local file for this lock name (created 0600; someone else's is not used)."""
-        if self._queue_fd is None:
-            digest = hashlib.sha256(str(self.path.absolute()).encode()).hexdigest()[:16]
-            path = Path(tempfile.gettempdir()) / f"memq-{os.getuid()}-{digest}.lock"
-            try:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-            except OSError:
-                return None
-            if os.fstat(fd).st_uid != os.getuid():
-                os.close(fd)
-                return None
-            self._queue_fd = fd
-        return self._queue_fd
-
-    def _leave_host_queue(self) -> None:
-        if self._queued and self._queue_fd is not None:
-            fcntl.flock(self._queue_fd, fcntl.LOCK_UN)
-        self._queued = False
+            delay = _pause(delay)
 
     def _break(self, expected: str) -> bool:
         """Remove the lock name if it still carries ``expected``; restore it if it did not."""
@@ -280,14 +225,11 @@ class LeaseLock:
         marker, self._marker = self._marker, None
         if marker is None:
             return
-        try:
-            if self._checked and time.monotonic() - self._acquired_mono < self.grace / 2:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.path.name, dir_fd=self._dir())
-            elif _readlink(self.path.name, self._dir()) == marker:
-                self._break(marker)
-        finally:
-            self._leave_host_queue()
+        if self._checked and time.monotonic() - self._acquired_mono < self.grace / 2:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path.name, dir_fd=self._dir())
+        elif _readlink(self.path.name, self._dir()) == marker:
+            self._break(marker)
 
     def __enter__(self) -> LeaseLock:
         self.acquire()

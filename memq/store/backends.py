@@ -102,15 +102,23 @@ class Backend:
         self.engine.dispose()
 
 
-def _sqlite_events(engine: Engine, pragmas: tuple[str, ...]) -> None:
-    """Take transaction control from the driver: we emit BEGIN (IMMEDIATE for writers) ourselves."""
+# A new database gets 8 KiB pages: measured on the two-host rig, the schema and a small queue's
+# indexes then take fewer pages, and a claim + finish ~10% fewer round trips to the server.
+_NEW_DATABASE = ("PRAGMA page_size=8192",)
+
+
+def _sqlite_events(engine: Engine, pragmas: tuple[str, ...], *, new: bool = False) -> None:
+    """Take transaction control from the driver: we emit BEGIN (IMMEDIATE for writers) ourselves.
+    ``new``: this process created the (empty) file; its first connection sets the page size."""
+    first = list(_NEW_DATABASE if new else ())
 
     @sa.event.listens_for(engine, "connect")
     def _connect(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        for pragma in pragmas:
+        for pragma in [*first, *pragmas]:
             cur.execute(pragma)
+        first.clear()
         cur.close()
 
     @sa.event.listens_for(engine, "begin")
@@ -135,11 +143,11 @@ class LocalSQLite(Backend):
     mode = "local"
     dialect = "sqlite"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, new: bool = False) -> None:
         engine = sa.create_engine(
             f"sqlite:///{path}", connect_args={"timeout": 60, "check_same_thread": False},
         )
-        _sqlite_events(engine, ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL"))
+        _sqlite_events(engine, ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL"), new=new)
         super().__init__(engine)
         self.path = path
 
@@ -157,7 +165,7 @@ class SharedSQLite(Backend):
     mode = "shared"
     dialect = "sqlite"
 
-    def __init__(self, path: Path, grace: float | None = None) -> None:
+    def __init__(self, path: Path, grace: float | None = None, *, new: bool = False) -> None:
         engine = sa.create_engine(
             f"sqlite:///file:{path}?nolock=1&uri=true",
             connect_args={"timeout": 60, "check_same_thread": False},
@@ -167,7 +175,8 @@ class SharedSQLite(Backend):
         # in a read transaction of its own, one more hot-journal check (two more round trips to the
         # server per path component). The journal mode is DELETE from creation on (`memq db
         # set-mode shared` converts a WAL database); synchronous is FULL by default in most builds.
-        _sqlite_events(engine, () if _default_synchronous() == _FULL else ("PRAGMA synchronous=FULL",))
+        pragmas = () if _default_synchronous() == _FULL else ("PRAGMA synchronous=FULL",)
+        _sqlite_events(engine, pragmas, new=new)
         super().__init__(engine)
         self.path = path
         lock_path = path.with_name(LOCK_FILE)
@@ -179,6 +188,10 @@ class SharedSQLite(Backend):
 
     @contextlib.contextmanager
     def _transaction(self, write: bool) -> Iterator[Connection]:
+        # The file is opened after the lock is taken and closed before it is given back: a network
+        # filesystem's client revalidates its cache of a file when it is opened (close-to-open
+        # consistency), so a connection opened earlier can read pages another host has since
+        # rewritten (measured on the two-host rig: lost finishes).
         with self.lock, self.engine.connect() as conn:
             # SQLite's locks are off (nolock), so IMMEDIATE takes none; it makes SQLite open its read
             # transaction at BEGIN, and the schema is then read within it: without it, loading the
@@ -208,11 +221,14 @@ class Postgres(Backend):
             yield conn
 
 
-def _precreate(path: Path) -> None:
+def _precreate(path: Path) -> bool:
     """Create an empty database file ourselves: SQLite would create it 0644, ignoring a root that
-    is group-writable. Its journals then copy the file's mode."""
-    with contextlib.suppress(FileExistsError):
+    is group-writable. Its journals then copy the file's mode. False if it existed."""
+    try:
         os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+    except FileExistsError:
+        return False
+    return True
 
 
 def open_backend(root: Path, db_url: str | None, db_mode: str | None, *, fs_local: bool) -> Backend:
@@ -235,9 +251,9 @@ def open_backend(root: Path, db_url: str | None, db_mode: str | None, *, fs_loca
             raise UserError("database is in local (WAL) mode but this host reaches it over a network "
                             "filesystem", where=str(path),
                             hint="run `memq db set-mode shared` on the host that created it")
-        mode = existing
+        mode, new = existing, False
     else:
         mode = db_mode or ("local" if fs_local else "shared")
-        _precreate(path)
+        new = _precreate(path)
         record_mode(path, mode)
-    return LocalSQLite(path) if mode == "local" else SharedSQLite(path)
+    return LocalSQLite(path, new=new) if mode == "local" else SharedSQLite(path, new=new)

@@ -31,13 +31,18 @@ def hold(lock_path: str) -> None:
     time.sleep(3600)
 
 
-def claim(root: str, db: str, mode: str, name: str, out: str) -> None:
-    """Claim and succeed jobs until none is left; record every claim and count increments."""
+def claim(root: str, db: str, mode: str, name: str, out: str, go: str = "") -> None:
+    """Claim and succeed jobs until none is left; record every claim and count increments.
+    With ``go``: say `OUT.ready` once set up, and start claiming when the file ``go`` exists."""
     from memq.root import RootOptions, open_store
     from memq.store.types import Capacity, Outcome
 
     store = open_store(RootOptions(root=root, db=db or None, db_mode=mode or None), create=False)
     me = store.register_worker(name, "hammer", os.getpid(), "boot", [], 1, 60.0)
+    if go:
+        Path(f"{out}.ready").touch()
+        while not os.path.exists(go):
+            time.sleep(0.005)
     done, claims = None, []
     while True:
         _, c = store.claim(me, Capacity(slots=1), done)

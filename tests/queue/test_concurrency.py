@@ -10,6 +10,7 @@ from pathlib import Path
 from memq.store.types import GridSpec, GroupSpec, JobSpec
 
 from ..conftest import Rig
+from ..waiting import until
 
 REPO = Path(__file__).parents[2]
 
@@ -27,7 +28,10 @@ def test_processes_on_two_hosts_claim_every_job_exactly_once(multihost_rig: Rig,
     jobs = tuple(JobSpec("h", "g", "command", {"i": i}, command=["true"]) for i in range(n_jobs))
     store.submit(GridSpec("h", (GroupSpec("g"),), jobs))
     outs = [tmp_path / f"claims{i}.json" for i in range(n_procs)]
-    procs = [spawn(rig, i, "claim", f"w{i}", str(outs[i])) for i in range(n_procs)]
+    go = tmp_path / "go"  # all start together: a process started late could find nothing left
+    procs = [spawn(rig, i, "claim", f"w{i}", str(outs[i]), str(go)) for i in range(n_procs)]
+    until("every claimer to be ready", lambda: all(Path(f"{out}.ready").exists() for out in outs), timeout=120)
+    go.touch()
     assert [p.wait(timeout=600) for p in procs] == [0] * n_procs
     claims = [tuple(c) for out in outs for c in json.loads(out.read_text())]
     assert len(claims) == n_jobs

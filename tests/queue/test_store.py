@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import time
 
 import pytest
@@ -253,6 +255,8 @@ def test_sqlite_mode_is_recorded_in_the_database(tmp_path, mode: str) -> None:
 
     open_store(RootOptions(root=str(tmp_path), db_mode=mode), create=True).submit(grid())
     assert open_store(RootOptions(root=str(tmp_path)), create=False).backend.mode == mode
+    with contextlib.closing(sqlite3.connect(tmp_path / "queue.db")) as conn:  # set when it was created
+        assert conn.execute("PRAGMA page_size").fetchone()[0] == 8192
     other = "shared" if mode == "local" else "local"
     with pytest.raises(UserError, match=f"in {mode} mode"):
         open_store(RootOptions(root=str(tmp_path), db_mode=other), create=False)
