@@ -557,6 +557,8 @@ class Store:
             cond &= J.c.grid_id == sa.select(s.grids.c.id).where(s.grids.c.name == grid).scalar_subquery()
         if states:
             cond &= J.c.state.in_(list(states))
+            if list(states) == [Q.RUNNING.value]:  # a job has a worker exactly while it runs: the
+                cond &= J.c.worker_id.is_not(None)  # running jobs' index serves the query
         if reason:
             cond &= J.c.reason == reason
         return cond
