@@ -39,6 +39,9 @@ _CHUNK = 2000
 
 J = s.jobs
 Q = s.JobState
+# A job has a worker exactly while it runs. This is the condition of the running jobs' index
+# (schema: ix_jobs_running), so a query for running jobs says it too, and the planners use that index.
+RUNNING_ON_A_WORKER = J.c.worker_id.is_not(None)
 
 
 class WorkerGone(Exception):
@@ -505,8 +508,8 @@ class Store:
         """id -> (heartbeat counter, state, running jobs) of every worker that could hold jobs."""
         w = s.workers
         live = [s.WorkerState.ACTIVE.value, s.WorkerState.DRAINING.value, s.WorkerState.QUARANTINED.value]
-        running = (sa.select(J.c.worker_id, sa.func.count().label("n")).where(J.c.worker_id.is_not(None))
-                   .group_by(J.c.worker_id).subquery())  # (a job has a worker exactly while it runs)
+        running = (sa.select(J.c.worker_id, sa.func.count().label("n")).where(RUNNING_ON_A_WORKER)
+                   .group_by(J.c.worker_id).subquery())
         query = (sa.select(w.c.id, w.c.heartbeat, w.c.state, sa.func.coalesce(running.c.n, 0))
                  .select_from(w.outerjoin(running, running.c.worker_id == w.c.id)).where(w.c.state.in_(live)))
         return self._read(lambda conn: {r[0]: (r[1], r[2], r[3]) for r in conn.execute(query)})
@@ -557,8 +560,8 @@ class Store:
             cond &= J.c.grid_id == sa.select(s.grids.c.id).where(s.grids.c.name == grid).scalar_subquery()
         if states:
             cond &= J.c.state.in_(list(states))
-            if list(states) == [Q.RUNNING.value]:  # a job has a worker exactly while it runs: the
-                cond &= J.c.worker_id.is_not(None)  # running jobs' index serves the query
+            if list(states) == [Q.RUNNING.value]:
+                cond &= RUNNING_ON_A_WORKER
         if reason:
             cond &= J.c.reason == reason
         return cond
