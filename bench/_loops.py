@@ -8,8 +8,9 @@ the errors it saw). Interpreter start-up and opening the queue are therefore out
 
 Each loop does what its system's own worker does for one job, no more:
 
-* ``memq``: ``Store.claim(worker, capacity, done)`` - finish the previous job and claim the next one
-  in one transaction (what ``memq.worker.Worker._finish`` does).
+* ``memq``: ``Store.claim_many(worker, capacity, done, n)`` - record the jobs that ended and claim
+  the next ones in one transaction, as many as ``memq.claim_ahead.ClaimAhead`` allows for the jobs'
+  run time (what ``memq.worker.Worker._exchange`` does; ``claim_ahead`` 0: one job at a time).
 * ``plain``: SQLite without memq - rollback journal (DELETE), synchronous=FULL, a fresh connection
   per transaction, ``BEGIN IMMEDIATE``, the same finish + claim in one transaction. SQLite's own
   locks are its only protection, so on two sshfs mounts it is expected to break.
@@ -66,6 +67,7 @@ _CPU: dict[str, float] = {}
 
 
 def memq_loop(spec: dict[str, Any]) -> dict[str, Any]:
+    from memq.claim_ahead import WINDOW, ClaimAhead
     from memq.options import RootOptions
     from memq.root import open_store
     from memq.store.types import Capacity, Outcome
@@ -73,17 +75,22 @@ def memq_loop(spec: dict[str, Any]) -> dict[str, Any]:
     store = open_store(RootOptions(root=spec["root"], db=spec.get("db"), db_mode=spec.get("mode")), create=False)
     me = store.register_worker(spec["name"], "bench", os.getpid(), "bench", [], 1, 600.0)
     capacity = Capacity(slots=1)
+    pace = ClaimAhead(spec.get("claim_ahead", WINDOW))
     start = barrier(spec)
 
     def loop() -> list[list[int]]:
         claims: list[list[int]] = []
-        done = None
+        done: list[Outcome] = []
         while True:
-            _, claim = store.claim(me, capacity, done)
-            if claim is None:
+            _, got = store.claim_many(me, capacity, done, pace.batch())
+            if not got:
                 return claims
-            claims.append([claim.job_id, claim.attempt])
-            done = Outcome(claim.job_id, claim.attempt, "succeeded")
+            done = []
+            for claim in got:  # each job: nothing, timed like the worker times its jobs
+                began = time.monotonic()
+                claims.append([claim.job_id, claim.attempt])
+                pace.ran(time.monotonic() - began)
+                done.append(Outcome(claim.job_id, claim.attempt, "succeeded"))
 
     claims = _maybe_profiled(spec, loop)
     end = time.time()

@@ -11,6 +11,7 @@ Backends (each run gets a fresh queue; SQLite files on the local disk under --tm
                     DELETE journal, synchronous=FULL, fresh connection per transaction)
     memq-twohost    memq on the two sshfs mounts of one directory (processes alternate between them;
                     shared mode is chosen by the filesystem type)
+    memq-twohost-1  the same, one job per transaction (`memq worker --claim-ahead 0`)
     memq-postgres   memq on PostgreSQL (a fresh database per run)
     plain-sqlite    baseline without memq: durable SQLite (DELETE journal, FULL sync, fresh connection
                     per transaction, BEGIN IMMEDIATE), finish + claim in one transaction
@@ -21,7 +22,9 @@ Backends (each run gets a fresh queue; SQLite files on the local disk under --tm
     optuna-twohost  the same across the two mounts
     huey            huey's SqliteHuey (WAL): dequeue + execute (stores the result) per task
 
-Throughput is timed from a common start instant that every process waits for once it has imported
+The memq loops claim ahead as `memq worker` does by default (up to 1 s of work, at most 16 jobs per
+transaction: memq/claim_ahead.py); no-op jobs take no time, so they claim 16 at a time after the
+first job. Throughput is timed from a common start instant that every process waits for once it has imported
 everything and opened its queue (interpreter start-up excluded) until the last process finds the
 queue empty. Every run is verified: each job claimed exactly once and finished (duplicates, lost).
 """
@@ -69,12 +72,14 @@ class Backend:
     jobs: int  # default number of jobs per run
     mode: str | None = None  # memq's --db-mode
     about: str = ""
+    claim_ahead: float | None = None  # memq: `memq worker --claim-ahead` (None: its default)
 
 
 BACKENDS: dict[str, Backend] = {
     "memq-local": Backend("memq", "local", 2000, "local", "SQLite WAL, kept connection"),
     "memq-shared": Backend("memq", "local", 1000, "shared", "forced shared mode on local disk"),
     "memq-twohost": Backend("memq", "twohost", 300, None, "two sshfs mounts, shared mode"),
+    "memq-twohost-1": Backend("memq", "twohost", 300, None, "the same, one job per transaction", 0.0),
     "memq-postgres": Backend("memq", "postgres", 2000, None, "PostgreSQL, SKIP LOCKED"),
     "plain-sqlite": Backend("plain", "local", 500, None, "DELETE/FULL, fresh conn, no memq"),
     "plain-postgres": Backend("pgplain", "postgres", 2000, None, "psycopg, SKIP LOCKED, no memq"),
@@ -205,6 +210,7 @@ def run_once(name: str, procs: int, n: int, args: argparse.Namespace, profile: s
             spec = {"kind": b.kind, "name": f"p{i}", "ready": str(ctl / f"ready.{i}"), "go": str(go),
                     "out": str(ctl / f"out.{i}.json"), "time_limit": args.time_limit,
                     "optuna_lock": "eperm" if b.where == "twohost" else "symlink",
+                    **({} if b.claim_ahead is None else {"claim_ahead": b.claim_ahead}),
                     **setup["hosts"][i % len(setup["hosts"])]}
             if profile and i == 0:
                 spec["profile"] = profile

@@ -4,8 +4,9 @@ Each job runs under a supervisor process (memq/supervisor.py) that kills it when
 or stalls, so an attempt never outlives the lease that protects it. The loop is single-threaded:
 it sleeps in a selector on the supervisors' pipes and a signal pipe, and wakes for
 
-* a supervisor's message (job started, exited, fenced) -> finish the attempt, claim the next one
-  in the same transaction;
+* a supervisor's message (job started, exited, fenced) -> record the attempt's end and claim the
+  next job in the same transaction; while jobs run for less than a second or so, one transaction
+  claims several and records their ends together (memq/claim_ahead.py);
 * the heartbeat timer (only while it runs jobs) -> one write renews all its leases, then every
   supervisor is told `renew`; the reply says what was fenced, cancelled, or drained;
 * the poll timer -> stat the version file; claim only when it changed or a capped back-off
@@ -35,6 +36,7 @@ from typing import Any, TextIO
 
 import sqlalchemy as sa
 
+from memq.claim_ahead import WINDOW, ClaimAhead
 from memq.lock import boot_id
 from memq.root import job_dir
 from memq.store.store import Store
@@ -82,6 +84,7 @@ class WorkerConfig:
     quarantine_after: int = 5
     safety_poll: float = 600.0  # claim anyway this often: a version bump is a hint and can be missed
     sync_checkpoints: bool = True  # jobs copy their checkpoints to the shared store when they succeed
+    claim_ahead: float = WINDOW  # seconds of short jobs one transaction may claim (0: one job at a time)
 
     def check(self) -> None:
         from memq.errors import UserError
@@ -91,6 +94,8 @@ class WorkerConfig:
                             hint="the lease must cover at least four heartbeats")
         if self.slots < 0 or (not self.gpus and self.slots == 0):
             raise UserError("this worker could run nothing", where="--slots", hint="give --slots N or GPUs")
+        if self.claim_ahead < 0:
+            raise UserError("--claim-ahead must be 0 or more seconds", hint="0 claims one job at a time")
 
 
 @dataclass
@@ -116,7 +121,10 @@ class Worker:
         self.out = out
         self.gpu_filter = gpu_filter  # callable(free GPU list) -> usable GPUs
         self.jobs: dict[int, ActiveJob] = {}
-        self.unrecorded: list[Outcome] = []  # ended attempts the store has not taken yet (an outage)
+        self.unrecorded: list[Outcome] = []  # ended attempts the store has not taken yet
+        self.unrecorded_since: float | None = None  # when the oldest of them ended (monotonic)
+        self.ahead: list[Claim] = []  # claimed in an earlier transaction, not started yet
+        self.pace = ClaimAhead(config.claim_ahead)
         self.claimed = 0
         self.failures_in_a_row = 0
         self.draining: str | None = None
@@ -208,11 +216,12 @@ class Worker:
                 self.drain_deadline = None
             self._collect(self.sel.select(timeout=0))
             for job in [job for job in self.jobs.values() if job.result is not None]:
-                self.unrecorded.append(self._outcome(job))
+                self.pace.ran(now - job.started)
+                self._pending(self._outcome(job))
                 del self.jobs[job.claim.job_id]
-            while self.unrecorded:
-                self._finish(self.unrecorded[0])
-                self.unrecorded.pop(0)
+            self._start_ahead()
+            if self._must_record(now):
+                self._exchange()
             if self.jobs and now >= next_heartbeat:
                 if not self._heartbeat():
                     return EXIT_LOST_LEASE
@@ -255,6 +264,8 @@ class Worker:
                 deadlines.append(next_reap)
             if self.drain_deadline is not None:
                 deadlines.append(self.drain_deadline)
+            if self.unrecorded_since is not None:
+                deadlines.append(self.unrecorded_since + cfg.claim_ahead)
             self._sleep(wake_r, max(0.0, min(deadlines) - time.monotonic()))
 
     # -- claiming and starting -------------------------------------------------------------------
@@ -270,22 +281,20 @@ class Worker:
         return Capacity(gpus=len(free), slots=max(slots, 0), grids=self.cfg.grids), free
 
     def _may_claim(self) -> bool:
-        if self.draining or self.stop_now or self.quarantined:
+        if not self._may_start():
             return False
         return self.cfg.max_jobs is None or self.claimed < self.cfg.max_jobs
+
+    def _may_start(self) -> bool:
+        return not (self.draining or self.stop_now or self.quarantined)
 
     def _claim_all(self) -> bool:
         """Claim until full or nothing fits; True if anything was claimed."""
         any_claimed = False
-        while self._may_claim():
-            capacity, free = self._capacity()
-            if capacity.empty:
-                break
-            _, claim = self.store.claim(self.ref, capacity)
-            if claim is None:
-                break
+        while self._exchange():
             any_claimed = True
-            self._start(claim, free[:claim.gpus])
+            if self.ahead:  # the rest waits for a free slot
+                break
         return any_claimed
 
     def _claim_timer(self) -> float:
@@ -295,23 +304,62 @@ class Worker:
                    self.cfg.safety_poll)
         return max(wait, self.cfg.poll) * random.uniform(1.0, 1.2)
 
-    def _finish(self, done: Outcome) -> None:
-        """Record an attempt's end; claim the next job in the same transaction when we may."""
-        capacity, free = self._capacity()
-        if not self._may_claim() or capacity.empty:
-            accepted = self.store.finish(done)
-            claim = None
-        else:
-            accepted, claim = self.store.claim(self.ref, capacity, done)
-        if not accepted:
-            self.log(f"job {done.job_id} attempt {done.attempt}: superseded; its result was not recorded")
-        if claim is not None:
-            self._start(claim, free[:claim.gpus])
+    def _pending(self, done: Outcome) -> None:
+        """An attempt ended: its outcome waits for the next transaction."""
+        if not self.unrecorded:
+            self.unrecorded_since = time.monotonic()
+        self.unrecorded.append(done)
+
+    def _must_record(self, now: float) -> bool:
+        """Record ended attempts now, or let them wait for the transaction that claims again? They
+        wait only while claimed-ahead jobs run, and at most --claim-ahead seconds."""
+        if not self.unrecorded:
+            return False
+        if not self.ahead or not self._may_start():
+            return True
+        return now - (self.unrecorded_since or now) >= self.cfg.claim_ahead
+
+    def _claim_limit(self) -> int:
+        want = max(0, self.pace.batch() - len(self.ahead))
+        if self.cfg.max_jobs is not None:
+            want = min(want, self.cfg.max_jobs - self.claimed)
+        return want
+
+    def _exchange(self) -> int:
+        """One transaction: record every ended attempt and claim what fits the free capacity (several
+        jobs when recent jobs were short); start what can start. Returns how many were claimed."""
+        capacity, _ = self._capacity()
+        want = self._claim_limit() if self._may_claim() and not capacity.empty else 0
+        if not want and not self.unrecorded:
+            return 0
+        accepted, claims = self.store.claim_many(self.ref, capacity, self.unrecorded, want)
+        for done, ok in zip(self.unrecorded, accepted, strict=True):
+            if not ok:
+                self.log(f"job {done.job_id} attempt {done.attempt}: superseded; its result was not recorded")
+        self.unrecorded.clear()
+        self.unrecorded_since = None
+        self.claimed += len(claims)
+        self.ahead.extend(claims)
+        self._start_ahead()
+        return len(claims)
+
+    def _start_ahead(self) -> None:
+        """Start the claimed jobs that fit now. Those that cannot start go back uncharged: all of them
+        when the worker stops claiming, and any that does not fit though nothing else runs here."""
+        for claim in list(self.ahead):
+            capacity, free = self._capacity()
+            if self._may_start() and (len(free) >= claim.gpus if claim.gpus else capacity.slots > 0):
+                self.ahead.remove(claim)
+                self._start(claim, free[:claim.gpus])
+        if self.ahead and (not self._may_start() or not self.jobs):
+            why = "worker stopped before starting it" if not self._may_start() else "its GPUs were taken here"
+            for claim in self.ahead:
+                self._pending(Outcome(claim.job_id, claim.attempt, "requeued", reason=why))
+            self.ahead.clear()
 
     def _start(self, claim: Claim, gpus: list[int]) -> None:
         import subprocess
 
-        self.claimed += 1
         cfg = self.cfg
         shared = job_dir(self.store.root, claim.grid, claim.job_id, claim.attempt)
         scratch = cfg.scratch / claim.grid / str(claim.job_id) / f"attempt-{claim.attempt}"
@@ -438,6 +486,7 @@ class Worker:
         """Renew all leases with one write; False when this worker was declared dead."""
         # every attempt this worker holds, ended ones included until the store has their outcome
         running = [Running(job.claim.job_id, job.claim.attempt) for job in self.jobs.values()]
+        running += [Running(c.job_id, c.attempt) for c in self.ahead]
         running += [Running(done.job_id, done.attempt) for done in self.unrecorded]
         reply = self.store.heartbeat(self.ref, running)
         if not reply.alive:
@@ -445,8 +494,15 @@ class Worker:
                      "and standing down")
             for job in self.jobs.values():
                 self._end_job(job, "fenced", "kill")
+            self.ahead.clear()
             return False
         fenced = set(reply.fenced)
+        for claim in list(self.ahead):
+            if (claim.job_id, claim.attempt) in fenced:
+                self.ahead.remove(claim)
+            elif claim.job_id in reply.cancel:
+                self.ahead.remove(claim)
+                self._pending(Outcome(claim.job_id, claim.attempt, "cancelled", reason="cancelled"))
         for job in self.jobs.values():
             key = (job.claim.job_id, job.claim.attempt)
             if key in fenced:

@@ -37,6 +37,9 @@ def worker(
         help="A GPU with more than this fraction of its memory in use is left alone.")] = 0.1,
     sync_checkpoints: Annotated[bool, typer.Option(
         "--sync/--no-sync", help="Copy a job's checkpoints to the shared store when it succeeds.")] = True,
+    claim_ahead: Annotated[float, typer.Option(
+        help="While jobs take under a second or so, claim this many seconds of them per transaction "
+             "(their ends are recorded together, at most this late); 0: one job at a time.")] = 1.0,
 ) -> None:
     """Run jobs on this node until stopped: claim, run, heartbeat, recover."""
     from memq.gpus import Nvml, healthy, parse_gpus
@@ -47,7 +50,8 @@ def worker(
     config = WorkerConfig(name=name or socket.gethostname(), gpus=gpu_list, slots=slots, max_jobs=max_jobs,
                           idle_exit=idle_exit, poll=poll, heartbeat=heartbeat, lease=lease, grids=tuple(grid or ()),
                           scratch=scratch or default_scratch(), term_grace=grace, retry_backoff=retry_backoff,
-                          quarantine_after=quarantine_after, sync_checkpoints=sync_checkpoints)
+                          quarantine_after=quarantine_after, sync_checkpoints=sync_checkpoints,
+                          claim_ahead=claim_ahead)
     st = store(ctx, create=True)
     typer.echo(f"memq worker {config.name}: {said}; queue {st.backend.display_url()}", err=True)
     run = Worker(st, config, gpu_filter=lambda free: healthy(free, nvml, max_gpu_util, max_gpu_mem)).run()

@@ -225,23 +225,41 @@ class Store:
               ) -> tuple[bool | None, Claim | None]:
         """Finish ``done`` (if given) and claim the next job that fits, in one transaction.
 
-        Returns (whether ``done`` was accepted or None, the claim or None). Order: highest
-        priority first, then submission order; only groups whose dependencies have succeeded,
-        only unpaused grids. A worker declared dead (or replaced) claims nothing; its next
-        heartbeat tells it so.
+        Returns (whether ``done`` was accepted or None, the claim or None). See :meth:`claim_many`.
+        """
+        accepted, claims = self.claim_many(worker, capacity, [] if done is None else [done], 1)
+        return (accepted[0] if done is not None else None), (claims[0] if claims else None)
+
+    def claim_many(self, worker: WorkerRef, capacity: Capacity, done: Sequence[Outcome], limit: int,
+                   ) -> tuple[list[bool], list[Claim]]:
+        """Record every outcome in ``done`` and claim up to ``limit`` jobs, in one transaction.
+
+        Returns whether each outcome was accepted, and the claims. Each claimed job fits
+        ``capacity`` on its own (a worker that claims ahead starts them one after another). Order:
+        highest priority first, then submission order; only groups whose dependencies have
+        succeeded, only unpaused grids. A worker declared dead (or replaced) claims nothing; its
+        next heartbeat tells it so.
         """
         now = time.time()
 
-        def tx(conn: Connection) -> tuple[bool | None, Claim | None, bool]:
-            accepted, wake = self._finish(conn, done, now) if done is not None else (None, False)
-            if capacity.empty:
-                return accepted, None, wake
-            return accepted, self._claim_one(conn, worker, capacity, now, beat=done is None), wake
+        def tx(conn: Connection) -> tuple[list[bool], list[Claim], bool]:
+            accepted, wake = [], False
+            for outcome in done:
+                ok, woke = self._finish(conn, outcome, now)
+                accepted.append(ok)
+                wake = wake or woke
+            claims: list[Claim] = []
+            while len(claims) < limit and not capacity.empty:
+                claim = self._claim_one(conn, worker, capacity, now, beat=not done and not claims)
+                if claim is None:
+                    break
+                claims.append(claim)
+            return accepted, claims, wake
 
-        accepted, claim, wake = self.backend.run(tx, write=True)
+        accepted, claims, wake = self.backend.run(tx, write=True)
         if wake:
             self.bump_version()
-        return accepted, claim
+        return accepted, claims
 
     def _stmt(self, name: str) -> Any:
         """Statements of the hot path, built once (building them costs more than running them)."""

@@ -64,6 +64,28 @@ def test_claim_order_priority_then_submission(rig: Rig) -> None:
     assert drain_all(st, worker(st)) == [ids[1], ids[3], ids[0], ids[2], ids[4]]
 
 
+def test_claim_many_records_every_outcome_and_claims_a_batch_in_one_transaction(rig: Rig) -> None:
+    st = rig.store()
+    jobs = [JobSpec("g", "a", "command", {"i": i}, command=["true"], priority=p)
+            for i, p in enumerate([0, 5, 0, 5, -1, 0])]
+    st.submit(GridSpec("g", (GroupSpec("a"),), tuple(jobs)))
+    ids = {r["params"]["i"]: r["id"] for r in st.jobs()}
+    me = worker(st)
+    accepted, first = st.claim_many(me, CPU, [], 3)
+    assert accepted == [] and [c.job_id for c in first] == [ids[1], ids[3], ids[0]]
+    assert {c.attempt for c in first} == {1}
+    assert len({st.attempts(c.job_id)[0]["started_at"] for c in first}) == 1  # one transaction
+    ended = [Outcome(c.job_id, c.attempt, "succeeded") for c in first]
+    stale = Outcome(first[0].job_id, 2, "succeeded")  # no such attempt: refused, the rest goes on
+    accepted, second = st.claim_many(me, CPU, [*ended, stale], 10)
+    assert accepted == [True, True, True, False]
+    assert [c.job_id for c in second] == [ids[2], ids[5], ids[4]]  # all that is left, in order
+    assert st.claim_many(me, Capacity(gpus=0, slots=0), [], 5) == ([], [])  # nothing fits no capacity
+    accepted, none = st.claim_many(me, CPU, [Outcome(c.job_id, c.attempt, "succeeded") for c in second], 0)
+    assert (accepted, none) == ([True] * 3, [])
+    assert st.counts()["g"] == {"queued": 0, "running": 0, "succeeded": 6, "failed": 0, "cancelled": 0}
+
+
 def test_dependencies_wait_for_every_job_and_block_on_failure(rig: Rig) -> None:
     st = rig.store()
     st.submit(two_groups())

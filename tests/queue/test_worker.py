@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import random
@@ -92,7 +93,8 @@ def test_chaos_every_job_succeeds_once_and_attempts_never_overlap(multihost_rig:
     store.submit(GridSpec("chaos", (GroupSpec("g"),), tuple(jobs_of("chaos", "g", out, seconds, max_attempts=100))))
     # A lease of 2 s is too tight for four workers serialised through the lock on sshfs while the
     # machine is loaded: a heartbeat can wait longer than that for the lock.
-    relaxed = ("--slots", "2", "--heartbeat", "0.5", "--lease", "5")
+    # --claim-ahead 5: most transactions claim several jobs, so kills also hit jobs claimed ahead
+    relaxed = ("--slots", "2", "--heartbeat", "0.5", "--lease", "5", "--claim-ahead", "5")
     workers = {f"w{i}": start_worker(rig, i, f"w{i}", tmp_path, *relaxed) for i in range(4)}
     killed_workers = killed_jobs = 0
     deadline = time.monotonic() + 300
@@ -123,6 +125,8 @@ def test_chaos_every_job_succeeds_once_and_attempts_never_overlap(multihost_rig:
                                        "cancelled": 0}, logs()
     assert stop(list(workers.values()), tmp_path) == [0, 0, 0, 0], logs()
     assert killed_workers >= 3 and killed_jobs >= 1
+    times = claim_times(store, "chaos")
+    assert len(set(times)) < len(times) / 2, "few transactions claimed ahead"
     assert not list(out.glob("*.overlap")), "two attempts of one job ran at the same time"
     for job in store.jobs():
         outcomes = [a["outcome"] for a in store.attempts(job["id"])]
@@ -317,3 +321,49 @@ def test_a_database_outage_neither_stops_the_worker_nor_loses_its_job(tmp_path: 
         admin.dispose()
         for fn in rig.cleanup:
             fn()
+
+
+def claim_times(store, grid: str) -> list[float]:
+    """When each job of ``grid`` was claimed: jobs claimed in one transaction share the time."""
+    return [a["started_at"] for job in store.jobs(grid=grid) for a in store.attempts(job["id"])]
+
+
+def test_short_jobs_are_claimed_ahead_and_still_run_one_per_slot(tmp_path: Path, out: Path) -> None:
+    rig = Rig("local", [tmp_path / "root"])
+    store = rig.store()
+    store.submit(GridSpec("short", (GroupSpec("g"),), tuple(jobs_of("short", "g", out, [0] * 24))))
+    worker = start_worker(rig, 0, "w", tmp_path, "--claim-ahead", "30", "--idle-exit", "1")
+    assert worker.wait(timeout=120) == 0
+    assert store.counts()["short"]["succeeded"] == 24
+    times = claim_times(store, "short")
+    assert len(times) == 24 and len(set(times)) <= 8  # most transactions claimed several jobs
+    runs = sorted((r["start"], json.loads((out / f"{job}.{attempt}.end").read_text())["end"])
+                  for (job, attempt), r in started(out).items())
+    assert len(runs) == 24
+    assert all(start >= end for (_, end), (start, _) in itertools.pairwise(runs)), "one slot ran two jobs at once"
+    # --claim-ahead 0: one job per transaction
+    store.submit(GridSpec("single", (GroupSpec("g"),), tuple(jobs_of("single", "g", out, [0] * 6))))
+    worker = start_worker(rig, 0, "w", tmp_path, "--claim-ahead", "0", "--idle-exit", "1")
+    assert worker.wait(timeout=120) == 0
+    assert len(set(claim_times(store, "single"))) == 6
+
+
+def test_a_stopping_worker_gives_back_the_jobs_it_claimed_ahead_uncharged(tmp_path: Path, out: Path) -> None:
+    rig = Rig("local", [tmp_path / "root"])
+    store = rig.store()
+    store.submit(GridSpec("t", (GroupSpec("g"),), tuple(jobs_of("t", "g", out, [0.2] * 30, max_attempts=1))))
+    worker = start_worker(rig, 0, "w", tmp_path, "--claim-ahead", "30")
+    assert wait_until(lambda: len(started(out)) >= 3, 60)
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0
+    jobs = store.jobs(grid="t")
+    queued = [j for j in jobs if j["state"] == "queued"]
+    assert {j["state"] for j in jobs} == {"succeeded", "queued"}
+    assert all((j["failures"], j["crashes"]) == (0, 0) for j in queued)
+    given_back = [j for j in queued if j["attempt"] == 1 and (j["id"], 1) not in started(out)]
+    assert given_back, "the worker had claimed ahead"
+    assert {store.attempts(j["id"])[0]["reason"] for j in given_back} == {"worker stopped before starting it"}
+    # max_attempts is 1, yet they run: giving them back was not their fault
+    again = start_worker(rig, 0, "w2", tmp_path, "--idle-exit", "1")
+    assert again.wait(timeout=120) == 0
+    assert store.counts()["t"]["succeeded"] == 30
