@@ -348,7 +348,9 @@ class Worker:
         when the worker stops claiming, and any that does not fit though nothing else runs here."""
         for claim in list(self.ahead):
             capacity, free = self._capacity()
-            if self._may_start() and (len(free) >= claim.gpus if claim.gpus else capacity.slots > 0):
+            if capacity.empty or not self._may_start():
+                break
+            if len(free) >= claim.gpus if claim.gpus else capacity.slots > 0:
                 self.ahead.remove(claim)
                 self._start(claim, free[:claim.gpus])
         if self.ahead and (not self._may_start() or not self.jobs):
