@@ -3,6 +3,7 @@ throughput is made of.
 
     python bench/twohost_requests.py             # 30 jobs through one process, requests per job by type
     python bench/twohost_requests.py --jobs 100 --queue 20000
+    python bench/twohost_requests.py --batch 16  # 16 jobs per transaction, as a worker claims short jobs
 
 Mounts the rig's directory a third time (same sshfs options as ../shared/tools/twohost-fs, plus
 sshfs's own request log), runs one claim -> finish loop of memq on a fresh root there and counts
@@ -55,8 +56,10 @@ def mount_logged(source: str, state: Path, log: Path, cleanup: Cleanup) -> Path:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--jobs", type=int, default=30, help="claim + finish cycles counted (30)")
+    ap.add_argument("--jobs", type=int, default=30, help="claim + finish transactions counted (30)")
     ap.add_argument("--queue", type=int, default=400, help="jobs in the queue (400)")
+    ap.add_argument("--batch", type=int, default=1,
+                    help="jobs each transaction finishes and claims (1; `memq worker` claims up to 16 short jobs)")
     args = ap.parse_args()
     mounts = twohost_mounts()
     if mounts is None:
@@ -77,14 +80,14 @@ def main() -> None:
         jobs = tuple(JobSpec("probe", "g", "command", {"i": i}, command=["true"]) for i in range(args.queue))
         store.submit(GridSpec("probe", (GroupSpec("g"),), jobs))
         me = store.register_worker("probe", "bench", os.getpid(), "bench", [], 1, 600.0)
-        done = None
+        done: list[Outcome] = []
         for counted in (False, True):
             if counted:
                 start_at = log.stat().st_size
             for _ in range(args.jobs if counted else 3):
-                _, claim = store.claim(me, Capacity(slots=1), done)
-                assert claim is not None, "queue too short for --jobs"
-                done = Outcome(claim.job_id, claim.attempt, "succeeded")
+                _, claims = store.claim_many(me, Capacity(slots=1), done, args.batch)
+                assert len(claims) == args.batch, "queue too short for --jobs x --batch"
+                done = [Outcome(c.job_id, c.attempt, "succeeded") for c in claims]
         time.sleep(0.5)  # (the log is written by sshfs)
         with log.open("rb") as fh:
             fh.seek(start_at)
@@ -93,11 +96,13 @@ def main() -> None:
     finally:
         cleanup.run()
     total = sum(kinds.values())
-    rows = [[kind, n, f"{n / args.jobs:.1f}"] for kind, n in kinds.most_common()]
-    rows.append(["all", total, f"{total / args.jobs:.1f}"])
+    per_job = args.jobs * args.batch
+    rows = [[kind, n, f"{n / args.jobs:.1f}", f"{n / per_job:.1f}"] for kind, n in kinds.most_common()]
+    rows.append(["all", total, f"{total / args.jobs:.1f}", f"{total / per_job:.1f}"])
     print(machine_line())
-    title = f"SFTP requests of {args.jobs} claim + finish transactions (shared mode, {args.queue}-job queue)"
-    print(table(["request", "count", "per job"], rows, title=title))
+    title = (f"SFTP requests of {args.jobs} transactions, each finishing and claiming {args.batch} job(s) "
+             f"(shared mode, {args.queue}-job queue)")
+    print(table(["request", "count", "per transaction", "per job"], rows, title=title))
 
 
 if __name__ == "__main__":
