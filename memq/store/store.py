@@ -7,6 +7,7 @@ All SQL lives here. Callers never see a connection; they get plain values from
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import time
@@ -180,25 +181,38 @@ class Store:
                 "max_attempts": j.max_attempts, "state": Q.QUEUED.value, "attempt": 0, "failures": 0,
                 "crashes": 0, "cancel_requested": False, "from_scratch": False, "submitted_at": now,
             } for j in fresh]
-            added = self._insert_new(conn, rows, grid_id)
+            added = self._insert_new(conn, rows)
             self._refresh_ready(conn, grid_id)
             return SubmitResult(grid.name, added, len(grid.jobs) - len(fresh), edited)
 
         return self._write(tx)
 
-    def _insert_new(self, conn: Connection, rows: list[dict[str, Any]], grid_id: int) -> int:
+    def _insert_new(self, conn: Connection, rows: list[dict[str, Any]]) -> int:
         """Insert jobs whose key is new; returns how many this transaction inserted (a concurrent
         submit of the same grid inserts each key once between them)."""
-        insert = self._insert(J).on_conflict_do_nothing(index_elements=["key"])
         if not self._pg:
-            insert = insert.returning(J.c.id)
+            insert = self._insert(J).on_conflict_do_nothing(index_elements=["key"]).returning(J.c.id)
             return sum(len(conn.execute(insert, rows[i:i + _CHUNK]).all()) for i in range(0, len(rows), _CHUNK))
-        # On PostgreSQL, RETURNING turns the bulk insert into huge statements psycopg parses in
-        # Python (24 s for 100,000 jobs); instead count the rows this transaction created.
-        for i in range(0, len(rows), _CHUNK):
-            conn.execute(insert, rows[i:i + _CHUNK])
-        mine = "SELECT count(*) FROM jobs WHERE grid_id = :g AND xmin = pg_current_xact_id()::xid"
-        added = conn.execute(sa.text(mine), {"g": grid_id}).scalar_one()
+        if not rows:
+            return 0
+        # On PostgreSQL the rows go in with COPY, psycopg's bulk path (executemany spent ~8 s of
+        # Python per 100,000 jobs), into a temporary table that takes ids from the jobs' sequence in
+        # submission order; one INSERT ... SELECT then moves the keys nobody inserted meanwhile.
+        from psycopg import sql
+
+        columns = list(rows[0])
+        json_columns = {"params", "command"}
+        conn.execute(sa.text("CREATE TEMPORARY TABLE new_jobs (LIKE jobs INCLUDING DEFAULTS) ON COMMIT DROP"))
+        copy_sql = sql.SQL("COPY new_jobs ({}) FROM STDIN").format(sql.SQL(", ").join(map(sql.Identifier, columns)))
+        new = sa.table("new_jobs", *(sa.column(c) for c in ["id", *columns]))
+        move = (postgresql.insert(J).from_select(["id", *columns], sa.select(*new.c).order_by(new.c.id))
+                .on_conflict_do_nothing(index_elements=["key"]))
+        with conn.connection.driver_connection.cursor() as cursor:  # type: ignore[union-attr]
+            with cursor.copy(copy_sql) as copy:
+                for row in rows:
+                    copy.write_row([json.dumps(v) if c in json_columns and v is not None else v
+                                    for c, v in row.items()])
+            added = cursor.execute(str(move.compile(dialect=conn.dialect))).rowcount
         if added:
             conn.execute(sa.text("ANALYZE jobs"))  # fresh statistics, or claims plan a full scan
         return added
