@@ -55,6 +55,20 @@ def test_submit_is_idempotent_and_edits_add_only_new_jobs(rig: Rig) -> None:
         assert rig.store(1, create=False).counts()["g"]["queued"] == 5
 
 
+def test_params_and_commands_come_back_as_submitted(rig: Rig) -> None:
+    st = rig.store()
+    awkward = {"text": 'tab\there\nnew line \\N "quoted" \u00e9\u4e2d', "nested": {"list": [1, 2.5, None, True]},
+               "dotted.key": "x", "empty": ""}
+    jobs = (JobSpec("g", "a", "command", awkward, command=["echo", "\\.", "{text}"], mem_gb=1.5),
+            JobSpec("g", "a", "mem.train", {"i": 1}))
+    st.submit(GridSpec("g", (GroupSpec("a"),), jobs))
+    me = worker(st)
+    first, second = st.claim(me, CPU)[1], st.claim(me, CPU)[1]
+    assert (first.params, first.command, first.mem_gb) == (awkward, ["echo", "\\.", "{text}"], 1.5)
+    assert (second.kind, second.params, second.command) == ("mem.train", {"i": 1}, None)
+    assert st.submit(GridSpec("g", (GroupSpec("a"),), jobs)).added == 0
+
+
 def test_claim_order_priority_then_submission(rig: Rig) -> None:
     st = rig.store()
     jobs = [JobSpec("g", "a", "command", {"i": i}, command=["true"], priority=p)
