@@ -350,7 +350,7 @@ class Worker:
             capacity, free = self._capacity()
             if capacity.empty or not self._may_start():
                 break
-            if len(free) >= claim.gpus if claim.gpus else capacity.slots > 0:
+            if capacity.fits(claim.gpus):
                 self.ahead.remove(claim)
                 self._start(claim, free[:claim.gpus])
         if self.ahead and (not self._may_start() or not self.jobs):

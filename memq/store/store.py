@@ -201,7 +201,7 @@ class Store:
         from psycopg import sql
 
         columns = list(rows[0])
-        json_columns = {"params", "command"}
+        json_columns = {c.name for c in J.c if isinstance(c.type, sa.JSON)}
         conn.execute(sa.text("CREATE TEMPORARY TABLE new_jobs (LIKE jobs INCLUDING DEFAULTS) ON COMMIT DROP"))
         copy_sql = sql.SQL("COPY new_jobs ({}) FROM STDIN").format(sql.SQL(", ").join(map(sql.Identifier, columns)))
         new = sa.table("new_jobs", *(sa.column(c) for c in ["id", *columns]))

@@ -74,6 +74,10 @@ class Capacity:
     def empty(self) -> bool:
         return self.gpus <= 0 and self.slots <= 0
 
+    def fits(self, gpus: int) -> bool:
+        """Whether a job asking for ``gpus`` GPUs could start (the claim statement's rule)."""
+        return gpus <= self.gpus if gpus > 0 else self.slots > 0
+
 
 @dataclass(frozen=True)
 class Claim:
