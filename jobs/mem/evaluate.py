@@ -34,13 +34,18 @@ def subject_batches(built: Built, dataset: MemDataset) -> Iterator[tuple[dict[st
             yield samples, built.model(samples, dataset.subject).float()
 
 
-def mean_pearson(built: Built, split: str) -> float:
-    """Mean per-voxel Pearson r over every modelled voxel of every subject (as the validation
-    metric weighs them), one full pass over ``split``."""
-    r = []
+def pearson_by_subject(built: Built, split: str) -> dict[str, Tensor]:
+    """Per subject, the per-voxel Pearson r [n_s] of its modelled voxels, one full pass over ``split``."""
+    r = {}
     for dataset in built.data.datasets(split):
         sums = PearsonSums(built.model.n_voxels[dataset.subject])
         for samples, preds in subject_batches(built, dataset):
             sums.update(preds, samples["y"])
-        r.append(sums.compute().cpu())
-    return float(torch.cat(r).mean())
+        r[dataset.subject] = sums.compute().cpu()
+    return r
+
+
+def mean_pearson(built: Built, split: str) -> float:
+    """Mean per-voxel Pearson r over every modelled voxel of every subject (as the validation
+    metric weighs them), one full pass over ``split``."""
+    return float(torch.cat(list(pearson_by_subject(built, split).values())).mean())

@@ -56,7 +56,8 @@ def _checkpoints(ctx: JobContext, job_id: int, *, recheck: bool) -> list[dict[st
     return rows
 
 
-def _evaluator(ctx: JobContext, built: Built) -> Any:
+def soup_evaluator(ctx: JobContext, built: Built) -> Any:
+    """The greedy soup's ``evaluate``: loads a state into ``built`` and scores it (val1 selects, val2 reports)."""
     calls = 0
 
     def evaluate(state: dict[str, torch.Tensor]) -> tuple[float, float]:
@@ -73,7 +74,7 @@ def _make(ctx: JobContext, rows: list[dict[str, Any]], recipe: str, built: Built
           ) -> tuple[soups.StateDict, dict[str, Any]]:
     """(soup state, summary for the .json)."""
     if recipe == "greedy":
-        result = soups.greedy(rows, _evaluator(ctx, built))
+        result = soups.greedy(rows, soup_evaluator(ctx, built))
         return result.state, {"members": result.members, "val1": result.selection_score,
                               "val2": result.reported_score, "trace": result.trace}
     state = soups.uniform(rows)

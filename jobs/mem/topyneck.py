@@ -3,15 +3,16 @@
 Param ``stage`` picks what a job does (``grids/topyneck.yaml`` runs both):
 
 - ``train``: train a Mem model on ``DATASET.SUBJECTS`` (usually one subject) with one
-  ``REGULARIZER.LAYER``, like ``mem.train``. Then evaluate its best checkpoint on val1 and val2
-  and write, per subject, ``<parts_dir>/<subject>/layer-<REGULARIZER.LAYER>.pt``: that subject's
-  topyneck tensors and its score, the mean of the val and test r.
+  ``REGULARIZER.LAYER``, like ``mem.train``. Then make the greedy soup of its registered top-k
+  checkpoints (as the reference's xvaa runs do after fitting), evaluate the soup on val1 and val2
+  over the whole splits, and write, per subject, ``<parts_dir>/<subject>/layer-<REGULARIZER.LAYER>.pt``:
+  that subject's topyneck tensors OF THE SOUP and its score, the mean of the soup's val and test r.
 - ``gather``: for every subject of ``DATASET.SUBJECTS`` take the part with the best score and
   write all of them as ONE topyneck file, ``output`` (``retina_mapper.<subject>.*`` and
   ``layer_selector.<subject>.*``): the ``MODEL.TOPYNECK_PATH`` of later runs.
 
-The reference scored a greedy soup of each run; here the best single checkpoint is scored (soups
-are made later, from the registered checkpoints).
+As in the reference (xvab), the topyneck is taken from each run's soup, not from its best single
+checkpoint: the frozen map that 111 later models share is an average over the run's best epochs.
 """
 
 from __future__ import annotations
@@ -21,9 +22,13 @@ from typing import Any
 
 import torch
 
+from jobs.mem.build import Built, build
+from jobs.mem.evaluate import pearson_by_subject
 from jobs.mem.files import save_atomically
-from jobs.mem.fit import Fitted, build_trainer, finish, fit, job_config, write_result
+from jobs.mem.fit import finish, fit, job_config, write_result
 from jobs.mem.model import TOPYNECK_GROUPS
+from jobs.mem.soup import soup_evaluator
+from memq import soup as soups
 from memq.context import JobContext
 from memq.runner import PermanentError
 
@@ -50,16 +55,15 @@ def run(ctx: JobContext) -> None:
         gather(ctx)
 
 
-def _scores(ctx: JobContext, fitted: Fitted) -> dict[str, float]:
-    """Validation and test metrics of the run's best checkpoint (loaded into ``fitted.lit``)."""
-    best = fitted.topk.best
-    if best is None or not Path(best["path"]).is_file():
-        raise RuntimeError("the run left no checkpoint to take the topyneck from")
-    fitted.lit.model.load_trainable_state_dict(torch.load(best["path"], map_location="cpu", weights_only=True))
-    trainer = build_trainer(fitted.config, ctx, callbacks=[])
-    val = trainer.validate(fitted.lit, datamodule=fitted.data, verbose=False)[0]
-    test = trainer.test(fitted.lit, datamodule=fitted.data, verbose=False)[0]
-    return {**val, **test}
+def _soup(ctx: JobContext) -> tuple[Built, soups.GreedyResult]:
+    """The greedy soup of this run's registered checkpoints, loaded into a freshly built model."""
+    rows = ctx.store.checkpoints(job_ids=[ctx.job_id], kind="checkpoint")
+    if not rows:
+        raise RuntimeError("the run left no checkpoint to make the topyneck soup from")
+    built = build(ctx.params, ctx.repeat, ctx.gpus)
+    result = soups.greedy(rows, soup_evaluator(ctx, built))
+    built.model.load_trainable_state_dict(result.state)
+    return built, result
 
 
 def train(ctx: JobContext) -> None:
@@ -68,21 +72,22 @@ def train(ctx: JobContext) -> None:
         raise PermanentError("mem.topyneck stage train: MODEL.TOPYNECK_PATH must be unset (it trains the topyneck)")
     parts_dir = _param(ctx, "parts_dir")
     fitted = fit(ctx)
-    scores = _scores(ctx, fitted)
-    topyneck = fitted.lit.model.topyneck_state_dict()
+    built, soup = _soup(ctx)
+    val, test = pearson_by_subject(built, "val1"), pearson_by_subject(built, "val2")
+    topyneck = built.model.topyneck_state_dict()
     parts = {}
-    for subject in fitted.lit.model.n_voxels:
-        val, test = scores[f"VAL/PearsonCorrCoef/{subject}"], scores[f"TEST/PearsonCorrCoef/{subject}"]
+    for subject in built.model.n_voxels:
         part = {
             "tensors": {k: v.cpu() for k, v in topyneck.items() if k.split(".")[1] == subject},
             "regularizer": config.REGULARIZER.LAYER,
-            "val": val,
-            "test": test,
-            "score": (val + test) / 2,
+            "val": float(val[subject].mean()),
+            "test": float(test[subject].mean()),
         }
+        part["score"] = (part["val"] + part["test"]) / 2
         path = save_atomically(part, part_path(parts_dir, subject, config.REGULARIZER.LAYER))
         parts[subject] = {"path": str(path), **{k: v for k, v in part.items() if k != "tensors"}}
-    finish(ctx, fitted, topyneck_parts=parts)
+    finish(ctx, fitted, topyneck_parts=parts,
+           topyneck_soup={"members": soup.members, "val1": soup.selection_score, "val2": soup.reported_score})
 
 
 def gather(ctx: JobContext) -> None:

@@ -8,7 +8,10 @@ from typing import Any
 
 import pytest
 
+from jobs.mem.build import job_config
+from memq.coordinator import Section, plan, resolve_recipe
 from memq.follow import JobsFailed, wait
+from memq.grid import load_grid, load_grid_file
 from memq.store.types import Capacity, Outcome
 
 from .rig import GRID, Rig, grid_text
@@ -154,3 +157,18 @@ def test_soup_waits_and_says_where_each_soup_is(rig: Rig, grid_file: Path, cli) 
     for job_id, line in zip(ids, lines[1:-1], strict=True):
         path = rig.root / "soups" / GRID / str(job_id) / "uniform.pt"
         assert re.fullmatch(rf"job {job_id}: {re.escape(str(path))}  val2 r -?0\.\d{{4}}", line) and path.is_file()
+
+
+def test_xvbc_ensemble_is_the_reference_uniform_soup_of_each_runs_top_10(tmp_path: Path) -> None:
+    path = Path(__file__).parents[2] / "grids" / "xvbc.yaml"
+    parsed, source = load_grid_file(path)
+    assert parsed.ensemble is not None
+    section = Section(parsed, source, parsed.ensemble)
+    recipe = resolve_recipe(section, None)
+    assert recipe == "uniform"
+    assert resolve_recipe(section, "greedy") == "greedy"  # still an option
+    trained = load_grid(path).jobs
+    assert {job_config(job.params).TRAINER.SAVE_TOP_K for job in trained} == {10}
+    planned = plan(section, [{"id": i} for i in range(1, len(trained) + 1)], recipe=recipe, out=tmp_path)
+    soups = [job for job in planned.spec.jobs if planned.stages[job.key] == "soup"]
+    assert len(soups) == 111 and {job.params["recipe"] for job in soups} == {"uniform"}

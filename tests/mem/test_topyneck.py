@@ -43,10 +43,11 @@ def trained_parts(tmp_path_factory: pytest.TempPathFactory, job_params: dict[str
         "TRAINER.MAX_EPOCHS": 2,
         "TRAINER.LIMIT_TRAIN_BATCHES": 0.1,
     }
-    rig.submit("mem.topyneck", params)
+    job_id = rig.submit("mem.topyneck", params)
     ctx = rig.claim()
     topyneck.run(ctx)
-    return {"params": params, "parts_dir": tmp / "parts", "result": result(ctx.job_dir)}
+    checkpoints = {row["id"]: row["path"] for row in rig.checkpoints(job_id)}
+    return {"params": params, "parts_dir": tmp / "parts", "result": result(ctx.job_dir), "checkpoints": checkpoints}
 
 
 def test_train_stage_writes_scored_parts(trained_parts: dict[str, Any]) -> None:
@@ -61,11 +62,20 @@ def test_train_stage_writes_scored_parts(trained_parts: dict[str, Any]) -> None:
         assert set(part["tensors"]) == expected
         assert summary["topyneck_parts"][subject]["score"] == part["score"]
         assert -1 < part["val"] < 1 and part["val"] != 0
-    # the parts come from the best checkpoint, whose validation r is the run's best
-    best_val = {s: torch.load(part_path(parts_dir, s, 1e-4), weights_only=True)["val"] for s in SUBJECTS}
+    # the parts come from the run's greedy soup (the mean of its members), scored over whole splits
+    soup = summary["topyneck_soup"]
+    assert soup["members"] and set(soup["members"]) <= set(trained_parts["checkpoints"])
+    members = [torch.load(trained_parts["checkpoints"][m], weights_only=True) for m in soup["members"]]
+    for subject in SUBJECTS:
+        part = torch.load(part_path(parts_dir, subject, 1e-4), weights_only=True)
+        for key, value in part["tensors"].items():
+            expected = torch.stack([member[key].float() for member in members]).mean(0)
+            assert torch.allclose(value, expected, atol=1e-6), key
+    parts = {s: torch.load(part_path(parts_dir, s, 1e-4), weights_only=True) for s in SUBJECTS}
     n = {s: model.n_voxels[s] for s in SUBJECTS}
-    weighted = sum(n[s] * best_val[s] for s in SUBJECTS) / sum(n.values())
-    assert weighted == pytest.approx(summary["val_pearson"], abs=1e-5)
+    for split, score in (("val", soup["val1"]), ("test", soup["val2"])):
+        weighted = sum(n[s] * parts[s][split] for s in SUBJECTS) / sum(n.values())
+        assert weighted == pytest.approx(score, abs=1e-5)
 
 
 def _gather(tmp_path: Path, parts_dir: Path, subjects: list[str]) -> tuple[Path, Any]:
