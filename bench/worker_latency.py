@@ -73,7 +73,7 @@ class Queue:
 
     def submit(self, grid: str, jobs: list[Any]) -> tuple[float, float]:
         """Submit jobs; (time just before, time just after Store.submit returned)."""
-        from memq.store.types import GridSpec, GroupSpec
+        from memq.spec import GridSpec, GroupSpec
 
         t0 = time.time()
         result = self.store.submit(GridSpec(grid, (GroupSpec("g"),), tuple(jobs)))
@@ -194,7 +194,7 @@ def rss_mb(pids: list[int]) -> list[float]:
 
 
 def part_a(kind: str, args: argparse.Namespace, rows: list[list[Any]]) -> None:
-    from memq.store.types import JobSpec
+    from memq.spec import JobSpec
 
     cleanup = Cleanup()
     try:
@@ -267,7 +267,7 @@ def part_idle(kind: str, n: int, args: argparse.Namespace, rows: list[list[Any]]
 
 
 def part_c(kind: str, gpu: bool, args: argparse.Namespace, rows: list[list[Any]]) -> None:
-    from memq.store.types import JobSpec
+    from memq.spec import JobSpec
 
     cleanup = Cleanup()
     try:
