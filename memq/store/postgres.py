@@ -47,7 +47,8 @@ class Postgres(Backend):
         the URL has none). An environment is readable only by its own user (and root), unlike a
         command line, and leaves no file behind when a worker is killed."""
         url = self.engine.url
-        env = {"MEMQ_DB": url.set(password=None).render_as_string(hide_password=False)}
+        bare = sa.URL.create(url.drivername, url.username, None, url.host, url.port, url.database, url.query)
+        env = {"MEMQ_DB": bare.render_as_string(hide_password=False)}
         if url.password is not None:
             env["PGPASSWORD"] = str(url.password)
         return env
