@@ -5,15 +5,12 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from memq.store import schema as s
+from memq.store import statements as q
 from memq.store.base import StoreBase
-from memq.store.queue import refresh_ready
-from memq.store.statements import jobs_where
 
-J = s.jobs
 Q = s.JobState
 
 
@@ -23,15 +20,10 @@ class CommandOps(StoreBase):
     def cancel(self, ids: Iterable[int] = (), grid: str | None = None) -> tuple[int, int]:
         """Cancel queued jobs now and ask workers to stop running ones; returns (queued, running)."""
         now = time.time()
-        sel = jobs_where(ids, grid)
+        sel = q.jobs_where(ids, grid)
 
         def tx(conn: Connection) -> tuple[int, int]:
-            queued = conn.execute(J.update().where(sel, J.c.state == Q.QUEUED.value)
-                                  .values(state=Q.CANCELLED.value, finished_at=now,
-                                          reason="cancelled")).rowcount
-            running = conn.execute(J.update().where(sel, J.c.state == Q.RUNNING.value)
-                                   .values(cancel_requested=True)).rowcount
-            return queued, running
+            return conn.execute(q.cancel_queued(sel, now)).rowcount, conn.execute(q.cancel_running(sel)).rowcount
 
         return self._write(tx)
 
@@ -42,20 +34,16 @@ class CommandOps(StoreBase):
         ids = list(ids)
         if ids and not states:
             states = [Q.FAILED.value, Q.CANCELLED.value]
-        sel = jobs_where(ids, grid, states, reason="lost" if lost and not failed else None)
+        sel = q.jobs_where(ids, grid, states, reason="lost" if lost and not failed else None)
 
         def tx(conn: Connection) -> int:
-            grid_ids = conn.execute(sa.select(J.c.grid_id).where(sel).distinct()).scalars().all()
-            n = conn.execute(J.update().where(sel).values(
-                state=Q.QUEUED.value, failures=0, crashes=0, reason=None, exit_code=None,
-                not_before=None, finished_at=None, from_scratch=from_scratch)).rowcount
+            grid_ids = conn.execute(q.grids_of_jobs(sel)).scalars().all()
+            n = conn.execute(q.requeue(sel, from_scratch)).rowcount
             for grid_id in grid_ids:
-                refresh_ready(conn, grid_id)
+                conn.execute(q.refresh_ready(grid_id))
             return n
 
         return self._write(tx)
 
     def set_paused(self, grid: str, paused: bool) -> bool:
-        gr = s.grids
-        return bool(self._write(lambda conn: conn.execute(
-            gr.update().where(gr.c.name == grid).values(paused=paused)).rowcount))
+        return bool(self._write(lambda conn: conn.execute(q.set_paused(grid, paused)).rowcount))

@@ -1,8 +1,8 @@
 """Jobs in and out of the queue: submit, claim, finish, and a running attempt's progress.
 
 Writes made on behalf of an attempt name ``(job_id, attempt)`` and are refused (return False) when
-the job has moved on. The functions at the bottom are steps of a transaction that other parts of
-the store take too (a lost worker's jobs are finished here, a retry re-evaluates dependencies).
+the job has moved on. :func:`finish_in` is a step of a transaction that other parts of the store take
+too (a lost worker's jobs are finished in its heartbeat, or when it is declared dead).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from memq.spec import GridSpec
@@ -21,7 +20,6 @@ from memq.store.backend import Backend
 from memq.store.base import MAX_BACKOFF, StoreBase
 from memq.store.types import Capacity, Claim, Outcome, SubmitResult, WorkerRef
 
-J = s.jobs
 Q = s.JobState
 
 
@@ -34,20 +32,17 @@ class QueueOps(StoreBase):
         insert = self.backend.insert
 
         def tx(conn: Connection) -> SubmitResult:
-            conn.execute(insert(s.grids).values(name=grid.name, paused=False, source=grid.source, created_at=now)
-                         .on_conflict_do_nothing(index_elements=["name"]))
-            grid_id = conn.execute(sa.select(s.grids.c.id).where(s.grids.c.name == grid.name)).scalar_one()
-            conn.execute(insert(s.groups).on_conflict_do_nothing(index_elements=["grid_id", "name"]),
-                         [{"grid_id": grid_id, "name": g.name, "ready": True} for g in grid.groups])
-            group_ids = dict(conn.execute(sa.select(s.groups.c.name, s.groups.c.id)
-                                          .where(s.groups.c.grid_id == grid_id)).all())
-            ours = [group_ids[g.name] for g in grid.groups]
-            conn.execute(s.group_deps.delete().where(s.group_deps.c.group_id.in_(ours)))
+            conn.execute(q.add_grid(insert, grid.name, grid.source, now))
+            grid_id = conn.execute(q.grid_id(grid.name)).scalar_one()
+            conn.execute(q.add_groups(insert), [{"grid_id": grid_id, "name": g.name, "ready": True}
+                                                for g in grid.groups])
+            group_ids = dict(conn.execute(q.group_ids(grid_id)).all())
+            conn.execute(q.clear_dependencies([group_ids[g.name] for g in grid.groups]))
             edges = [{"group_id": group_ids[g.name], "after_group_id": group_ids[a]}
                      for g in grid.groups for a in g.after]
             if edges:
-                conn.execute(s.group_deps.insert(), edges)
-            known = dict(conn.execute(sa.select(J.c.key, J.c.spec_hash).where(J.c.grid_id == grid_id)).all())
+                conn.execute(q.add_dependencies(), edges)
+            known = dict(conn.execute(q.job_hashes(grid_id)).all())
             fresh = [j for j in grid.jobs if j.key not in known]
             edited = sum(1 for j in grid.jobs if j.key in known and known[j.key] != j.spec_hash)
             rows = [{
@@ -58,7 +53,7 @@ class QueueOps(StoreBase):
                 "crashes": 0, "cancel_requested": False, "from_scratch": False, "submitted_at": now,
             } for j in fresh]
             added = self.backend.insert_new_jobs(conn, rows)
-            refresh_ready(conn, grid_id)
+            conn.execute(q.refresh_ready(grid_id))
             return SubmitResult(grid.name, added, len(grid.jobs) - len(fresh), edited)
 
         return self._write(tx)
@@ -143,8 +138,7 @@ class QueueOps(StoreBase):
         """Progress or metrics from a running attempt; False if it has been superseded."""
 
         def tx(conn: Connection) -> bool:
-            row = conn.execute(sa.select(J.c.metrics).where(
-                J.c.id == job_id, J.c.attempt == attempt, J.c.state == Q.RUNNING.value)).first()
+            row = conn.execute(q.running_attempt(job_id, attempt)).first()
             if row is None:
                 return False
             values: dict[str, Any] = {}
@@ -153,7 +147,7 @@ class QueueOps(StoreBase):
             if metrics:
                 values["metrics"] = {**(row.metrics or {}), **metrics}
             if values:
-                conn.execute(J.update().where(J.c.id == job_id, J.c.attempt == attempt).values(**values))
+                conn.execute(q.set_attempt_values(job_id, attempt, values))
             return True
 
         return self.backend.run(tx, write=True)
@@ -170,25 +164,15 @@ def finish_in(conn: Connection, backend: Backend, o: Outcome, now: float) -> tup
     if row is None:
         return False, False
     if o.metrics:
-        merged = {**(row.metrics or {}), **o.metrics}
-        conn.execute(J.update().where(J.c.id == o.job_id).values(metrics=merged))
+        conn.execute(q.set_metrics(o.job_id, {**(row.metrics or {}), **o.metrics}))
     if row.state == Q.SUCCEEDED.value and row.has_dependants:
         return True, _group_succeeded(conn, row.group_id)
     return True, row.state == Q.QUEUED.value
-
-
-def refresh_ready(conn: Connection, grid_id: int) -> None:
-    """Recompute `groups.ready` for one grid: every `after` group fully succeeded."""
-    g, d = s.groups, s.group_deps
-    unfinished = sa.exists().where(J.c.group_id == d.c.after_group_id, J.c.state != Q.SUCCEEDED.value)
-    blocked = sa.select(d.c.group_id).where(unfinished)
-    conn.execute(g.update().where(g.c.grid_id == grid_id).values(ready=~g.c.id.in_(blocked)))
 
 
 def _group_succeeded(conn: Connection, group_id: int) -> bool:
     """A job of a group others are `after` succeeded: if the group is complete, wake them."""
     if conn.execute(q.group_pending(), {"p_group": group_id}).first() is not None:
         return False
-    grid_id = conn.execute(sa.select(s.groups.c.grid_id).where(s.groups.c.id == group_id)).scalar_one()
-    refresh_ready(conn, grid_id)
+    conn.execute(q.refresh_ready(conn.execute(q.grid_of_group(group_id)).scalar_one()))
     return True

@@ -25,7 +25,7 @@ from sqlalchemy.pool import NullPool
 from memq.errors import UserError
 from memq.files import write_text_atomically
 from memq.lock import LeaseLock
-from memq.store import schema as s
+from memq.store import statements as q
 from memq.store.backend import Backend
 
 DB_FILE = "queue.db"
@@ -120,7 +120,7 @@ class _SQLite(Backend):
         return sqlite.insert(table)
 
     def insert_new_jobs(self, conn: Connection, rows: list[dict[str, Any]]) -> int:
-        insert = sqlite.insert(s.jobs).on_conflict_do_nothing(index_elements=["key"]).returning(s.jobs.c.id)
+        insert = q.add_new_jobs(sqlite.insert)
         return sum(len(conn.execute(insert, rows[i:i + _CHUNK]).all()) for i in range(0, len(rows), _CHUNK))
 
     def integrity_problems(self, conn: Connection) -> list[str]:

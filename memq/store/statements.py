@@ -1,11 +1,16 @@
-"""The store's named SQL statements, and the conditions several of them share.
+"""Every SQL statement the store runs, by name, and the conditions several of them share.
 
-Each statement is built once (building one costs more than running it on the hot path) and takes
-its values as bind parameters named ``p_*``; constants are written into the SQL as literals, so
-both planners can match the partial indexes (schema: ``state = 'queued'``) and no execution binds
-them. Which statement runs where is the backend's choice (memq.store.backends): PostgreSQL runs
-the ``*_recording_attempt`` forms, which write the attempt row in the same statement.
-Queries shaped by a caller's filters (the display reads) stay with their method.
+(Over 400 lines on purpose: design.md 2 keeps every statement in one module, so that a change to
+the schema or an index is checked against all of its queries in one place.)
+
+The hot path's statements are built once (building one costs more than running it) and take their
+values as bind parameters named ``p_*``; constants are written into the SQL as literals, so both
+planners can match the partial indexes (schema: ``state = 'queued'``) and no execution binds them.
+The others are built per call from their arguments. Statements that need ON CONFLICT take the
+backend's ``insert``. Which statement runs where is the backend's choice (memq.store.backend):
+PostgreSQL runs the ``*_recording_attempt`` forms, which write the attempt row in the same
+statement. SQL that only one database has (COPY, PRAGMA, advisory locks) stays with its backend;
+schema changes are in memq.store.migrations.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import sqlalchemy as sa
 from memq.store import schema as s
 from memq.store.types import WorkerRef
 
-J, W, A = s.jobs, s.workers, s.attempts
+J, W, A, C = s.jobs, s.workers, s.attempts, s.checkpoints
 Q, WS = s.JobState, s.WorkerState
 bp = sa.bindparam
 
@@ -175,3 +180,261 @@ def name_of(table_name: str) -> Any:
     """The name of grid or group ``p_id`` (immutable once created)."""
     table = s.metadata.tables[table_name]
     return sa.select(table.c.name).where(table.c.id == bp("p_id"))
+
+
+# -- submit ---------------------------------------------------------------------------------------
+
+def add_grid(insert: Any, name: str, source: str | None, now: float) -> Any:
+    """``insert``: the backend's INSERT (ON CONFLICT is spelled per dialect)."""
+    return (insert(s.grids).values(name=name, paused=False, source=source, created_at=now)
+            .on_conflict_do_nothing(index_elements=["name"]))
+
+
+def grid_id(name: str) -> Any:
+    return sa.select(s.grids.c.id).where(s.grids.c.name == name)
+
+
+def add_groups(insert: Any) -> Any:
+    """Run with one row per group: ``grid_id``, ``name``, ``ready``."""
+    return insert(s.groups).on_conflict_do_nothing(index_elements=["grid_id", "name"])
+
+
+def group_ids(grid: int) -> Any:
+    """(name, id) of a grid's groups."""
+    return sa.select(s.groups.c.name, s.groups.c.id).where(s.groups.c.grid_id == grid)
+
+
+def clear_dependencies(groups: list[int]) -> Any:
+    return s.group_deps.delete().where(s.group_deps.c.group_id.in_(groups))
+
+
+def add_dependencies() -> Any:
+    """Run with one row per edge: ``group_id``, ``after_group_id``."""
+    return s.group_deps.insert()
+
+
+def job_hashes(grid: int) -> Any:
+    """(key, spec_hash) of a grid's jobs."""
+    return sa.select(J.c.key, J.c.spec_hash).where(J.c.grid_id == grid)
+
+
+def add_new_jobs(insert: Any) -> Any:
+    """Run with job rows; inserts the keys not yet present and returns their ids."""
+    return insert(J).on_conflict_do_nothing(index_elements=["key"]).returning(J.c.id)
+
+
+def refresh_ready(grid: int) -> Any:
+    """Recompute `groups.ready` for one grid: every `after` group fully succeeded."""
+    g, d = s.groups, s.group_deps
+    unfinished = sa.exists().where(J.c.group_id == d.c.after_group_id, J.c.state != Q.SUCCEEDED.value)
+    blocked = sa.select(d.c.group_id).where(unfinished)
+    return g.update().where(g.c.grid_id == grid).values(ready=~g.c.id.in_(blocked))
+
+
+def grid_of_group(group: int) -> Any:
+    return sa.select(s.groups.c.grid_id).where(s.groups.c.id == group)
+
+
+# -- a running attempt ----------------------------------------------------------------------------
+
+def running_attempt(job_id: int, attempt: int) -> Any:
+    """The job's metrics if (job_id, attempt) is its running attempt (no row: it has moved on)."""
+    return sa.select(J.c.metrics).where(J.c.id == job_id, J.c.attempt == attempt, J.c.state == Q.RUNNING.value)
+
+
+def set_attempt_values(job_id: int, attempt: int, values: dict[str, Any]) -> Any:
+    """Progress or metrics of one attempt."""
+    return J.update().where(J.c.id == job_id, J.c.attempt == attempt).values(**values)
+
+
+def set_metrics(job_id: int, metrics: dict[str, Any]) -> Any:
+    return J.update().where(J.c.id == job_id).values(metrics=metrics)
+
+
+def last_attempt(job_id: int) -> Any:
+    return sa.select(J.c.attempt).where(J.c.id == job_id)
+
+
+# -- workers --------------------------------------------------------------------------------------
+
+def worker_by_name(name: str) -> Any:
+    return sa.select(W).where(W.c.name == name)
+
+
+def add_worker(name: str, values: dict[str, Any]) -> Any:
+    return W.insert().values(name=name, heartbeat=0, incarnation=1, **values).returning(W.c.id)
+
+
+def take_over_worker(worker_id: int, incarnation: int, values: dict[str, Any]) -> Any:
+    """A new incarnation takes the row over; its counter moves, so no observer mistakes it for stalled."""
+    return (W.update().where(W.c.id == worker_id)
+            .values(incarnation=incarnation, heartbeat=W.c.heartbeat + 1, **values))
+
+
+def renew_lease(ref: WorkerRef, now: float) -> Any:
+    """One heartbeat of a live incarnation; returns whether it is asked to drain (no row: it is dead)."""
+    return (W.update().where(worker_alive(ref)).values(heartbeat=W.c.heartbeat + 1, heartbeat_at=now)
+            .returning(W.c.drain))
+
+
+def held_jobs(worker_id: int) -> Any:
+    """(id, attempt, cancel_requested) of the jobs the table says this worker runs."""
+    return sa.select(J.c.id, J.c.attempt, J.c.cancel_requested).where(
+        J.c.worker_id == worker_id, J.c.state == Q.RUNNING.value)
+
+
+def worker_heartbeats() -> Any:
+    """(id, heartbeat counter, state, running jobs) of every worker that could hold jobs."""
+    live = [WS.ACTIVE.value, WS.DRAINING.value, WS.QUARANTINED.value]
+    running = (sa.select(J.c.worker_id, sa.func.count().label("n")).where(RUNNING_ON_A_WORKER)
+               .group_by(J.c.worker_id).subquery())
+    return (sa.select(W.c.id, W.c.heartbeat, W.c.state, sa.func.coalesce(running.c.n, 0))
+            .select_from(W.outerjoin(running, running.c.worker_id == W.c.id)).where(W.c.state.in_(live)))
+
+
+def declare_dead(worker_id: int, seen_heartbeat: int, reason: str) -> Any:
+    """Only if its counter has not moved since it was seen (a worker that beat since is alive)."""
+    return (W.update().where(W.c.id == worker_id, W.c.heartbeat == seen_heartbeat, W.c.state != WS.DEAD.value)
+            .values(state=WS.DEAD.value, reason=reason))
+
+
+def set_worker_state(worker_id: int, state: str, reason: str | None) -> Any:
+    return W.update().where(W.c.id == worker_id).values(state=state, reason=reason)
+
+
+def request_drain(name: str) -> Any:
+    return (W.update().where(W.c.name == name, W.c.state.notin_([WS.DEAD.value, WS.STOPPED.value]))
+            .values(drain=True))
+
+
+# -- checkpoints and artifacts --------------------------------------------------------------------
+
+def put_checkpoint(insert: Any, job_id: int, kind: str, path: str, values: dict[str, Any]) -> Any:
+    """Register a file once per (job, kind, path); registering it again updates it."""
+    return (insert(C).values(job_id=job_id, kind=kind, path=path, **values)
+            .on_conflict_do_update(index_elements=["job_id", "kind", "path"], set_=values))
+
+
+def forget_checkpoint(job_id: int, kind: str, path: str) -> Any:
+    return C.delete().where(C.c.job_id == job_id, C.c.kind == kind, C.c.path == path)
+
+
+def checkpoints(job_ids: list[int], grid: str | None, kind: str | None) -> Any:
+    """Registered files (every filter given must hold), best metric first within a job."""
+    cond = sa.true()
+    if job_ids:
+        cond &= C.c.job_id.in_(job_ids)
+    if grid:
+        cond &= C.c.job_id.in_(sa.select(J.c.id).join(s.grids, s.grids.c.id == J.c.grid_id)
+                               .where(s.grids.c.name == grid))
+    if kind:
+        cond &= C.c.kind == kind
+    return sa.select(C).where(cond).order_by(C.c.job_id, C.c.metric.desc(), C.c.id)
+
+
+def mark_synced(checkpoint_id: int, synced_path: str | None) -> Any:
+    return C.update().where(C.c.id == checkpoint_id).values(synced_path=synced_path)
+
+
+# -- operator commands ----------------------------------------------------------------------------
+
+def cancel_queued(where: Any, now: float) -> Any:
+    return (J.update().where(where, J.c.state == Q.QUEUED.value)
+            .values(state=Q.CANCELLED.value, finished_at=now, reason="cancelled"))
+
+
+def cancel_running(where: Any) -> Any:
+    """Ask the workers of running jobs to stop them (their next heartbeat learns it)."""
+    return J.update().where(where, J.c.state == Q.RUNNING.value).values(cancel_requested=True)
+
+
+def grids_of_jobs(where: Any) -> Any:
+    return sa.select(J.c.grid_id).where(where).distinct()
+
+
+def requeue(where: Any, from_scratch: bool) -> Any:
+    """Back to the queue with a fresh attempt budget."""
+    return J.update().where(where).values(state=Q.QUEUED.value, failures=0, crashes=0, reason=None, exit_code=None,
+                                          not_before=None, finished_at=None, from_scratch=from_scratch)
+
+
+def set_paused(grid: str, paused: bool) -> Any:
+    return s.grids.update().where(s.grids.c.name == grid).values(paused=paused)
+
+
+# -- reads for display ----------------------------------------------------------------------------
+
+def grid_names() -> Any:
+    return sa.select(s.grids.c.id, s.grids.c.name)
+
+
+def group_grids() -> Any:
+    return sa.select(s.groups.c.id, s.groups.c.grid_id)
+
+
+def counts_by_group(groups: list[int] | None = None) -> Any:
+    """(group, state, jobs); by (group, state): the one index that has state."""
+    query = sa.select(J.c.group_id, J.c.state, sa.func.count()).group_by(J.c.group_id, J.c.state)
+    return query if groups is None else query.where(J.c.group_id.in_(groups))
+
+
+def grids() -> Any:
+    gr = s.grids
+    return sa.select(gr.c.id, gr.c.name, gr.c.paused, gr.c.source, gr.c.created_at).order_by(gr.c.id)
+
+
+def groups_of(grid: str) -> Any:
+    g, gr = s.groups, s.grids
+    return (sa.select(g.c.id, g.c.name, g.c.ready).join(gr, gr.c.id == g.c.grid_id)
+            .where(gr.c.name == grid).order_by(g.c.id))
+
+
+def dependencies_of(groups: list[int]) -> Any:
+    d = s.group_deps
+    return sa.select(d.c.group_id, d.c.after_group_id).where(d.c.group_id.in_(groups))
+
+
+def jobs(where: Any, group: str | None, limit: int | None, newest_first: bool) -> Any:
+    """Jobs with their grid and group names, in submission order (or newest first)."""
+    if group:
+        where &= s.groups.c.name == group
+    columns = [J.c.id, J.c.key, s.grids.c.name.label("grid"), s.groups.c.name.label("group"), J.c.kind,
+               J.c.params, J.c.repeat, J.c.state, J.c.attempt, J.c.failures, J.c.crashes, J.c.reason,
+               J.c.exit_code, J.c.priority, J.c.gpus, J.c.cpus, J.c.mem_gb, J.c.max_attempts,
+               J.c.submitted_at, J.c.started_at, J.c.finished_at, J.c.progress, J.c.metrics,
+               J.c.worker_id, J.c.command, J.c.cancel_requested]
+    return (sa.select(*columns)
+            .select_from(J.join(s.grids, s.grids.c.id == J.c.grid_id).join(s.groups, s.groups.c.id == J.c.group_id))
+            .where(where).order_by(J.c.id.desc() if newest_first else J.c.id).limit(limit))
+
+
+def mean_durations() -> Any:
+    """(grid name, mean run time of its succeeded jobs' last attempts)."""
+    gr = s.grids
+    return (sa.select(gr.c.name, sa.func.avg(J.c.finished_at - J.c.started_at))
+            .join(gr, gr.c.id == J.c.grid_id).where(J.c.state == Q.SUCCEEDED.value).group_by(gr.c.name))
+
+
+def recent_failures(limit: int) -> Any:
+    return (sa.select(A.c.job_id, A.c.attempt, A.c.outcome, A.c.exit_code, A.c.reason, A.c.ended_at)
+            .where(A.c.outcome.in_(["failed", "lost"])).order_by(A.c.ended_at.desc(), A.c.job_id.desc()).limit(limit))
+
+
+def attempts(job_id: int) -> Any:
+    return (sa.select(A.c.attempt, A.c.started_at, A.c.ended_at, A.c.outcome, A.c.exit_code, A.c.reason,
+                      W.c.name.label("worker"), W.c.host)
+            .select_from(A.outerjoin(W, W.c.id == A.c.worker_id)).where(A.c.job_id == job_id).order_by(A.c.attempt))
+
+
+def workers() -> Any:
+    return sa.select(W).order_by(W.c.id)
+
+
+# -- integrity ------------------------------------------------------------------------------------
+
+def duplicate_keys() -> Any:
+    return sa.select(J.c.key).group_by(J.c.key).having(sa.func.count() > 1)
+
+
+def running_without_worker() -> Any:
+    return sa.select(sa.func.count()).select_from(J).where(J.c.state == Q.RUNNING.value, J.c.worker_id.is_(None))

@@ -5,20 +5,18 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from memq.errors import UserError
 from memq.host import runs_here
 from memq.store import schema as s
+from memq.store import statements as q
 from memq.store.backend import Backend
 from memq.store.base import StoreBase
 from memq.store.queue import finish_in
-from memq.store.statements import RUNNING_ON_A_WORKER, worker_alive
 from memq.store.types import HeartbeatReply, Outcome, Running, WorkerRef
 
-J, W = s.jobs, s.workers
-Q, WS = s.JobState, s.WorkerState
+WS = s.WorkerState
 
 
 class WorkerOps(StoreBase):
@@ -34,21 +32,18 @@ class WorkerOps(StoreBase):
         now = time.time()
 
         def tx(conn: Connection) -> tuple[WorkerRef, bool]:
-            old = conn.execute(sa.select(W).where(W.c.name == name)).first()
+            old = conn.execute(q.worker_by_name(name)).first()
             values = {"host": host, "pid": pid, "boot": boot, "gpus": gpus, "slots": slots, "lease": lease,
                       "state": WS.ACTIVE.value, "reason": None, "drain": False,
                       "heartbeat_at": now, "started_at": now}
             if old is None:
-                wid = conn.execute(W.insert().values(name=name, heartbeat=0, incarnation=1, **values)
-                                   .returning(W.c.id)).scalar_one()
-                return WorkerRef(wid, 1), False
+                return WorkerRef(conn.execute(q.add_worker(name, values)).scalar_one(), 1), False
             if (old.state not in (WS.DEAD.value, WS.STOPPED.value) and old.pid != pid
                     and runs_here(old.host, old.boot, old.pid)):
                 raise UserError(f"a worker named {name!r} already runs on this host (pid {old.pid})",
                                 hint="give this one another --name")
             requeued = _requeue_worker_jobs(conn, self.backend, old.id, now)
-            conn.execute(W.update().where(W.c.id == old.id)
-                         .values(incarnation=old.incarnation + 1, heartbeat=W.c.heartbeat + 1, **values))
+            conn.execute(q.take_over_worker(old.id, old.incarnation + 1, values))
             return WorkerRef(old.id, old.incarnation + 1), bool(requeued)
 
         ref, requeued = self.backend.run(tx, write=True)
@@ -68,14 +63,10 @@ class WorkerOps(StoreBase):
         def tx(conn: Connection) -> HeartbeatReply:
             nonlocal woke
             woke = False  # (a retried transaction starts over)
-            row = conn.execute(W.update().where(worker_alive(ref))
-                               .values(heartbeat=W.c.heartbeat + 1, heartbeat_at=now)
-                               .returning(W.c.drain)).first()
+            row = conn.execute(q.renew_lease(ref, now)).first()
             if row is None:
                 return HeartbeatReply(alive=False, fenced=[(r.job_id, r.attempt) for r in running])
-            current = {(r.id, r.attempt): r.cancel_requested for r in conn.execute(
-                sa.select(J.c.id, J.c.attempt, J.c.cancel_requested)
-                .where(J.c.worker_id == ref.id, J.c.state == Q.RUNNING.value))}
+            current = {(r.id, r.attempt): r.cancel_requested for r in conn.execute(q.held_jobs(ref.id))}
             reply = HeartbeatReply(alive=True, drain=row.drain)
             held = {(r.job_id, r.attempt) for r in running}
             for job_id, attempt in sorted(set(current) - held):
@@ -88,8 +79,7 @@ class WorkerOps(StoreBase):
                 if current[(r.job_id, r.attempt)]:
                     reply.cancel.append(r.job_id)
                 if r.progress is not None:
-                    conn.execute(J.update().where(J.c.id == r.job_id, J.c.attempt == r.attempt)
-                                 .values(progress=r.progress))
+                    conn.execute(q.set_attempt_values(r.job_id, r.attempt, {"progress": r.progress}))
             return reply
 
         reply = self.backend.run(tx, write=True)
@@ -99,40 +89,29 @@ class WorkerOps(StoreBase):
 
     def worker_heartbeats(self) -> dict[int, tuple[int, str, int]]:
         """id -> (heartbeat counter, state, running jobs) of every worker that could hold jobs."""
-        live = [WS.ACTIVE.value, WS.DRAINING.value, WS.QUARANTINED.value]
-        running = (sa.select(J.c.worker_id, sa.func.count().label("n")).where(RUNNING_ON_A_WORKER)
-                   .group_by(J.c.worker_id).subquery())
-        query = (sa.select(W.c.id, W.c.heartbeat, W.c.state, sa.func.coalesce(running.c.n, 0))
-                 .select_from(W.outerjoin(running, running.c.worker_id == W.c.id)).where(W.c.state.in_(live)))
-        return self._read(lambda conn: {r[0]: (r[1], r[2], r[3]) for r in conn.execute(query)})
+        return self._read(lambda conn: {r[0]: (r[1], r[2], r[3]) for r in conn.execute(q.worker_heartbeats())})
 
     def declare_dead(self, worker_id: int, seen_heartbeat: int, reason: str = "lost") -> list[int]:
         """Mark a worker dead if its heartbeat is still ``seen_heartbeat``; requeue its jobs."""
         now = time.time()
 
         def tx(conn: Connection) -> list[int]:
-            hit = conn.execute(W.update().where(W.c.id == worker_id, W.c.heartbeat == seen_heartbeat,
-                                                W.c.state != WS.DEAD.value)
-                               .values(state=WS.DEAD.value, reason=reason)).rowcount
+            hit = conn.execute(q.declare_dead(worker_id, seen_heartbeat, reason)).rowcount
             return _requeue_worker_jobs(conn, self.backend, worker_id, now) if hit else []
 
         return self._write(tx)
 
     def set_worker_state(self, worker_id: int, state: str, reason: str | None = None) -> None:
-        self.backend.run(lambda conn: conn.execute(W.update().where(W.c.id == worker_id)
-                                                   .values(state=state, reason=reason)), write=True)
+        self.backend.run(lambda conn: conn.execute(q.set_worker_state(worker_id, state, reason)), write=True)
 
     def request_drain(self, name: str) -> bool:
         """Ask a worker (by name) to stop claiming and requeue its jobs, as SIGTERM would."""
-        return bool(self._write(lambda conn: conn.execute(
-            W.update().where(W.c.name == name, W.c.state.notin_([WS.DEAD.value, WS.STOPPED.value]))
-            .values(drain=True)).rowcount))
+        return bool(self._write(lambda conn: conn.execute(q.request_drain(name)).rowcount))
 
 
 def _requeue_worker_jobs(conn: Connection, backend: Backend, worker_id: int, now: float) -> list[int]:
     """The worker is gone: its running jobs lose this attempt (reason `lost`)."""
-    rows = conn.execute(sa.select(J.c.id, J.c.attempt).where(
-        J.c.worker_id == worker_id, J.c.state == Q.RUNNING.value)).all()
+    rows = conn.execute(q.held_jobs(worker_id)).all()
     for row in rows:
         finish_in(conn, backend, Outcome(row.id, row.attempt, "lost", reason="lost"), now)
     return [row.id for row in rows]
