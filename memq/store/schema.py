@@ -90,7 +90,7 @@ jobs = sa.Table(
     sa.Column("crashes", sa.Integer, nullable=False, default=0),  # its worker was lost under it
     sa.Column("reason", sa.Text),
     sa.Column("exit_code", sa.Integer),
-    sa.Column("not_before", sa.Float),  # retry back-off, bounded (see Store.claim)
+    sa.Column("not_before", sa.Float),  # retry back-off, bounded (see statements.claim)
     sa.Column("cancel_requested", sa.Boolean, nullable=False, default=False),
     sa.Column("from_scratch", sa.Boolean, nullable=False, default=False),
     sa.Column("submitted_at", sa.Float, nullable=False),
