@@ -4,7 +4,7 @@
 
 memq itself is not changed: this process wraps ``Backend.run`` (the one place every transaction of
 every backend goes through) before the CLI starts, and appends one line per transaction to the log:
-``<epoch seconds> <r|w> <the transaction's function>``, e.g. ``Store.claim.<locals>.tx``.
+``<epoch seconds> <r|w> <the transaction's function>``, e.g. ``QueueOps.claim_many.<locals>.tx``.
 """
 
 from __future__ import annotations

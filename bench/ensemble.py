@@ -117,7 +117,8 @@ def prepare(directory: Path, subjects: int, voxels: int, train: int, predict: in
 def child(root: Path, ids: list[int], out: Path) -> None:
     """Run one combine job in this (fresh) process; print its figures as JSON."""
     from jobs.mem.ensemble import run
-    from memq.store.types import GridSpec, GroupSpec, JobSpec, Outcome
+    from memq.spec import GridSpec, GroupSpec, JobSpec
+    from memq.store.types import Outcome
 
     store = open_root(root)
     group = f"combine-{len(ids)}"

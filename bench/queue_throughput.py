@@ -138,7 +138,7 @@ def prepare(name: str, b: Backend, n: int, cleanup: Cleanup, tmp: str | None, an
     if b.kind == "memq":
         from memq.options import RootOptions
         from memq.root import open_store
-        from memq.store.types import GridSpec, GroupSpec, JobSpec
+        from memq.spec import GridSpec, GroupSpec, JobSpec
 
         roots = [str(h / "root") for h in hosts]
         store = open_store(RootOptions(root=roots[0], db=db, db_mode=b.mode), create=True)

@@ -66,7 +66,8 @@ def main() -> None:
         raise SystemExit("two-host rig not mounted (twohost-fs up /srv/twohost /mnt/hostA /mnt/hostB)")
     from memq.options import RootOptions
     from memq.root import open_store
-    from memq.store.types import Capacity, GridSpec, GroupSpec, JobSpec, Outcome
+    from memq.spec import GridSpec, GroupSpec, JobSpec
+    from memq.store.types import Capacity, Outcome
 
     cleanup = Cleanup()
     try:

@@ -73,7 +73,7 @@ class Queue:
 
     def submit(self, grid: str, jobs: list[Any]) -> tuple[float, float]:
         """Submit jobs; (time just before, time just after Store.submit returned)."""
-        from memq.store.types import GridSpec, GroupSpec
+        from memq.spec import GridSpec, GroupSpec
 
         t0 = time.time()
         result = self.store.submit(GridSpec(grid, (GroupSpec("g"),), tuple(jobs)))
@@ -194,7 +194,7 @@ def rss_mb(pids: list[int]) -> list[float]:
 
 
 def part_a(kind: str, args: argparse.Namespace, rows: list[list[Any]]) -> None:
-    from memq.store.types import JobSpec
+    from memq.spec import JobSpec
 
     cleanup = Cleanup()
     try:
@@ -251,7 +251,7 @@ def part_idle(kind: str, n: int, args: argparse.Namespace, rows: list[list[Any]]
         total = sum(tx.values())
         before = sum(q.transactions(0.0, w0).values())  # start-up and settling: registrations wake everyone
         locks = q.lock_acquisitions(w0, w1) if strace else None
-        by_op = ", ".join(f"{k.removeprefix('Store.')} {v}" for k, v in tx.most_common())
+        by_op = ", ".join(f"{k.rpartition('.')[2]} {v}" for k, v in tx.most_common())  # (method names)
         rows.append([kind, n, f"{up:.0f}", before, args.settle, args.window, total, f"{total / args.window:.2f}",
                      "" if x0 is None else x1 - x0, "" if locks is None else locks,
                      f"{median(mem):.0f}" if mem else "", by_op or "-"])
@@ -267,7 +267,7 @@ def part_idle(kind: str, n: int, args: argparse.Namespace, rows: list[list[Any]]
 
 
 def part_c(kind: str, gpu: bool, args: argparse.Namespace, rows: list[list[Any]]) -> None:
-    from memq.store.types import JobSpec
+    from memq.spec import JobSpec
 
     cleanup = Cleanup()
     try:

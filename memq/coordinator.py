@@ -24,8 +24,8 @@ from typing import Any
 from memq import kinds
 from memq.errors import UserError
 from memq.grid import EnsembleSection, GridFile, Stage, expand, load_grid_file
+from memq.spec import GridSpec, GroupSpec, JobSpec
 from memq.store.store import Store
-from memq.store.types import GridSpec, GroupSpec, JobSpec
 from memq.yamlsource import YamlSource
 
 RECIPES = ("uniform", "greedy")  # memq.soup's two soups

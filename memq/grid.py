@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 from memq import kinds
 from memq.errors import UserError
-from memq.store.types import GridSpec, GroupSpec, JobSpec
+from memq.spec import GridSpec, GroupSpec, JobSpec
 from memq.template import RUNTIME_FIELDS, SUBMIT_FIELDS, placeholders
 from memq.yamlsource import YamlSource
 

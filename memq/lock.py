@@ -21,10 +21,12 @@ import errno
 import os
 import random
 import secrets
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from memq.host import BOOT, NAME, runs_here
+from memq.host import boot_id as boot_id  # (re-exported for memq.worker until it imports memq.host)
 
 DEFAULT_GRACE = float(os.environ.get("MEMQ_LOCK_GRACE", "20"))
 _HELD_ERRNOS = {errno.EEXIST, errno.EPERM, errno.EACCES}
@@ -47,18 +49,6 @@ class LockError(RuntimeError):
 
 class LockLost(LockError):
     """The holder lost the lock (stalled past grace/2 or broken): it must roll back."""
-
-
-def boot_id() -> str:
-    """An id of this boot of this host (a pid is only meaningful within one boot)."""
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return "unknown"
-
-
-_HOST = socket.gethostname()
-_BOOT = boot_id()
 
 
 @dataclass(frozen=True)
@@ -86,15 +76,7 @@ class Marker:
 
     def provably_dead(self) -> bool:
         """True when the holder ran on this host in this boot and its pid is gone."""
-        if self.host != _HOST or self.boot != _BOOT or self.boot == "unknown":
-            return False
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-        return False
+        return runs_here(self.host, self.boot, self.pid) is False
 
 
 def _readlink(path: Path | str, dir_fd: int | None = None) -> str | None:
@@ -153,7 +135,7 @@ class LeaseLock:
         looked = -_LOOK_EVERY
         delay = _FIRST_PAUSE
         while True:
-            marker = Marker(_HOST, os.getpid(), _BOOT, secrets.token_hex(8), time.time()).encode()
+            marker = Marker(NAME, os.getpid(), BOOT, secrets.token_hex(8), time.time()).encode()
             try:
                 os.symlink(marker, name, dir_fd=dir_fd)
             except OSError as exc:

@@ -19,9 +19,8 @@ def check(
     """Run the database's integrity check and memq's invariants; show the lock's state."""
     st = store(ctx)
     backend = st.backend
-    lock = getattr(backend, "lock", None)
     report = {"database": backend.display_url(), "mode": backend.mode, "problems": st.integrity(),
-              "lock": lock.describe() if lock is not None else "none (the database's own locking)"}
+              "lock": backend.describe_lock()}
     if as_json:
         print_json(report)
     else:
@@ -40,23 +39,7 @@ def set_mode(
     mode: Annotated[str, typer.Argument(help="local (WAL, one host) or shared (rollback journal, memq's lock).")],
 ) -> None:
     """Convert an SQLite root between local and shared mode (stop every worker first)."""
-    import sqlite3
+    from memq.store.sqlite import set_mode as convert
 
-    from memq.errors import UserError
-    from memq.lock import LeaseLock
-    from memq.store.backends import DB_FILE, LOCK_FILE, record_mode
-
-    if mode not in ("local", "shared"):
-        raise UserError(f"unknown mode {mode!r}", hint="local or shared")
-    root = options(ctx).resolve_root()
-    path = root / DB_FILE
-    if not path.exists():
-        raise UserError("no queue database here", where=str(path))
-    with LeaseLock(root / LOCK_FILE):
-        conn = sqlite3.connect(path, isolation_level=None)
-        try:
-            conn.execute(f"PRAGMA journal_mode={'WAL' if mode == 'local' else 'DELETE'}")
-        finally:
-            conn.close()
-        record_mode(path, mode)
+    path = convert(options(ctx).resolve_root(), mode)
     typer.echo(f"{path}: {mode} mode")

@@ -24,7 +24,6 @@ class JobState(enum.StrEnum):
 
 
 STATES = tuple(s.value for s in JobState)
-UNFINISHED = (JobState.QUEUED.value, JobState.RUNNING.value)
 
 
 class WorkerState(enum.StrEnum):
@@ -91,7 +90,7 @@ jobs = sa.Table(
     sa.Column("crashes", sa.Integer, nullable=False, default=0),  # its worker was lost under it
     sa.Column("reason", sa.Text),
     sa.Column("exit_code", sa.Integer),
-    sa.Column("not_before", sa.Float),  # retry back-off, bounded (see Store.claim)
+    sa.Column("not_before", sa.Float),  # retry back-off, bounded (see statements.claim)
     sa.Column("cancel_requested", sa.Boolean, nullable=False, default=False),
     sa.Column("from_scratch", sa.Boolean, nullable=False, default=False),
     sa.Column("submitted_at", sa.Float, nullable=False),
@@ -113,7 +112,7 @@ jobs = sa.Table(
              postgresql_where=sa.text("worker_id IS NOT NULL")),
 )
 
-# Indexes of schema version 1 that version 2 replaced (see Store._upgrade).
+# Indexes of schema version 1 that version 2 replaced (see memq.store.migrations).
 RETIRED_INDEXES = ("ix_jobs_grid_state", "ix_jobs_worker")
 
 # Keyed by (job, attempt) without a rowid: one b-tree, not a table plus a unique index (a claim

@@ -1,57 +1,9 @@
-"""Values that cross the store's API: what to enqueue, what a worker claims and reports."""
+"""Values that cross the store's API: what a submit added, what a worker claims and reports."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 from typing import Any
-
-
-def canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
-
-
-@dataclass(frozen=True)
-class JobSpec:
-    """One job of an expanded grid. Its key is its identity: resubmitting it adds nothing."""
-
-    grid: str
-    group: str
-    kind: str
-    params: dict[str, Any]
-    repeat: int = 0
-    command: list[str] | None = None
-    gpus: int = 0
-    cpus: int = 1
-    mem_gb: float = 0.0
-    priority: int = 0
-    max_attempts: int = 3
-
-    @property
-    def key(self) -> str:
-        identity = [self.grid, self.group, self.kind, self.params, self.repeat]
-        return hashlib.sha256(canonical_json(identity).encode()).hexdigest()[:32]
-
-    @property
-    def spec_hash(self) -> str:
-        """Hash of what the job would run; a resubmitted job whose hash differs was edited."""
-        what = [self.command, self.gpus, self.cpus, self.mem_gb, self.priority, self.max_attempts]
-        return hashlib.sha256(canonical_json(what).encode()).hexdigest()[:16]
-
-
-@dataclass(frozen=True)
-class GroupSpec:
-    name: str
-    after: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class GridSpec:
-    name: str
-    groups: tuple[GroupSpec, ...]
-    jobs: tuple[JobSpec, ...]
-    source: str | None = None
 
 
 @dataclass(frozen=True)

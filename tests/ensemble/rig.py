@@ -18,7 +18,8 @@ from memq.context import JobContext
 from memq.grid import load_grid
 from memq.options import RootOptions
 from memq.root import job_dir, open_store
-from memq.store.types import Capacity, GridSpec, GroupSpec, JobSpec, Outcome
+from memq.spec import GridSpec, GroupSpec, JobSpec
+from memq.store.types import Capacity, Outcome
 
 GRID = "tgrid"
 N_CHECKPOINTS = 3

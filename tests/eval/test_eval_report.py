@@ -22,7 +22,8 @@ from jobs.eval.logs import VAL_COLUMN, val_curve
 from jobs.eval.surface import FS5_VERTICES, FS7_VERTICES, challenge_vertices, fsaverage5_mean
 from memq.options import RootOptions
 from memq.root import job_dir, open_store
-from memq.store.types import Capacity, GridSpec, GroupSpec, JobSpec, Outcome
+from memq.spec import GridSpec, GroupSpec, JobSpec
+from memq.store.types import Capacity, Outcome
 
 from .conftest import planted_test_signal, write_submission
 

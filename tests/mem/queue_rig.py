@@ -16,7 +16,8 @@ from typing import Any
 from memq.context import JobContext
 from memq.options import RootOptions
 from memq.root import job_dir, open_store
-from memq.store.types import Capacity, GridSpec, GroupSpec, JobSpec, WorkerRef
+from memq.spec import GridSpec, GroupSpec, JobSpec
+from memq.store.types import Capacity, WorkerRef
 
 GRID = "test"
 

@@ -59,7 +59,7 @@ def claim(root: str, db: str, mode: str, name: str, out: str, go: str = "", batc
 
 def submit(root: str, db: str, mode: str, n: str, out: str) -> None:
     from memq.root import RootOptions, open_store
-    from memq.store.types import GridSpec, GroupSpec, JobSpec
+    from memq.spec import GridSpec, GroupSpec, JobSpec
 
     jobs = tuple(JobSpec("same", "g", "command", {"i": i}, command=["true"]) for i in range(int(n)))
     store = open_store(RootOptions(root=root, db=db or None, db_mode=mode or None), create=True)

@@ -119,3 +119,28 @@ def test_group_writable_files_only_where_the_root_is(tmp_path: Path, cli, smoke_
         assert cli("--root", root, "submit", smoke_file).code == 0
     assert (private / "queue.db").stat().st_mode & 0o077 == 0
     assert (shared / "queue.db").stat().st_mode & 0o070 == 0o060
+
+
+def test_db_set_mode_converts_the_journal_and_the_recorded_mode(tmp_path: Path, smoke_file: Path) -> None:
+    import sqlite3
+
+    root = tmp_path / "root"
+    assert memq("--root", root, "--db-mode", "local", "submit", smoke_file).returncode == 0
+
+    def journal() -> str:
+        conn = sqlite3.connect(root / "queue.db")
+        try:
+            return conn.execute("PRAGMA journal_mode").fetchone()[0]
+        finally:
+            conn.close()
+
+    assert journal() == "wal"
+    assert memq("--root", root, "db", "set-mode", "shared").returncode == 0
+    assert (root / "queue.mode").read_text().strip() == "shared" and journal() == "delete"
+    check = json.loads(memq("--root", root, "db", "check", "--json").stdout)
+    assert (check["mode"], check["lock"], check["problems"]) == ("shared", "free", [])
+    assert memq("--root", root, "db", "set-mode", "local").returncode == 0
+    assert (root / "queue.mode").read_text().strip() == "local" and journal() == "wal"
+    wrong = memq("--root", root, "db", "set-mode", "wal")
+    assert wrong.returncode == 2 and wrong.stderr.startswith("error: unknown mode 'wal'")
+    assert (root / "queue.mode").read_text().strip() == "local"

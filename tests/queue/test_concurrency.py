@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from memq.store.types import GridSpec, GroupSpec, JobSpec
+from memq.spec import GridSpec, GroupSpec, JobSpec
 
 from ..conftest import Rig
 from ..waiting import until

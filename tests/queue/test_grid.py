@@ -213,3 +213,12 @@ def test_missing_file_and_bad_set_are_user_errors(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="KEY=VALUE"):
         parse_overrides(["novalue"])
     assert parse_overrides(["A.B=3", "L=[1, 2]", "S=text"]) == {"A.B": 3, "L": [1, 2], "S": "text"}
+
+
+def test_loading_a_grid_file_does_not_import_the_store() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, memq.grid; print(sorted(m for m in sys.modules if m.startswith(('memq.store', 'sqlalchemy'))))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "[]", out.stderr

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from memq.store.types import Capacity, GridSpec, GroupSpec, JobSpec, Outcome, Running
+from memq.spec import GridSpec, GroupSpec, JobSpec
+from memq.store.types import Capacity, Outcome, Running
 
 from ..conftest import Rig
 

@@ -10,7 +10,8 @@ import torch
 
 from memq.checkpoints import ChecksumError, load_verified
 from memq.context import JobContext
-from memq.store.types import Capacity, GridSpec, GroupSpec, JobSpec, Outcome
+from memq.spec import GridSpec, GroupSpec, JobSpec
+from memq.store.types import Capacity, Outcome
 from memq.sync import sync
 
 from ..conftest import Rig, _need

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from memq.store.types import GridSpec, GroupSpec, JobSpec
+from memq.spec import GridSpec, GroupSpec, JobSpec
 
 from ..conftest import Rig
 

@@ -1,0 +1,57 @@
+"""What a grid asks for: its groups and jobs, as expanded from a grid file and handed to the store.
+
+Outside the store, so that loading a grid file does not import the store (nor SQLAlchemy).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One job of an expanded grid. Its key is its identity: resubmitting it adds nothing."""
+
+    grid: str
+    group: str
+    kind: str
+    params: dict[str, Any]
+    repeat: int = 0
+    command: list[str] | None = None
+    gpus: int = 0
+    cpus: int = 1
+    mem_gb: float = 0.0
+    priority: int = 0
+    max_attempts: int = 3
+
+    @property
+    def key(self) -> str:
+        identity = [self.grid, self.group, self.kind, self.params, self.repeat]
+        return hashlib.sha256(canonical_json(identity).encode()).hexdigest()[:32]
+
+    @property
+    def spec_hash(self) -> str:
+        """Hash of what the job would run; a resubmitted job whose hash differs was edited."""
+        what = [self.command, self.gpus, self.cpus, self.mem_gb, self.priority, self.max_attempts]
+        return hashlib.sha256(canonical_json(what).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    name: str
+    after: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    name: str
+    groups: tuple[GroupSpec, ...]
+    jobs: tuple[JobSpec, ...]
+    source: str | None = None

@@ -1,0 +1,127 @@
+"""What every backend does alike, and the operations whose SQL or driver use differ between them.
+
+Every store operation is one function run by :meth:`Backend.run` inside one transaction. The
+backends (memq.store.sqlite, memq.store.postgres) differ in how that transaction is opened and made
+exclusive (design.md 4), and in a few operations the store asks of them by name: the dialect's
+INSERT (for ON CONFLICT), bulk inserts, the hot path's claim and finish, the database's own
+integrity check, and what a job process needs to open the store. The store never asks which
+backend it has.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from memq.lock import LockLost
+from memq.store import statements as q
+from memq.store.errors import StoreUnavailable
+
+T = TypeVar("T")
+
+_RETRIES = 50
+
+
+class _OperationalUnavailable(StoreUnavailable, sa.exc.OperationalError):
+    """The database is unreachable or refused the transaction (also SQLAlchemy's OperationalError)."""
+
+
+class _InterfaceUnavailable(StoreUnavailable, sa.exc.InterfaceError):
+    """The driver's connection broke (also SQLAlchemy's InterfaceError)."""
+
+
+def _unavailable(exc: sa.exc.OperationalError | sa.exc.InterfaceError) -> StoreUnavailable:
+    cls = _OperationalUnavailable if isinstance(exc, sa.exc.OperationalError) else _InterfaceUnavailable
+    return cls(exc.statement, exc.params, exc.orig, hide_parameters=exc.hide_parameters,
+               connection_invalidated=exc.connection_invalidated, code=exc.code, ismulti=exc.ismulti)
+
+
+def _is_transient(exc: sa.exc.OperationalError) -> bool:
+    text = str(exc.orig).lower() if exc.orig is not None else str(exc).lower()
+    code = getattr(exc.orig, "sqlstate", None)
+    return "locked" in text or "busy" in text or code in {"40001", "40P01"}
+
+
+class Backend:
+    """One database, reached one transaction at a time."""
+
+    mode: str
+    dialect: str
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def run(self, fn: Callable[[Connection], T], *, write: bool = True) -> T:
+        """Run ``fn`` in one transaction, retrying it on transient conflicts; commit on return.
+        Raises :class:`StoreUnavailable` when the database cannot be reached."""
+        for attempt in range(_RETRIES):
+            try:
+                with self._transaction(write) as conn:
+                    return fn(conn)
+            except LockLost:
+                pass
+            except sa.exc.OperationalError as exc:
+                if not _is_transient(exc) or attempt == _RETRIES - 1:
+                    raise _unavailable(exc) from exc
+            except sa.exc.InterfaceError as exc:
+                raise _unavailable(exc) from exc
+            time.sleep(min(0.002 * 2 ** min(attempt, 8), 0.5) * (0.5 + random.random()))
+        raise RuntimeError("transaction retried too often")
+
+    def _transaction(self, write: bool) -> contextlib.AbstractContextManager[Connection]:
+        raise NotImplementedError
+
+    def display_url(self) -> str:
+        return self.engine.url.render_as_string(hide_password=True)
+
+    def describe_lock(self) -> str:
+        """Who holds the lock that makes transactions exclusive, for `memq db check`."""
+        return "none (the database's own locking)"
+
+    def job_env(self) -> dict[str, str]:
+        """Environment a job process needs to open this store, besides MEMQ_ROOT (never a secret
+        on a command line)."""
+        return {}
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    # -- operations whose SQL differs -------------------------------------------------------------
+
+    def insert(self, table: sa.Table) -> Any:
+        """The dialect's INSERT for ``table`` (it has ``on_conflict_do_nothing/update``)."""
+        raise NotImplementedError
+
+    def lock_schema(self, conn: Connection) -> None:
+        """Serialise schema creation and upgrades between processes, for this transaction."""
+
+    def insert_new_jobs(self, conn: Connection, rows: list[dict[str, Any]]) -> int:
+        """Insert job rows whose key is new; returns how many this transaction inserted (a concurrent
+        submit of the same grid inserts each key once between them)."""
+        raise NotImplementedError
+
+    def claim(self, conn: Connection, params: dict[str, Any], *, in_grids: bool) -> Any:
+        """Claim one job (see statements.claim) and record its attempt; its row, or None."""
+        row = conn.execute(q.claim(in_grids), params).first()
+        if row is not None:
+            conn.execute(q.attempt_start(), {"p_job": row.id, "p_attempt": row.attempt,
+                                             "p_wid": params["p_wid"], "p_now": params["p_now"]})
+        return row
+
+    def finish(self, conn: Connection, variant: str, params: dict[str, Any]) -> Any:
+        """End an attempt (see statements.finish) and its attempt row; the job's row, or None if fenced."""
+        row = conn.execute(q.finish(variant), params).first()
+        if row is not None:
+            conn.execute(q.attempt_end(), params)
+        return row
+
+    def integrity_problems(self, conn: Connection) -> list[str]:
+        """What the database's own consistency check reports ([] when it finds nothing, or the
+        server keeps its files consistent itself)."""
+        return []

@@ -1,0 +1,59 @@
+"""What every part of the Store stands on: its backend, its root, and the version file."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from sqlalchemy.engine import Connection
+
+from memq.files import write_text_atomically
+from memq.store.backend import Backend
+
+T = TypeVar("T")
+
+VERSION_FILE = "queue.version"
+MAX_BACKOFF = 3600.0  # a not_before further ahead than this is a skewed clock: ignore it
+
+
+class StoreBase:
+    """The job table of one memq root, reached one short transaction at a time."""
+
+    def __init__(self, backend: Backend, root: Path) -> None:
+        self.backend = backend
+        self.root = root
+        self.version_path = root / VERSION_FILE
+        # Grid and group names by id (immutable once created), for claims.
+        self._names: dict[tuple[str, int], str] = {}
+        # Seconds until the first backed-off job is due, as the last empty claim saw it (None:
+        # no job is waiting out a back-off). Lets idle workers sleep instead of polling.
+        self.retry_in: float | None = None
+
+    def _write(self, fn: Callable[[Connection], T]) -> T:
+        """Run a write transaction, then tell idle readers something changed."""
+        result = self.backend.run(fn, write=True)
+        self.bump_version()
+        return result
+
+    def _read(self, fn: Callable[[Connection], T]) -> T:
+        return self.backend.run(fn, write=False)
+
+    def bump_version(self) -> None:
+        """Tell idle readers something changed (atomic rename: a new inode every time). A hint
+        only, so not fsynced: a lost bump costs an idle worker one back-off period."""
+        write_text_atomically(self.version_path, secrets.token_hex(8), durable=False)
+
+    def version(self) -> tuple[int, int, int] | None:
+        """A cheap fingerprint of the version file; changes whenever the store changed."""
+        try:
+            st = self.version_path.stat()
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def job_env(self) -> dict[str, str]:
+        """What a job process needs in its environment, besides MEMQ_ROOT, to open this store;
+        never a password in a URL (see the backend's job_env)."""
+        return self.backend.job_env()

@@ -1,0 +1,50 @@
+"""Creating the schema, and bringing an older database to this schema version."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from memq.errors import UserError
+from memq.store import schema as s
+from memq.store.backend import Backend
+
+
+def create(conn: Connection, backend: Backend) -> None:
+    """Create the schema if missing (safe to race), and check or upgrade its version."""
+    backend.lock_schema(conn)
+    s.metadata.create_all(conn, checkfirst=True)
+    conn.execute(backend.insert(s.meta).values(key="schema_version", value=str(s.SCHEMA_VERSION))
+                 .on_conflict_do_nothing(index_elements=["key"]))
+    upgrade(conn)
+
+
+def found_version(conn: Connection) -> int | None:
+    """The schema version of the database; None when it has no memq tables."""
+    return schema_version(conn) if sa.inspect(conn).has_table("meta") else None
+
+
+def schema_version(conn: Connection) -> int:
+    found = conn.execute(sa.select(s.meta.c.value).where(s.meta.c.key == "schema_version")).scalar()
+    return s.SCHEMA_VERSION if found is None else int(found)
+
+
+def upgrade(conn: Connection) -> None:
+    """Bring a version-1 database to this schema: the job indexes that changed on every claim and
+    finish are replaced, attempts are keyed by (job, attempt). Newer versions are an error."""
+    found = schema_version(conn)
+    if found == s.SCHEMA_VERSION:
+        return
+    if found != 1:
+        raise UserError(f"database schema version {found}, this memq needs {s.SCHEMA_VERSION}",
+                        hint="use the memq version that created it")
+    for name in s.RETIRED_INDEXES:
+        conn.execute(sa.text(f"DROP INDEX IF EXISTS {name}"))
+    for index in s.jobs.indexes:
+        index.create(conn, checkfirst=True)
+    rows = [dict(r._mapping) for r in conn.execute(sa.select(*s.attempts.c))]  # (v1 has these too)
+    conn.execute(sa.text("DROP TABLE attempts"))
+    s.attempts.create(conn)
+    if rows:
+        conn.execute(s.attempts.insert(), rows)
+    conn.execute(s.meta.update().where(s.meta.c.key == "schema_version").values(value=str(s.SCHEMA_VERSION)))

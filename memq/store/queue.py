@@ -1,0 +1,178 @@
+"""Jobs in and out of the queue: submit, claim, finish, and a running attempt's progress.
+
+Writes made on behalf of an attempt name ``(job_id, attempt)`` and are refused (return False) when
+the job has moved on. :func:`finish_in` is a step of a transaction that other parts of the store take
+too (a lost worker's jobs are finished in its heartbeat, or when it is declared dead).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy.engine import Connection
+
+from memq.spec import GridSpec
+from memq.store import schema as s
+from memq.store import statements as q
+from memq.store.backend import Backend
+from memq.store.base import MAX_BACKOFF, StoreBase
+from memq.store.types import Capacity, Claim, Outcome, SubmitResult, WorkerRef
+
+Q = s.JobState
+
+
+class QueueOps(StoreBase):
+    """Submitting grids, and the worker's hot path: claim and finish."""
+
+    def submit(self, grid: GridSpec) -> SubmitResult:
+        """Insert the grid's jobs; keys already present are left as they are (idempotent)."""
+        now = time.time()
+        insert = self.backend.insert
+
+        def tx(conn: Connection) -> SubmitResult:
+            conn.execute(q.add_grid(insert, grid.name, grid.source, now))
+            grid_id = conn.execute(q.grid_id(grid.name)).scalar_one()
+            conn.execute(q.add_groups(insert), [{"grid_id": grid_id, "name": g.name, "ready": True}
+                                                for g in grid.groups])
+            group_ids = dict(conn.execute(q.group_ids(grid_id)).all())
+            conn.execute(q.clear_dependencies([group_ids[g.name] for g in grid.groups]))
+            edges = [{"group_id": group_ids[g.name], "after_group_id": group_ids[a]}
+                     for g in grid.groups for a in g.after]
+            if edges:
+                conn.execute(q.add_dependencies(), edges)
+            known = dict(conn.execute(q.job_hashes(grid_id)).all())
+            fresh = [j for j in grid.jobs if j.key not in known]
+            edited = sum(1 for j in grid.jobs if j.key in known and known[j.key] != j.spec_hash)
+            rows = [{
+                "key": j.key, "grid_id": grid_id, "group_id": group_ids[j.group], "kind": j.kind,
+                "params": j.params, "repeat": j.repeat, "command": j.command, "spec_hash": j.spec_hash,
+                "gpus": j.gpus, "cpus": j.cpus, "mem_gb": j.mem_gb, "priority": j.priority,
+                "max_attempts": j.max_attempts, "state": Q.QUEUED.value, "attempt": 0, "failures": 0,
+                "crashes": 0, "cancel_requested": False, "from_scratch": False, "submitted_at": now,
+            } for j in fresh]
+            added = self.backend.insert_new_jobs(conn, rows)
+            conn.execute(q.refresh_ready(grid_id))
+            return SubmitResult(grid.name, added, len(grid.jobs) - len(fresh), edited)
+
+        return self._write(tx)
+
+    def claim(self, worker: WorkerRef, capacity: Capacity, done: Outcome | None = None,
+              ) -> tuple[bool | None, Claim | None]:
+        """Finish ``done`` (if given) and claim the next job that fits, in one transaction.
+
+        Returns (whether ``done`` was accepted or None, the claim or None). See :meth:`claim_many`.
+        """
+        accepted, claims = self.claim_many(worker, capacity, [] if done is None else [done], 1)
+        return (accepted[0] if done is not None else None), (claims[0] if claims else None)
+
+    def claim_many(self, worker: WorkerRef, capacity: Capacity, done: Sequence[Outcome], limit: int,
+                   ) -> tuple[list[bool], list[Claim]]:
+        """Record every outcome in ``done`` and claim up to ``limit`` jobs, in one transaction.
+
+        Returns whether each outcome was accepted, and the claims. Each claimed job fits
+        ``capacity`` on its own (a worker that claims ahead starts them one after another). Order:
+        highest priority first, then submission order; only groups whose dependencies have
+        succeeded, only unpaused grids. A worker declared dead (or replaced) claims nothing; its
+        next heartbeat tells it so.
+        """
+        now = time.time()
+
+        def tx(conn: Connection) -> tuple[list[bool], list[Claim], bool]:
+            accepted, wake = [], False
+            for outcome in done:
+                ok, woke = finish_in(conn, self.backend, outcome, now)
+                accepted.append(ok)
+                wake = wake or woke
+            claims: list[Claim] = []
+            while len(claims) < limit and not capacity.empty:
+                claim = self._claim_one(conn, worker, capacity, now, beat=not done and not claims)
+                if claim is None:
+                    break
+                claims.append(claim)
+            return accepted, claims, wake
+
+        accepted, claims, wake = self.backend.run(tx, write=True)
+        if wake:
+            self.bump_version()
+        return accepted, claims
+
+    def _claim_one(self, conn: Connection, worker: WorkerRef, cap: Capacity, now: float, *,
+                   beat: bool) -> Claim | None:
+        params: dict[str, Any] = {"p_wid": worker.id, "p_inc": worker.incarnation, "p_free_gpus": cap.gpus,
+                                  "p_free_slots": cap.slots, "p_now": now, "p_horizon": now + MAX_BACKOFF}
+        if cap.grids:
+            params["p_grids"] = list(cap.grids)
+        row = self.backend.claim(conn, params, in_grids=bool(cap.grids))
+        if row is None:
+            due = conn.execute(q.next_due(), params).scalar()
+            self.retry_in = None if due is None else max(due - now, 0.0)
+            return None
+        if beat:
+            # A claim from idle is a sign of life: observers must not mistake an idle worker's old
+            # counter, unchanged for hours, for a stalled worker that now holds a job. (A worker
+            # that just finished a job was heartbeating while it ran.)
+            conn.execute(q.beat(), {"p_wid": worker.id})
+        return Claim(job_id=row.id, attempt=row.attempt, key=row.key, grid=self._name(conn, "grids", row.grid_id),
+                     group=self._name(conn, "groups", row.group_id),
+                     kind=row.kind, params=row.params, repeat=row.repeat, command=row.command,
+                     gpus=row.gpus, cpus=row.cpus, mem_gb=row.mem_gb, from_scratch=row.from_scratch)
+
+    def _name(self, conn: Connection, table: str, row_id: int) -> str:
+        key = (table, row_id)
+        if key not in self._names:
+            self._names[key] = conn.execute(q.name_of(table), {"p_id": row_id}).scalar_one()
+        return self._names[key]
+
+    def finish(self, outcome: Outcome) -> bool:
+        """Record how an attempt ended; False if the attempt had been superseded (fenced)."""
+        now = time.time()
+        accepted, wake = self.backend.run(lambda conn: finish_in(conn, self.backend, outcome, now), write=True)
+        if wake:
+            self.bump_version()
+        return accepted
+
+    def update_attempt(self, job_id: int, attempt: int, *, progress: dict[str, Any] | None = None,
+                       metrics: dict[str, Any] | None = None) -> bool:
+        """Progress or metrics from a running attempt; False if it has been superseded."""
+
+        def tx(conn: Connection) -> bool:
+            row = conn.execute(q.running_attempt(job_id, attempt)).first()
+            if row is None:
+                return False
+            values: dict[str, Any] = {}
+            if progress is not None:
+                values["progress"] = progress
+            if metrics:
+                values["metrics"] = {**(row.metrics or {}), **metrics}
+            if values:
+                conn.execute(q.set_attempt_values(job_id, attempt, values))
+            return True
+
+        return self.backend.run(tx, write=True)
+
+
+# -- steps of a transaction -----------------------------------------------------------------------
+
+def finish_in(conn: Connection, backend: Backend, o: Outcome, now: float) -> tuple[bool, bool]:
+    """Apply an outcome; returns (accepted, whether some job may have become claimable)."""
+    variant = o.state if o.state in ("failed", "failed_final", "lost", "requeued") else "ended"
+    params = {"p_job": o.job_id, "p_attempt": o.attempt, "p_now": now, "p_state": o.state.removesuffix("_final"),
+              "p_exit_code": o.exit_code, "p_reason": o.reason, "p_retry_at": now + min(o.backoff, MAX_BACKOFF)}
+    row = backend.finish(conn, variant, params)
+    if row is None:
+        return False, False
+    if o.metrics:
+        conn.execute(q.set_metrics(o.job_id, {**(row.metrics or {}), **o.metrics}))
+    if row.state == Q.SUCCEEDED.value and row.has_dependants:
+        return True, _group_succeeded(conn, row.group_id)
+    return True, row.state == Q.QUEUED.value
+
+
+def _group_succeeded(conn: Connection, group_id: int) -> bool:
+    """A job of a group others are `after` succeeded: if the group is complete, wake them."""
+    if conn.execute(q.group_pending(), {"p_group": group_id}).first() is not None:
+        return False
+    conn.execute(q.refresh_ready(conn.execute(q.grid_of_group(group_id)).scalar_one()))
+    return True

@@ -1,0 +1,440 @@
+"""Every SQL statement the store runs, by name, and the conditions several of them share.
+
+(Over 400 lines on purpose: design.md 2 keeps every statement in one module, so that a change to
+the schema or an index is checked against all of its queries in one place.)
+
+The hot path's statements are built once (building one costs more than running it) and take their
+values as bind parameters named ``p_*``; constants are written into the SQL as literals, so both
+planners can match the partial indexes (schema: ``state = 'queued'``) and no execution binds them.
+The others are built per call from their arguments. Statements that need ON CONFLICT take the
+backend's ``insert``. Which statement runs where is the backend's choice (memq.store.backend):
+PostgreSQL runs the ``*_recording_attempt`` forms, which write the attempt row in the same
+statement. SQL that only one database has (COPY, PRAGMA, advisory locks) stays with its backend;
+schema changes are in memq.store.migrations.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from memq.store import schema as s
+from memq.store.types import WorkerRef
+
+J, W, A, C = s.jobs, s.workers, s.attempts, s.checkpoints
+Q, WS = s.JobState, s.WorkerState
+bp = sa.bindparam
+
+# A job has a worker exactly while it runs. This is the condition of the running jobs' index
+# (schema: ix_jobs_running), so a query for running jobs says it too, and the planners use that index.
+RUNNING_ON_A_WORKER = J.c.worker_id.is_not(None)
+
+
+def _lit(value: str | int) -> Any:
+    """A constant written into the SQL: bound parameters cost every execution on the hot path."""
+    return sa.literal_column(f"'{value}'" if isinstance(value, str) else str(int(value)))
+
+
+def worker_alive(ref: WorkerRef) -> Any:
+    """This incarnation of the worker is the registered one, and it was not declared dead or stopped."""
+    return (W.c.id == ref.id) & (W.c.incarnation == ref.incarnation) & W.c.state.notin_(
+        [WS.DEAD.value, WS.STOPPED.value])
+
+
+def jobs_where(ids: Iterable[int] = (), grid: str | None = None, states: Sequence[str] = (),
+               reason: str | None = None) -> Any:
+    """The jobs an operator command or a listing names (every filter given must hold)."""
+    cond = sa.true()
+    ids = list(ids)
+    if ids:
+        cond &= J.c.id.in_(ids)
+    if grid:
+        cond &= J.c.grid_id == sa.select(s.grids.c.id).where(s.grids.c.name == grid).scalar_subquery()
+    if states:
+        cond &= J.c.state.in_(list(states))
+        if list(states) == [Q.RUNNING.value]:
+            cond &= RUNNING_ON_A_WORKER
+    if reason:
+        cond &= J.c.reason == reason
+    return cond
+
+
+# -- the worker's hot path ------------------------------------------------------------------------
+
+@functools.cache
+def claim(in_grids: bool) -> Any:
+    """Take the next job that fits (``p_free_gpus``, ``p_free_slots``) for worker ``p_wid``, if its
+    incarnation ``p_inc`` is alive: highest priority first, then submission order, only ready groups
+    of unpaused grids, only jobs past their back-off. ``in_grids``: only the grids ``p_grids``."""
+    g, gr = s.groups, s.grids
+    alive = sa.exists().where(W.c.id == bp("p_wid"), W.c.incarnation == bp("p_inc"),
+                              W.c.state != _lit(WS.DEAD.value), W.c.state != _lit(WS.STOPPED.value))
+    fits = sa.or_(sa.and_(J.c.gpus > _lit(0), J.c.gpus <= bp("p_free_gpus")),
+                  sa.and_(J.c.gpus == _lit(0), bp("p_free_slots") > _lit(0)))
+    # A not_before beyond the horizon was written by a skewed clock: it does not hold the job back.
+    due = sa.or_(J.c.not_before.is_(None), J.c.not_before <= bp("p_now"), J.c.not_before > bp("p_horizon"))
+    cand = (sa.select(J.c.id).select_from(J.join(g, g.c.id == J.c.group_id).join(gr, gr.c.id == J.c.grid_id))
+            .where(J.c.state == _lit(Q.QUEUED.value), g.c.ready.is_(True), gr.c.paused.is_(False), fits, due, alive)
+            .order_by(J.c.priority.desc(), J.c.id).limit(_lit(1))
+            .with_for_update(skip_locked=True, of=J))  # (SQLite has no row locks and writes nothing for it)
+    if in_grids:
+        cand = cand.where(gr.c.name.in_(bp("p_grids", expanding=True)))
+    return (J.update().where(J.c.id == cand.scalar_subquery())
+            .values(state=_lit(Q.RUNNING.value), attempt=J.c.attempt + _lit(1), worker_id=bp("p_wid"),
+                    started_at=bp("p_now"), finished_at=sa.null(), progress=sa.null(), exit_code=sa.null(),
+                    reason=sa.null())
+            .returning(J.c.id, J.c.attempt, J.c.key, J.c.grid_id, J.c.group_id, J.c.kind, J.c.params,
+                       J.c.repeat, J.c.command, J.c.gpus, J.c.cpus, J.c.mem_gb, J.c.from_scratch))
+
+
+@functools.cache
+def claim_recording_attempt(in_grids: bool) -> Any:
+    """:func:`claim` that also inserts the attempt row (a data-modifying CTE, PostgreSQL): every
+    statement is a round trip to the server, and round trips are most of a claim's time."""
+    claimed = claim(in_grids).cte("claimed")
+    started = A.insert().from_select(
+        ["job_id", "attempt", "worker_id", "started_at"],
+        sa.select(claimed.c.id, claimed.c.attempt, bp("p_wid", type_=sa.Integer),
+                  bp("p_now", type_=sa.Float))).cte("started")
+    return sa.select(claimed).add_cte(started)
+
+
+@functools.cache
+def attempt_start() -> Any:
+    return A.insert().values(job_id=bp("p_job"), attempt=bp("p_attempt"), worker_id=bp("p_wid"),
+                             started_at=bp("p_now"))
+
+
+@functools.cache
+def attempt_end() -> Any:
+    return (A.update().where(A.c.job_id == bp("p_job"), A.c.attempt == bp("p_attempt"))
+            .values(ended_at=bp("p_now"), outcome=bp("p_state"), exit_code=bp("p_exit_code"),
+                    reason=bp("p_reason")))
+
+
+@functools.cache
+def finish(variant: str) -> Any:
+    """End attempt (``p_job``, ``p_attempt``) if it is still the job's running one (else no row).
+
+    ``failed``/``lost``: charged to the job's failures/crashes, requeued with a back-off until its
+    budget is spent; ``failed_final``: failed now; ``requeued``: back to the queue, not charged;
+    ``ended``: the state ``p_state`` as reported. Returns the job's group, its new state, its
+    metrics and whether other groups wait for its group.
+    """
+    values: dict[str, Any]
+    if variant in ("failed", "failed_final", "lost"):
+        counter = J.c.crashes if variant == "lost" else J.c.failures
+        final = sa.true() if variant == "failed_final" else J.c.failures + J.c.crashes + 1 >= J.c.max_attempts
+        values = {counter.name: counter + 1,
+                  "state": sa.case((final, Q.FAILED.value), else_=Q.QUEUED.value),
+                  "not_before": sa.case((final, None), else_=bp("p_retry_at")),
+                  "finished_at": sa.case((final, bp("p_now")), else_=None)}
+    elif variant == "requeued":  # drained or interrupted by us: not the job's fault, not charged
+        values = {"state": Q.QUEUED.value, "not_before": None, "finished_at": None}
+    elif variant == "ended":
+        values = {"state": bp("p_state"), "finished_at": bp("p_now"), "not_before": sa.null()}
+    else:
+        raise ValueError(f"unknown finish variant {variant!r}")
+    values.update(worker_id=sa.null(), exit_code=bp("p_exit_code"), reason=bp("p_reason"), cancel_requested=sa.false())
+    current = (J.c.id == bp("p_job")) & (J.c.attempt == bp("p_attempt")) & (J.c.state == _lit(Q.RUNNING.value))
+    # Spelled out: SQLAlchemy leaves RETURNING columns unqualified, and inside this subquery an
+    # unqualified group_id would name group_deps' own column.
+    has_dependants = sa.literal_column(
+        "EXISTS (SELECT 1 FROM group_deps AS d WHERE d.after_group_id = jobs.group_id)").label("has_dependants")
+    return J.update().where(current).values(**values).returning(J.c.group_id, J.c.state, J.c.metrics, has_dependants)
+
+
+@functools.cache
+def finish_recording_attempt(variant: str) -> Any:
+    """:func:`finish` that also ends the attempt row in the same statement (PostgreSQL)."""
+    finished = finish(variant).cte("finished")
+    ended = attempt_end().where(sa.exists(sa.select(finished.c.state))).cte("ended")
+    return sa.select(finished).add_cte(ended)
+
+
+@functools.cache
+def next_due() -> Any:
+    """When the first backed-off job may run (within the horizon)."""
+    return sa.select(sa.func.min(J.c.not_before)).where(
+        J.c.state == _lit(Q.QUEUED.value), J.c.not_before > bp("p_now"), J.c.not_before <= bp("p_horizon"))
+
+
+@functools.cache
+def beat() -> Any:
+    return W.update().where(W.c.id == bp("p_wid")).values(heartbeat=W.c.heartbeat + 1)
+
+
+@functools.cache
+def group_pending() -> Any:
+    """A job of group ``p_group`` that has not succeeded (none: the group is complete)."""
+    return sa.select(J.c.id).where(
+        J.c.group_id == bp("p_group"),
+        J.c.state.in_([Q.QUEUED.value, Q.RUNNING.value, Q.FAILED.value, Q.CANCELLED.value])).limit(1)
+
+
+@functools.cache
+def name_of(table_name: str) -> Any:
+    """The name of grid or group ``p_id`` (immutable once created)."""
+    table = s.metadata.tables[table_name]
+    return sa.select(table.c.name).where(table.c.id == bp("p_id"))
+
+
+# -- submit ---------------------------------------------------------------------------------------
+
+def add_grid(insert: Any, name: str, source: str | None, now: float) -> Any:
+    """``insert``: the backend's INSERT (ON CONFLICT is spelled per dialect)."""
+    return (insert(s.grids).values(name=name, paused=False, source=source, created_at=now)
+            .on_conflict_do_nothing(index_elements=["name"]))
+
+
+def grid_id(name: str) -> Any:
+    return sa.select(s.grids.c.id).where(s.grids.c.name == name)
+
+
+def add_groups(insert: Any) -> Any:
+    """Run with one row per group: ``grid_id``, ``name``, ``ready``."""
+    return insert(s.groups).on_conflict_do_nothing(index_elements=["grid_id", "name"])
+
+
+def group_ids(grid: int) -> Any:
+    """(name, id) of a grid's groups."""
+    return sa.select(s.groups.c.name, s.groups.c.id).where(s.groups.c.grid_id == grid)
+
+
+def clear_dependencies(groups: list[int]) -> Any:
+    return s.group_deps.delete().where(s.group_deps.c.group_id.in_(groups))
+
+
+def add_dependencies() -> Any:
+    """Run with one row per edge: ``group_id``, ``after_group_id``."""
+    return s.group_deps.insert()
+
+
+def job_hashes(grid: int) -> Any:
+    """(key, spec_hash) of a grid's jobs."""
+    return sa.select(J.c.key, J.c.spec_hash).where(J.c.grid_id == grid)
+
+
+def add_new_jobs(insert: Any) -> Any:
+    """Run with job rows; inserts the keys not yet present and returns their ids."""
+    return insert(J).on_conflict_do_nothing(index_elements=["key"]).returning(J.c.id)
+
+
+def refresh_ready(grid: int) -> Any:
+    """Recompute `groups.ready` for one grid: every `after` group fully succeeded."""
+    g, d = s.groups, s.group_deps
+    unfinished = sa.exists().where(J.c.group_id == d.c.after_group_id, J.c.state != Q.SUCCEEDED.value)
+    blocked = sa.select(d.c.group_id).where(unfinished)
+    return g.update().where(g.c.grid_id == grid).values(ready=~g.c.id.in_(blocked))
+
+
+def grid_of_group(group: int) -> Any:
+    return sa.select(s.groups.c.grid_id).where(s.groups.c.id == group)
+
+
+# -- a running attempt ----------------------------------------------------------------------------
+
+def running_attempt(job_id: int, attempt: int) -> Any:
+    """The job's metrics if (job_id, attempt) is its running attempt (no row: it has moved on)."""
+    return sa.select(J.c.metrics).where(J.c.id == job_id, J.c.attempt == attempt, J.c.state == Q.RUNNING.value)
+
+
+def set_attempt_values(job_id: int, attempt: int, values: dict[str, Any]) -> Any:
+    """Progress or metrics of one attempt."""
+    return J.update().where(J.c.id == job_id, J.c.attempt == attempt).values(**values)
+
+
+def set_metrics(job_id: int, metrics: dict[str, Any]) -> Any:
+    return J.update().where(J.c.id == job_id).values(metrics=metrics)
+
+
+def last_attempt(job_id: int) -> Any:
+    return sa.select(J.c.attempt).where(J.c.id == job_id)
+
+
+# -- workers --------------------------------------------------------------------------------------
+
+def worker_by_name(name: str) -> Any:
+    return sa.select(W).where(W.c.name == name)
+
+
+def add_worker(name: str, values: dict[str, Any]) -> Any:
+    return W.insert().values(name=name, heartbeat=0, incarnation=1, **values).returning(W.c.id)
+
+
+def take_over_worker(worker_id: int, incarnation: int, values: dict[str, Any]) -> Any:
+    """A new incarnation takes the row over; its counter moves, so no observer mistakes it for stalled."""
+    return (W.update().where(W.c.id == worker_id)
+            .values(incarnation=incarnation, heartbeat=W.c.heartbeat + 1, **values))
+
+
+def renew_lease(ref: WorkerRef, now: float) -> Any:
+    """One heartbeat of a live incarnation; returns whether it is asked to drain (no row: it is dead)."""
+    return (W.update().where(worker_alive(ref)).values(heartbeat=W.c.heartbeat + 1, heartbeat_at=now)
+            .returning(W.c.drain))
+
+
+def held_jobs(worker_id: int) -> Any:
+    """(id, attempt, cancel_requested) of the jobs the table says this worker runs."""
+    return sa.select(J.c.id, J.c.attempt, J.c.cancel_requested).where(
+        J.c.worker_id == worker_id, J.c.state == Q.RUNNING.value)
+
+
+def worker_heartbeats() -> Any:
+    """(id, heartbeat counter, state, running jobs) of every worker that could hold jobs."""
+    live = [WS.ACTIVE.value, WS.DRAINING.value, WS.QUARANTINED.value]
+    running = (sa.select(J.c.worker_id, sa.func.count().label("n")).where(RUNNING_ON_A_WORKER)
+               .group_by(J.c.worker_id).subquery())
+    return (sa.select(W.c.id, W.c.heartbeat, W.c.state, sa.func.coalesce(running.c.n, 0))
+            .select_from(W.outerjoin(running, running.c.worker_id == W.c.id)).where(W.c.state.in_(live)))
+
+
+def declare_dead(worker_id: int, seen_heartbeat: int, reason: str) -> Any:
+    """Only if its counter has not moved since it was seen (a worker that beat since is alive)."""
+    return (W.update().where(W.c.id == worker_id, W.c.heartbeat == seen_heartbeat, W.c.state != WS.DEAD.value)
+            .values(state=WS.DEAD.value, reason=reason))
+
+
+def set_worker_state(worker_id: int, state: str, reason: str | None) -> Any:
+    return W.update().where(W.c.id == worker_id).values(state=state, reason=reason)
+
+
+def request_drain(name: str) -> Any:
+    return (W.update().where(W.c.name == name, W.c.state.notin_([WS.DEAD.value, WS.STOPPED.value]))
+            .values(drain=True))
+
+
+# -- checkpoints and artifacts --------------------------------------------------------------------
+
+def put_checkpoint(insert: Any, job_id: int, kind: str, path: str, values: dict[str, Any]) -> Any:
+    """Register a file once per (job, kind, path); registering it again updates it."""
+    return (insert(C).values(job_id=job_id, kind=kind, path=path, **values)
+            .on_conflict_do_update(index_elements=["job_id", "kind", "path"], set_=values))
+
+
+def forget_checkpoint(job_id: int, kind: str, path: str) -> Any:
+    return C.delete().where(C.c.job_id == job_id, C.c.kind == kind, C.c.path == path)
+
+
+def checkpoints(job_ids: list[int], grid: str | None, kind: str | None) -> Any:
+    """Registered files (every filter given must hold), best metric first within a job."""
+    cond = sa.true()
+    if job_ids:
+        cond &= C.c.job_id.in_(job_ids)
+    if grid:
+        cond &= C.c.job_id.in_(sa.select(J.c.id).join(s.grids, s.grids.c.id == J.c.grid_id)
+                               .where(s.grids.c.name == grid))
+    if kind:
+        cond &= C.c.kind == kind
+    return sa.select(C).where(cond).order_by(C.c.job_id, C.c.metric.desc(), C.c.id)
+
+
+def mark_synced(checkpoint_id: int, synced_path: str | None) -> Any:
+    return C.update().where(C.c.id == checkpoint_id).values(synced_path=synced_path)
+
+
+# -- operator commands ----------------------------------------------------------------------------
+
+def cancel_queued(where: Any, now: float) -> Any:
+    return (J.update().where(where, J.c.state == Q.QUEUED.value)
+            .values(state=Q.CANCELLED.value, finished_at=now, reason="cancelled"))
+
+
+def cancel_running(where: Any) -> Any:
+    """Ask the workers of running jobs to stop them (their next heartbeat learns it)."""
+    return J.update().where(where, J.c.state == Q.RUNNING.value).values(cancel_requested=True)
+
+
+def grids_of_jobs(where: Any) -> Any:
+    return sa.select(J.c.grid_id).where(where).distinct()
+
+
+def requeue(where: Any, from_scratch: bool) -> Any:
+    """Back to the queue with a fresh attempt budget."""
+    return J.update().where(where).values(state=Q.QUEUED.value, failures=0, crashes=0, reason=None, exit_code=None,
+                                          not_before=None, finished_at=None, from_scratch=from_scratch)
+
+
+def set_paused(grid: str, paused: bool) -> Any:
+    return s.grids.update().where(s.grids.c.name == grid).values(paused=paused)
+
+
+# -- reads for display ----------------------------------------------------------------------------
+
+def grid_names() -> Any:
+    return sa.select(s.grids.c.id, s.grids.c.name)
+
+
+def group_grids() -> Any:
+    return sa.select(s.groups.c.id, s.groups.c.grid_id)
+
+
+def counts_by_group(groups: list[int] | None = None) -> Any:
+    """(group, state, jobs); by (group, state): the one index that has state."""
+    query = sa.select(J.c.group_id, J.c.state, sa.func.count()).group_by(J.c.group_id, J.c.state)
+    return query if groups is None else query.where(J.c.group_id.in_(groups))
+
+
+def grids() -> Any:
+    gr = s.grids
+    return sa.select(gr.c.id, gr.c.name, gr.c.paused, gr.c.source, gr.c.created_at).order_by(gr.c.id)
+
+
+def groups_of(grid: str) -> Any:
+    g, gr = s.groups, s.grids
+    return (sa.select(g.c.id, g.c.name, g.c.ready).join(gr, gr.c.id == g.c.grid_id)
+            .where(gr.c.name == grid).order_by(g.c.id))
+
+
+def dependencies_of(groups: list[int]) -> Any:
+    d = s.group_deps
+    return sa.select(d.c.group_id, d.c.after_group_id).where(d.c.group_id.in_(groups))
+
+
+def jobs(where: Any, group: str | None, limit: int | None, newest_first: bool) -> Any:
+    """Jobs with their grid and group names, in submission order (or newest first)."""
+    if group:
+        where &= s.groups.c.name == group
+    columns = [J.c.id, J.c.key, s.grids.c.name.label("grid"), s.groups.c.name.label("group"), J.c.kind,
+               J.c.params, J.c.repeat, J.c.state, J.c.attempt, J.c.failures, J.c.crashes, J.c.reason,
+               J.c.exit_code, J.c.priority, J.c.gpus, J.c.cpus, J.c.mem_gb, J.c.max_attempts,
+               J.c.submitted_at, J.c.started_at, J.c.finished_at, J.c.progress, J.c.metrics,
+               J.c.worker_id, J.c.command, J.c.cancel_requested]
+    return (sa.select(*columns)
+            .select_from(J.join(s.grids, s.grids.c.id == J.c.grid_id).join(s.groups, s.groups.c.id == J.c.group_id))
+            .where(where).order_by(J.c.id.desc() if newest_first else J.c.id).limit(limit))
+
+
+def mean_durations() -> Any:
+    """(grid name, mean run time of its succeeded jobs' last attempts)."""
+    gr = s.grids
+    return (sa.select(gr.c.name, sa.func.avg(J.c.finished_at - J.c.started_at))
+            .join(gr, gr.c.id == J.c.grid_id).where(J.c.state == Q.SUCCEEDED.value).group_by(gr.c.name))
+
+
+def recent_failures(limit: int) -> Any:
+    return (sa.select(A.c.job_id, A.c.attempt, A.c.outcome, A.c.exit_code, A.c.reason, A.c.ended_at)
+            .where(A.c.outcome.in_(["failed", "lost"])).order_by(A.c.ended_at.desc(), A.c.job_id.desc()).limit(limit))
+
+
+def attempts(job_id: int) -> Any:
+    return (sa.select(A.c.attempt, A.c.started_at, A.c.ended_at, A.c.outcome, A.c.exit_code, A.c.reason,
+                      W.c.name.label("worker"), W.c.host)
+            .select_from(A.outerjoin(W, W.c.id == A.c.worker_id)).where(A.c.job_id == job_id).order_by(A.c.attempt))
+
+
+def workers() -> Any:
+    return sa.select(W).order_by(W.c.id)
+
+
+# -- integrity ------------------------------------------------------------------------------------
+
+def duplicate_keys() -> Any:
+    return sa.select(J.c.key).group_by(J.c.key).having(sa.func.count() > 1)
+
+
+def running_without_worker() -> Any:
+    return sa.select(sa.func.count()).select_from(J).where(J.c.state == Q.RUNNING.value, J.c.worker_id.is_(None))
