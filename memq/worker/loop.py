@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import selectors
 import signal
 import socket
 import sys
@@ -42,6 +41,7 @@ from memq.worker.launch import ActiveJob
 from memq.worker.outcome import OutcomePolicy
 from memq.worker.protocol import Renew, Stop
 from memq.worker.reaper import Reaper
+from memq.worker.wakeup import Wakeup
 
 EXIT_LOST_LEASE = 3  # `memq worker`'s exit code when another worker declared it dead
 MAX_OUTAGE_PAUSE = 10.0
@@ -81,7 +81,7 @@ class Worker:
         self.drain_deadline: float | None = None
         self.stop_now = False
         self.ref: WorkerRef | None = None
-        self.sel = selectors.DefaultSelector()
+        self.wakeup = Wakeup()
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -95,43 +95,24 @@ class Worker:
                                               cfg.slots, cfg.lease)
         self.log(f"started (pid {os.getpid()}, GPUs {','.join(map(str, cfg.gpus)) or 'none'}, "
                  f"{cfg.slots} CPU slots, lease {cfg.lease:g}s)")
-        wake_r, wake_w = os.pipe()
-        os.set_blocking(wake_w, False)
-        os.set_blocking(wake_r, False)
-        self.sel.register(wake_r, selectors.EVENT_READ, None)
-        old_wakeup = signal.set_wakeup_fd(wake_w)
-        handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            pause = 1.0
+        pause = 1.0
+        with self.wakeup.signals(self._on_signal):
             while True:
                 try:
-                    return self._loop(wake_r)
+                    return self._loop()
                 except Exception as exc:
                     detail = outage(exc)
                     if detail is None:
                         raise
                     self.log(f"database unavailable ({detail}): running jobs go on; trying again in {pause:g}s")
-                    self._wait(wake_r, pause)
+                    self._wait(pause)
                     pause = min(pause * 2, MAX_OUTAGE_PAUSE)
-        finally:
-            signal.set_wakeup_fd(old_wakeup)
-            for sig, handler in handlers.items():
-                signal.signal(sig, handler)
 
-    def _wait(self, wake_r: int, seconds: float) -> None:
+    def _wait(self, seconds: float) -> None:
         """Sleep ``seconds`` while still noticing signals and what the supervisors say."""
         deadline = time.monotonic() + seconds
         while (left := deadline - time.monotonic()) > 0 and not self.stop_now:
-            self._sleep(wake_r, left)
-
-    def _sleep(self, wake_r: int, timeout: float) -> None:
-        """Wait up to ``timeout`` for a signal or a supervisor's report, and take in the reports."""
-        events = self.sel.select(timeout=timeout)
-        for key, _ in events:
-            if key.data is None:
-                with contextlib.suppress(BlockingIOError):
-                    os.read(wake_r, 512)
-        self._collect(events)
+            self._collect(self.wakeup.wait(left))
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         if self.draining is None:
@@ -143,7 +124,7 @@ class Worker:
         self.draining = why
         self.drain_deadline = time.monotonic() + self.cfg.term_grace
 
-    def _loop(self, wake_r: int) -> int:
+    def _loop(self) -> int:
         now = time.monotonic()
         timers = Timers(heartbeat=now + self.cfg.heartbeat, reap=now + self.cfg.lease / 4, poll=now, claim=now,
                         idle_since=now)
@@ -160,7 +141,7 @@ class Worker:
             code = self._exit_code(timers)
             if code is not None:
                 return code
-            self._sleep(wake_r, max(0.0, self._next_deadline(timers) - time.monotonic()))
+            self._collect(self.wakeup.wait(max(0.0, self._next_deadline(timers) - time.monotonic())))
 
     def _stop_when_asked(self, now: float, timers: Timers) -> None:
         """Announce a drain once; requeue the running jobs once it is overdue or a second signal came."""
@@ -177,7 +158,7 @@ class Worker:
     def _settle(self, now: float) -> None:
         """Take in the supervisors' reports, judge the jobs that ended, start claimed-ahead jobs, and
         record the ended ones unless they may wait for the next claim."""
-        self._collect(self.sel.select(timeout=0))
+        self._collect(self.wakeup.wait(0))
         for job in [job for job in self.jobs.values() if job.result is not None]:
             self.pace.ran(now - job.started)
             self._pending(self._judge(job))
@@ -337,21 +318,18 @@ class Worker:
         job = launch.start(claim, gpus, env, job_store_env(self.store), worker=cfg.name, fence_after=cfg.lease / 2,
                            kill_grace=cfg.kill_grace)
         self.jobs[claim.job_id] = job
-        self.sel.register(job.supervisor.stdout, selectors.EVENT_READ, job)
+        self.wakeup.watch(job.supervisor.stdout, job)
         self.log(f"job {claim.job_id} attempt {claim.attempt} ({claim.grid}/{claim.group}) started"
                  + (f" on GPUs {','.join(map(str, gpus))}" if gpus else ""))
 
     # -- supervisors -----------------------------------------------------------------------------
 
-    def _collect(self, events: list[tuple[selectors.SelectorKey, int]]) -> None:
+    def _collect(self, ready: list[tuple[Any, ActiveJob]]) -> None:
         """Read what supervisors said; mark jobs whose supervisor is done."""
-        for key, _ in events:
-            job = key.data
-            if not isinstance(job, ActiveJob):
-                continue
+        for _, job in ready:
             reports = job.supervisor.read()
             if reports is None:
-                self.sel.unregister(key.fileobj)
+                self.wakeup.forget(job.supervisor.stdout)
             job.take(reports)
 
     def _end_job(self, job: ActiveJob, why: str, *, kill: bool) -> None:
@@ -361,7 +339,8 @@ class Worker:
         job.supervisor.send(Stop(why, kill=kill))
 
     def _judge(self, job: ActiveJob) -> Outcome:
-        verdict = self.policy.judge(job, time.monotonic() - job.started)
+        verdict = self.policy.judge(job.claim, job.result, ending=job.ending, elapsed=time.monotonic() - job.started,
+                                    log=job.log)
         self.log(verdict.note)
         if verdict.quarantine:
             self.log(f"quarantined: {verdict.quarantine}; claiming nothing more (restart the worker to lift it)")
@@ -408,7 +387,6 @@ class Worker:
 
     def _forget(self, job: ActiveJob) -> None:
         """A fenced job: its supervisor is killing it; nothing of it is recorded."""
-        with contextlib.suppress(KeyError, ValueError):
-            self.sel.unregister(job.supervisor.stdout)
+        self.wakeup.forget(job.supervisor.stdout)
         with contextlib.suppress(Exception):
             job.supervisor.proc.wait(timeout=self.cfg.kill_grace + 5)

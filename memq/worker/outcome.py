@@ -5,10 +5,10 @@ jobs keep failing quarantines itself (a broken GPU must not drain the queue)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from memq.jobenv import EXIT_PERMANENT
-from memq.store.types import Outcome
-from memq.worker.launch import ActiveJob
+from memq.store.types import Claim, Outcome
 from memq.worker.protocol import Exited, Fenced, Killed
 
 MAX_DOUBLINGS = 6
@@ -44,21 +44,23 @@ class OutcomePolicy:
         """Seconds before a job that failed on its ``attempt``-th try may run again."""
         return self.retry_backoff * 2 ** min(attempt - 1, MAX_DOUBLINGS)
 
-    def judge(self, job: ActiveJob, elapsed: float) -> Verdict:
-        c, code = job.claim, exit_code(job.result)
+    def judge(self, c: Claim, result: object, *, ending: str | None, elapsed: float, log: Path) -> Verdict:
+        """How the attempt ``c`` is recorded: ``result`` is its supervisor's last word (Exited, Killed,
+        Fenced, or Gone), ``ending`` why the worker stopped it if it did (requeued, cancelled)."""
+        code = exit_code(result)
         name = f"job {c.job_id} attempt {c.attempt}"
-        if job.ending == "requeued" or isinstance(job.result, Fenced):
-            why = "worker stopped" if job.ending == "requeued" else "lease not renewed in time (worker stalled)"
+        if ending == "requeued" or isinstance(result, Fenced):
+            why = "worker stopped" if ending == "requeued" else "lease not renewed in time (worker stalled)"
             return Verdict(Outcome(c.job_id, c.attempt, "requeued", exit_code=code, reason=why),
                            f"{name}: stopped, back to the queue ({why})")
-        if job.ending == "cancelled":
+        if ending == "cancelled":
             return Verdict(Outcome(c.job_id, c.attempt, "cancelled", exit_code=code, reason="cancelled"),
                            f"{name}: cancelled")
         if code == 0:
             self.failures_in_a_row = 0
             return Verdict(Outcome(c.job_id, c.attempt, "succeeded", exit_code=0),
                            f"{name}: succeeded in {elapsed:.1f}s")
-        reason = failure_reason(job.result)
+        reason = failure_reason(result)
         self.failures_in_a_row += 1
         quarantine = None
         if self.failures_in_a_row >= self.quarantine_after and not self.quarantined:
@@ -67,4 +69,4 @@ class OutcomePolicy:
         final = code == EXIT_PERMANENT
         outcome = Outcome(c.job_id, c.attempt, "failed_final" if final else "failed", exit_code=code, reason=reason,
                           backoff=0.0 if final else self.backoff(c.attempt))
-        return Verdict(outcome, f"{name}: failed ({reason}); log: {job.log}", quarantine)
+        return Verdict(outcome, f"{name}: failed ({reason}); log: {log}", quarantine)
