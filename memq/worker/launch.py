@@ -97,7 +97,7 @@ class ActiveJob:
                 self.result = Gone(code)
 
 
-def start(claim: Claim, gpus: list[int], env: JobEnv, extra_env: Mapping[str, str], *, worker: str,
+def start_job(claim: Claim, gpus: list[int], env: JobEnv, extra_env: Mapping[str, str], *, worker: str,
           fence_after: float, kill_grace: float) -> ActiveJob:
     """Make the attempt's directories and start its supervisor."""
     env.make_dirs()

@@ -34,10 +34,9 @@ from memq.jobenv import JobEnv
 from memq.lock import boot_id
 from memq.store.store import Store
 from memq.store.types import Capacity, Claim, Outcome, Running, WorkerRef
-from memq.worker import launch
 from memq.worker.config import WorkerConfig
 from memq.worker.db import job_store_env, outage
-from memq.worker.launch import ActiveJob
+from memq.worker.launch import ActiveJob, start_job
 from memq.worker.outcome import OutcomePolicy
 from memq.worker.protocol import Renew, Stop
 from memq.worker.reaper import Reaper
@@ -315,7 +314,7 @@ class Worker:
     def _start(self, claim: Claim, gpus: list[int]) -> None:
         cfg = self.cfg
         env = JobEnv.of_claim(claim, self.store.root, cfg.scratch, gpus, sync=cfg.sync_checkpoints)
-        job = launch.start(claim, gpus, env, job_store_env(self.store), worker=cfg.name, fence_after=cfg.lease / 2,
+        job = start_job(claim, gpus, env, job_store_env(self.store), worker=cfg.name, fence_after=cfg.lease / 2,
                            kill_grace=cfg.kill_grace)
         self.jobs[claim.job_id] = job
         self.wakeup.watch(job.supervisor.stdout, job)
@@ -363,11 +362,17 @@ class Worker:
                 self._end_job(job, "fenced", kill=True)
             self.ahead.clear()
             return False
-        fenced = set(reply.fenced)
+        self._obey(set(reply.fenced), set(reply.cancel))
+        if reply.drain and not self.draining:
+            self._drain("drain requested")
+        return True
+
+    def _obey(self, fenced: set[tuple[int, int]], cancel: set[int]) -> None:
+        """Drop or kill the attempts given to other workers, stop the cancelled jobs, renew the rest."""
         for claim in list(self.ahead):
             if (claim.job_id, claim.attempt) in fenced:
                 self.ahead.remove(claim)
-            elif claim.job_id in reply.cancel:
+            elif claim.job_id in cancel:
                 self.ahead.remove(claim)
                 self._pending(Outcome(claim.job_id, claim.attempt, "cancelled", reason="cancelled"))
         for job in self.jobs.values():
@@ -375,15 +380,12 @@ class Worker:
             if key in fenced:
                 self.log(f"job {key[0]} attempt {key[1]} was given to another worker: killing it")
                 self._end_job(job, "fenced", kill=True)
-            elif job.claim.job_id in reply.cancel:
+            elif job.claim.job_id in cancel:
                 self._end_job(job, "cancelled", kill=False)
             else:
                 job.supervisor.send(Renew())
         for job_id in [k for k, j in self.jobs.items() if j.ending == "fenced"]:
             self._forget(self.jobs.pop(job_id))
-        if reply.drain and not self.draining:
-            self._drain("drain requested")
-        return True
 
     def _forget(self, job: ActiveJob) -> None:
         """A fenced job: its supervisor is killing it; nothing of it is recorded."""
