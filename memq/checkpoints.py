@@ -2,8 +2,8 @@
 
 A checkpoint is registered (path on its node, size, sha256) by the attempt that wrote it, on
 node-local scratch. `memq sync` (or the job itself, right after it succeeds) copies it to the
-shared store (memq.paths.checkpoint_copy); the registry then points at
-the copy. Nothing is ever loaded before its bytes hash to the registered sha256.
+shared store (where memq.paths.checkpoint_copy says); the registry then points at the copy.
+Nothing is ever loaded before its bytes hash to the registered sha256.
 """
 
 from __future__ import annotations
