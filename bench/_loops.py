@@ -10,7 +10,7 @@ Each loop does what its system's own worker does for one job, no more:
 
 * ``memq``: ``Store.claim_many(worker, capacity, done, n)`` - record the jobs that ended and claim
   the next ones in one transaction, as many as ``memq.claim_ahead.ClaimAhead`` allows for the jobs'
-  run time (what ``memq.worker.Worker._exchange`` does; ``claim_ahead`` 0: one job at a time).
+  run time (what ``memq.worker.loop.Worker._exchange`` does; ``claim_ahead`` 0: one job at a time).
 * ``plain``: SQLite without memq - rollback journal (DELETE), synchronous=FULL, a fresh connection
   per transaction, ``BEGIN IMMEDIATE``, the same finish + claim in one transaction. SQLite's own
   locks are its only protection, so on two sshfs mounts it is expected to break.

@@ -2,8 +2,8 @@
 
 A checkpoint is registered (path on its node, size, sha256) by the attempt that wrote it, on
 node-local scratch. `memq sync` (or the job itself, right after it succeeds) copies it to the
-shared store ``<root>/checkpoints/<grid>/<job>/attempt-<k>/<name>``; the registry then points at
-the copy. Nothing is ever loaded before its bytes hash to the registered sha256.
+shared store (where memq.paths.checkpoint_copy says); the registry then points at the copy.
+Nothing is ever loaded before its bytes hash to the registered sha256.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from memq.files import publishing
+from memq.paths import checkpoint_copy
 
 CHUNK = 1 << 22
 
@@ -54,7 +55,7 @@ def load_verified(row: dict[str, Any], *, map_location: str = "cpu") -> Any:
 
 
 def shared_copy_path(root: Path, row: dict[str, Any], grid: str) -> Path:
-    return root / "checkpoints" / grid / str(row["job_id"]) / f"attempt-{row['attempt']}" / Path(row["path"]).name
+    return checkpoint_copy(root, grid, row["job_id"], row["attempt"], Path(row["path"]).name)
 
 
 def copy_verified(source: IO[bytes], dest: Path, size: int, sha256: str) -> None:

@@ -7,7 +7,6 @@ attempt - the job must then stop; its worker kills it anyway.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import time
@@ -17,38 +16,18 @@ from typing import Any
 
 from memq.checkpoints import sha256_file
 from memq.errors import Fenced
+from memq.jobenv import JobEnv
+from memq.paths import sibling_attempt_dir
 
 PROGRESS_INTERVAL = 2.0  # seconds between progress writes; the dashboard needs no more
 
 
 @dataclass
-class JobContext:
-    job_id: int
-    attempt: int
-    grid: str
-    group: str
-    kind: str
-    params: dict[str, Any]
-    repeat: int
-    job_dir: Path  # this attempt's own directory on the shared root
-    scratch_dir: Path  # node-local, this attempt's own
-    root: Path
-    gpus: list[int] = field(default_factory=list)
-    from_scratch: bool = False
-    db: str | None = None
+class JobContext(JobEnv):
+    """The attempt's facts (JobEnv; ``JobContext.from_env()`` in a job process) and its calls to the queue."""
+
     _store: Any = field(default=None, repr=False)
     _last_progress: float = field(default=0.0, repr=False)
-
-    @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> JobContext:
-        """The context of the job this process runs (the worker set MEMQ_* for it)."""
-        e = os.environ if env is None else env
-        gpus = [int(g) for g in e.get("MEMQ_GPUS", "").split(",") if g]
-        return cls(job_id=int(e["MEMQ_JOB_ID"]), attempt=int(e["MEMQ_ATTEMPT"]), grid=e["MEMQ_GRID"],
-                   group=e["MEMQ_GROUP"], kind=e["MEMQ_KIND"], params=json.loads(e["MEMQ_PARAMS"]),
-                   repeat=int(e.get("MEMQ_REPEAT", "0")), job_dir=Path(e["MEMQ_JOB_DIR"]),
-                   scratch_dir=Path(e["MEMQ_SCRATCH_DIR"]), root=Path(e["MEMQ_ROOT"]), gpus=gpus,
-                   from_scratch=e.get("MEMQ_FROM_SCRATCH") == "1", db=e.get("MEMQ_DB") or None)
 
     @property
     def store(self) -> Any:
@@ -61,8 +40,7 @@ class JobContext:
 
     def previous_attempt_dirs(self) -> list[Path]:
         """Directories of this job's earlier attempts that exist, newest first."""
-        parent = self.job_dir.parent
-        return [d for k in range(self.attempt - 1, 0, -1) if (d := parent / f"attempt-{k}").is_dir()]
+        return [d for k in range(self.attempt - 1, 0, -1) if (d := sibling_attempt_dir(self.job_dir, k)).is_dir()]
 
     def resume_file(self, name: str) -> Path | None:
         """The newest ``name`` an earlier attempt left, unless the job was retried from scratch."""

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from memq.host import BOOT, NAME, runs_here
-from memq.host import boot_id as boot_id  # (re-exported for memq.worker until it imports memq.host)
 
 DEFAULT_GRACE = float(os.environ.get("MEMQ_LOCK_GRACE", "20"))
 _HELD_ERRNOS = {errno.EEXIST, errno.EPERM, errno.EACCES}

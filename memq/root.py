@@ -1,9 +1,7 @@
 """A memq root: the shared directory holding the queue, logs and per-attempt job directories.
 
-    <root>/queue.db            SQLite job table (unless --db names PostgreSQL)
-    <root>/queue.db.lock       memq's lease lock (shared mode)
-    <root>/queue.version       bumped on every state change; idle workers stat it
-    <root>/jobs/<grid>/<id>/attempt-<k>/   log.txt and the attempt's own files (MEMQ_JOB_DIR)
+memq.paths spells out its layout. ``job_dir`` is imported here for callers that still name it
+``memq.root.job_dir`` (jobs/eval/logs.py); new code imports memq.paths.
 
 Files take the root's own permission bits: group-writable only where the root is.
 """
@@ -16,18 +14,17 @@ from pathlib import Path
 
 from memq.errors import UserError
 from memq.options import RootOptions
+from memq.paths import job_dir
 from memq.store.backends import DB_FILE, open_backend
 from memq.store.store import Store
+
+__all__ = ["apply_root_umask", "job_dir", "open_store"]
 
 
 def apply_root_umask(root: Path) -> None:
     """New files get at most the root's permission bits (never group-writable unless it is)."""
     mode = stat.S_IMODE(root.stat().st_mode)
     os.umask(~mode & 0o077)
-
-
-def job_dir(root: Path, grid: str, job_id: int, attempt: int) -> Path:
-    return root / "jobs" / grid / str(job_id) / f"attempt-{attempt}"
 
 
 def open_store(options: RootOptions, *, create: bool) -> Store:

@@ -7,18 +7,15 @@ and calls it. Exit codes: 0 done, 1 the job raised, 75 fenced, 78 the kind canno
 
 from __future__ import annotations
 
-import os
 import sys
 import traceback
 
 # Jobs raise memq.runner.PermanentError; it lives in memq.errors so that it is the same class
 # when this module runs as __main__ (python -m memq.runner).
 from memq.errors import PermanentError
+from memq.jobenv import EXIT_FENCED, EXIT_PERMANENT
 
 __all__ = ["EXIT_FENCED", "EXIT_PERMANENT", "PermanentError", "main"]
-
-EXIT_FENCED = 75
-EXIT_PERMANENT = 78
 
 
 def _sync_own_checkpoints(ctx: object) -> None:
@@ -47,7 +44,7 @@ def main() -> int:
         return EXIT_PERMANENT
     try:
         run(ctx)
-        if os.environ.get("MEMQ_SYNC") == "1":
+        if ctx.sync:
             _sync_own_checkpoints(ctx)
     except Fenced as exc:
         print(f"memq: {exc}; stopping", file=sys.stderr, flush=True)

@@ -43,7 +43,8 @@ def worker(
 ) -> None:
     """Run jobs on this node until stopped: claim, run, heartbeat, recover."""
     from memq.gpus import Nvml, healthy, parse_gpus
-    from memq.worker import Worker, WorkerConfig, default_scratch
+    from memq.worker.config import WorkerConfig, default_scratch
+    from memq.worker.loop import Worker
 
     nvml = Nvml()
     gpu_list, said = parse_gpus(gpus, nvml)
@@ -79,7 +80,7 @@ def logs(
 ) -> None:
     """Print a job's log, attempt after attempt."""
     from memq.errors import UserError
-    from memq.root import job_dir
+    from memq.paths import log_file
 
     st = store(ctx)
     rows = st.jobs(ids=[job_id])
@@ -90,7 +91,7 @@ def logs(
         job = st.jobs(ids=[job_id])[0]
         attempts = [attempt] if attempt else range(1, job["attempt"] + 1)
         for k in attempts:
-            path = job_dir(st.root, job["grid"], job_id, k) / "log.txt"
+            path = log_file(st.root, job["grid"], job_id, k)
             if not path.exists():
                 continue
             with path.open("rb") as fh:

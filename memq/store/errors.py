@@ -10,3 +10,9 @@ class StoreUnavailable(Exception):
     The backends raise it as a subclass that is also the SQLAlchemy error it replaces
     (memq.store.backend), so code that catches SQLAlchemy's errors keeps working.
     """
+
+    @property
+    def reason(self) -> str:
+        """Why, in one line (the driver's own message where there is one)."""
+        text = str(getattr(self, "orig", None) or super().__str__()).strip()
+        return text.splitlines()[0] if text else type(self).__name__

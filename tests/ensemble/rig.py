@@ -17,9 +17,10 @@ from memq import kinds
 from memq.context import JobContext
 from memq.grid import load_grid
 from memq.options import RootOptions
-from memq.root import job_dir, open_store
+from memq.root import open_store
 from memq.spec import GridSpec, GroupSpec, JobSpec
 from memq.store.types import Capacity, Outcome
+from memq.testing import claim_context
 
 GRID = "tgrid"
 N_CHECKPOINTS = 3
@@ -57,16 +58,7 @@ class Rig:
         return ["--root", str(self.root)]
 
     def claim(self) -> JobContext | None:
-        _, claim = self.store.claim(self.worker, Capacity(slots=1))
-        if claim is None:
-            return None
-        shared = job_dir(self.root, claim.grid, claim.job_id, claim.attempt)
-        scratch = self.scratch / claim.grid / str(claim.job_id) / f"attempt-{claim.attempt}"
-        shared.mkdir(parents=True)
-        scratch.mkdir(parents=True)
-        return JobContext(job_id=claim.job_id, attempt=claim.attempt, grid=claim.grid, group=claim.group,
-                          kind=claim.kind, params=claim.params, repeat=claim.repeat, job_dir=shared,
-                          scratch_dir=scratch, root=self.root, _store=self.store)
+        return claim_context(self.store, self.worker, Capacity(slots=1), self.scratch)
 
     def finish(self, ctx: JobContext, state: str = "succeeded") -> None:
         assert self.store.finish(Outcome(ctx.job_id, ctx.attempt, state))

@@ -6,7 +6,6 @@ check the GPU path (mixed precision) on a machine that has one.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 from collections.abc import Mapping
@@ -15,9 +14,10 @@ from typing import Any
 
 from memq.context import JobContext
 from memq.options import RootOptions
-from memq.root import job_dir, open_store
+from memq.root import open_store
 from memq.spec import GridSpec, GroupSpec, JobSpec
 from memq.store.types import Capacity, WorkerRef
+from memq.testing import claim_context, job_variables
 
 GRID = "test"
 
@@ -45,42 +45,15 @@ class QueueRig:
         return next(j["id"] for j in self.store.jobs(grid=GRID) if j["key"] == job.key)
 
     def claim(self) -> JobContext:
-        _, claim = self.store.claim(self.worker, Capacity(slots=1))
-        assert claim is not None, "nothing to claim"
-        directory = job_dir(self.root, claim.grid, claim.job_id, claim.attempt)
-        directory.mkdir(parents=True)
-        scratch = self.scratch / str(claim.job_id) / f"attempt-{claim.attempt}"
-        scratch.mkdir(parents=True)
-        return JobContext(
-            job_id=claim.job_id,
-            attempt=claim.attempt,
-            grid=claim.grid,
-            group=claim.group,
-            kind=claim.kind,
-            params=claim.params,
-            repeat=claim.repeat,
-            job_dir=directory,
-            scratch_dir=scratch,
-            root=self.root,
-            gpus=[int(g) for g in os.environ.get("MEMQ_TEST_GPUS", "").split(",") if g],
-            from_scratch=claim.from_scratch,
-            _store=self.store,
-        )
+        gpus = [int(g) for g in os.environ.get("MEMQ_TEST_GPUS", "").split(",") if g]
+        ctx = claim_context(self.store, self.worker, Capacity(slots=1), self.scratch, gpus)
+        assert ctx is not None, "nothing to claim"
+        return ctx
 
-    def environment(self, ctx: JobContext) -> dict[str, str]:
+    @staticmethod
+    def environment(ctx: JobContext) -> dict[str, str]:
         """The MEMQ_* variables a worker sets for the job process of ``ctx``."""
-        return {
-            "MEMQ_JOB_ID": str(ctx.job_id),
-            "MEMQ_ATTEMPT": str(ctx.attempt),
-            "MEMQ_GRID": ctx.grid,
-            "MEMQ_GROUP": ctx.group,
-            "MEMQ_KIND": ctx.kind,
-            "MEMQ_PARAMS": json.dumps(ctx.params),
-            "MEMQ_REPEAT": str(ctx.repeat),
-            "MEMQ_JOB_DIR": str(ctx.job_dir),
-            "MEMQ_SCRATCH_DIR": str(ctx.scratch_dir),
-            "MEMQ_ROOT": str(self.root),
-        }
+        return job_variables(ctx)
 
     def lose_worker(self) -> None:
         heartbeat = self.store.worker_heartbeats()[self.worker.id][0]

@@ -27,6 +27,10 @@ def test_an_unreachable_database_is_store_unavailable_and_still_sqlalchemy_s_err
         with pytest.raises(StoreUnavailable) as caught:
             st.counts()
         assert isinstance(caught.value, sa.exc.OperationalError)
+        reason = caught.value.reason  # what the worker logs: one line
+        assert reason and "\n" not in reason
+        if st is sqlite_store:
+            assert reason == "unable to open database file"
         st.backend.dispose()
 
 

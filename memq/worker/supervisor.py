@@ -1,8 +1,8 @@
 """The process between a worker and one job: it keeps the job from outliving its lease.
 
-The worker starts ``python -m memq.supervisor``, writes the job's spec as one JSON line on its
-stdin, then keeps writing ``renew`` after every heartbeat it committed. The supervisor runs the
-job in its own process group and kills that whole group when
+The worker starts ``python -m memq.worker.supervisor``, writes the job's Launch message on its
+stdin, then keeps writing ``renew`` after every heartbeat it committed (memq.worker.protocol).
+The supervisor runs the job in its own process group and kills that whole group when
 
 * the worker dies: its stdin reaches EOF (and PR_SET_PDEATHSIG sends SIGTERM as a second path);
 * the worker says ``term REASON`` (SIGTERM, then SIGKILL after the grace) or ``kill REASON``;
@@ -11,7 +11,7 @@ job in its own process group and kills that whole group when
   it dead and rerun the job. fence_after is well under the lease, so the old attempt is gone
   before a new one can start.
 
-It reports on stdout: ``started PID``, then ``exit CODE`` | ``fenced`` | ``killed REASON CODE``.
+It reports on stdout: Started, then Exited, Fenced or Killed.
 Standard library only: it must start fast and never import the job's dependencies.
 """
 
@@ -19,14 +19,27 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
 import os
 import selectors
 import signal
 import subprocess
 import sys
 import time
-from typing import Any
+
+from memq.worker.protocol import (
+    Exited,
+    Fenced,
+    Killed,
+    Launch,
+    LineReader,
+    Message,
+    Renew,
+    Report,
+    Started,
+    Stop,
+    decode,
+    encode,
+)
 
 PR_SET_PDEATHSIG = 1
 
@@ -43,33 +56,33 @@ def _kill_group(pgid: int, sig: int) -> None:
 
 
 class Supervisor:
-    def __init__(self, spec: dict[str, Any]) -> None:
+    def __init__(self, spec: Launch) -> None:
         self.spec = spec
-        self.fence_after = float(spec["fence_after"])
-        self.term_grace = float(spec.get("term_grace", 10.0))
+        self.fence_after = spec.fence_after
+        self.term_grace = spec.term_grace
         self.proc: subprocess.Popen[bytes] | None = None
         self.reason: str | None = None  # why we ended the job, if we did
         self.kill_at: float | None = None
         self.last_renew = time.monotonic()
-        self._buffer = b""
+        self._commands = LineReader()
 
     def start(self) -> None:
         spec = self.spec
-        with open(spec["log"], "ab") as log:
-            if spec.get("header"):
-                log.write(spec["header"].encode() + b"\n")
+        with open(spec.log, "ab") as log:
+            if spec.header:
+                log.write(spec.header.encode() + b"\n")
                 log.flush()
             self.proc = subprocess.Popen(
-                spec["argv"], env=spec["env"], cwd=spec.get("cwd"), stdin=subprocess.DEVNULL, stdout=log,
+                spec.argv, env=spec.env, cwd=spec.cwd, stdin=subprocess.DEVNULL, stdout=log,
                 stderr=subprocess.STDOUT, start_new_session=True,
                 preexec_fn=lambda: set_parent_death_signal(signal.SIGKILL),
             )
-        self.say(f"started {self.proc.pid}")
+        self.say(Started(self.proc.pid))
 
     @staticmethod
-    def say(line: str) -> None:
+    def say(report: Report) -> None:
         with contextlib.suppress(BrokenPipeError):
-            sys.stdout.write(line + "\n")
+            sys.stdout.buffer.write(encode(report))
             sys.stdout.flush()
 
     def end(self, reason: str, sig: int) -> None:
@@ -81,24 +94,22 @@ class Supervisor:
         if sig == signal.SIGTERM and self.kill_at is None:
             self.kill_at = time.monotonic() + self.term_grace
 
-    def on_command(self, line: str) -> None:
-        word, _, rest = line.partition(" ")
-        if word == "renew":
-            self.last_renew = time.monotonic()
-        elif word == "term":
-            self.end(rest or "terminated", signal.SIGTERM)
-        elif word == "kill":
-            self.end(rest or "killed", signal.SIGKILL)
+    def on_command(self, command: Message) -> None:
+        match command:
+            case Renew():
+                self.last_renew = time.monotonic()
+            case Stop(why=why, kill=False):
+                self.end(why or "terminated", signal.SIGTERM)
+            case Stop(why=why, kill=True):
+                self.end(why or "killed", signal.SIGKILL)
 
     def read_commands(self) -> bool:
         """Handle what the worker wrote; False at EOF (the worker is gone)."""
         chunk = os.read(sys.stdin.fileno(), 4096)
         if not chunk:
             return False
-        self._buffer += chunk
-        while b"\n" in self._buffer:
-            line, self._buffer = self._buffer.split(b"\n", 1)
-            self.on_command(line.decode().strip())
+        for command in self._commands.feed(chunk):
+            self.on_command(command)
         return True
 
     def run(self) -> int:
@@ -128,17 +139,19 @@ class Supervisor:
         code = self.proc.wait()
         _kill_group(self.proc.pid, signal.SIGKILL)  # stragglers the job left in its group
         if self.reason == "fenced":
-            self.say("fenced")
+            self.say(Fenced())
         elif self.reason is not None:
-            self.say(f"killed {self.reason.replace(' ', '_')} {code}")
+            self.say(Killed(self.reason, code))
         else:
-            self.say(f"exit {code}")
+            self.say(Exited(code))
         return 0
 
 
 def main() -> None:
     set_parent_death_signal(signal.SIGTERM)
-    spec = json.loads(sys.stdin.buffer.readline())
+    spec = decode(sys.stdin.buffer.readline())
+    if not isinstance(spec, Launch):
+        sys.exit(f"memq supervisor: expected a launch message, got {spec}")
     supervisor = Supervisor(spec)
 
     def on_term(_sig: int, _frame: object) -> None:

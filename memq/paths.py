@@ -1,0 +1,44 @@
+"""Where everything of a job lives: the one place that spells the root's and the scratch's layout.
+
+    <root>/queue.db, queue.db.lock, queue.version      the queue (memq.store.backends)
+    <root>/jobs/<grid>/<job>/attempt-<k>/               an attempt's own directory (MEMQ_JOB_DIR)
+    <root>/jobs/<grid>/<job>/attempt-<k>/log.txt        what the job process printed
+    <root>/checkpoints/<grid>/<job>/attempt-<k>/<name>  a checkpoint's verified copy (memq sync)
+    <scratch>/<grid>/<job>/attempt-<k>/                 the attempt's node-local scratch (MEMQ_SCRATCH_DIR)
+
+Pure functions of their arguments: nothing here touches the filesystem.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+LOG = "log.txt"
+
+
+def attempt_name(attempt: int) -> str:
+    return f"attempt-{attempt}"
+
+
+def job_dir(root: Path, grid: str, job_id: int, attempt: int) -> Path:
+    """The shared directory of one attempt of a job."""
+    return root / "jobs" / grid / str(job_id) / attempt_name(attempt)
+
+
+def log_file(root: Path, grid: str, job_id: int, attempt: int) -> Path:
+    return job_dir(root, grid, job_id, attempt) / LOG
+
+
+def sibling_attempt_dir(attempt_dir: Path, attempt: int) -> Path:
+    """The directory of another attempt of the job that owns ``attempt_dir``."""
+    return attempt_dir.parent / attempt_name(attempt)
+
+
+def scratch_dir(scratch: Path, grid: str, job_id: int, attempt: int) -> Path:
+    """An attempt's directory under a node's scratch."""
+    return scratch / grid / str(job_id) / attempt_name(attempt)
+
+
+def checkpoint_copy(root: Path, grid: str, job_id: int, attempt: int, name: str) -> Path:
+    """Where `memq sync` puts the shared copy of a checkpoint file called ``name``."""
+    return root / "checkpoints" / grid / str(job_id) / attempt_name(attempt) / name

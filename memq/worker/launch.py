@@ -1,0 +1,108 @@
+"""Starting a claimed job: its directories, its environment and argv, and the supervisor process
+that runs it (memq.worker.supervisor); then the worker's end of that supervisor's pipes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from memq.jobenv import JobEnv
+from memq.paths import LOG
+from memq.store.types import Claim
+from memq.template import render
+from memq.worker.protocol import Command, Launch, LineReader, Message, Report, Started, encode
+
+
+def launch_message(env: JobEnv, command: list[str] | None, inherited: Mapping[str, str], *, fence_after: float,
+                   kill_grace: float, header: str) -> Launch:
+    """How the supervisor runs the attempt ``env``: ``command`` rendered, or a Python kind's runner."""
+    argv = render(command, env.template_values()) if command is not None else [sys.executable, "-m", "memq.runner"]
+    return Launch(argv=argv, env={**inherited, **env.to_env()}, cwd=str(env.job_dir), log=str(env.job_dir / LOG),
+                  fence_after=fence_after, term_grace=kill_grace, header=header)
+
+
+class Supervised:
+    """A running supervisor: send it commands, read its reports (its stdout is non-blocking)."""
+
+    def __init__(self, launch: Launch) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "memq.worker.supervisor"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.send(launch)
+        os.set_blocking(self.stdout.fileno(), False)
+        self._reports = LineReader()
+
+    @property
+    def stdout(self) -> IO[bytes]:
+        assert self.proc.stdout is not None
+        return self.proc.stdout
+
+    def send(self, command: Command) -> None:
+        """Write a command; a supervisor that is gone hears nothing (its report says how it ended)."""
+        assert self.proc.stdin is not None
+        with contextlib.suppress(BrokenPipeError, ValueError, OSError):
+            self.proc.stdin.write(encode(command))
+            self.proc.stdin.flush()
+
+    def read(self) -> list[Message] | None:
+        """The reports it wrote since the last read; None once its stdout is closed."""
+        try:
+            chunk = os.read(self.stdout.fileno(), 4096)
+        except BlockingIOError:
+            return []
+        reports = self._reports.feed(chunk)
+        return reports if chunk else None
+
+
+@dataclass(frozen=True)
+class Gone:
+    """The supervisor exited without a last word."""
+
+    returncode: int
+
+    def __str__(self) -> str:
+        return f"supervisor died ({self.returncode})"
+
+
+@dataclass
+class ActiveJob:
+    """A job this worker runs: its claim, its GPUs and its supervisor."""
+
+    claim: Claim
+    gpus: list[int]
+    supervisor: Supervised
+    log: Path
+    started: float = field(default_factory=time.monotonic)
+    pid: int | None = None
+    ending: str | None = None  # requeued | cancelled | fenced, when we stop it ourselves
+    result: Report | Gone | None = None  # the supervisor's last word
+
+    def take(self, reports: list[Message] | None) -> None:
+        """What the supervisor said; ``None``: it is done."""
+        for report in reports or []:
+            if isinstance(report, Started):
+                self.pid = report.pid
+            elif isinstance(report, Report):
+                self.result = report
+        if reports is None:
+            code = self.supervisor.proc.wait()
+            if self.result is None:
+                self.result = Gone(code)
+
+
+def start_job(claim: Claim, gpus: list[int], env: JobEnv, extra_env: Mapping[str, str], *, worker: str,
+          fence_after: float, kill_grace: float) -> ActiveJob:
+    """Make the attempt's directories and start its supervisor."""
+    env.make_dirs()
+    header = (f"# memq: job {claim.job_id} attempt {claim.attempt} on {socket.gethostname()} "
+              f"(worker {worker}, GPUs {','.join(map(str, gpus)) or 'none'}) at {time.strftime('%Y-%m-%d %H:%M:%S')}")
+    launch = launch_message(env, claim.command, {**os.environ, **extra_env}, fence_after=fence_after,
+                            kill_grace=kill_grace, header=header)
+    return ActiveJob(claim, gpus, Supervised(launch), Path(launch.log))

@@ -1,0 +1,391 @@
+"""The worker's loop: claim what fits, start it, keep its leases, record how it ended.
+
+The loop is single-threaded: it sleeps in a selector on the supervisors' pipes and a signal pipe,
+and wakes for
+
+* a supervisor's report (job started, exited, fenced) -> record the attempt's end and claim the
+  next job in the same transaction; while jobs run for less than a second or so, one transaction
+  claims several and records their ends together (memq/claim_ahead.py);
+* the heartbeat timer (only while it runs jobs) -> one write renews all its leases, then every
+  supervisor is told to renew; the reply says what was fenced, cancelled, or drained;
+* the poll timer -> stat the version file; claim only when it changed or a capped back-off
+  expired, so idle workers cause no database transactions;
+* the reaper timer (memq/worker/reaper.py).
+
+A database that cannot be reached (a PostgreSQL restart, an NFS error) does not stop the worker:
+its jobs go on, what they ended with waits in memory, and the loop tries again after a pause. The
+supervisors still fence their jobs once the lease has not been renewed for half its length.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from memq.claim_ahead import ClaimAhead
+from memq.host import boot_id
+from memq.jobenv import JobEnv
+from memq.store.errors import StoreUnavailable
+from memq.store.store import Store
+from memq.store.types import Capacity, Claim, Outcome, Running, WorkerRef
+from memq.worker.config import WorkerConfig
+from memq.worker.launch import ActiveJob, start_job
+from memq.worker.outcome import OutcomePolicy
+from memq.worker.protocol import Renew, Stop
+from memq.worker.reaper import Reaper
+from memq.worker.wakeup import Wakeup
+
+EXIT_LOST_LEASE = 3  # `memq worker`'s exit code when another worker declared it dead
+MAX_OUTAGE_PAUSE = 10.0
+
+
+@dataclass
+class Timers:
+    """When the loop next heartbeats, reaps, polls the version file and claims (monotonic seconds),
+    and what it saw last; the loop starts afresh with new ones after a database outage."""
+
+    heartbeat: float
+    reap: float
+    poll: float
+    claim: float
+    idle_since: float
+    version: Any = None
+    announced_drain: bool = False
+
+
+class Worker:
+    def __init__(self, store: Store, config: WorkerConfig, *, gpu_filter: Any = None,
+                 out: TextIO = sys.stderr) -> None:
+        config.check()
+        self.store = store
+        self.cfg = config
+        self.out = out
+        self.gpu_filter = gpu_filter  # callable(free GPU list) -> usable GPUs
+        self.jobs: dict[int, ActiveJob] = {}
+        self.unrecorded: list[Outcome] = []  # ended attempts the store has not taken yet
+        self.unrecorded_since: float | None = None  # when the oldest of them ended (monotonic)
+        self.ahead: list[Claim] = []  # claimed in an earlier transaction, not started yet
+        self.pace = ClaimAhead(config.claim_ahead)
+        self.policy = OutcomePolicy(config.retry_backoff, config.quarantine_after)
+        self.reaper = Reaper(config.lease)
+        self.claimed = 0
+        self.draining: str | None = None
+        self.drain_deadline: float | None = None
+        self.stop_now = False
+        self.ref: WorkerRef | None = None
+        self.wakeup = Wakeup()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def log(self, message: str) -> None:
+        stamp = time.strftime("%H:%M:%S")
+        print(f"{stamp} memq worker {self.cfg.name}: {message}", file=self.out, flush=True)
+
+    def run(self) -> int:
+        cfg = self.cfg
+        self.ref = self.store.register_worker(cfg.name, socket.gethostname(), os.getpid(), boot_id(), cfg.gpus,
+                                              cfg.slots, cfg.lease)
+        self.log(f"started (pid {os.getpid()}, GPUs {','.join(map(str, cfg.gpus)) or 'none'}, "
+                 f"{cfg.slots} CPU slots, lease {cfg.lease:g}s)")
+        pause = 1.0
+        with self.wakeup.signals(self._on_signal):
+            while True:
+                try:
+                    return self._loop()
+                except StoreUnavailable as exc:
+                    self.log(f"database unavailable ({exc.reason}): running jobs go on; trying again in {pause:g}s")
+                    self._wait(pause)
+                    pause = min(pause * 2, MAX_OUTAGE_PAUSE)
+
+    def _wait(self, seconds: float) -> None:
+        """Sleep ``seconds`` while still noticing signals and what the supervisors say."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0 and not self.stop_now:
+            self._collect(self.wakeup.wait(left))
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        if self.draining is None:
+            self._drain(signal.Signals(signum).name)
+        else:
+            self.stop_now = True
+
+    def _drain(self, why: str) -> None:
+        self.draining = why
+        self.drain_deadline = time.monotonic() + self.cfg.term_grace
+
+    def _loop(self) -> int:
+        now = time.monotonic()
+        timers = Timers(heartbeat=now + self.cfg.heartbeat, reap=now + self.cfg.lease / 4, poll=now, claim=now,
+                        idle_since=now)
+        while True:
+            now = time.monotonic()
+            self._stop_when_asked(now, timers)
+            self._settle(now)
+            if not self._keep_leases(now, timers):
+                return EXIT_LOST_LEASE
+            if self._may_claim() and now >= timers.claim:
+                if self._claim_all():
+                    timers.idle_since = time.monotonic()
+                timers.claim = time.monotonic() + self._claim_timer()
+            code = self._exit_code(timers)
+            if code is not None:
+                return code
+            self._collect(self.wakeup.wait(max(0.0, self._next_deadline(timers) - time.monotonic())))
+
+    def _stop_when_asked(self, now: float, timers: Timers) -> None:
+        """Announce a drain once; requeue the running jobs once it is overdue or a second signal came."""
+        if self.draining and not timers.announced_drain:
+            timers.announced_drain = True
+            self.log(f"{self.draining}: not claiming; running jobs have {self.cfg.term_grace:g}s to finish, "
+                     "then go back to the queue (send the signal again to stop now)")
+            self.store.set_worker_state(self.ref.id, "draining", self.draining)
+        if self.stop_now or (self.draining and self.drain_deadline is not None and now >= self.drain_deadline):
+            for job in self.jobs.values():
+                self._end_job(job, "requeued", kill=True)
+            self.drain_deadline = None
+
+    def _settle(self, now: float) -> None:
+        """Take in the supervisors' reports, judge the jobs that ended, start claimed-ahead jobs, and
+        record the ended ones unless they may wait for the next claim."""
+        self._collect(self.wakeup.wait(0))
+        for job in [job for job in self.jobs.values() if job.result is not None]:
+            self.pace.ran(now - job.started)
+            self._pending(self._judge(job))
+            del self.jobs[job.claim.job_id]
+        self._start_ahead()
+        if self._must_record(now):
+            self._exchange()
+
+    def _keep_leases(self, now: float, timers: Timers) -> bool:
+        """Heartbeat, reap and poll the version file when due; False once this worker was declared dead."""
+        cfg = self.cfg
+        if self.jobs and now >= timers.heartbeat:
+            if not self._heartbeat():
+                return False
+            timers.heartbeat = now + cfg.heartbeat
+        if now >= timers.reap and (self.jobs or self.reaper.others_busy):
+            for line in self.reaper.reap(self.store, self.ref.id):
+                self.log(line)
+            timers.reap = now + cfg.lease / 4
+        if now >= timers.poll:
+            timers.poll = now + cfg.poll
+            current = self.store.version()
+            if current != timers.version:
+                timers.version = current
+                timers.claim = now
+                self.reaper.others_busy = True
+                return self._heartbeat()
+        return True
+
+    def _exit_code(self, timers: Timers) -> int | None:
+        """0 when the worker should exit now (drained, --max-jobs, --idle-exit), else None."""
+        if self.jobs:
+            timers.idle_since = time.monotonic()
+            return None
+        if self.draining or self.stop_now:
+            self._stopped("drained: exiting", "stopped", self.draining)
+        elif self.cfg.max_jobs is not None and self.claimed >= self.cfg.max_jobs:
+            self._stopped(f"ran {self.claimed} jobs (--max-jobs): exiting", "stopped", "max jobs")
+        elif self.cfg.idle_exit is not None and time.monotonic() - timers.idle_since >= self.cfg.idle_exit:
+            quarantined = self.policy.quarantined
+            self._stopped(f"nothing to claim for {self.cfg.idle_exit:g}s: exiting", "stopped",
+                          f"quarantined: {quarantined}" if quarantined else "idle")
+        else:
+            return None
+        return 0
+
+    def _stopped(self, message: str, state: str, why: str | None) -> None:
+        self.log(message)
+        self.store.set_worker_state(self.ref.id, state, why)
+
+    def _next_deadline(self, timers: Timers) -> float:
+        deadlines = [timers.poll, timers.claim if self._may_claim() else timers.poll]
+        if self.jobs:
+            deadlines.append(timers.heartbeat)
+        if self.jobs or self.reaper.others_busy:
+            deadlines.append(timers.reap)
+        if self.drain_deadline is not None:
+            deadlines.append(self.drain_deadline)
+        if self.unrecorded_since is not None:
+            deadlines.append(self.unrecorded_since + self.cfg.claim_ahead)
+        return min(deadlines)
+
+    # -- claiming and starting -------------------------------------------------------------------
+
+    def _busy_gpus(self) -> set[int]:
+        return {g for job in self.jobs.values() for g in job.gpus}
+
+    def _capacity(self) -> tuple[Capacity, list[int]]:
+        free = [g for g in self.cfg.gpus if g not in self._busy_gpus()]
+        if free and self.gpu_filter is not None:
+            free = self.gpu_filter(free)
+        slots = self.cfg.slots - sum(1 for job in self.jobs.values() if not job.gpus)
+        return Capacity(gpus=len(free), slots=max(slots, 0), grids=self.cfg.grids), free
+
+    def _may_claim(self) -> bool:
+        if not self._may_start():
+            return False
+        return self.cfg.max_jobs is None or self.claimed < self.cfg.max_jobs
+
+    def _may_start(self) -> bool:
+        return not (self.draining or self.stop_now or self.policy.quarantined)
+
+    def _claim_all(self) -> bool:
+        """Claim until full or nothing fits; True if anything was claimed."""
+        any_claimed = False
+        while self._exchange():
+            any_claimed = True
+            if self.ahead:  # the rest waits for a free slot
+                break
+        return any_claimed
+
+    def _claim_timer(self) -> float:
+        """Seconds until the next claim not prompted by the version file: when the first backed-off
+        job becomes due, else a long safety period; jittered so idle workers do not fire together."""
+        wait = min(self.store.retry_in if self.store.retry_in is not None else self.cfg.safety_poll,
+                   self.cfg.safety_poll)
+        return max(wait, self.cfg.poll) * random.uniform(1.0, 1.2)
+
+    def _pending(self, done: Outcome) -> None:
+        """An attempt ended: its outcome waits for the next transaction."""
+        if not self.unrecorded:
+            self.unrecorded_since = time.monotonic()
+        self.unrecorded.append(done)
+
+    def _must_record(self, now: float) -> bool:
+        """Record ended attempts now, or let them wait for the transaction that claims again? They
+        wait only while claimed-ahead jobs run, and at most --claim-ahead seconds."""
+        if not self.unrecorded:
+            return False
+        if not self.ahead or not self._may_start():
+            return True
+        return now - (self.unrecorded_since or now) >= self.cfg.claim_ahead
+
+    def _claim_limit(self) -> int:
+        want = max(0, self.pace.batch() - len(self.ahead))
+        if self.cfg.max_jobs is not None:
+            want = min(want, self.cfg.max_jobs - self.claimed)
+        return want
+
+    def _exchange(self) -> int:
+        """One transaction: record every ended attempt and claim what fits the free capacity (several
+        jobs when recent jobs were short); start what can start. Returns how many were claimed."""
+        capacity, _ = self._capacity()
+        want = self._claim_limit() if self._may_claim() and not capacity.empty else 0
+        if not want and not self.unrecorded:
+            return 0
+        accepted, claims = self.store.claim_many(self.ref, capacity, self.unrecorded, want)
+        for done, ok in zip(self.unrecorded, accepted, strict=True):
+            if not ok:
+                self.log(f"job {done.job_id} attempt {done.attempt}: superseded; its result was not recorded")
+        self.unrecorded.clear()
+        self.unrecorded_since = None
+        self.claimed += len(claims)
+        self.ahead.extend(claims)
+        self._start_ahead()
+        return len(claims)
+
+    def _start_ahead(self) -> None:
+        """Start the claimed jobs that fit now. Those that cannot start go back uncharged: all of them
+        when the worker stops claiming, and any that does not fit though nothing else runs here."""
+        for claim in list(self.ahead):
+            capacity, free = self._capacity()
+            if capacity.empty or not self._may_start():
+                break
+            if capacity.fits(claim.gpus):
+                self.ahead.remove(claim)
+                self._start(claim, free[:claim.gpus])
+        if self.ahead and (not self._may_start() or not self.jobs):
+            why = "worker stopped before starting it" if not self._may_start() else "its GPUs were taken here"
+            for claim in self.ahead:
+                self._pending(Outcome(claim.job_id, claim.attempt, "requeued", reason=why))
+            self.ahead.clear()
+
+    def _start(self, claim: Claim, gpus: list[int]) -> None:
+        cfg = self.cfg
+        env = JobEnv.of_claim(claim, self.store.root, cfg.scratch, gpus, sync=cfg.sync_checkpoints)
+        job = start_job(claim, gpus, env, self.store.job_env(), worker=cfg.name, fence_after=cfg.lease / 2,
+                           kill_grace=cfg.kill_grace)
+        self.jobs[claim.job_id] = job
+        self.wakeup.watch(job.supervisor.stdout, job)
+        self.log(f"job {claim.job_id} attempt {claim.attempt} ({claim.grid}/{claim.group}) started"
+                 + (f" on GPUs {','.join(map(str, gpus))}" if gpus else ""))
+
+    # -- supervisors -----------------------------------------------------------------------------
+
+    def _collect(self, ready: list[tuple[Any, ActiveJob]]) -> None:
+        """Read what supervisors said; mark jobs whose supervisor is done."""
+        for _, job in ready:
+            reports = job.supervisor.read()
+            if reports is None:
+                self.wakeup.forget(job.supervisor.stdout)
+            job.take(reports)
+
+    def _end_job(self, job: ActiveJob, why: str, *, kill: bool) -> None:
+        """Ask a job's supervisor to stop it; ``why`` decides how its end is recorded."""
+        if job.ending is None or why == "fenced":
+            job.ending = why
+        job.supervisor.send(Stop(why, kill=kill))
+
+    def _judge(self, job: ActiveJob) -> Outcome:
+        verdict = self.policy.judge(job.claim, job.result, ending=job.ending, elapsed=time.monotonic() - job.started,
+                                    log=job.log)
+        self.log(verdict.note)
+        if verdict.quarantine:
+            self.log(f"quarantined: {verdict.quarantine}; claiming nothing more (restart the worker to lift it)")
+            self.store.set_worker_state(self.ref.id, "quarantined", verdict.quarantine)
+        return verdict.outcome
+
+    # -- liveness --------------------------------------------------------------------------------
+
+    def _heartbeat(self) -> bool:
+        """Renew all leases with one write; False when this worker was declared dead."""
+        # every attempt this worker holds, ended ones included until the store has their outcome
+        running = [Running(job.claim.job_id, job.claim.attempt) for job in self.jobs.values()]
+        running += [Running(c.job_id, c.attempt) for c in self.ahead]
+        running += [Running(done.job_id, done.attempt) for done in self.unrecorded]
+        reply = self.store.heartbeat(self.ref, running)
+        if not reply.alive:
+            self.log("declared dead by another worker (no heartbeat within the lease): killing my jobs "
+                     "and standing down")
+            for job in self.jobs.values():
+                self._end_job(job, "fenced", kill=True)
+            self.ahead.clear()
+            return False
+        self._obey(set(reply.fenced), set(reply.cancel))
+        if reply.drain and not self.draining:
+            self._drain("drain requested")
+        return True
+
+    def _obey(self, fenced: set[tuple[int, int]], cancel: set[int]) -> None:
+        """Drop or kill the attempts given to other workers, stop the cancelled jobs, renew the rest."""
+        for claim in list(self.ahead):
+            if (claim.job_id, claim.attempt) in fenced:
+                self.ahead.remove(claim)
+            elif claim.job_id in cancel:
+                self.ahead.remove(claim)
+                self._pending(Outcome(claim.job_id, claim.attempt, "cancelled", reason="cancelled"))
+        for job in self.jobs.values():
+            key = (job.claim.job_id, job.claim.attempt)
+            if key in fenced:
+                self.log(f"job {key[0]} attempt {key[1]} was given to another worker: killing it")
+                self._end_job(job, "fenced", kill=True)
+            elif job.claim.job_id in cancel:
+                self._end_job(job, "cancelled", kill=False)
+            else:
+                job.supervisor.send(Renew())
+        for job_id in [k for k, j in self.jobs.items() if j.ending == "fenced"]:
+            self._forget(self.jobs.pop(job_id))
+
+    def _forget(self, job: ActiveJob) -> None:
+        """A fenced job: its supervisor is killing it; nothing of it is recorded."""
+        self.wakeup.forget(job.supervisor.stdout)
+        with contextlib.suppress(Exception):
+            job.supervisor.proc.wait(timeout=self.cfg.kill_grace + 5)

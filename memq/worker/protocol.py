@@ -1,0 +1,121 @@
+"""The lines a worker and a job's supervisor exchange over the supervisor's stdin and stdout.
+
+Worker -> supervisor: ``launch {json}`` once, then ``renew`` after every heartbeat it committed,
+and ``term WHY`` / ``kill WHY`` to stop the job. Supervisor -> worker: ``started PID``, then one
+of ``exit CODE``, ``fenced`` or ``killed WHY CODE``. Both sides use :func:`encode` and
+:class:`LineReader`; standard library only (the supervisor must start fast).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class Launch:
+    """What to run, and how the supervisor guards it."""
+
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str
+    log: str  # the job's stdout and stderr, appended
+    fence_after: float  # kill the job when no renew came for this long
+    term_grace: float = 10.0  # SIGTERM -> SIGKILL
+    header: str = ""  # first line written to the log
+
+
+@dataclass(frozen=True)
+class Renew:
+    """The worker renewed this job's lease."""
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Stop the job: SIGTERM then SIGKILL after the grace, or SIGKILL at once (``kill``)."""
+
+    why: str = ""
+    kill: bool = False
+
+
+@dataclass(frozen=True)
+class Started:
+    pid: int
+
+
+@dataclass(frozen=True)
+class Exited:
+    """The job ended by itself with this exit code (negative: killed by that signal)."""
+
+    code: int
+
+
+@dataclass(frozen=True)
+class Fenced:
+    """No renew came in time: the supervisor killed the job."""
+
+
+@dataclass(frozen=True)
+class Killed:
+    """The job was stopped on request (``why``) or because the worker went away."""
+
+    why: str
+    code: int
+
+
+Command = Launch | Renew | Stop
+Report = Started | Exited | Fenced | Killed
+Message = Command | Report
+
+
+def encode(message: Message) -> bytes:
+    match message:
+        case Launch():
+            text = "launch " + json.dumps(asdict(message))
+        case Renew():
+            text = "renew"
+        case Stop(why=why, kill=kill):
+            text = f"{'kill' if kill else 'term'} {why}"
+        case Started(pid=pid):
+            text = f"started {pid}"
+        case Exited(code=code):
+            text = f"exit {code}"
+        case Fenced():
+            text = "fenced"
+        case Killed(why=why, code=code):
+            text = f"killed {why.replace(' ', '_')} {code}"
+    return text.encode() + b"\n"
+
+
+def decode(line: bytes) -> Message:
+    """The message of one line (without its newline); ValueError if it is none."""
+    word, _, rest = line.decode().strip().partition(" ")
+    match word:
+        case "launch":
+            return Launch(**json.loads(rest))
+        case "renew":
+            return Renew()
+        case "term" | "kill":
+            return Stop(rest, kill=word == "kill")
+        case "started":
+            return Started(int(rest))
+        case "exit":
+            return Exited(int(rest))
+        case "fenced":
+            return Fenced()
+        case "killed":
+            why, _, code = rest.rpartition(" ")
+            return Killed(why, int(code))
+    raise ValueError(f"not a memq supervisor message: {line[:80]!r}")
+
+
+@dataclass
+class LineReader:
+    """Turns the chunks read from a pipe into messages."""
+
+    pending: bytes = field(default=b"", repr=False)
+
+    def feed(self, chunk: bytes) -> list[Message]:
+        self.pending += chunk
+        *lines, self.pending = self.pending.split(b"\n")
+        return [decode(line) for line in lines]
