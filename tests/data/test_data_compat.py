@@ -129,3 +129,14 @@ def test_data_switch_params_and_options(nsd_tree: FakeNsd, tmp_path: Path, memq,
     ran = memq(*prepare_cmd(nsd_tree, tmp_path / "out", "--compat", "paper"))
     assert ran.code == 2 and len(ran.err.strip().splitlines()) == 1
     assert "compat: 'paper' is not one of memq, reference" in ran.err and not (tmp_path / "out").exists()
+
+
+EFFECT_TESTS = {
+    "NC_SEARCH": test_switch_nc_search_in_the_prepare_job,
+    "W_SEARCH": test_switch_w_search_reproduces_the_x15_x05_search,
+    "IMAGE_JPEG": test_switch_image_jpeg_stores_a_q95_round_trip,
+}
+
+
+def test_every_data_switch_has_a_test_of_its_effect() -> None:
+    assert set(EFFECT_TESTS) == {s.name for s in compat.switches("data")}
