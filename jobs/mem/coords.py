@@ -78,7 +78,7 @@ class CachedCoordsMLP(nn.Module):
         mode: CoordsMode = MEMQ_COORDS,
     ) -> None:
         super().__init__()
-        self.mode = mode
+        self.coords_mode = mode
         self.register_buffer("positions", positions, persistent=False)  # derivable: not in checkpoints
         dims = [3 * PE_FEATURES * 2] + [width] * (depth - 1)
         layers: list[nn.Module] = []
@@ -97,19 +97,19 @@ class CachedCoordsMLP(nn.Module):
         self._cache = None
 
     def train(self, mode: bool = True) -> CachedCoordsMLP:
-        if not self.mode.stale_cache:
+        if not self.coords_mode.stale_cache:
             self.clear_cache()
         return super().train(mode)
 
     def _encode(self, positions: Tensor) -> Tensor:
-        if self.mode.subset_bounds:
+        if self.coords_mode.subset_bounds:
             positions = normalise_coords(positions, positions)
         return fourier_features(positions)
 
     def forward(self, voxels: Tensor) -> Tensor:
         """Outputs [n, out_dim] for ``voxels``, positions into this module's voxel list."""
         if self.training and self.trainable:
-            if self.mode.stale_cache:
+            if self.coords_mode.stale_cache:
                 self.clear_cache()  # the reference's only invalidation
             return self.net(self._encode(self.positions[voxels]))
         cache = self._cache
