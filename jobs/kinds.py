@@ -22,7 +22,8 @@ MEM_SOUP = KindSpec(
     target="jobs.mem.soup:run",
     validate="jobs.mem.stage_params:validate_soup",
     description="sync a trained job's checkpoints and average them into a soup (params source_job, recipe "
-    "uniform|greedy); greedy selects on val1, reports val2",
+    "uniform|greedy); greedy selects on val1, reports val2 (the reference's greedy soup with the trained job's "
+    "SWITCHES.GREEDY_SOUP val2_twice)",
 )
 MEM_PREDICT = KindSpec(
     name="mem.predict",

@@ -55,13 +55,17 @@ def demo(
     root: Annotated[Path, typer.Option(help="Where the demo queue, data and outputs live.")] = Path("demo-root"),
     fresh: Annotated[bool, typer.Option(help="Start from an empty root.")] = True,
     slots: Annotated[int, typer.Option(help="Jobs run at once (CPU).")] = 2,
+    sets: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="KEY=VALUE added to every training job's params (e.g. COMPAT=reference)."),
+    ] = None,
 ) -> None:
     """Run the demo: synthetic data, 19 Mem models, soups, ensemble, score and report."""
     from rich.console import Console
     from rich.table import Table
 
     from memq.dashboard import render, snapshot
-    from memq.grid import load_grid
+    from memq.grid import load_grid, parse_overrides
     from memq.options import RootOptions
     from memq.root import open_store
 
@@ -78,7 +82,8 @@ def demo(
     said = _memq("data", "synth", "--out", str(data)).strip().splitlines()[-1]
     console.print("   " + said)
     store = open_store(RootOptions(root=str(root)), create=True)
-    result = store.submit(load_grid(DEMO_GRID, {"DATASET.DIR": str(data)}))
+    overrides = {"DATASET.DIR": str(data), **parse_overrides(sets or [])}
+    result = store.submit(load_grid(DEMO_GRID, overrides))
     console.print(f"[bold]2. submit[/]: {DEMO_GRID.name} -> {result.added} Mem training jobs")
 
     log = (root / "worker.log").open("ab")

@@ -4,7 +4,9 @@
 * greedy: checkpoints sorted by their validation score, best first; each is added to the running
   average only if that improves the selection score. Selection and the reported score use
   different data (``evaluate`` returns both), so the reported score is not biased by the choice,
-  and the best checkpoint is counted once (mem-spec 5.7).
+  and the best checkpoint is counted once (mem-spec 5.7). ``best_twice`` gives the reference's
+  loop instead (mem-spec 4.2): it starts from the best checkpoint with a score of 0 and tries every
+  checkpoint from the best on, so the best one enters the average twice.
 
 Every checkpoint is read through :func:`memq.checkpoints.load_verified`: bytes that do not hash to
 the registered sha256 are never averaged.
@@ -67,16 +69,24 @@ class GreedyResult:
 
 
 def greedy(rows: Sequence[dict[str, Any]], evaluate: Callable[[StateDict], tuple[float, float]],
-           load: Callable[[dict[str, Any]], StateDict] = load_verified) -> GreedyResult:
-    """Greedy soup: ``evaluate(state) -> (selection score, reported score)``, higher is better."""
+           load: Callable[[dict[str, Any]], StateDict] = load_verified, *, best_twice: bool = False,
+           ) -> GreedyResult:
+    """Greedy soup: ``evaluate(state) -> (selection score, reported score)``, higher is better.
+
+    ``members`` lists the best checkpoint twice when ``best_twice`` counted it twice.
+    """
     ranked = sorted(rows, key=lambda r: (-(r["metric"] if r["metric"] is not None else float("-inf")), r["id"]))
     if not ranked:
         raise ValueError("no checkpoints to average")
     soup = {k: v.float() for k, v in load(ranked[0]).items()}
-    best, reported = evaluate(soup)
     members = [ranked[0]["id"]]
-    trace = [{"checkpoint": ranked[0]["id"], "selection": best, "reported": reported, "kept": True}]
-    for row in ranked[1:]:
+    if best_twice:
+        best, reported, trace, candidates = 0.0, float("nan"), [], ranked
+    else:
+        best, reported = evaluate(soup)
+        trace = [{"checkpoint": ranked[0]["id"], "selection": best, "reported": reported, "kept": True}]
+        candidates = ranked[1:]
+    for row in candidates:
         # Try the checkpoint in place and take it out again if it does not help: the soup and
         # the one checkpoint under trial are all that is in memory.
         n, state = len(members), load(row)
@@ -90,4 +100,6 @@ def greedy(rows: Sequence[dict[str, Any]], evaluate: Callable[[StateDict], tuple
         else:
             _unmix(soup, state, n)
         del state
+    if best_twice and len(members) == 1:  # no candidate scored above 0: the best checkpoint alone
+        reported = evaluate(soup)[1]
     return GreedyResult(soup, members, best, reported, trace)

@@ -24,6 +24,32 @@ Subjects = Annotated[
 WithImages = Annotated[
     bool, typer.Option("--images/--no-images", help="Also write images.h5 for the prepared subjects.")
 ]
+Compat = Annotated[
+    str | None,
+    typer.Option(
+        "--compat", help="memq (default) or reference: the reference code's behaviour for every switch (COMPAT.md)."
+    ),
+]
+NcSearch = Annotated[
+    str | None, typer.Option("--nc-search", help="Noise-ceiling threshold search: bisect, or scale (reference).")
+]
+ImageJpeg = Annotated[
+    str | None, typer.Option("--image-jpeg", help="none, or q95: a JPEG round trip at quality 95 (reference).")
+]
+WSearch = Annotated[
+    str | None, typer.Option("--w-search", help="Cluster-count threshold search: bisect, or scale (reference).")
+]
+
+
+def _switches(names: tuple[str, ...], **options: str | None) -> dict[str, str]:
+    """Effective data switches (jobs/compat.py) of a command's --compat and per-switch options."""
+    from jobs.compat import data_switch_values
+    from memq.errors import UserError
+
+    try:
+        return data_switch_values(options, names)
+    except ValueError as exc:
+        raise UserError(str(exc), hint="see jobs/mem/COMPAT.md") from exc
 
 
 def _console():  # type: ignore[no-untyped-def]
@@ -49,18 +75,27 @@ def prepare_nsd(
     images: WithImages = True,
     image_size: Annotated[int, typer.Option("--image-size", help="Stored image size.")] = 224,
     force: Force = False,
+    compat: Compat = None,
+    nc_search: NcSearch = None,
+    image_jpeg: ImageJpeg = None,
 ) -> None:
     """One subjXX.h5 per subject (skipping complete ones), then images.h5 from the Algonauts PNGs."""
     from jobs.data.inputs import subject_list
     from jobs.data.nsd import NsdSources, available_subjects, prepare_subject
     from jobs.data.nsd_images import write_nsd_images
 
+    switches = _switches(("NC_SEARCH", "IMAGE_JPEG"), compat=compat, nc_search=nc_search, image_jpeg=image_jpeg)
     reporter = _console()
     for subject in subject_list(subjects) or available_subjects(nsd_dir):
-        src = NsdSources(nsd_dir, alg_dir, subject, space=space, beta=beta, fsaverage_dir=fsaverage_dir)
+        src = NsdSources(
+            nsd_dir, alg_dir, subject, space=space, beta=beta, fsaverage_dir=fsaverage_dir,
+            nc_search=switches["NC_SEARCH"],
+        )  # fmt: skip
         prepare_subject(src, out, force=force, reporter=reporter)
     if images:
-        write_nsd_images(out, alg_dir, image_size=image_size, force=force, reporter=reporter)
+        write_nsd_images(
+            out, alg_dir, image_size=image_size, force=force, reporter=reporter, image_jpeg=switches["IMAGE_JPEG"]
+        )
 
 
 @app.command("import-mindeye2")
@@ -105,10 +140,13 @@ def cache_features(
         Path | None, typer.Option("--alg-dir", help="Write images.h5 from these Algonauts PNGs first if it is missing.")
     ] = None,
     force: Force = False,
+    compat: Compat = None,
+    image_jpeg: ImageJpeg = None,
 ) -> None:
     """The memory-image features in images.h5 (resumes a killed run)."""
     from jobs.data.features import cache_features as run
 
+    switches = _switches(("IMAGE_JPEG",), compat=compat, image_jpeg=image_jpeg)
     run(
         data_dir,
         weights=weights,
@@ -120,6 +158,7 @@ def cache_features(
         alg_dir=alg_dir,
         force=force,
         reporter=_console(),
+        image_jpeg=switches["IMAGE_JPEG"],
     )
 
 
@@ -131,11 +170,14 @@ def atlas_w(
     seed: Annotated[int, typer.Option("--seed", help="k-means seed.")] = 45510,
     device: Annotated[str | None, typer.Option("--device", help="cuda, cpu, ... (default: cuda if present).")] = None,
     force: Force = False,
+    compat: Compat = None,
+    w_search: WSearch = None,
 ) -> None:
     """Add the model-defined atlas W (ROIs w_1..w_9) to every subject."""
     from jobs.data.atlas_w import atlas_w as run
 
-    run(data_dir, soup, k=k, seed=seed, device=device, force=force, reporter=_console())
+    search = _switches(("W_SEARCH",), compat=compat, w_search=w_search)["W_SEARCH"]
+    run(data_dir, soup, k=k, seed=seed, device=device, force=force, reporter=_console(), search=search)
 
 
 @app.command()

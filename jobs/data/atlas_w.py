@@ -3,7 +3,8 @@
 The per-voxel readout weights of all subjects in a whole-brain soup are clustered by cosine
 k-means (k = 1000, at most 1000 iterations, tol 1e-6, seed 45510); the centroids' cosine-similarity
 rows are merged by Ward linkage into exactly 9 clusters, the fcluster distance threshold found by
-bisection (the reference's x0.5 / x1.5 search could oscillate). Voxel v of a subject joins ROI
+bisection (the reference's x0.5 / x1.5 search could oscillate; ``search="scale"`` runs it, switch
+W_SEARCH of jobs/compat.py). Voxel v of a subject joins ROI
 ``w_c`` of its centroid's cluster c; an empty cluster is stored as an empty ROI. Each subject file
 is replaced by a copy with the new ROIs, atomically.
 """
@@ -11,7 +12,7 @@ is replaced by a copy with the new ROIs, atomically.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import h5py
@@ -33,6 +34,8 @@ TOL = 1e-6
 SOURCE_ATTR = "atlas_w_source"
 _ASSIGN_ROWS = 32768  # rows of the similarity matrix computed at once
 _BISECTION_STEPS = 200
+SCALE_START = 20.0  # the reference's first fcluster threshold (xvbb_clustering.py)
+_SCALE_STEPS = 10_000  # the reference's search has no limit; it can oscillate forever
 _READOUT = re.compile(r"(?:.*\.)?readout\.(subj\d+)\.weight")
 
 
@@ -84,9 +87,10 @@ def cosine_kmeans(
     return _assign(x, centroids), centroids
 
 
-def ward_clusters(centroids: np.ndarray, n_clusters: int = N_ROIS) -> np.ndarray:
+def ward_clusters(centroids: np.ndarray, n_clusters: int = N_ROIS, search: str = "bisect") -> np.ndarray:
     """Cluster (0..n_clusters-1) of each centroid: Ward linkage of the rows of their cosine-similarity
-    matrix, cut at the fcluster distance threshold that gives exactly ``n_clusters``, by bisection."""
+    matrix, cut at the fcluster distance threshold that gives exactly ``n_clusters``, by bisection
+    (``search`` "scale": the reference's x1.5/x0.5 search from 20, switch W_SEARCH)."""
     from scipy.cluster.hierarchy import fcluster, linkage
 
     unit = centroids / np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
@@ -94,6 +98,9 @@ def ward_clusters(centroids: np.ndarray, n_clusters: int = N_ROIS) -> np.ndarray
 
     def cut(threshold: float) -> np.ndarray:
         return fcluster(tree, threshold, criterion="distance")
+
+    if search == "scale":
+        return _scaled_cut(cut, n_clusters) - 1
 
     lo, hi = 0.0, float(tree[:, 2].max()) * 2 + 1.0  # count(lo) >= n_clusters > count(hi) = 1
     labels = cut(lo)
@@ -113,10 +120,28 @@ def ward_clusters(centroids: np.ndarray, n_clusters: int = N_ROIS) -> np.ndarray
     )
 
 
-def _source(soup: Path, k: int, seed: int) -> str:
+def _scaled_cut(cut: Callable[[float], np.ndarray], n_clusters: int) -> np.ndarray:
+    """The reference's search: threshold 20, x1.5 while there are too many clusters, x0.5 while
+    too few. Raises UserError where it would loop forever (it can oscillate)."""
+    threshold = SCALE_START
+    for _ in range(_SCALE_STEPS):
+        labels = cut(threshold)
+        count = labels.max()
+        if count == n_clusters:
+            return labels
+        threshold *= 1.5 if count > n_clusters else 0.5
+    raise UserError(
+        f"the reference's x1.5/x0.5 search found no threshold for exactly {n_clusters} clusters in "
+        f"{_SCALE_STEPS} steps",
+        hint="use --w-search bisect",
+    )
+
+
+def _source(soup: Path, k: int, seed: int, search: str) -> str:
     from memq.context import sha256_file
 
-    return f"soup sha256 {sha256_file(soup)}, k={k}, seed={seed}"
+    # the default search is left out, so atlases written before the switch existed stay current
+    return f"soup sha256 {sha256_file(soup)}, k={k}, seed={seed}" + (f", search={search}" if search != "bisect" else "")
 
 
 def _write(path: Path, rois: dict[str, np.ndarray], source: str) -> None:
@@ -139,8 +164,10 @@ def atlas_w(
     device: str | None = None,
     force: bool = False,
     reporter: Reporter | None = None,
+    search: str = "bisect",
 ) -> list[str]:
-    """Add ROIs w_1..w_9 to every subject of ``data_dir``; returns the subjects rewritten."""
+    """Add ROIs w_1..w_9 to every subject of ``data_dir``; returns the subjects rewritten.
+    ``search``: how the cluster-count threshold is found (bisect, or the reference's scale)."""
     from jobs.mem.weights import read_state_dict
 
     reporter = reporter or Reporter()
@@ -149,7 +176,7 @@ def atlas_w(
         raise UserError("no prepared subject here", where=str(data_dir))
     if not soup.is_file():
         raise UserError("missing soup file", where=str(soup))
-    source = _source(soup, k, seed)
+    source = _source(soup, k, seed, search)
     todo = []
     for subject in subjects:
         with open_subject(subject_path(data_dir, subject)) as f:
@@ -176,7 +203,7 @@ def atlas_w(
     if x.shape[0] < max(k, N_ROIS):
         raise UserError(f"k={k} centroids need at least {k} voxels, there are {x.shape[0]}", hint="use a smaller --k")
     voxel_centroid, centroids = cosine_kmeans(x, k, seed=seed, reporter=reporter)
-    cluster = ward_clusters(centroids.double().cpu().numpy())[voxel_centroid.cpu().numpy()]
+    cluster = ward_clusters(centroids.double().cpu().numpy(), search=search)[voxel_centroid.cpu().numpy()]
     start = 0
     for subject, w in weights.items():
         mine = cluster[start : start + w.shape[0]]

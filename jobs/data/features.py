@@ -22,10 +22,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from jobs.compat import data_switch_values
 from jobs.data.amend import rewrite
 from jobs.data.inputs import reason
 from jobs.data.layout import FEATURES_SOURCE, IMAGES_FILE, open_images
 from jobs.data.nsd_images import write_nsd_images
+from jobs.data.params import CACHE_FEATURES_SWITCHES
 from jobs.data.progress import JobReporter, Reporter
 from memq.errors import UserError
 
@@ -111,15 +113,17 @@ def cache_features(
     alg_dir: Path | None = None,
     force: bool = False,
     reporter: Reporter | None = None,
+    image_jpeg: str = "none",
 ) -> bool:
     """Compute and store the features of every image of ``data_dir/images.h5``; False if already done.
 
-    With ``alg_dir``, a missing ``images.h5`` is first written from the Algonauts PNGs there.
+    With ``alg_dir``, a missing ``images.h5`` is first written from the Algonauts PNGs there
+    (``image_jpeg``: switch IMAGE_JPEG of jobs/compat.py).
     """
     reporter = reporter or Reporter()
     path = data_dir / IMAGES_FILE
     if alg_dir is not None and not path.exists():
-        write_nsd_images(data_dir, alg_dir, reporter=reporter)
+        write_nsd_images(data_dir, alg_dir, reporter=reporter, image_jpeg=image_jpeg)
     _check_weights(weights, random_init)
     fingerprint = _fingerprint(model_name, image_size, weights)
     with open_images(path) as f:
@@ -173,4 +177,5 @@ def run(ctx: JobContext) -> None:
         alg_dir=Path(p["alg_dir"]) if p.get("alg_dir") else None,
         force=bool(p.get("force", False)),
         reporter=JobReporter(ctx),
+        image_jpeg=data_switch_values(p, CACHE_FEATURES_SWITCHES)["IMAGE_JPEG"],
     )

@@ -17,6 +17,7 @@ NC_TOLERANCE = 0.001
 NC_TRIALS = 3  # NSD's noise ceiling is for the mean of 3 trials
 SPHERE_GAP = 1.5  # rh starts at lh_xmin + 1.5 * (lh x-range)
 _BISECTION_STEPS = 200
+_SCALE_STEPS = 10_000  # the reference's x0.5/x1.5 search has no limit; it can oscillate forever
 
 
 def read_mgh(path: Path, what: str, n_vertices: int, n_frames: int) -> np.ndarray:
@@ -78,6 +79,24 @@ def nc_threshold(candidates: np.ndarray, target: float, tol: float = NC_TOLERANC
     return best
 
 
+def nc_threshold_scaled(candidates: np.ndarray, target: float, tol: float = NC_TOLERANCE) -> float:
+    """The reference's threshold search (switch NC_SEARCH scale): start at ``target``, then
+    multiply by 0.5 while the mean NC of the candidates above the threshold is above ``target``,
+    else by 1.5, until the two agree within ``tol`` (``np.isclose``). The first step always
+    halves. Raises UserError where the reference would loop forever."""
+    th, mean = target, 1.0
+    for _ in range(_SCALE_STEPS):
+        if np.isclose(mean, target, atol=tol):
+            return th
+        th *= 0.5 if mean > target else 1.5
+        above = candidates[candidates > th]  # NaN compares False, as in the reference
+        mean = float(above.mean()) if above.size else float("nan")
+    raise UserError(
+        f"the reference's x0.5/x1.5 noise-ceiling search did not converge in {_SCALE_STEPS} steps",
+        hint="use nc_search: bisect (--nc-search bisect)",
+    )
+
+
 @dataclass(frozen=True)
 class VertexSelection:
     """The subject's voxels: challenge vertices (ascending), then the added high-NC vertices (ascending)."""
@@ -90,11 +109,14 @@ class VertexSelection:
     added_nc: float  # mean NC of the added vertices (NaN if none)
 
 
-def select_vertices(challenge: np.ndarray, nc: np.ndarray, n_lh_vertices: int) -> VertexSelection:
-    """Challenge vertices plus every other vertex whose NC exceeds the automatic threshold (mem-spec 1.6)."""
+def select_vertices(
+    challenge: np.ndarray, nc: np.ndarray, n_lh_vertices: int, search: str = "bisect"
+) -> VertexSelection:
+    """Challenge vertices plus every other vertex whose NC exceeds the automatic threshold (mem-spec 1.6),
+    found by bisection or, with ``search`` "scale", by the reference's search (switch NC_SEARCH)."""
     target = float(np.nanmean(nc[challenge]))
     outside = np.where(challenge, np.nan, nc)
-    threshold = nc_threshold(outside, target)
+    threshold = (nc_threshold_scaled if search == "scale" else nc_threshold)(outside, target)
     added = np.flatnonzero(np.isfinite(outside) & (outside > threshold))
     chosen = np.flatnonzero(challenge)
     return VertexSelection(

@@ -6,7 +6,7 @@ until ``memq data cache-features`` computes them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -48,11 +48,15 @@ def write_pending_images(
     *,
     force: bool = False,
     reporter: Reporter | None = None,
+    attrs: Mapping[str, str] | None = None,
 ) -> bool:
     """Write ``out_dir/images.h5``; ``load(ids)`` gives uint8 [n, 3, size, size] for sorted ids.
 
-    False (nothing written) if the store already holds every needed image at this size.
+    ``attrs`` (how the images were made) are stored; False (nothing written) if the store already
+    holds every needed image at this size, made the same way (an absent attribute counts as
+    ``"none"``, the value of stores written before it was recorded).
     """
+    attrs = dict(attrs or {})
     reporter = reporter or Reporter()
     ids = needed_ids(out_dir)
     path = out_dir / IMAGES_FILE
@@ -61,12 +65,13 @@ def write_pending_images(
     if path.is_file() and not force:
         try:
             with open_images(path) as f:
-                if f.image_size == image_size and np.isin(ids, f.ids).all():
+                same = all(f.file.attrs.get(k, "none") == v for k, v in attrs.items())
+                if same and f.image_size == image_size and np.isin(ids, f.ids).all():
                     reporter.note(f"{path}: holds every image of the prepared subjects, skipped")
                     return False
         except LayoutError:
             pass
-    attrs = {FEATURES_SOURCE: FEATURES_PENDING}
+    attrs[FEATURES_SOURCE] = FEATURES_PENDING
     with (
         reporter.task("images", ids.size) as advance,
         ImageWriter(path, ids, image_size, PENDING_FEATURE_DIM, attrs=attrs) as writer,

@@ -43,3 +43,20 @@ def prev_behavior_rows(memory_index: np.ndarray) -> np.ndarray:
     if valid.size and (valid.min() < 0 or np.any(memory_index[valid, N_SLOTS - 1] != shown[nonblank])):
         raise ValueError("memory_index is inconsistent: a memory slot does not show trial g - k")
     return rows
+
+
+def local_prev_behavior_rows(memory_index: np.ndarray, split: np.ndarray) -> np.ndarray:
+    """The reference's behaviour rows of slots T = -1..-32 for the trials of ``split``, in sorted
+    trial order: int64 [len(split), 32] (switch PREV_BHVS local, mem-spec 1.5).
+
+    The reference subset the behaviour table to the split's sorted trials and then counted back
+    from the sample's *position* in that subset: the k-th non-blank slot before position i got row
+    i - k of the subset (wrapping to its end, as Python's negative indices do), a blank slot the
+    subset's last row. Returned as global trial indices, so the rows of ``behavior()`` are the ones
+    the reference used.
+    """
+    order = np.sort(np.asarray(split))
+    shown = memory_index[order, N_SLOTS - 2 :: -1]
+    nonblank = shown != BLANK
+    local = (np.arange(order.size)[:, None] - np.cumsum(nonblank, axis=1)) % order.size
+    return np.where(nonblank, order[local], order[-1]).astype(np.int64)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from jobs.compat import data_switch_values
 from jobs.data.behavior import base_behavior, behavior_table
 from jobs.data.betas import check_nan, zscore_session
 from jobs.data.expdesign import ExpDesign, read_expdesign
@@ -30,7 +31,7 @@ from jobs.data.layout import (
 )
 from jobs.data.memory import memory_index_from_design
 from jobs.data.nsd_images import challenge_images
-from jobs.data.params import BETA_DIRS, SPACES
+from jobs.data.params import BETA_DIRS, PREPARE_NSD_SWITCHES, SPACES
 from jobs.data.progress import JobReporter, Reporter
 from jobs.data.responses import Responses, read_responses
 from jobs.data.resume import RECIPE_ATTR, recipe, subject_done
@@ -57,6 +58,7 @@ class NsdSources:
     space: str = "fsaverage"
     beta: str = "b3"
     fsaverage_dir: Path | None = None
+    nc_search: str = "bisect"  # switch NC_SEARCH (jobs/compat.py): "scale" is the reference's search
 
     def __post_init__(self) -> None:
         if self.space not in SPACES:
@@ -107,7 +109,9 @@ class NsdSources:
         return self.alg_dir / self.subject / "roi_masks"
 
     def recipe(self) -> str:
-        return recipe({"source": "nsd", "subject": self.subject, "space": self.space, "beta": self.beta})
+        options = {"source": "nsd", "subject": self.subject, "space": self.space, "beta": self.beta}
+        # the default search is left out, so files written before the switch existed stay complete
+        return recipe(options | ({"nc_search": self.nc_search} if self.nc_search != "bisect" else {}))
 
 
 def _memory_and_behavior(src: NsdSources, design: ExpDesign, responses: Responses) -> tuple[np.ndarray, np.ndarray]:
@@ -214,7 +218,7 @@ def _read_inputs(src: NsdSources) -> _Prepared:
     challenge = np.concatenate(masks)
     if not challenge.any():
         raise UserError("the challenge masks select no vertex", where=str(src.challenge_mask("lh")))
-    selection = select_vertices(challenge, nc, sizes[0])
+    selection = select_vertices(challenge, nc, sizes[0], src.nc_search)
     spheres = [read_sphere(src.sphere(h), n) for h, n in zip(HEMIS, sizes, strict=True)]
     coords = side_by_side(*spheres)[selection.voxel_indices]
     rois = _stream_rois(src, selection) | random_rois(selection.voxel_indices.size)
@@ -242,6 +246,7 @@ def _read_inputs(src: NsdSources) -> _Prepared:
             "source": "nsd",
             "beta": src.beta,
             "nc_threshold": selection.threshold,
+            "nc_search": src.nc_search,
             "nc_mean_challenge": selection.challenge_nc,
             "nc_mean_added": selection.added_nc,
         },
@@ -286,6 +291,7 @@ def prepare_subject(src: NsdSources, out_dir: Path, *, force: bool = False, repo
 def run(ctx: JobContext) -> None:
     """Job kind ``data.prepare_nsd``: one subject per job."""
     p = ctx.params
+    switches = data_switch_values(p, PREPARE_NSD_SWITCHES)
     src = NsdSources(
         nsd_dir=Path(p["nsd_dir"]),
         alg_dir=Path(p["alg_dir"]),
@@ -293,5 +299,6 @@ def run(ctx: JobContext) -> None:
         space=p.get("space", "fsaverage"),
         beta=p.get("beta", "b3"),
         fsaverage_dir=Path(p["fsaverage_dir"]) if p.get("fsaverage_dir") else None,
+        nc_search=switches["NC_SEARCH"],
     )
     prepare_subject(src, Path(p["out"]), force=bool(p.get("force", False)), reporter=JobReporter(ctx))

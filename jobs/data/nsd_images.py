@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from jobs.data.inputs import reason
 from jobs.data.progress import Reporter
 from memq.errors import UserError
 
+REFERENCE_JPEG_QUALITY = 95
+IMAGE_JPEG_ATTR = "image_jpeg"  # images.h5 attribute: the IMAGE_JPEG switch the images were written with
 _PNG = re.compile(r"(?:train|test)-\d+_nsd-(\d+)\.png")
 _SPLIT_DIRS = ("training_split/training_images", "test_split/test_images")
 
@@ -36,7 +39,9 @@ def challenge_images(test_dir: Path) -> np.ndarray:
     return np.array(ids, dtype=np.int64)
 
 
-def _load_png(path: Path, size: int) -> np.ndarray:
+def _load_png(path: Path, size: int, jpeg_quality: int | None = None) -> np.ndarray:
+    """uint8 [3, size, size]; after a JPEG round trip at ``jpeg_quality`` if given (the reference's
+    images/{id}.jpeg, switch IMAGE_JPEG)."""
     from PIL import Image
 
     try:
@@ -44,6 +49,11 @@ def _load_png(path: Path, size: int) -> np.ndarray:
             rgb = image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
     except OSError as exc:
         raise UserError(f"not a readable image ({reason(exc)})", where=str(path)) from exc
+    if jpeg_quality is not None:
+        encoded = io.BytesIO()
+        rgb.save(encoded, "JPEG", quality=jpeg_quality)
+        with Image.open(encoded) as decoded:
+            rgb = decoded.convert("RGB")
     return np.asarray(rgb).transpose(2, 0, 1)
 
 
@@ -54,8 +64,11 @@ def write_nsd_images(
     image_size: int = IMAGE_SIZE,
     force: bool = False,
     reporter: Reporter | None = None,
+    image_jpeg: str = "none",
 ) -> bool:
-    """``out_dir/images.h5`` from the PNGs of every subject in ``alg_dir``, resized (bicubic) to ``image_size``."""
+    """``out_dir/images.h5`` from the PNGs of every subject in ``alg_dir``, resized (bicubic) to
+    ``image_size``; ``image_jpeg`` "q95" stores them after a JPEG round trip at quality 95."""
+    quality = REFERENCE_JPEG_QUALITY if image_jpeg == "q95" else None
     found: dict[int, Path] = {}
     for subject_dir in sorted(alg_dir.glob("subj*")):
         for split in _SPLIT_DIRS:
@@ -70,6 +83,7 @@ def write_nsd_images(
         )
 
     def load(block: np.ndarray) -> np.ndarray:
-        return np.stack([_load_png(found[int(i)], image_size) for i in block])
+        return np.stack([_load_png(found[int(i)], image_size, quality) for i in block])
 
-    return write_pending_images(out_dir, image_size, load, force=force, reporter=reporter)
+    attrs = {IMAGE_JPEG_ATTR: image_jpeg}
+    return write_pending_images(out_dir, image_size, load, force=force, reporter=reporter, attrs=attrs)

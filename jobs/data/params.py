@@ -7,11 +7,19 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from jobs.compat import data_param_keys, data_switch_values
+
 SPACES = ("fsaverage",)
 BETA_DIRS = {"b3": "betas_fithrf_GLMdenoise_RR", "b2": "betas_fithrf"}
-PREPARE_NSD = {"nsd_dir", "alg_dir", "out", "subject"}, {"space", "beta", "fsaverage_dir", "force"}
+# the compatibility switches (jobs/compat.py) each data job has, besides the preset ``compat``
+PREPARE_NSD_SWITCHES = ("NC_SEARCH",)
+CACHE_FEATURES_SWITCHES = ("IMAGE_JPEG",)  # for the images.h5 it writes first when alg_dir is given
+PREPARE_NSD = {"nsd_dir", "alg_dir", "out", "subject"}, {
+    "space", "beta", "fsaverage_dir", "force", *data_param_keys(PREPARE_NSD_SWITCHES),
+}  # fmt: skip
 CACHE_FEATURES = {"data_dir"}, {
     "weights", "random_init", "model", "image_size", "batch_size", "device", "alg_dir", "force",
+    *data_param_keys(CACHE_FEATURES_SWITCHES),
 }  # fmt: skip
 _SUBJECT = re.compile(r"(?:subj)?0*(\d{1,2})")
 
@@ -41,9 +49,11 @@ def validate_prepare_nsd(params: Mapping[str, Any]) -> None:
         raise ValueError(f"space: {params['space']!r} is not one of {', '.join(SPACES)}")
     if params.get("beta", "b3") not in BETA_DIRS:
         raise ValueError(f"beta: {params['beta']!r} is not one of {', '.join(BETA_DIRS)}")
+    data_switch_values(params, PREPARE_NSD_SWITCHES)
 
 
 def validate_cache_features(params: Mapping[str, Any]) -> None:
     _check_keys(params, CACHE_FEATURES)
+    data_switch_values(params, CACHE_FEATURES_SWITCHES)
     if bool(params.get("weights")) == bool(params.get("random_init")):
         raise ValueError("weights: give a local weights file (or random_init: true, for tests only), not both")

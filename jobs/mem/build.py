@@ -79,6 +79,8 @@ def build(params: Mapping[str, Any], repeat: int, gpus: list[int], *, val_fracti
             n_prev_frames=dataset.N_PREV_FRAMES,
             image_size=dataset.IMAGE_SIZE,
             val_fraction=val_fraction,
+            val_subset=config.switch("VAL_SUBSET"),
+            prev_bhvs=config.switch("PREV_BHVS"),
         )
     except LayoutError as error:  # retrying cannot help; `memq retry` once the data is fixed
         atlas_w = any(roi.startswith("w_") for roi in dataset.ROIS or [])

@@ -5,8 +5,11 @@ dotted path (``OPTIMIZER.LR``, ``DATASET.ROIS``). Grid parameters that are not s
 lower-case by convention (``roi``, ``subj``): :func:`validate_params` relies on that to catch a
 misspelt section at submit time.
 
-This module imports only the standard library and pydantic: ``validate_params`` runs in
-``memq submit`` and must stay fast.
+``COMPAT`` selects memq's or the reference code's behaviour for every deliberate difference
+(jobs/compat.py, jobs/mem/COMPAT.md); ``SWITCHES.<NAME>`` overrides one of them.
+
+This module imports only the standard library, pydantic and jobs.compat: ``validate_params`` runs
+in ``memq submit`` and must stay fast.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ import itertools
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, create_model, model_validator
+
+from jobs import compat
 
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -230,7 +235,18 @@ class DataLoaderConfig(_Section):
     NUM_WORKERS: Annotated[int, Field(ge=0)] = 8
 
 
+# One field per training-side switch of jobs/compat.py; None follows COMPAT.
+SwitchesConfig = create_model(
+    "SwitchesConfig",
+    __base__=_Section,
+    __doc__="Per-switch overrides of the COMPAT preset (jobs/mem/COMPAT.md); None follows the preset.",
+    **{s.name: (Literal[s.choices] | None, None) for s in compat.switches("training")},  # type: ignore[valid-type]
+)
+
+
 class MemConfig(_Section):
+    COMPAT: compat.Preset = "memq"  # memq's behaviour, or the reference code's, for every switch
+    SWITCHES: SwitchesConfig = SwitchesConfig()  # type: ignore[valid-type]
     DATASET: DatasetConfig = DatasetConfig()
     MODEL: ModelConfig = ModelConfig()
     LOSS: LossConfig = LossConfig()
@@ -238,6 +254,13 @@ class MemConfig(_Section):
     OPTIMIZER: OptimizerConfig = OptimizerConfig()
     TRAINER: TrainerConfig = TrainerConfig()
     DATALOADER: DataLoaderConfig = DataLoaderConfig()
+
+    def switch(self, name: str) -> str:
+        """The effective value of the training switch ``name``: SWITCHES.<name> if set, else COMPAT's."""
+        entry = compat.switch(name)
+        if entry.side != "training":
+            raise KeyError(f"{name}: a data-preparation switch, not a training one")
+        return getattr(self.SWITCHES, name) or entry.value(self.COMPAT)
 
 
 @functools.cache

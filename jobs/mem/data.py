@@ -11,7 +11,7 @@ workers (fork or spawn) each get their own handles.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset
 
 from jobs.data.layout import (
     BLANK,
@@ -36,7 +36,7 @@ from jobs.data.layout import (
     open_subject,
     subject_path,
 )
-from jobs.data.memory import prev_behavior_rows
+from jobs.data.memory import local_prev_behavior_rows, prev_behavior_rows
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
@@ -71,6 +71,7 @@ class MemDataset(Dataset[dict[str, Any]]):
     [n_prev_frames, 35] (T=-1, -2, ...; by global trial, blank -> fill row), ``y`` [n_roi_voxels]
     (not for the predict split), ``subject``, ``index`` (global trial g). ``limit`` keeps the
     first trials of the split; ``image_size`` resizes images stored at another size.
+    ``prev_bhvs`` "local" takes the reference's rows instead (switch PREV_BHVS, mem-spec 1.5).
     """
 
     def __init__(
@@ -83,18 +84,24 @@ class MemDataset(Dataset[dict[str, Any]]):
         n_prev_frames: int = N_PREV,
         image_size: int | None = None,
         limit: int | None = None,
+        prev_bhvs: str = "global",
     ) -> None:
         if not 1 <= n_prev_frames <= N_PREV:
             raise ValueError(f"n_prev_frames must be in 1..{N_PREV}, got {n_prev_frames}")
         self.subject_file, self.image_store = Path(subject_file), Path(image_store)
         with open_subject(self.subject_file) as subject:
             self.subject = subject.subject
-            self.indices = subject.split(split)[:limit]
+            trials = subject.split(split)
+            self.indices = trials[:limit]
             self.behavior = subject.behavior()
             memory_index = subject.memory_index()
             self.roi = roi_positions(subject, rois)
             self.has_targets = split != "predict"
-        self.prev_bhv_rows = prev_behavior_rows(memory_index)[self.indices, :n_prev_frames]
+        if prev_bhvs == "local":
+            rows = local_prev_behavior_rows(memory_index, trials)[np.searchsorted(np.sort(trials), self.indices)]
+        else:
+            rows = prev_behavior_rows(memory_index)[self.indices]
+        self.prev_bhv_rows = rows[:, :n_prev_frames]
         with open_images(self.image_store) as images:
             rows = images.rows(memory_index[self.indices])
             self.stored_size = images.image_size
@@ -181,6 +188,20 @@ class SubjectInfo(NamedTuple):
     n_voxels: int
 
 
+class RandomSubsetSampler(Sampler[int]):
+    """``size`` random indices of ``range(n)``, in random order, drawn anew at every iteration
+    (every epoch) from torch's global generator, which the job's seed sets."""
+
+    def __init__(self, n: int, size: int) -> None:
+        self.n, self.size = n, size
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(torch.randperm(self.n)[: self.size].tolist())
+
+    def __len__(self) -> int:
+        return self.size
+
+
 class MemDataModule(L.LightningDataModule):
     """All subjects of a prepared-data directory: train on ``train`` (subjects mixed and shuffled),
     validate on ``val1``, test on ``val2``, predict on ``predict``.
@@ -189,7 +210,8 @@ class MemDataModule(L.LightningDataModule):
     voxels in the order listed; subjects where that union is empty are left out.
     ``val_fraction`` < 1 validates on a fixed random subset of each subject's val1 trials: the
     same trials every epoch and every attempt, so per-voxel r stays comparable across epochs (the
-    reference validated on a fresh random 25%, mem-spec 5.10).
+    reference validated on a fresh random 25%, mem-spec 5.10: ``val_subset`` "redrawn" does that,
+    a new random subset of all subjects' val1 trials every epoch). ``prev_bhvs``: see MemDataset.
     """
 
     def __init__(
@@ -204,13 +226,17 @@ class MemDataModule(L.LightningDataModule):
         n_prev_frames: int = N_PREV,
         image_size: int | None = None,
         val_fraction: float = 1.0,
+        val_subset: str = "fixed",
+        prev_bhvs: str = "global",
     ) -> None:
         super().__init__()
         self.data_dir = Path(data_dir)
-        self.val_fraction = val_fraction
+        self.val_fraction, self.val_subset = val_fraction, val_subset
         self.rois = list(rois) if rois is not None else None
         self.batch_size, self.num_workers = batch_size, num_workers
-        self.dataset_kwargs = {"n_prev_frames": n_prev_frames, "image_size": image_size, "limit": limit}
+        self.dataset_kwargs = {
+            "n_prev_frames": n_prev_frames, "image_size": image_size, "limit": limit, "prev_bhvs": prev_bhvs,
+        }  # fmt: skip
         available = list_subjects(self.data_dir)
         unknown = sorted(set(subjects or ()) - set(available))
         if not available or unknown:
@@ -262,10 +288,17 @@ class MemDataModule(L.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader[Any]:
         datasets = self.datasets(split)
         subset = split == "val1" and self.val_fraction < 1
+        dataset: Dataset[dict[str, Any]] = ConcatDataset(datasets)
+        sampler = None
+        if subset and self.val_subset == "redrawn":
+            sampler = RandomSubsetSampler(len(dataset), max(1, round(self.val_fraction * len(dataset))))
+        elif subset:
+            dataset = self._val_subset(datasets)
         return DataLoader(
-            self._val_subset(datasets) if subset else ConcatDataset(datasets),
+            dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             collate_fn=collate_by_subject,

@@ -58,7 +58,9 @@ class MemLit(L.LightningModule):
 
     def _voxel_weights(self, subject: str, voxels: Tensor | None, device: torch.device) -> Tensor | None:
         sync = self.config.LOSS.SYNC
-        if not sync.USE or self.current_epoch < sync.SKIP_EPOCHS or self.global_step == 0:
+        # the reference makes its first weights at the end of epoch SKIP_EPOCHS (SYNC_START)
+        first_epoch = sync.SKIP_EPOCHS + (self.config.switch("SYNC_START") == "after_skip")
+        if not sync.USE or self.current_epoch < first_epoch or self.global_step == 0:
             return None
         weights = self.sync.weight(subject, device)
         return weights if weights is None or voxels is None else weights[voxels]
@@ -120,7 +122,8 @@ class MemLit(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         r = self._log_pearson("VAL")
-        fitting = self.trainer.state.fn == TrainerFn.FITTING and not self.trainer.sanity_checking
+        sanity_feeds = self.config.switch("SYNC_SANITY") == "feed"
+        fitting = self.trainer.state.fn == TrainerFn.FITTING and (sanity_feeds or not self.trainer.sanity_checking)
         if fitting and self.config.LOSS.SYNC.USE:
             self.sync.update(r)
 
@@ -157,8 +160,10 @@ class MemLit(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
     def lr_scheduler_step(self, scheduler: CosineLRScheduler, metric: Any) -> None:
-        # called at the end of an epoch: set the rate of the next one
-        scheduler.step(epoch=self.current_epoch + 1)
+        # called at the end of an epoch: set the rate of the next one (WARMUP_LAG one_epoch: the
+        # reference's rate of the epoch just finished, a one-epoch lag)
+        lag = self.config.switch("WARMUP_LAG") == "one_epoch"
+        scheduler.step(epoch=self.current_epoch + (0 if lag else 1))
 
     # -- checkpoints ------------------------------------------------------------------------------
 

@@ -5,14 +5,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from jobs.mem.coords import CachedCoordsMLP
+from jobs.mem.coords import MEMQ_COORDS, CachedCoordsMLP, CoordsMode
 
 
 class RetinaMapper(CachedCoordsMLP):
     """Voxel -> receptive-field centre mu in (-1, 1)^2, the grid_sample coordinates of its feature."""
 
-    def __init__(self, positions: Tensor, width: int, depth: int, sigma: float) -> None:
-        super().__init__(positions, 2, width, depth, nn.Tanh())
+    def __init__(
+        self, positions: Tensor, width: int, depth: int, sigma: float, mode: CoordsMode = MEMQ_COORDS
+    ) -> None:
+        super().__init__(positions, 2, width, depth, nn.Tanh(), mode)
         self.sigma = sigma
 
     def forward(self, voxels: Tensor) -> Tensor:
@@ -27,13 +29,16 @@ class RetinaMapper(CachedCoordsMLP):
 class LayerSelector(CachedCoordsMLP):
     """Voxel -> softmax weights over the tapped backbone layers."""
 
-    def __init__(self, positions: Tensor, n_layers: int, width: int, depth: int) -> None:
-        super().__init__(positions, n_layers, width, depth, nn.Softmax(dim=-1))
+    def __init__(
+        self, positions: Tensor, n_layers: int, width: int, depth: int, mode: CoordsMode = MEMQ_COORDS
+    ) -> None:
+        super().__init__(positions, n_layers, width, depth, nn.Softmax(dim=-1), mode)
 
 
 def negative_entropy(layer_weights: Tensor) -> Tensor:
     """The LayerSelector regulariser: mean over voxels of sum_l w_l log w_l, for weights [n, L].
 
-    As in the reference, adding this to the loss pushes the weights towards uniform.
+    As in the reference, adding this to the loss pushes the weights towards uniform (switch
+    LAYER_ENTROPY "sharp" subtracts it instead).
     """
     return torch.special.xlogy(layer_weights, layer_weights).sum(dim=-1).mean()

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from jobs.mem.behaviour import BehaviourEmbed
 from jobs.mem.config import MemConfig, ModelConfig
-from jobs.mem.coords import normalise_coords
+from jobs.mem.coords import MEMQ_COORDS, CoordsMode, normalise_coords
 from jobs.mem.frames import CurrentFrame, PreviousFrame, retina_features
 from jobs.mem.groups import SubjectGroups
 from jobs.mem.mappers import LayerSelector, RetinaMapper, negative_entropy
@@ -48,11 +48,12 @@ class SubjectInfo:
     def n_voxels(self) -> int:
         return len(self.coords) if self.voxels is None else len(self.voxels)
 
-    def positions(self) -> Tensor:
-        """Normalised coordinates [n_voxels, 3] of the modelled voxels, bounds from all voxels."""
+    def positions(self, mode: CoordsMode = MEMQ_COORDS) -> Tensor:
+        """Normalised coordinates [n_voxels, 3] of the modelled voxels, bounds from all voxels
+        (raw coordinates with ``mode.subset_bounds``: the coordinate MLPs then normalise them)."""
         full = torch.as_tensor(self.coords, dtype=torch.float32)
         modelled = full if self.voxels is None else full[torch.as_tensor(self.voxels, dtype=torch.long)]
-        return normalise_coords(modelled, full)
+        return modelled if mode.subset_bounds else normalise_coords(modelled, full)
 
 
 def read_topyneck(path: str) -> dict[str, Tensor]:
@@ -64,15 +65,15 @@ class MemOutput(NamedTuple):
     """What :meth:`MemModel.forward_subjects` returns."""
 
     preds: dict[str, Tensor]  # subject -> predictions [B_s, n_s]
-    # sum over the subjects of the LayerSelector negative entropy of the voxels predicted; a
-    # frozen LayerSelector adds 0 (mem-spec 2.3)
+    # sum over the subjects of the LayerSelector negative entropy of the voxels predicted (its
+    # negation with SWITCHES.LAYER_ENTROPY sharp); a frozen LayerSelector adds 0 (mem-spec 2.3)
     regularizer: Tensor
 
 
-def _voxel_weights(config: ModelConfig, positions: Tensor) -> nn.Module:
+def _voxel_weights(config: ModelConfig, positions: Tensor, mode: CoordsMode) -> nn.Module:
     shared = config.VOXEL_OUTS.SHARED
     if shared.USE:
-        return SharedVoxelWeights(positions, config.d_model, shared.MLP.WIDTH, shared.MLP.DEPTH)
+        return SharedVoxelWeights(positions, config.d_model, shared.MLP.WIDTH, shared.MLP.DEPTH, mode)
     return FreeVoxelWeights(len(positions), config.d_model)
 
 
@@ -97,18 +98,20 @@ class MemModel(nn.Module):
         self.memory = MemoryBranch(model, config.DATASET.N_PREV_FRAMES - 1, names)
         self.behav_pt = BehaviourEmbed(names, cond.IN_DIM, model.passthrough_dim, cond.DROPOUT)
         self.behav_pt_prev = BehaviourEmbed(names, cond.IN_DIM, model.passthrough_dim, cond.DROPOUT)
-        positions = {s: info.positions() for s, info in subjects.items()}
+        mode = CoordsMode.of(config)
+        self.entropy_sign = -1.0 if config.switch("LAYER_ENTROPY") == "sharp" else 1.0
+        positions = {s: info.positions(mode) for s, info in subjects.items()}
         self.retina_mapper = nn.ModuleDict(
             {
-                s: RetinaMapper(p, coords_mlp.WIDTH, coords_mlp.DEPTH, model.RETINA_MAPPER.SIGMA)
+                s: RetinaMapper(p, coords_mlp.WIDTH, coords_mlp.DEPTH, model.RETINA_MAPPER.SIGMA, mode)
                 for s, p in positions.items()
             }
         )
         n_layers = len(model.BACKBONE.LAYERS)
         self.layer_selector = nn.ModuleDict(
-            {s: LayerSelector(p, n_layers, coords_mlp.WIDTH, coords_mlp.DEPTH) for s, p in positions.items()}
+            {s: LayerSelector(p, n_layers, coords_mlp.WIDTH, coords_mlp.DEPTH, mode) for s, p in positions.items()}
         )
-        self.readout = nn.ModuleDict({s: _voxel_weights(model, p) for s, p in positions.items()})
+        self.readout = nn.ModuleDict({s: _voxel_weights(model, p, mode) for s, p in positions.items()})
         if model.TOPYNECK_PATH is not None:
             self.load_topyneck(read_topyneck(model.TOPYNECK_PATH), source=model.TOPYNECK_PATH)
 
@@ -159,7 +162,7 @@ class MemModel(nn.Module):
                 [grid[rows] for grid in grids], cls[rows], shared[rows], subject, selected, layer_weights
             )
             if selector.trainable:
-                regularizers.append(negative_entropy(layer_weights))
+                regularizers.append(self.entropy_sign * negative_entropy(layer_weights))
         regularizer = torch.stack(regularizers).sum() if regularizers else torch.zeros((), device=cls.device)
         return MemOutput(preds, regularizer)
 

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from jobs.mem.coords import CachedCoordsMLP
+from jobs.mem.coords import MEMQ_COORDS, CachedCoordsMLP, CoordsMode
 
 
 class FreeVoxelWeights(nn.Module):
@@ -27,9 +27,11 @@ class FreeVoxelWeights(nn.Module):
 class SharedVoxelWeights(nn.Module):
     """Weight rows from a coordinate MLP (no final activation), and a zero-initialised bias per voxel."""
 
-    def __init__(self, positions: Tensor, d_model: int, width: int, depth: int) -> None:
+    def __init__(
+        self, positions: Tensor, d_model: int, width: int, depth: int, mode: CoordsMode = MEMQ_COORDS
+    ) -> None:
         super().__init__()
-        self.weight = CachedCoordsMLP(positions, d_model, width, depth, nn.Identity())
+        self.weight = CachedCoordsMLP(positions, d_model, width, depth, nn.Identity(), mode)
         self.bias = nn.Parameter(torch.zeros(len(positions)))
 
     def forward(self, voxels: Tensor) -> tuple[Tensor, Tensor]:

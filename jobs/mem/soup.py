@@ -4,7 +4,9 @@ The checkpoints are first synced to the shared store (pulled over ssh from the n
 when needed), then averaged by :mod:`memq.soup`, streaming and reading only verified bytes. A
 checkpoint whose shared copy fails its checksum is copied again from its source; if that cannot
 be done the job fails and says which: nothing corrupt is ever averaged. The greedy soup selects
-on val1 and reports val2; the uniform soup reports val2 too (full passes, eval mode).
+on val1 and reports val2; the uniform soup reports val2 too (full passes, eval mode). With the
+trained job's SWITCHES.GREEDY_SOUP val2_twice (COMPAT reference) the greedy soup is the
+reference's: selected and reported on val2, the best checkpoint counted twice.
 
 Output: ``<root>/soups/<grid>/<job>/<recipe>.pt`` (registered as the trained job's ``soup``, metric
 = val2 r) and ``<recipe>.json`` beside it. Idempotent: a registered soup that verifies and was made
@@ -56,8 +58,9 @@ def _checkpoints(ctx: JobContext, job_id: int, *, recheck: bool) -> list[dict[st
     return rows
 
 
-def soup_evaluator(ctx: JobContext, built: Built) -> Any:
-    """The greedy soup's ``evaluate``: loads a state into ``built`` and scores it (val1 selects, val2 reports)."""
+def soup_evaluator(ctx: JobContext, built: Built, selection_split: str) -> Any:
+    """The greedy soup's ``evaluate``: loads a state into ``built``, scores it on ``selection_split``
+    (selects) and val2 (reports)."""
     calls = 0
 
     def evaluate(state: dict[str, torch.Tensor]) -> tuple[float, float]:
@@ -65,17 +68,26 @@ def soup_evaluator(ctx: JobContext, built: Built) -> Any:
         calls += 1
         ctx.report_progress(evaluated=calls)
         built.model.load_trainable_state_dict(state)
-        return mean_pearson(built, "val1"), mean_pearson(built, "val2")
+        reported = mean_pearson(built, "val2")
+        return (reported if selection_split == "val2" else mean_pearson(built, selection_split)), reported
 
     return evaluate
+
+
+def greedy_soup(ctx: JobContext, rows: list[dict[str, Any]], built: Built) -> tuple[soups.GreedyResult, str]:
+    """The greedy soup of ``rows`` as the source config's GREEDY_SOUP switch says it is made:
+    (the result, the split it selected on)."""
+    reference = built.config.switch("GREEDY_SOUP") == "val2_twice"
+    split = "val2" if reference else "val1"
+    return soups.greedy(rows, soup_evaluator(ctx, built, split), best_twice=reference), split
 
 
 def _make(ctx: JobContext, rows: list[dict[str, Any]], recipe: str, built: Built,
           ) -> tuple[soups.StateDict, dict[str, Any]]:
     """(soup state, summary for the .json)."""
     if recipe == "greedy":
-        result = soups.greedy(rows, soup_evaluator(ctx, built))
-        return result.state, {"members": result.members, "val1": result.selection_score,
+        result, split = greedy_soup(ctx, rows, built)
+        return result.state, {"members": result.members, "selection_split": split, split: result.selection_score,
                               "val2": result.reported_score, "trace": result.trace}
     state = soups.uniform(rows)
     built.model.load_trainable_state_dict(state)

@@ -27,8 +27,7 @@ from jobs.mem.evaluate import pearson_by_subject
 from jobs.mem.files import save_atomically
 from jobs.mem.fit import finish, fit, job_config, write_result
 from jobs.mem.model import TOPYNECK_GROUPS
-from jobs.mem.soup import soup_evaluator
-from memq import soup as soups
+from jobs.mem.soup import greedy_soup
 from memq.context import JobContext
 from memq.runner import PermanentError
 
@@ -55,15 +54,17 @@ def run(ctx: JobContext) -> None:
         gather(ctx)
 
 
-def _soup(ctx: JobContext) -> tuple[Built, soups.GreedyResult]:
-    """The greedy soup of this run's registered checkpoints, loaded into a freshly built model."""
+def _soup(ctx: JobContext) -> tuple[Built, dict[str, Any]]:
+    """The greedy soup of this run's registered checkpoints, loaded into a freshly built model,
+    and its summary (members, the selection split's score and val2)."""
     rows = ctx.store.checkpoints(job_ids=[ctx.job_id], kind="checkpoint")
     if not rows:
         raise RuntimeError("the run left no checkpoint to make the topyneck soup from")
     built = build(ctx.params, ctx.repeat, ctx.gpus)
-    result = soups.greedy(rows, soup_evaluator(ctx, built))
+    result, split = greedy_soup(ctx, rows, built)
     built.model.load_trainable_state_dict(result.state)
-    return built, result
+    return built, {"members": result.members, "selection_split": split, split: result.selection_score,
+                   "val2": result.reported_score}
 
 
 def train(ctx: JobContext) -> None:
@@ -86,8 +87,7 @@ def train(ctx: JobContext) -> None:
         part["score"] = (part["val"] + part["test"]) / 2
         path = save_atomically(part, part_path(parts_dir, subject, config.REGULARIZER.LAYER))
         parts[subject] = {"path": str(path), **{k: v for k, v in part.items() if k != "tensors"}}
-    finish(ctx, fitted, topyneck_parts=parts,
-           topyneck_soup={"members": soup.members, "val1": soup.selection_score, "val2": soup.reported_score})
+    finish(ctx, fitted, topyneck_parts=parts, topyneck_soup=soup)
 
 
 def gather(ctx: JobContext) -> None:

@@ -49,6 +49,30 @@ def test_greedy_selects_on_one_score_reports_another_and_counts_the_best_once(tm
     assert [t["kept"] for t in result.trace] == [True, True, False, False, False]
 
 
+def test_greedy_best_twice_is_the_reference_loop(tmp_path: Path) -> None:
+    """From a score of 0, every checkpoint from the best on is tried: the best first joins itself."""
+    rows, states = saved(tmp_path)
+    target = (2 * states[1]["w"] + states[4]["w"]) / 3
+    calls = []
+
+    def evaluate(state: dict[str, torch.Tensor]) -> tuple[float, float]:
+        calls.append(state["w"].clone())
+        score = 1.0 - float((state["w"] - target).pow(2).sum()) / 100
+        return score, score
+
+    result = greedy(rows, evaluate, best_twice=True)
+    assert result.members == [1, 1, 4]
+    assert torch.allclose(result.state["w"], target, atol=1e-6)
+    assert torch.allclose(calls[0], states[1]["w"])  # the best mixed with itself is still the best
+    assert [t["checkpoint"] for t in result.trace] == [1, 4, 2, 3, 0]
+    assert [t["kept"] for t in result.trace] == [True, True, False, False, False]
+    assert result.selection_score == result.reported_score == max(t["selection"] for t in result.trace)
+
+    nothing_positive = greedy(rows, lambda state: (-1.0, -2.0), best_twice=True)
+    assert nothing_positive.members == [1] and nothing_positive.selection_score == 0.0
+    assert nothing_positive.reported_score == -2.0  # of the best checkpoint alone
+
+
 def test_a_corrupted_checkpoint_is_never_averaged(tmp_path: Path) -> None:
     rows, _ = saved(tmp_path)
     path = Path(rows[2]["path"])
