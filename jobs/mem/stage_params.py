@@ -1,4 +1,5 @@
-"""Parameters of the kinds that turn trained ``mem.train`` jobs into an ensemble.
+"""Parameters of the kinds that turn trained ``mem.train`` jobs into an ensemble, and of
+``mem.import``, whose jobs stand in for trained ones.
 
 ``memq soup`` and ``memq ensemble`` set them (memq/coordinator.py): ``source_job`` names the
 trained job, ``recipe`` its soup, ``split`` what to predict; the combine job gets the grid, the
@@ -10,13 +11,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from jobs.data.layout import SPLITS
+from jobs.mem.config import validate_params
 
 Recipe = Literal["uniform", "greedy"]
 Split = Literal[SPLITS]  # type: ignore[valid-type]  # the prepared layout's split names
 JobId = Annotated[int, Field(ge=1)]
+Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 SUBMISSION_SPLIT, SCORE_SPLIT = "predict", "val2"  # the Algonauts test sessions; held-out with betas
 
 
@@ -59,6 +62,21 @@ class EnsembleParams(StageParams):
     partial: bool = False  # leave out schemes that do not cover every voxel, instead of failing
 
 
+class ImportParams(StageParams):
+    """mem.import params"""
+
+    model_config = ConfigDict(extra="ignore")  # the job's other params are its Mem settings
+
+    checkpoints: Annotated[list[str], Field(min_length=1)]  # the reference run's files
+    sha256: list[Sha256] | None = None  # their checksums, in the same order: verified before reading
+
+    @model_validator(mode="after")
+    def _one_checksum_each(self) -> Self:
+        if self.sha256 is not None and len(self.sha256) != len(self.checkpoints):
+            raise ValueError(f"sha256 lists {len(self.sha256)} checksums for {len(self.checkpoints)} checkpoints")
+        return self
+
+
 def validate_soup(params: Mapping[str, Any]) -> None:
     SoupParams.parse(params)
 
@@ -69,3 +87,8 @@ def validate_predict(params: Mapping[str, Any]) -> None:
 
 def validate_ensemble(params: Mapping[str, Any]) -> None:
     EnsembleParams.parse(params)
+
+
+def validate_import(params: Mapping[str, Any]) -> None:
+    validate_params(params)
+    ImportParams.parse(params)
