@@ -199,9 +199,11 @@ def _split(reference: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict[str
 
 
 def _check_coords(coords: Mapping[str, Tensor], voxels: Mapping[str, ReferenceVoxels]) -> None:
+    extra = sorted(coords.keys() - voxels.keys())
+    if extra:
+        raise ConversionError(f"the reference run modelled subjects the model does not: {', '.join(extra)} "
+                              f"(DATASET.SUBJECTS must be the run's)")
     for subject, value in coords.items():
-        if subject not in voxels:
-            continue  # reported as unexpected network tensors of that subject
         expected = torch.as_tensor(voxels[subject].reference_coords(), dtype=value.dtype)
         if value.shape != expected.shape or not torch.allclose(value, expected, rtol=1e-6, atol=1e-5):
             raise ConversionError(

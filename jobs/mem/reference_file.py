@@ -58,7 +58,7 @@ def read_reference(path: str | Path) -> ReferenceState:
         raise ValueError(f"{file}: no such file")
     try:
         obj, ignored = _load(file)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
         raise ValueError(f"{file}: not a torch checkpoint that can be read safely ({error})") from None
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
     if not isinstance(state, dict) or not state:
