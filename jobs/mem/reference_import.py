@@ -3,7 +3,9 @@
 Params: the Mem settings the reference run used, as for ``mem.train`` (``DATASET.DIR``,
 ``DATASET.ROIS``, the backbones' ``WEIGHTS``, ``MODEL.TOPYNECK_PATH``...), plus ``checkpoints``:
 the run's files (the Lightning ``*.ckpt`` of its top 10, or saved state dicts such as
-``soup.pth``) and optionally ``sha256``: their checksums, verified before a file is read.
+``soup.pth``) or glob patterns, where ``{rois}`` and ``{repeat}`` stand for the job's ROIs and
+repeat index, so that one group (one atlas) imports one run per ROI model; and optionally
+``sha256sums``: a ``sha256sum`` listing that must hold every file, checked before it is read.
 
 Each file is read without running anything in it (jobs/mem/reference_file.py), converted and
 checked against this job's model and data (jobs/mem/reference.py), scored on val1 (full pass) and
@@ -14,13 +16,14 @@ the job as they take a trained one. Any file that does not fit fails the job at 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import glob
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from jobs.data.layout import open_subject, subject_path
-from jobs.mem.build import build
+from jobs.mem.build import build, job_config
 from jobs.mem.data import SubjectInfo
 from jobs.mem.evaluate import mean_pearson
 from jobs.mem.files import save_atomically
@@ -46,8 +49,36 @@ def reference_voxels(data_dir: str, infos: Mapping[str, SubjectInfo], rois: list
     return voxels
 
 
+def checkpoint_files(patterns: Sequence[str], rois: Sequence[str] | None, repeat: int) -> list[Path]:
+    """The files ``patterns`` name for a job of these ROIs and repeat, each pattern's sorted."""
+    files = []
+    for pattern in patterns:
+        name = pattern.format(rois="+".join(rois) if rois else "all", repeat=repeat)
+        found = sorted(glob.glob(name)) if glob.has_magic(name) else [name] if Path(name).is_file() else []
+        if not found:
+            raise PermanentError(f"checkpoints: no file {name}")
+        files += [Path(f).absolute() for f in found]
+    return files
+
+
+def read_sums(path: str) -> dict[Path, str]:
+    """A ``sha256sum`` listing: absolute path -> checksum (relative names are relative to the file)."""
+    listing = Path(path)
+    if not listing.is_file():
+        raise PermanentError(f"sha256sums: no file {path}")
+    sums = {}
+    for number, line in enumerate(listing.read_text().splitlines(), 1):
+        digest, _, name = line.partition(" ")
+        if len(digest) != 64 or not name:
+            raise PermanentError(f"{path}:{number}: not a sha256sum line")
+        sums[(listing.parent / name.lstrip(" *")).absolute()] = digest.lower()
+    return sums
+
+
 def run(ctx: JobContext) -> None:
     params = stage_params(ImportParams, ctx)
+    files = checkpoint_files(params.checkpoints, job_config(ctx.params).DATASET.ROIS, ctx.repeat)
+    sums = read_sums(params.sha256sums) if params.sha256sums else None
     built = build(ctx.params, ctx.repeat, ctx.gpus)
     dataset = built.config.DATASET
     assert dataset.DIR is not None  # build checked it
@@ -55,10 +86,11 @@ def run(ctx: JobContext) -> None:
     for row in ctx.store.checkpoints(job_ids=[ctx.job_id], kind="checkpoint"):  # of an earlier attempt
         ctx.unregister_checkpoint(row["path"])
     scores = []
-    for i, source in enumerate(params.checkpoints):
-        digest = sha256_file(Path(source)) if Path(source).is_file() else None
-        if params.sha256 is not None and digest != params.sha256[i]:
-            raise PermanentError(f"{source}: sha256 {digest or '(no such file)'}, expected {params.sha256[i]}")
+    for i, source in enumerate(files):
+        digest = sha256_file(source)
+        if sums is not None and sums.get(source) != digest:
+            expected = sums.get(source, "no line in " + str(params.sha256sums))
+            raise PermanentError(f"{source}: sha256 {digest}, expected {expected}")
         try:
             reference = read_reference(source)
             converted = convert(reference.tensors, built.model, voxels)

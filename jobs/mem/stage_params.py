@@ -8,10 +8,11 @@ output directory and the trained jobs to use. Light imports only: the validators
 
 from __future__ import annotations
 
+import string
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from jobs.data.layout import SPLITS
 from jobs.mem.config import validate_params
@@ -19,7 +20,6 @@ from jobs.mem.config import validate_params
 Recipe = Literal["uniform", "greedy"]
 Split = Literal[SPLITS]  # type: ignore[valid-type]  # the prepared layout's split names
 JobId = Annotated[int, Field(ge=1)]
-Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 SUBMISSION_SPLIT, SCORE_SPLIT = "predict", "val2"  # the Algonauts test sessions; held-out with betas
 
 
@@ -67,13 +67,17 @@ class ImportParams(StageParams):
 
     model_config = ConfigDict(extra="ignore")  # the job's other params are its Mem settings
 
-    checkpoints: Annotated[list[str], Field(min_length=1)]  # the reference run's files
-    sha256: list[Sha256] | None = None  # their checksums, in the same order: verified before reading
+    # the reference run's files or glob patterns; {rois} is the job's DATASET.ROIS joined by "+"
+    # ("all" for the whole brain), {repeat} its repeat index
+    checkpoints: Annotated[list[str], Field(min_length=1)]
+    sha256sums: str | None = None  # a `sha256sum` listing of the files: each is verified before it is read
 
     @model_validator(mode="after")
-    def _one_checksum_each(self) -> Self:
-        if self.sha256 is not None and len(self.sha256) != len(self.checkpoints):
-            raise ValueError(f"sha256 lists {len(self.sha256)} checksums for {len(self.checkpoints)} checkpoints")
+    def _known_placeholders(self) -> Self:
+        for pattern in self.checkpoints:
+            fields = {name for _, name, _, _ in string.Formatter().parse(pattern) if name is not None}
+            if not fields <= {"rois", "repeat"}:
+                raise ValueError(f"checkpoints: {pattern}: placeholders are {{rois}} and {{repeat}}")
         return self
 
 
