@@ -205,10 +205,14 @@ def _check_coords(coords: Mapping[str, Tensor], voxels: Mapping[str, ReferenceVo
                               f"(DATASET.SUBJECTS must be the run's)")
     for subject, value in coords.items():
         expected = torch.as_tensor(voxels[subject].reference_coords(), dtype=value.dtype)
-        if value.shape != expected.shape or not torch.allclose(value, expected, rtol=1e-6, atol=1e-5):
-            raise ConversionError(
-                f"{subject}: the reference ran on other voxels ({len(value)} coordinates, memq's data gives "
-                f"{len(expected)} or others): DATASET.DIR and DATASET.ROIS must be the reference run's")
+        if value.shape != expected.shape:
+            found = f"{len(value)} voxels, memq's data and ROIs give {len(expected)}"
+        elif not torch.allclose(value, expected, rtol=1e-6, atol=1e-5):
+            found = f"coordinates up to {(value - expected).abs().max():.3g} apart"
+        else:
+            continue
+        raise ConversionError(f"{subject}: the reference ran on other voxels ({found}): DATASET.DIR and "
+                              f"DATASET.ROIS must be the run's, its coordinates those the reference prepared")
 
 
 def _frozen_source(key: str) -> str:
@@ -218,10 +222,9 @@ def _frozen_source(key: str) -> str:
 def _as_memq(key: str, value: Tensor, model: MemModel, voxels: Mapping[str, ReferenceVoxels]) -> Tensor:
     """The reference tensor as the model holds it: memq's voxel rows, the resampled position embedding."""
     per_voxel = _PER_VOXEL.fullmatch(key)
-    if per_voxel and voxels.get(per_voxel[1]) is not None:
-        subject = voxels[per_voxel[1]]
-        if subject.positions is not None and len(value) == len(subject.positions):
-            return value[torch.as_tensor(subject.rows())]
+    subject = voxels.get(per_voxel[1]) if per_voxel else None
+    if subject is not None and subject.positions is not None and len(value) == len(subject.positions):
+        return value[torch.as_tensor(subject.rows())]
     if key.endswith("backbone.vit.pos_embed"):
         vit = model.get_submodule(key.removesuffix(".pos_embed"))
         return checkpoint_filter_fn({"pos_embed": value}, vit)["pos_embed"]
@@ -255,7 +258,7 @@ def convert(reference: Mapping[str, Tensor], model: MemModel, voxels: Mapping[st
         elif torch.allclose(value.to(ours[key].dtype), ours[key], rtol=1e-5, atol=1e-6):
             checked += 1
         else:
-            differ.append(key)
+            differ.append(f"{key} (up to {(value - ours[key]).abs().max():.3g} apart)")
     if unknown:
         raise ConversionError(f"reference tensors memq has no place for (other subjects or settings?): "
                               f"{', '.join(sorted(unknown)[:5])}{' ...' if len(unknown) > 5 else ''}")
