@@ -1,7 +1,8 @@
-"""mem.import in this process: a reference run's checkpoints registered as a job's, then souped and predicted."""
+"""mem.import in this process: a reference run's checkpoints registered as a job's; a grid of imports ensembled."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from memq.checkpoints import load_verified, sha256_file
 from memq.runner import PermanentError
 
 from ..mem import reference_net
-from .rig import HALVES, Rig
+from .rig import HALVES, Rig, grid_text
 
 ROIS = HALVES[0]
 
@@ -31,24 +32,25 @@ def plain_vit(model: MemModel, prefix: str) -> dict[str, torch.Tensor]:
             if k.startswith(prefix) and k not in trained}
 
 
-def reference_files(tmp_path: Path, params: dict[str, Any], n: int) -> list[Path]:
-    """Lightning checkpoints of a reference ROI run on the job's data and frozen backbones, in
-    ``tmp_path/<ROIs joined by +>/``, and ``tmp_path/SHA256SUMS`` listing them."""
-    built = build(params, 0, [])
+def reference_files(tmp_path: Path, params: dict[str, Any], n: int, rois: list[str] | None = ROIS) -> list[Path]:
+    """Lightning checkpoints of a reference run (``rois``; None: whole brain) on the job's data and
+    frozen backbones, in ``tmp_path/<ROIs joined by +, or all>/``, and ``tmp_path/SHA256SUMS`` listing them."""
+    built = build({**params, "DATASET.ROIS": rois}, 0, [])
     config = built.config
     assert config.DATASET.DIR is not None
-    voxels = reference_voxels(config.DATASET.DIR, built.data.subject_info(), ROIS)
+    voxels = reference_voxels(config.DATASET.DIR, built.data.subject_info(), rois)
     coords = {s: torch.from_numpy(v.reference_coords()) for s, v in voxels.items()}
     vits = {"backbone": plain_vit(built.model, "current.backbone.vit."),
             "backbone_prev": plain_vit(built.model, "previous.backbone.vit.")}
     paths = []
     for seed in range(n):
-        path = tmp_path / "+".join(ROIS) / f"epoch={seed:06d}.ckpt"
+        path = tmp_path / ("+".join(rois) if rois else "all") / f"epoch={seed:06d}.ckpt"
         path.parent.mkdir(exist_ok=True)
         torch.save({"state_dict": reference_net.reference_state(config, coords, vits, seed), "epoch": seed}, path)
         paths.append(path)
     lines = [f"{sha256_file(p)}  {p.relative_to(tmp_path)}\n" for p in paths]
-    (tmp_path / "SHA256SUMS").write_text("".join(lines))
+    with (tmp_path / "SHA256SUMS").open("a") as sums:
+        sums.write("".join(lines))
     return paths
 
 
@@ -57,7 +59,7 @@ def roi_params(params: dict[str, Any]) -> dict[str, Any]:
     return {**params, "DATASET.ROIS": ROIS}
 
 
-def test_imported_checkpoints_are_registered_scored_souped_and_predicted(
+def test_imported_checkpoints_are_registered_with_their_val1_score(
     rig: Rig, tmp_path: Path, roi_params: dict[str, Any]
 ) -> None:
     files = reference_files(tmp_path, roi_params, 2)
@@ -78,12 +80,24 @@ def test_imported_checkpoints_are_registered_scored_souped_and_predicted(
         assert row["metric"] == pytest.approx(mean_pearson(built, "val1"), abs=1e-6)
     assert rig.store.jobs(ids=[ctx.job_id])[0]["metrics"] == {"val_pearson": max(r["metric"] for r in rows),
                                                              "checkpoints": 2}
-    rig.run("mem.soup", {"source_job": ctx.job_id, "recipe": "uniform"})
-    (soup,) = rig.store.checkpoints(job_ids=[ctx.job_id], kind="soup")
-    states = [load_verified(row) for row in rows]
-    mean = {k: (states[0][k] + states[1][k]) / 2 for k in states[0]}
-    assert all(torch.allclose(load_verified(soup)[k], mean[k], atol=1e-6) for k in mean)
-    rig.run("mem.predict", {"source_job": ctx.job_id, "recipe": "uniform", "split": "val2"})
+
+
+def test_a_grid_of_imports_goes_through_memq_ensemble(rig: Rig, tmp_path: Path, params: dict[str, Any],
+                                                      cli) -> None:
+    for rois in (None, *HALVES):
+        reference_files(tmp_path, params, 1, rois)
+    imports = {**params, "checkpoints": [f"{tmp_path}/{{rois}}/*.ckpt"], "sha256sums": str(tmp_path / "SHA256SUMS")}
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(grid_text(imports, groups=[{"name": "all", "kind": "mem.import"},
+                                               {"name": "A", "kind": "mem.import", "grid": {"DATASET.ROIS": HALVES}}]))
+    assert cli(*rig.options(), "submit", grid).code == 0
+    assert rig.drain() == 3
+    result = cli(*rig.options(), "ensemble", grid, "--recipe", "uniform", "--out", tmp_path / "out", "--no-wait")
+    assert result.code == 0, result.err
+    assert rig.drain() == 3 + 6 + 1  # soups, predictions, combine
+    manifest = json.loads((tmp_path / "out" / "ensemble.json").read_text())
+    assert list(manifest["schemes"]) == ["all", "A"] and manifest["skipped"] == {}
+    assert (tmp_path / "out" / "subj01" / "lh_pred_test.npy").is_file()
 
 
 def test_a_file_whose_checksum_differs_is_refused_before_it_is_read(
