@@ -17,6 +17,13 @@ MEM_TOPYNECK = KindSpec(
     validate="jobs.mem.config:validate_params",
     description="train per-subject models and gather their RetinaMapper and LayerSelector weights",
 )
+MEM_IMPORT = KindSpec(
+    name="mem.import",
+    target="jobs.mem.reference_import:run",
+    validate="jobs.mem.stage_params:validate_import",
+    description="convert a reference (huzeyann/MemoryEncodingModel) run's checkpoints and register them as this "
+    "job's, for soups and ensembles (params: the run's Mem settings, checkpoints; sha256)",
+)
 MEM_SOUP = KindSpec(
     name="mem.soup",
     target="jobs.mem.soup:run",

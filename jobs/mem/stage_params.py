@@ -1,4 +1,5 @@
-"""Parameters of the kinds that turn trained ``mem.train`` jobs into an ensemble.
+"""Parameters of the kinds that turn trained ``mem.train`` jobs into an ensemble, and of
+``mem.import``, whose jobs stand in for trained ones.
 
 ``memq soup`` and ``memq ensemble`` set them (memq/coordinator.py): ``source_job`` names the
 trained job, ``recipe`` its soup, ``split`` what to predict; the combine job gets the grid, the
@@ -7,12 +8,14 @@ output directory and the trained jobs to use. Light imports only: the validators
 
 from __future__ import annotations
 
+import string
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from jobs.data.layout import SPLITS
+from jobs.mem.config import validate_params
 
 Recipe = Literal["uniform", "greedy"]
 Split = Literal[SPLITS]  # type: ignore[valid-type]  # the prepared layout's split names
@@ -59,6 +62,25 @@ class EnsembleParams(StageParams):
     partial: bool = False  # leave out schemes that do not cover every voxel, instead of failing
 
 
+class ImportParams(StageParams):
+    """mem.import params"""
+
+    model_config = ConfigDict(extra="ignore")  # the job's other params are its Mem settings
+
+    # the reference run's files or glob patterns; {rois} is the job's DATASET.ROIS joined by "+"
+    # ("all" for the whole brain), {repeat} its repeat index
+    checkpoints: Annotated[list[str], Field(min_length=1)]
+    sha256sums: str | None = None  # a `sha256sum` listing of the files: each is verified before it is read
+
+    @model_validator(mode="after")
+    def _known_placeholders(self) -> Self:
+        for pattern in self.checkpoints:
+            fields = {name for _, name, _, _ in string.Formatter().parse(pattern) if name is not None}
+            if not fields <= {"rois", "repeat"}:
+                raise ValueError(f"checkpoints: {pattern}: placeholders are {{rois}} and {{repeat}}")
+        return self
+
+
 def validate_soup(params: Mapping[str, Any]) -> None:
     SoupParams.parse(params)
 
@@ -69,3 +91,8 @@ def validate_predict(params: Mapping[str, Any]) -> None:
 
 def validate_ensemble(params: Mapping[str, Any]) -> None:
     EnsembleParams.parse(params)
+
+
+def validate_import(params: Mapping[str, Any]) -> None:
+    validate_params(params)
+    ImportParams.parse(params)
