@@ -8,13 +8,13 @@ from memq.kinds import KindSpec
 MEM_TRAIN = KindSpec(
     name="mem.train",
     target="jobs.mem.train:run",
-    validate="jobs.mem.config:validate_params",
+    validate="jobs.mem.validate:validate_train",
     description="train one Memory Encoding Model (whole brain or one ROI) and keep its top-k checkpoints",
 )
 MEM_TOPYNECK = KindSpec(
     name="mem.topyneck",
     target="jobs.mem.topyneck:run",
-    validate="jobs.mem.config:validate_params",
+    validate="jobs.mem.validate:validate_topyneck",
     description="train per-subject models and gather their RetinaMapper and LayerSelector weights",
 )
 MEM_SOUP = KindSpec(

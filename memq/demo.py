@@ -78,7 +78,7 @@ def demo(
     said = _memq("data", "synth", "--out", str(data)).strip().splitlines()[-1]
     console.print("   " + said)
     store = open_store(RootOptions(root=str(root)), create=True)
-    result = store.submit(load_grid(DEMO_GRID, {"DATASET.DIR": str(data)}))
+    result = store.submit(load_grid(DEMO_GRID, {"DATASET.DIR": str(data)}, root))
     console.print(f"[bold]2. submit[/]: {DEMO_GRID.name} -> {result.added} Mem training jobs")
 
     log = (root / "worker.log").open("ab")

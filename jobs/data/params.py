@@ -5,14 +5,19 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
+
+from jobs.weights.manifest import CATALOGUE, lookup, requested
 
 SPACES = ("fsaverage",)
 BETA_DIRS = {"b3": "betas_fithrf_GLMdenoise_RR", "b2": "betas_fithrf"}
 PREPARE_NSD = {"nsd_dir", "alg_dir", "out", "subject"}, {"space", "beta", "fsaverage_dir", "force"}
 CACHE_FEATURES = {"data_dir"}, {
-    "weights", "random_init", "model", "image_size", "batch_size", "device", "alg_dir", "force",
+    "weights", "model", "image_size", "batch_size", "device", "alg_dir", "force",
 }  # fmt: skip
+FEATURE_WEIGHTS = "dinov2_vitl14"  # the installed name of the feature model's weights, by default
+FEATURE_MODEL = CATALOGUE[FEATURE_WEIGHTS].model
 _SUBJECT = re.compile(r"(?:subj)?0*(\d{1,2})")
 
 
@@ -34,7 +39,7 @@ def _check_keys(params: Mapping[str, Any], keys: tuple[set[str], set[str]]) -> N
         raise ValueError(f"{key}: unknown parameter" + (f"; did you mean {close[0]}?" if close else ""))
 
 
-def validate_prepare_nsd(params: Mapping[str, Any]) -> None:
+def validate_prepare_nsd(params: Mapping[str, Any], root: Path | None = None) -> None:
     _check_keys(params, PREPARE_NSD)
     parse_subject(params["subject"])
     if params.get("space", SPACES[0]) not in SPACES:
@@ -43,7 +48,10 @@ def validate_prepare_nsd(params: Mapping[str, Any]) -> None:
         raise ValueError(f"beta: {params['beta']!r} is not one of {', '.join(BETA_DIRS)}")
 
 
-def validate_cache_features(params: Mapping[str, Any]) -> None:
+def validate_cache_features(params: Mapping[str, Any], root: Path | None = None) -> None:
+    """Known params; ``weights`` a name (installed on ``root`` when known) or ``random``."""
     _check_keys(params, CACHE_FEATURES)
-    if bool(params.get("weights")) == bool(params.get("random_init")):
-        raise ValueError("weights: give a local weights file (or random_init: true, for tests only), not both")
+    model = params.get("model", FEATURE_MODEL)
+    name = requested("weights", params.get("weights", FEATURE_WEIGHTS), model)
+    if name is not None and root is not None:
+        lookup(root, name, "weights", model)

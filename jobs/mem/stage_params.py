@@ -8,6 +8,7 @@ output directory and the trained jobs to use. Light imports only: the validators
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -59,13 +60,13 @@ class EnsembleParams(StageParams):
     partial: bool = False  # leave out schemes that do not cover every voxel, instead of failing
 
 
-def validate_soup(params: Mapping[str, Any]) -> None:
+def validate_soup(params: Mapping[str, Any], root: Path | None = None) -> None:
     SoupParams.parse(params)
 
 
-def validate_predict(params: Mapping[str, Any]) -> None:
+def validate_predict(params: Mapping[str, Any], root: Path | None = None) -> None:
     PredictParams.parse(params)
 
 
-def validate_ensemble(params: Mapping[str, Any]) -> None:
+def validate_ensemble(params: Mapping[str, Any], root: Path | None = None) -> None:
     EnsembleParams.parse(params)
