@@ -281,7 +281,8 @@ def _validate_params(
         check(params, root)
     except ValueError as exc:
         line = source.line_of(("groups", i))
-        named = [key for key in params if key in str(exc)]
+        # the line of the key the message names first
+        named = sorted((key for key in params if key in str(exc)), key=str(exc).index, reverse=True)
         for key in named:
             for loc in (("groups", i, "params", key), ("groups", i, "grid", key), ("defaults", "params", key)):
                 line = source.line_of(loc, exact=True) or line

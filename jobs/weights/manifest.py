@@ -85,7 +85,7 @@ def architecture(model: str) -> str:
 
 
 def _suggestion(model: str) -> str:
-    return next((name for name, known in CATALOGUE.items() if known.model == model), "NAME")
+    return next((name for name, known in CATALOGUE.items() if architecture(known.model) == architecture(model)), "NAME")
 
 
 def requested(key: str, value: object, model: str) -> str | None:
