@@ -50,6 +50,6 @@ DATA_CACHE_FEATURES = KindSpec(
     name="data.cache_features",
     target="jobs.data.features:run",
     validate="jobs.data.params:validate_cache_features",
-    description="cache DINOv2 ViT-L/14 CLS features of the memory images in images.h5 (params data_dir, weights; "
-    "alg_dir writes images.h5 from the Algonauts PNGs first if missing)",
+    description="cache DINOv2 ViT-L/14 CLS features of the memory images in images.h5 (params data_dir; weights: "
+    "installed name, default dinov2_vitl14; alg_dir writes images.h5 from the Algonauts PNGs first if missing)",
 )
