@@ -28,7 +28,7 @@ from jobs.data.layout import FEATURES_SOURCE, IMAGES_FILE, open_images
 from jobs.data.nsd_images import write_nsd_images
 from jobs.data.params import FEATURE_MODEL, FEATURE_WEIGHTS
 from jobs.data.progress import JobReporter, Reporter
-from jobs.weights.manifest import Entry, WeightsError, lookup, requested
+from jobs.weights.manifest import Entry, WeightsError, resolve
 from memq.errors import UserError
 
 if TYPE_CHECKING:
@@ -44,12 +44,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 def _installed(weights: str, root: Path | None, model_name: str) -> Entry | None:
     """The installed entry the weights name, None for ``random``."""
     try:
-        name = requested("weights", weights, model_name)
-        if name is None:
-            return None
-        if root is None:
-            raise WeightsError(f"weights: {name!r} are looked up on a memq root (--root or MEMQ_ROOT)")
-        return lookup(root, name, "weights", model_name)
+        return resolve(root, "weights", weights, model_name)
     except WeightsError as exc:
         raise UserError(str(exc)) from None
 

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from jobs.weights.manifest import CATALOGUE, lookup, requested
+from jobs.weights.manifest import CATALOGUE, check_setting
 
 SPACES = ("fsaverage",)
 BETA_DIRS = {"b3": "betas_fithrf_GLMdenoise_RR", "b2": "betas_fithrf"}
@@ -51,7 +51,4 @@ def validate_prepare_nsd(params: Mapping[str, Any], root: Path | None = None) ->
 def validate_cache_features(params: Mapping[str, Any], root: Path | None = None) -> None:
     """Known params; ``weights`` a name (installed on ``root`` when known) or ``random``."""
     _check_keys(params, CACHE_FEATURES)
-    model = params.get("model", FEATURE_MODEL)
-    name = requested("weights", params.get("weights", FEATURE_WEIGHTS), model)
-    if name is not None and root is not None:
-        lookup(root, name, "weights", model)
+    check_setting(root, "weights", params.get("weights", FEATURE_WEIGHTS), params.get("model", FEATURE_MODEL))

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.mem.config import ConfigError, MemConfig, validate_params
-from jobs.weights.manifest import WeightsError, lookup, requested
+from jobs.weights.manifest import WeightsError, check_setting
 
 
 def weights_problems(config: MemConfig, root: Path | None) -> list[str]:
@@ -18,9 +18,7 @@ def weights_problems(config: MemConfig, root: Path | None) -> list[str]:
     model = config.MODEL
     for key, backbone in (("MODEL.BACKBONE", model.BACKBONE), ("MODEL.BACKBONE_SMALL", model.BACKBONE_SMALL)):
         try:
-            name = requested(f"{key}.WEIGHTS", backbone.WEIGHTS, backbone.NAME)
-            if name is not None and root is not None:
-                lookup(root, name, f"{key}.WEIGHTS", backbone.NAME)
+            check_setting(root, f"{key}.WEIGHTS", backbone.WEIGHTS, backbone.NAME)
         except WeightsError as error:
             problems.append(str(error))
     return problems

@@ -10,7 +10,7 @@ from safetensors.torch import load
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 from torch import Tensor
 
-from jobs.weights.manifest import Entry, WeightsError, lookup, requested
+from jobs.weights.manifest import Entry, WeightsError, resolve
 
 
 def verified_state_dict(root: Path, entry: Entry, key: str) -> dict[str, Tensor]:
@@ -32,16 +32,14 @@ def load_pretrained(vit: VisionTransformer, value: object, key: str, model: str,
     ``random`` leaves it as initialised and returns None. timm's checkpoint filter takes timm and
     original DINOv2 keys and resamples the position embedding to the model's image size.
     """
-    name = requested(key, value, model)
-    if name is None:
+    entry = resolve(root, key, value, model)
+    if entry is None:
         return None
-    if root is None:
-        raise WeightsError(f"{key}: weights {name!r} are looked up on a memq root, and none was given")
-    entry = lookup(root, name, key, model)
+    assert root is not None  # resolve found the entry there
     state = verified_state_dict(root, entry, key)
     try:
         vit.load_state_dict(checkpoint_filter_fn(state, vit), strict=True)
     except RuntimeError as error:
         reason = " ".join(str(error).split())[:400]
-        raise WeightsError(f"{key}: {name} does not fit the configured {model}: {reason}") from None
+        raise WeightsError(f"{key}: {entry.name} does not fit the configured {model}: {reason}") from None
     return entry

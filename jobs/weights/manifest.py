@@ -126,3 +126,21 @@ def lookup(root: Path, name: str, key: str, model: str) -> Entry:
         found = "is missing" if size is None else f"has {size} bytes, not {entry.size}"
         raise WeightsError(f"{key}: the file of {name}, {path}, {found}; run `memq data weights {name}` again")
     return entry
+
+
+def resolve(root: Path | None, key: str, value: object, model: str) -> Entry | None:
+    """The installed entry the setting ``key`` = ``value`` names for ``model`` (see :func:`lookup`),
+    None for ``random``; WeightsError naming the fix otherwise."""
+    name = requested(key, value, model)
+    if name is None:
+        return None
+    if root is None:
+        raise WeightsError(f"{key}: weights {name!r} are looked up on a memq root (--root or MEMQ_ROOT), none given")
+    return lookup(root, name, key, model)
+
+
+def check_setting(root: Path | None, key: str, value: object, model: str) -> None:
+    """Submit-time :func:`resolve`: without a root (a dry run without one) only the value is checked."""
+    name = requested(key, value, model)
+    if name is not None and root is not None:
+        lookup(root, name, key, model)
