@@ -46,7 +46,7 @@ import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
-from jobs.mem.config import MemConfig, load_config, tiny  # noqa: E402
+from jobs.mem.config import RANDOM_BACKBONES, MemConfig, load_config, tiny  # noqa: E402
 from jobs.mem.lit import MemLit  # noqa: E402
 from jobs.mem.model import MemModel, SubjectInfo  # noqa: E402
 
@@ -191,7 +191,7 @@ def run_one(
     profile: bool = False,
     breakdown: bool = False,
 ) -> dict[str, Any]:
-    overrides: dict[str, Any] = dict(tiny()) if args.tiny else {}
+    overrides: dict[str, Any] = dict(tiny()) if args.tiny else dict(RANDOM_BACKBONES)  # speed: weights irrelevant
     overrides["TRAINER.PRECISION"] = precision
     config = load_config(overrides)
     if device.type == "cuda":

@@ -53,14 +53,14 @@ def generate(directory: Path, n: int, subjects: int, voxels: int) -> list[dict[s
     import numpy as np
     import torch
 
-    from jobs.mem.config import load_config
+    from jobs.mem.config import RANDOM_BACKBONES, load_config
     from jobs.mem.model import MemModel, SubjectInfo
     from memq.checkpoints import sha256_file
 
     rng = np.random.default_rng(0)
     infos = {f"subj{i + 1:02d}": SubjectInfo(rng.uniform(-50, 50, (voxels, 3)).astype(np.float32))
              for i in range(subjects)}
-    shapes = {k: v.shape for k, v in MemModel(load_config({}), infos).trainable_state_dict().items()}
+    shapes = {k: v.shape for k, v in MemModel(load_config(RANDOM_BACKBONES), infos).trainable_state_dict().items()}
     directory.mkdir(parents=True, exist_ok=True)
     rows = []
     for i in range(n):

@@ -8,13 +8,13 @@ from memq.kinds import KindSpec
 MEM_TRAIN = KindSpec(
     name="mem.train",
     target="jobs.mem.train:run",
-    validate="jobs.mem.config:validate_params",
+    validate="jobs.mem.validate:validate_train",
     description="train one Memory Encoding Model (whole brain or one ROI) and keep its top-k checkpoints",
 )
 MEM_TOPYNECK = KindSpec(
     name="mem.topyneck",
     target="jobs.mem.topyneck:run",
-    validate="jobs.mem.config:validate_params",
+    validate="jobs.mem.validate:validate_topyneck",
     description="train per-subject models and gather their RetinaMapper and LayerSelector weights",
 )
 MEM_IMPORT = KindSpec(
@@ -58,6 +58,6 @@ DATA_CACHE_FEATURES = KindSpec(
     name="data.cache_features",
     target="jobs.data.features:run",
     validate="jobs.data.params:validate_cache_features",
-    description="cache DINOv2 ViT-L/14 CLS features of the memory images in images.h5 (params data_dir, weights; "
-    "alg_dir writes images.h5 from the Algonauts PNGs first if missing)",
+    description="cache DINOv2 ViT-L/14 CLS features of the memory images in images.h5 (params data_dir; weights: "
+    "installed name, default dinov2_vitl14; alg_dir writes images.h5 from the Algonauts PNGs first if missing)",
 )

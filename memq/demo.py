@@ -83,7 +83,7 @@ def demo(
     console.print("   " + said)
     store = open_store(RootOptions(root=str(root)), create=True)
     overrides = {"DATASET.DIR": str(data), **parse_overrides(sets or [])}
-    result = store.submit(load_grid(DEMO_GRID, overrides))
+    result = store.submit(load_grid(DEMO_GRID, overrides, root))
     console.print(f"[bold]2. submit[/]: {DEMO_GRID.name} -> {result.added} Mem training jobs")
 
     log = (root / "worker.log").open("ab")

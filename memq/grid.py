@@ -271,23 +271,28 @@ def _check_group(i: int, group: Group, merged: dict[str, Any], source: YamlSourc
                             hint=f"did you mean {{{close[0]}}}?" if close else "define it in params or grid")
 
 
-def _validate_params(spec: kinds.KindSpec | None, i: int, params: dict[str, Any], source: YamlSource) -> None:
+def _validate_params(
+    spec: kinds.KindSpec | None, i: int, params: dict[str, Any], source: YamlSource, root: Path | None
+) -> None:
     check = kinds.validator(spec) if spec is not None else None
     if check is None:
         return
     try:
-        check(params)
+        check(params, root)
     except ValueError as exc:
         line = source.line_of(("groups", i))
-        named = [key for key in params if key in str(exc)]
+        # the line of the key the message names first
+        named = sorted((key for key in params if key in str(exc)), key=str(exc).index, reverse=True)
         for key in named:
             for loc in (("groups", i, "params", key), ("groups", i, "grid", key), ("defaults", "params", key)):
                 line = source.line_of(loc, exact=True) or line
         raise UserError(str(exc), where=source.where(line)) from None
 
 
-def expand(grid: GridFile, source: YamlSource, overrides: dict[str, Any] | None = None) -> GridSpec:
-    """Check a parsed grid file and expand it into job specs (nothing is written)."""
+def expand(grid: GridFile, source: YamlSource, overrides: dict[str, Any] | None = None,
+           root: Path | None = None) -> GridSpec:
+    """Check a parsed grid file and expand it into job specs (nothing is written). Kinds' validators
+    also get the memq ``root`` the jobs are for, None when it is not known (a dry run without one)."""
     _check_dependencies(grid, source)
     if grid.ensemble is not None:
         _check_ensemble(grid, grid.ensemble, source)
@@ -304,7 +309,7 @@ def expand(grid: GridFile, source: YamlSource, overrides: dict[str, Any] | None 
         combos = itertools.product(*[values for _, values in axes])
         for combo in combos:
             params = {**merged["params"], **{name: value for (name, _), value in zip(axes, combo, strict=True)}}
-            _validate_params(spec, i, params, source)
+            _validate_params(spec, i, params, source, root)
             for r in range(group.repeat):
                 job = JobSpec(grid=grid.name, group=group.name, kind=merged["kind"], params=params, repeat=r,
                               command=merged["command"], gpus=gpus, cpus=merged["resources"].get("cpus", 1),
@@ -334,6 +339,6 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def load_grid(path: Path, overrides: dict[str, Any] | None = None) -> GridSpec:
+def load_grid(path: Path, overrides: dict[str, Any] | None = None, root: Path | None = None) -> GridSpec:
     grid, source = load_grid_file(path)
-    return expand(grid, source, overrides)
+    return expand(grid, source, overrides, root)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 
 COMMAND = "command"
@@ -25,7 +26,7 @@ class KindSpec:
 
     name: str
     target: str
-    validate: str | None = None  # "module:function(params) -> None", raises ValueError
+    validate: str | None = None  # "module:function(params, root) -> None", raises ValueError; root: Path | None
     description: str = ""
     gpus: int = 1  # the default GPU count of its jobs
 
@@ -67,7 +68,7 @@ def lookup(name: str) -> KindSpec | None:
     return registry()[name]
 
 
-def validator(spec: KindSpec) -> Callable[[dict[str, Any]], None] | None:
+def validator(spec: KindSpec) -> Callable[[dict[str, Any], Path | None], None] | None:
     """The kind's submit-time parameter check, or None if it has none (or is not installed yet)."""
     if spec.validate is None:
         return None

@@ -12,8 +12,8 @@ from typing import Annotated
 import typer
 
 app = typer.Typer(
-    help="Prepare training data: NSD + Algonauts 2023 or MindEye2 into the HDF5 layout, memory features, "
-    "atlas W, checks, synthetic data.",
+    help="Prepare training data: NSD + Algonauts 2023 or MindEye2 into the HDF5 layout, pretrained weights, "
+    "memory features, atlas W, checks, synthetic data.",
     no_args_is_help=True,
 )
 
@@ -125,13 +125,53 @@ def import_mindeye2(
         write_mindeye2_images(src, out, force=force, reporter=reporter)
 
 
+def _root(ctx: typer.Context) -> Path:
+    """The memq root of `memq --root` or MEMQ_ROOT (where the weights are installed)."""
+    from memq.cli.common import options
+
+    return options(ctx).resolve_root()
+
+
+@app.command()
+def weights(
+    ctx: typer.Context,
+    names: Annotated[
+        list[str] | None,
+        typer.Argument(help="Names to install (default: dinov2_vitb14, dinov2_vits14 and dinov2_vitl14).",
+                       show_default=False),
+    ] = None,
+    file: Annotated[
+        Path | None,
+        typer.Option("--file", help="Install this local file (safetensors, or a torch state dict) as the one NAME."),
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="The timm model of a NAME that is not one of the three.")
+    ] = None,
+) -> None:
+    """Put pretrained backbone weights on the shared root once, with their sha256: from the Hugging Face
+    cache (downloaded into it if the hub is reachable) or a local --file. Grids then name them."""
+    from jobs.weights.install import install
+    from jobs.weights.manifest import CATALOGUE, read_manifest
+    from memq.errors import UserError
+
+    root, chosen = _root(ctx), names or list(CATALOGUE)
+    if file is not None and len(chosen) != 1:
+        raise UserError("--file installs one name", where="--file", hint="memq data weights NAME --file FILE")
+    reporter = _console()
+    for name in chosen:
+        install(root, name, file=file, model=model, reporter=reporter)
+    for name, entry in read_manifest(root).items():
+        typer.echo(f"{name}: {entry.model}, {entry.size / 1e6:.1f} MB, sha256 {entry.sha256} ({entry.source})")
+
+
 @app.command("cache-features")
 def cache_features(
+    ctx: typer.Context,
     data_dir: Annotated[Path, typer.Argument(help="The prepared-data directory (its images.h5).")],
     weights: Annotated[
-        Path | None, typer.Option("--weights", help="Local checkpoint of the model (timm safetensors or DINOv2 .pth).")
-    ] = None,
-    random_init: Annotated[bool, typer.Option("--random-init", help="Random weights: for tests only.")] = False,
+        str,
+        typer.Option("--weights", help="Installed weights (`memq data weights`), or `random` (tests only)."),
+    ] = "dinov2_vitl14",
     model: Annotated[str, typer.Option("--model", help="timm model name.")] = "vit_large_patch14_dinov2.lvd142m",
     image_size: Annotated[int, typer.Option("--image-size", help="Model input size.")] = 224,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")] = 64,
@@ -145,12 +185,13 @@ def cache_features(
 ) -> None:
     """The memory-image features in images.h5 (resumes a killed run)."""
     from jobs.data.features import cache_features as run
+    from jobs.weights.manifest import RANDOM
 
     switches = _switches(("IMAGE_JPEG",), compat=compat, image_jpeg=image_jpeg)
     run(
         data_dir,
         weights=weights,
-        random_init=random_init,
+        root=None if weights == RANDOM else _root(ctx),
         model_name=model,
         image_size=image_size,
         batch_size=batch_size,

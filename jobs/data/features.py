@@ -2,14 +2,14 @@
 
 The DINOv2 ViT-L/14 CLS token after the final LayerNorm (timm ``vit_large_patch14_dinov2.lvd142m``,
 ``num_classes=0``) of every stored image, ImageNet-normalised at 224 x 224, stored as float16.
-Weights come from a local file only (a timm or an original DINOv2 checkpoint; timm adapts the
-position embedding to the input size); random weights only when asked for (tests).
+Weights are the ones installed on the memq root under a name (``dinov2_vitl14`` by default, see
+`memq data weights`), verified by sha256; random weights only when asked for (``random``: tests).
 
 Batches are appended to ``.images.h5.features.partial.h5`` beside the store, so a killed run
 resumes where it stopped; at the end a copy of ``images.h5`` with the new features replaces it
-atomically. Also the job kind ``data.cache_features`` (params data_dir, weights, random_init,
-model, image_size, batch_size, device, alg_dir, force), which first writes ``images.h5`` from
-the Algonauts PNGs if it is missing and ``alg_dir`` is given.
+atomically. Also the job kind ``data.cache_features`` (params data_dir, weights, model,
+image_size, batch_size, device, alg_dir, force), which first writes ``images.h5`` from the
+Algonauts PNGs if it is missing and ``alg_dir`` is given.
 """
 
 from __future__ import annotations
@@ -27,14 +27,14 @@ from jobs.data.amend import rewrite
 from jobs.data.inputs import reason
 from jobs.data.layout import FEATURES_SOURCE, IMAGES_FILE, open_images
 from jobs.data.nsd_images import write_nsd_images
-from jobs.data.params import CACHE_FEATURES_SWITCHES
+from jobs.data.params import CACHE_FEATURES_SWITCHES, FEATURE_MODEL, FEATURE_WEIGHTS
 from jobs.data.progress import JobReporter, Reporter
+from jobs.weights.manifest import Entry, WeightsError, resolve
 from memq.errors import UserError
 
 if TYPE_CHECKING:
     from memq.context import JobContext
 
-FEATURE_MODEL = "vit_large_patch14_dinov2.lvd142m"
 FEATURE_IMAGE_SIZE = 224
 BATCH_SIZE = 64
 RANDOM_SEED = 0
@@ -42,36 +42,34 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def _check_weights(weights: Path | None, random_init: bool) -> None:
-    hint = "weights are never downloaded: --weights FILE (timm safetensors or DINOv2 .pth); random ones are for tests"
-    if weights is None and not random_init:
-        raise UserError("no weights file for the feature model", hint=hint)
-    if weights is not None and random_init:
-        raise UserError("a weights file and random weights exclude each other", hint=hint)
-    if weights is not None and not weights.is_file():
-        raise UserError("missing feature-model weights file", where=str(weights), hint=hint)
+def _installed(weights: str, root: Path | None, model_name: str) -> Entry | None:
+    """The installed entry the weights name, None for ``random``."""
+    try:
+        return resolve(root, "weights", weights, model_name)
+    except WeightsError as exc:
+        raise UserError(str(exc)) from None
 
 
-def _build_model(name: str, image_size: int, weights: Path | None) -> torch.nn.Module:
-    """The frozen feature model in eval mode: ``weights`` (a local checkpoint) or random ones if None."""
+def _build_model(name: str, image_size: int, weights: str, root: Path | None) -> torch.nn.Module:
+    """The frozen feature model in eval mode, with the installed ``weights`` (verified) or random ones."""
     import timm
 
-    overlay = {"file": str(weights)} if weights is not None else None
+    from jobs.weights.load import load_pretrained
+
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_SEED)
-            model = timm.create_model(
-                name, pretrained=weights is not None, pretrained_cfg_overlay=overlay, num_classes=0, img_size=image_size
-            )
-    except RuntimeError as exc:  # unknown model names and weights that do not fit
-        raise UserError(f"cannot build {name} from these weights ({reason(exc)})", where=str(weights or name)) from exc
+            model = timm.create_model(name, pretrained=False, num_classes=0, img_size=image_size)
+        load_pretrained(model, weights, "weights", name, root)
+    except WeightsError as exc:
+        raise UserError(str(exc)) from None
+    except RuntimeError as exc:  # unknown model names
+        raise UserError(f"cannot build {name} ({reason(exc)})", where=name) from exc
     return model.eval().requires_grad_(False)
 
 
-def _fingerprint(name: str, image_size: int, weights: Path | None) -> str:
-    from memq.context import sha256_file
-
-    source = f"sha256 {sha256_file(weights)}" if weights is not None else f"random init (seed {RANDOM_SEED})"
+def _fingerprint(name: str, image_size: int, entry: Entry | None) -> str:
+    source = f"{entry.name} sha256 {entry.sha256}" if entry is not None else f"random init (seed {RANDOM_SEED})"
     return f"timm {name} at {image_size}px, {source}"
 
 
@@ -104,8 +102,8 @@ def _prepare(images: np.ndarray, image_size: int, device: torch.device) -> torch
 def cache_features(
     data_dir: Path,
     *,
-    weights: Path | None = None,
-    random_init: bool = False,
+    weights: str = FEATURE_WEIGHTS,
+    root: Path | None = None,
     model_name: str = FEATURE_MODEL,
     image_size: int = FEATURE_IMAGE_SIZE,
     batch_size: int = BATCH_SIZE,
@@ -117,21 +115,21 @@ def cache_features(
 ) -> bool:
     """Compute and store the features of every image of ``data_dir/images.h5``; False if already done.
 
-    With ``alg_dir``, a missing ``images.h5`` is first written from the Algonauts PNGs there
-    (``image_jpeg``: switch IMAGE_JPEG of jobs/compat.py).
+    ``weights`` names weights installed on the memq ``root``, or is ``random``. With ``alg_dir``,
+    a missing ``images.h5`` is first written from the Algonauts PNGs there (``image_jpeg``: switch
+    IMAGE_JPEG of jobs/compat.py).
     """
     reporter = reporter or Reporter()
     path = data_dir / IMAGES_FILE
     if alg_dir is not None and not path.exists():
         write_nsd_images(data_dir, alg_dir, reporter=reporter, image_jpeg=image_jpeg)
-    _check_weights(weights, random_init)
-    fingerprint = _fingerprint(model_name, image_size, weights)
+    fingerprint = _fingerprint(model_name, image_size, _installed(weights, root, model_name))
     with open_images(path) as f:
         ids, done_by = f.ids, f.file.attrs.get(FEATURES_SOURCE)
     if done_by == fingerprint and not force:
         reporter.note(f"{path}: features of {fingerprint} are there, skipped (--force recomputes them)")
         return False
-    model = _build_model(model_name, image_size, weights).to(torch.device(device or _default_device()))
+    model = _build_model(model_name, image_size, weights, root).to(torch.device(device or _default_device()))
     dev = next(model.parameters()).device
     partial_path = path.with_name(f".{IMAGES_FILE}.features.partial.h5")
     with open_images(path) as store, _partial(partial_path, ids, model.num_features, fingerprint) as work:
@@ -168,8 +166,8 @@ def run(ctx: JobContext) -> None:
     p = ctx.params
     cache_features(
         Path(p["data_dir"]),
-        weights=Path(p["weights"]) if p.get("weights") else None,
-        random_init=bool(p.get("random_init", False)),
+        weights=p.get("weights", FEATURE_WEIGHTS),
+        root=ctx.root,
         model_name=p.get("model", FEATURE_MODEL),
         image_size=int(p.get("image_size", FEATURE_IMAGE_SIZE)),
         batch_size=int(p.get("batch_size", BATCH_SIZE)),

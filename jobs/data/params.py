@@ -5,9 +5,11 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from jobs.compat import data_param_keys, data_switch_values
+from jobs.weights.manifest import CATALOGUE, check_setting
 
 SPACES = ("fsaverage",)
 BETA_DIRS = {"b3": "betas_fithrf_GLMdenoise_RR", "b2": "betas_fithrf"}
@@ -18,9 +20,11 @@ PREPARE_NSD = {"nsd_dir", "alg_dir", "out", "subject"}, {
     "space", "beta", "fsaverage_dir", "force", *data_param_keys(PREPARE_NSD_SWITCHES),
 }  # fmt: skip
 CACHE_FEATURES = {"data_dir"}, {
-    "weights", "random_init", "model", "image_size", "batch_size", "device", "alg_dir", "force",
+    "weights", "model", "image_size", "batch_size", "device", "alg_dir", "force",
     *data_param_keys(CACHE_FEATURES_SWITCHES),
 }  # fmt: skip
+FEATURE_WEIGHTS = "dinov2_vitl14"  # the installed name of the feature model's weights, by default
+FEATURE_MODEL = CATALOGUE[FEATURE_WEIGHTS].model
 _SUBJECT = re.compile(r"(?:subj)?0*(\d{1,2})")
 
 
@@ -42,7 +46,7 @@ def _check_keys(params: Mapping[str, Any], keys: tuple[set[str], set[str]]) -> N
         raise ValueError(f"{key}: unknown parameter" + (f"; did you mean {close[0]}?" if close else ""))
 
 
-def validate_prepare_nsd(params: Mapping[str, Any]) -> None:
+def validate_prepare_nsd(params: Mapping[str, Any], root: Path | None = None) -> None:
     _check_keys(params, PREPARE_NSD)
     parse_subject(params["subject"])
     if params.get("space", SPACES[0]) not in SPACES:
@@ -52,8 +56,8 @@ def validate_prepare_nsd(params: Mapping[str, Any]) -> None:
     data_switch_values(params, PREPARE_NSD_SWITCHES)
 
 
-def validate_cache_features(params: Mapping[str, Any]) -> None:
+def validate_cache_features(params: Mapping[str, Any], root: Path | None = None) -> None:
+    """Known params; ``weights`` a name (installed on ``root`` when known) or ``random``."""
     _check_keys(params, CACHE_FEATURES)
     data_switch_values(params, CACHE_FEATURES_SWITCHES)
-    if bool(params.get("weights")) == bool(params.get("random_init")):
-        raise ValueError("weights: give a local weights file (or random_init: true, for tests only), not both")
+    check_setting(root, "weights", params.get("weights", FEATURE_WEIGHTS), params.get("model", FEATURE_MODEL))

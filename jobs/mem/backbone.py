@@ -1,33 +1,22 @@
 """A frozen timm ViT with LoRA and AdaLN-zero, returning its tapped block outputs (mem-spec 2.1-2.2).
 
-Weights come only from a local file named in the config: nothing is ever downloaded.
+Its weights are the installed weights the config names on the memq root, verified by sha256
+(jobs/weights), or random ones when the config says ``random``: nothing is ever downloaded.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import timm
 import torch
 import torch.nn.functional as F
-from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 from torch import Tensor, nn
 
 from jobs.mem.adaln import AdaLNZeroBlock
 from jobs.mem.config import BackboneConfig, ConfigError
 from jobs.mem.lora import add_lora
-from jobs.mem.weights import read_state_dict
-
-
-def load_vit_weights(vit: VisionTransformer, path: str, key: str) -> None:
-    """Load a local timm- or DINOv2-format state dict into ``vit``; ``key`` names the setting.
-
-    timm's checkpoint filter converts original DINOv2 keys and resamples the position embedding
-    to the configured image size.
-    """
-    state = read_state_dict(path, key)
-    try:
-        vit.load_state_dict(checkpoint_filter_fn(state, vit), strict=True)
-    except RuntimeError as error:
-        raise ValueError(f"{key}: {path} does not fit the configured model: {error}") from None
+from jobs.weights.load import load_pretrained
 
 
 class ConditionedViT(nn.Module):
@@ -39,11 +28,13 @@ class ConditionedViT(nn.Module):
     where it is the raw CLS token [B, C].
     """
 
-    def __init__(self, config: BackboneConfig, img_size: int, cond_dim: int, key: str) -> None:
+    def __init__(
+        self, config: BackboneConfig, img_size: int, cond_dim: int, key: str, weights_root: Path | None = None
+    ) -> None:
         super().__init__()
         vit = timm.create_model(config.NAME, pretrained=False, num_classes=0, img_size=img_size, **config.KWARGS)
-        if config.WEIGHTS is not None:
-            load_vit_weights(vit, config.WEIGHTS, f"{key}.WEIGHTS")
+        # the installed weights loaded (verified), None for random init
+        self.weights = load_pretrained(vit, config.WEIGHTS, f"{key}.WEIGHTS", config.NAME, weights_root)
         vit.requires_grad_(False)
         for i, block in enumerate(vit.blocks):
             add_lora(block, config.LORA.RANK, config.LORA.SCALE)

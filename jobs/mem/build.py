@@ -7,6 +7,7 @@ file come out as they were in training.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from jobs.data.layout import LayoutError
 from jobs.mem.config import ConfigError, MemConfig, load_config
 from jobs.mem.data import MemDataModule
 from jobs.mem.model import MemModel, SubjectInfo
+from jobs.mem.validate import weights_problems
 from memq.runner import PermanentError
 
 
@@ -31,22 +33,20 @@ def job_config(params: Mapping[str, Any]) -> MemConfig:
         raise PermanentError("bad config: " + "; ".join(str(error).splitlines())) from None
 
 
-def check_inputs(config: MemConfig) -> None:
-    """The data directory and every weight file the config names must exist (never downloaded)."""
+def check_inputs(config: MemConfig, root: Path) -> None:
+    """The data directory and every weight file the config names must exist (never downloaded), the
+    backbone weights installed on ``root`` (verified by sha256 when the model loads them)."""
     data_dir = config.DATASET.DIR
     if data_dir is None:
         raise PermanentError("DATASET.DIR is not set (the prepared-data directory)")
     if not Path(data_dir).is_dir():
         raise PermanentError(f"DATASET.DIR: data directory {data_dir} does not exist")
-    model = config.MODEL
-    files = {
-        "MODEL.TOPYNECK_PATH": model.TOPYNECK_PATH,
-        "MODEL.BACKBONE.WEIGHTS": model.BACKBONE.WEIGHTS,
-        "MODEL.BACKBONE_SMALL.WEIGHTS": model.BACKBONE_SMALL.WEIGHTS,
-    }
-    for key, path in files.items():
-        if path is not None and not Path(path).is_file():
-            raise PermanentError(f"{key}: file {path} does not exist")
+    topyneck = config.MODEL.TOPYNECK_PATH
+    if topyneck is not None and not Path(topyneck).is_file():
+        raise PermanentError(f"MODEL.TOPYNECK_PATH: file {topyneck} does not exist")
+    problems = weights_problems(config, root)
+    if problems:
+        raise PermanentError("; ".join(problems))
 
 
 @dataclass
@@ -56,12 +56,22 @@ class Built:
     model: MemModel  # in eval mode, on ``device``
     device: torch.device
 
+    @property
+    def weights(self) -> dict[str, str]:
+        """The frozen backbones' weights: setting -> "NAME sha256 HEX" (verified on load) or "random"."""
+        backbones = {"MODEL.BACKBONE.WEIGHTS": self.model.current, "MODEL.BACKBONE_SMALL.WEIGHTS": self.model.previous}
+        return {
+            key: "random" if (entry := branch.backbone.weights) is None else f"{entry.name} sha256 {entry.sha256}"
+            for key, branch in backbones.items()
+        }
 
-def build(params: Mapping[str, Any], repeat: int, gpus: list[int], *, val_fraction: float = 1.0) -> Built:
+
+def build(params: Mapping[str, Any], repeat: int, gpus: list[int], root: Path, *, val_fraction: float = 1.0) -> Built:
     """The model and data of a job (its params and repeat), on the first GPU if any: built the
-    same way for training and for loading its checkpoints or soup, seed included."""
+    same way for training and for loading its checkpoints or soup, seed included. Backbone
+    weights are the ones installed on the memq ``root``."""
     config = job_config(params)
-    check_inputs(config)
+    check_inputs(config, root)
     device = torch.device("cuda" if gpus else "cpu")
     if gpus:
         # TF32 on the GPU. On a CPU, oneDNN emulates the lower precisions: several times slower
@@ -87,7 +97,11 @@ def build(params: Mapping[str, Any], repeat: int, gpus: list[int], *, val_fracti
         hint = " (atlas W: run `memq data atlas-w` first)" if atlas_w else ""
         raise PermanentError(f"{error}{hint}") from None
     try:
-        model = MemModel(config, {s: SubjectInfo(info.coords, info.roi) for s, info in data.subject_info().items()})
-    except ValueError as error:  # e.g. a topyneck file without one of the subjects
+        infos = {s: SubjectInfo(info.coords, info.roi) for s, info in data.subject_info().items()}
+        model = MemModel(config, infos, weights_root=root)
+    except ValueError as error:  # e.g. a topyneck file without one of the subjects, weights that changed
         raise PermanentError(str(error)) from None
-    return Built(config, data, model.to(device).eval(), device)
+    built = Built(config, data, model.to(device).eval(), device)
+    for key, weights in built.weights.items():
+        print(f"{key}: {weights}", file=sys.stderr, flush=True)
+    return built

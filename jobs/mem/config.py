@@ -61,7 +61,8 @@ class BackboneConfig(_Section):
     """A timm ViT; LAYERS are 0-based block indices whose outputs are tapped."""
 
     NAME: str = "vit_base_patch14_dinov2.lvd142m"
-    WEIGHTS: str | None = None  # local weight file (.pth/.safetensors); None: random init
+    # a name installed by `memq data weights` (dinov2_vitb14...) or "random"; unset is an error
+    WEIGHTS: str | None = None
     KWARGS: dict[str, int | float | bool | str] = {}  # extra timm.create_model arguments
     LAYERS: list[Annotated[int, Field(ge=0)]] = [2, 5, 8, 11]
     FEATURE_DIM: PositiveInt = 768  # the ViT's width; checked against the built model
@@ -313,8 +314,8 @@ def _describe(problem: Mapping[str, Any]) -> str:
     return f"{key}: {problem['msg']} (got {problem['input']!r})"
 
 
-def validate_params(params: Mapping[str, Any]) -> None:
-    """Submit-time check of a job's params: config keys must be valid, other keys lower-case.
+def validate_params(params: Mapping[str, Any]) -> MemConfig:
+    """The config of a job's params, checked at submit time: config keys valid, other keys lower-case.
 
     Lower-case keys are free template parameters of the grid (``roi``, ``subj``). A key with an
     upper-case letter is meant as a setting, so a typo such as ``OPTIMZER.LR`` is an error here
@@ -331,17 +332,22 @@ def validate_params(params: Mapping[str, Any]) -> None:
             problems.append(f"{key}: config keys are upper-case; did you mean {lower_keys[key]}?")
     if problems:
         raise ConfigError("\n".join(problems))
-    load_config({key: value for key, value in params.items() if key in config_keys()})
+    return load_config({key: value for key, value in params.items() if key in config_keys()})
+
+
+# Both frozen backbones randomly initialised, asked for explicitly (tests, the demo, speed benchmarks).
+RANDOM_BACKBONES = {"MODEL.BACKBONE.WEIGHTS": "random", "MODEL.BACKBONE_SMALL.WEIGHTS": "random"}
 
 
 def tiny() -> dict[str, Any]:
-    """Overrides for a model small enough for CPU tests: random-init tiny ViTs, narrow heads.
+    """Overrides for a model small enough for CPU tests: tiny ViTs, random init asked for, narrow heads.
 
     Widths are chosen so every code path runs: the conv heads reduce (32 > MAX_DIM 24), the last
     block is tapped (raw CLS) next to pooled taps, and CHUNK_SIZE splits a few hundred voxels.
     """
     vit = {"patch_size": 8, "num_heads": 2, "init_values": 1.0}
     return {
+        **RANDOM_BACKBONES,
         "DATASET.IMAGE_SIZE": 32,
         "DATASET.N_PREV_FRAMES": 6,
         "MODEL.BACKBONE.NAME": "vit_small_patch14_dinov2",

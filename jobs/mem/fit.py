@@ -85,11 +85,13 @@ class Fitted:
     lit: MemLit
     topk: TopKCheckpoints
     epochs: int  # epochs trained, earlier attempts included
+    weights: dict[str, str]  # the frozen backbones' weights (Built.weights)
 
 
 def fit(ctx: JobContext) -> Fitted:
     """Train, resuming from the resume file of an earlier attempt if there is one."""
-    built = build(ctx.params, ctx.repeat, ctx.gpus, val_fraction=job_config(ctx.params).TRAINER.LIMIT_VAL_BATCHES)
+    val_fraction = job_config(ctx.params).TRAINER.LIMIT_VAL_BATCHES
+    built = build(ctx.params, ctx.repeat, ctx.gpus, ctx.root, val_fraction=val_fraction)
     # (a fixed subset of val1 is validated, not Lightning's first batches)
     config, data, model = built.config, built.data, built.model.train()
     dataset, infos = config.DATASET, data.subject_info()
@@ -110,7 +112,7 @@ def fit(ctx: JobContext) -> Fitted:
     ]
     trainer = build_trainer(config, ctx, callbacks, loggers)
     trainer.fit(lit, datamodule=data, ckpt_path=ctx.resume_file(RESUME_FILE), weights_only=True)
-    return Fitted(config, data, lit, topk, epochs=trainer.current_epoch)
+    return Fitted(config, data, lit, topk, epochs=trainer.current_epoch, weights=built.weights)
 
 
 def finish(ctx: JobContext, fitted: Fitted, **extra: Any) -> dict[str, Any]:
@@ -121,6 +123,7 @@ def finish(ctx: JobContext, fitted: Fitted, **extra: Any) -> dict[str, Any]:
         "best_epoch": best["epoch"] if best else None,
         "epochs": fitted.epochs,
         "checkpoints": fitted.topk.entries,
+        "weights": fitted.weights,
         **extra,
     }
     ctx.record_metrics(val_pearson=result["val_pearson"], epochs=fitted.epochs)

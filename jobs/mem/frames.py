@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -18,11 +19,13 @@ from jobs.mem.heads import SimpleConvBlocks, class_token_mlps
 class CurrentFrame(nn.Module):
     """T=0: behaviour-conditioned ViT-B; a conv head and a class-token Mlp per tapped layer."""
 
-    def __init__(self, config: ModelConfig, img_size: int, subjects: Sequence[str]) -> None:
+    def __init__(
+        self, config: ModelConfig, img_size: int, subjects: Sequence[str], weights_root: Path | None = None
+    ) -> None:
         super().__init__()
         cond, head, width = config.COND, config.CONV_HEAD, config.conv_width
         self.behav_embed = BehaviourEmbed(subjects, cond.IN_DIM, cond.DIM, cond.DROPOUT)
-        self.backbone = ConditionedViT(config.BACKBONE, img_size, cond.DIM, "MODEL.BACKBONE")
+        self.backbone = ConditionedViT(config.BACKBONE, img_size, cond.DIM, "MODEL.BACKBONE", weights_root)
         feature_dim = config.BACKBONE.FEATURE_DIM
         self.conv_heads = nn.ModuleList(
             SimpleConvBlocks(feature_dim, width, head.KERNEL, head.DEPTH, head.MAX_DIM) for _ in config.BACKBONE.LAYERS
@@ -55,11 +58,13 @@ def retina_features(grids: Sequence[Tensor], cls: Tensor, mu: Tensor, layer_weig
 class PreviousFrame(nn.Module):
     """T=-1: behaviour-conditioned ViT-S; class-token Mlp per tapped layer, averaged -> x_prev [B, W]."""
 
-    def __init__(self, config: ModelConfig, img_size: int, subjects: Sequence[str]) -> None:
+    def __init__(
+        self, config: ModelConfig, img_size: int, subjects: Sequence[str], weights_root: Path | None = None
+    ) -> None:
         super().__init__()
         cond, small = config.COND, config.BACKBONE_SMALL
         self.behav_embed = BehaviourEmbed(subjects, cond.IN_DIM, cond.DIM, cond.DROPOUT)
-        self.backbone = ConditionedViT(small, img_size, cond.DIM, "MODEL.BACKBONE_SMALL")
+        self.backbone = ConditionedViT(small, img_size, cond.DIM, "MODEL.BACKBONE_SMALL", weights_root)
         self.cls_heads = class_token_mlps(small.CLS_DIMS, config.prev_width)
 
     def forward(self, img: Tensor, bhv: Tensor, groups: SubjectGroups) -> Tensor:

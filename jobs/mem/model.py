@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -81,20 +82,23 @@ class MemModel(nn.Module):
     """Predicts one subject's voxel responses from the current image, the previous image, the
     cached features of older frames and the behaviour of all of them.
 
-    Frozen pretrained ViT weights come from ``MODEL.BACKBONE*.WEIGHTS``; a frozen topyneck from
+    Frozen pretrained ViT weights are the installed weights ``MODEL.BACKBONE*.WEIGHTS`` names on
+    ``weights_root`` (or random ones where a setting says ``random``); a frozen topyneck comes from
     ``MODEL.TOPYNECK_PATH`` (loaded here when set). Checkpoints hold only
     :meth:`trainable_state_dict`, so a model rebuilt from the same config and subjects restores
     fully from one.
     """
 
-    def __init__(self, config: MemConfig, subjects: Mapping[str, SubjectInfo]) -> None:
+    def __init__(
+        self, config: MemConfig, subjects: Mapping[str, SubjectInfo], weights_root: Path | None = None
+    ) -> None:
         super().__init__()
         model, names, img_size = config.MODEL, list(subjects), config.DATASET.IMAGE_SIZE
         cond, coords_mlp = model.COND, model.COORDS_MLP
         self.chunk_size = model.CHUNK_SIZE
         self.n_voxels = {s: info.n_voxels for s, info in subjects.items()}
-        self.current = CurrentFrame(model, img_size, names)
-        self.previous = PreviousFrame(model, img_size, names)
+        self.current = CurrentFrame(model, img_size, names, weights_root)
+        self.previous = PreviousFrame(model, img_size, names, weights_root)
         self.memory = MemoryBranch(model, config.DATASET.N_PREV_FRAMES - 1, names)
         self.behav_pt = BehaviourEmbed(names, cond.IN_DIM, model.passthrough_dim, cond.DROPOUT)
         self.behav_pt_prev = BehaviourEmbed(names, cond.IN_DIM, model.passthrough_dim, cond.DROPOUT)

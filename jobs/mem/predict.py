@@ -44,7 +44,7 @@ def run(ctx: JobContext) -> None:
         return
     (directory / MANIFEST).unlink(missing_ok=True)  # the files below are about to change
     remove_temporaries(directory)
-    built = build(source["params"], source["repeat"], ctx.gpus)
+    built = build(source["params"], source["repeat"], ctx.gpus, ctx.root)
     built.model.load_trainable_state_dict(load_verified(soup))
     infos = built.data.subject_info()
     entries, index = {}, {}

@@ -132,7 +132,7 @@ def run(ctx: JobContext) -> None:
         print(f"{path}: up to date", flush=True)
     else:
         remove_temporaries(path.parent, [path.name, path.with_suffix(".json").name])  # of a killed attempt
-        built = build(source["params"], source["repeat"], ctx.gpus)
+        built = build(source["params"], source["repeat"], ctx.gpus, ctx.root)
         rows, state, made = _make_verified(ctx, source["id"], rows, params.recipe, built)
         summary = {"source_job": source["id"], "recipe": params.recipe,
                    "checkpoints": [r["sha256"] for r in rows], **made}

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import string
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from jobs.data.layout import SPLITS
-from jobs.mem.config import validate_params
+from jobs.mem.validate import validate_train
 
 Recipe = Literal["uniform", "greedy"]
 Split = Literal[SPLITS]  # type: ignore[valid-type]  # the prepared layout's split names
@@ -81,18 +82,18 @@ class ImportParams(StageParams):
         return self
 
 
-def validate_soup(params: Mapping[str, Any]) -> None:
+def validate_soup(params: Mapping[str, Any], root: Path | None = None) -> None:
     SoupParams.parse(params)
 
 
-def validate_predict(params: Mapping[str, Any]) -> None:
+def validate_predict(params: Mapping[str, Any], root: Path | None = None) -> None:
     PredictParams.parse(params)
 
 
-def validate_ensemble(params: Mapping[str, Any]) -> None:
+def validate_ensemble(params: Mapping[str, Any], root: Path | None = None) -> None:
     EnsembleParams.parse(params)
 
 
-def validate_import(params: Mapping[str, Any]) -> None:
-    validate_params(params)
+def validate_import(params: Mapping[str, Any], root: Path | None = None) -> None:
+    validate_train(params, root)  # its Mem settings, backbone weights included
     ImportParams.parse(params)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from memq.cli.common import parse_ids, print_json, store
+from memq.cli.common import options, parse_ids, print_json, store
 
 
 def submit(
@@ -22,7 +23,10 @@ def submit(
     """Expand a grid file into jobs and enqueue the ones not already queued (idempotent)."""
     from memq.grid import load_grid, parse_overrides
 
-    spec = load_grid(grid_file, parse_overrides(set_ or []))
+    given = options(ctx)
+    # kinds check their params against the root too (installed weights); a dry run may have none
+    root = given.resolve_root() if not dry_run or given.root or os.environ.get("MEMQ_ROOT") else None
+    spec = load_grid(grid_file, parse_overrides(set_ or []), root)
     if dry_run:
         _print_expanded(spec, as_json)
         return

@@ -112,6 +112,7 @@ class FakeJobContext:
 
     def __init__(self, **params: object) -> None:
         self.params = params
+        self.root: Path | None = None  # the memq root (where weights are installed)
         self.progress: list[dict[str, object]] = []
 
     def report_progress(self, force: bool = False, **values: object) -> None:

@@ -120,7 +120,7 @@ def test_data_switch_params_and_options(nsd_tree: FakeNsd, tmp_path: Path, memq,
         validate_prepare_nsd({**base, "nc_search": "halve"})
     with pytest.raises(ValueError, match="image_jpeg: unknown parameter"):  # prepare_nsd writes no images
         validate_prepare_nsd({**base, "image_jpeg": "q95"})
-    validate_cache_features({"data_dir": "d", "random_init": True, "image_jpeg": "q95"})
+    validate_cache_features({"data_dir": "d", "weights": "random", "image_jpeg": "q95"})
     assert compat.data_switch_values({"compat": "reference", "nc_search": "bisect"}, ("NC_SEARCH", "IMAGE_JPEG")) == {
         "NC_SEARCH": "bisect",
         "IMAGE_JPEG": "q95",

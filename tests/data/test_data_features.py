@@ -1,7 +1,9 @@
-"""`memq data cache-features`: features of a local-weights model, resumable, never downloading."""
+"""`memq data cache-features`: features of installed (verified) weights, resumable, never downloading."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,12 +23,16 @@ N_IMAGES = 40
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn.Module]:
+def weights(tmp_path_factory: pytest.TempPathFactory, memq) -> tuple[Path, torch.nn.Module]:
+    """A memq root with the weights of a random ViT-S/14 installed as ``feat``; the model."""
     torch.manual_seed(7)
     model = timm.create_model(MODEL, pretrained=False, num_classes=0, img_size=SIZE).eval()
     path = tmp_path_factory.mktemp("weights") / "model.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-    return path, model
+    root = path.parent / "root"
+    ran = memq("--root", root, "data", "weights", "feat", "--file", path, "--model", MODEL)
+    assert ran.code == 0, ran.err
+    return root, model
 
 
 def _images_dir(path: Path) -> np.ndarray:
@@ -44,29 +50,31 @@ def _expected(model: torch.nn.Module, images: np.ndarray) -> np.ndarray:
         return model((torch.from_numpy(images).float() / 255 - mean) / std).numpy()
 
 
-def _args(data: Path, weights: Path, *more: object) -> list[object]:
-    return ["data", "cache-features", data, "--weights", weights, "--model", MODEL, "--image-size", SIZE, *more]
+def _args(data: Path, root: Path, *more: object, weights: object = "feat") -> list[object]:
+    return ["--root", root, "data", "cache-features", data, "--weights", weights, "--model", MODEL,
+            "--image-size", SIZE, *more]  # fmt: skip
 
 
 def test_features_of_the_given_weights(weights, tmp_path: Path, memq) -> None:
-    path, model = weights
+    root, model = weights
     images = _images_dir(tmp_path / "data")
-    ran = memq(*_args(tmp_path / "data", path, "--batch-size", 16))
+    ran = memq(*_args(tmp_path / "data", root, "--batch-size", 16))
     assert ran.code == 0, ran.err
+    sha256 = json.loads((root / "weights/manifest.json").read_text())["feat"]["sha256"]
     with open_images(tmp_path / "data/images.h5") as f:
         assert f.feature_dim == 384 and np.array_equal(f.images[()], images)
-        assert str(f.file.attrs[FEATURES_SOURCE]).startswith(f"timm {MODEL} at {SIZE}px, sha256 ")
+        assert f.file.attrs[FEATURES_SOURCE] == f"timm {MODEL} at {SIZE}px, feat sha256 {sha256}"
         features = f.features[()].astype(np.float32)
     np.testing.assert_allclose(features, _expected(model, images), atol=2e-2, rtol=1e-2)
-    again = memq(*_args(tmp_path / "data", path))
+    again = memq(*_args(tmp_path / "data", root))
     assert again.code == 0 and "are there, skipped" in again.out
     assert not list((tmp_path / "data").glob(".*"))
 
 
 def test_killed_run_resumes(weights, tmp_path: Path, memq) -> None:
-    path, model = weights
+    root, model = weights
     images = _images_dir(tmp_path / "data")
-    args = [str(a) for a in _args(tmp_path / "data", path, "--batch-size", 16)]
+    args = [str(a) for a in _args(tmp_path / "data", root, "--batch-size", 16)]
     driver = f"""
 import os, sys
 import jobs.data.features as features
@@ -92,26 +100,44 @@ main()
         np.testing.assert_allclose(f.features[()].astype(np.float32), _expected(model, images), atol=2e-2, rtol=1e-2)
 
 
-def test_weights_are_never_guessed(weights, tmp_path: Path, memq) -> None:
-    path, _ = weights
+def test_weights_are_never_guessed(weights, tmp_path: Path, memq, monkeypatch: pytest.MonkeyPatch) -> None:
+    root, _ = weights
     _images_dir(tmp_path / "data")
     data = tmp_path / "data"
+    monkeypatch.delenv("MEMQ_ROOT", raising=False)
+    nope = tmp_path / "nope.safetensors"
     cases = [
-        (["data", "cache-features", data], "no weights file for the feature model"),
-        ([*_args(data, path), "--random-init"], "exclude each other"),
-        (_args(data, tmp_path / "nope.safetensors"), f"{tmp_path / 'nope.safetensors'}: missing feature-model weights"),
-        (["data", "cache-features", tmp_path / "empty", "--random-init"], "images.h5: no such file"),
+        (["data", "cache-features", data], "no memq root given"),
+        (["--root", root, "data", "cache-features", data], "weights: no weights named 'dinov2_vitl14' on the root"),
+        (_args(data, root, weights=nope), f"weights: '{nope}' is not a weights name"),
+        ([*_args(data, root), "--model", "vit_base_patch14_dinov2"], f"weights: feat holds weights of {MODEL}, not"),
+        (["data", "cache-features", tmp_path / "empty", "--weights", "random"], "images.h5: no such file"),
     ]
     for args, message in cases:
         ran = memq(*args)
         assert ran.code == 2 and message in ran.err and ran.err.count("\n") == 1, ran.err
+    assert not list(data.glob(".*"))
+
+
+def test_tampered_weights_are_refused(weights, tmp_path: Path, memq) -> None:
+    root = shutil.copytree(weights[0], tmp_path / "root")
+    (stored,) = (root / "weights").glob("feat.*.safetensors")
+    data = bytearray(stored.read_bytes())
+    data[-1] ^= 1  # one bit of one weight
+    stored.write_bytes(bytes(data))
+    _images_dir(tmp_path / "data")
+    ran = memq(*_args(tmp_path / "data", root))
+    assert ran.code == 2 and ran.err.count("\n") == 1, ran.err
+    assert f"weights: {stored} has sha256 " in ran.err and "run `memq data weights feat` again" in ran.err
+    with open_images(tmp_path / "data/images.h5") as f:
+        assert f.file.attrs[FEATURES_SOURCE] == FEATURES_PENDING
 
 
 def test_job_kind_with_random_weights(tmp_path: Path, job_ctx, memq) -> None:
     from jobs.data.features import run
 
     _images_dir(tmp_path / "data")
-    ctx = job_ctx(data_dir=str(tmp_path / "data"), random_init=True, model=MODEL, image_size=SIZE, batch_size=25)
+    ctx = job_ctx(data_dir=str(tmp_path / "data"), weights="random", model=MODEL, image_size=SIZE, batch_size=25)
     run(ctx)
     assert ctx.progress[-1] == {"step": "memory features", "done": N_IMAGES, "total": N_IMAGES}
     ran = memq("data", "check", tmp_path / "data")

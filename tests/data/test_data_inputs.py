@@ -84,6 +84,11 @@ def test_job_params_are_checked_at_submit() -> None:
     ):
         with pytest.raises(ValueError, match=message):
             validate_prepare_nsd(bad)
-    validate_cache_features({"data_dir": "/d", "weights": "/w.safetensors"})
-    with pytest.raises(ValueError, match="weights: give a local weights file"):
-        validate_cache_features({"data_dir": "/d"})
+    validate_cache_features({"data_dir": "/d"})  # dinov2_vitl14, looked up when the root is known
+    validate_cache_features({"data_dir": "/d", "weights": "random"})
+    with pytest.raises(ValueError, match=r"^weights: '/w.safetensors' is not a weights name"):
+        validate_cache_features({"data_dir": "/d", "weights": "/w.safetensors"})
+    with pytest.raises(ValueError, match=r"^weights: no weights named 'dinov2_vitl14' on the root /nowhere"):
+        validate_cache_features({"data_dir": "/d"}, Path("/nowhere"))
+    with pytest.raises(ValueError, match="random_init: unknown parameter"):
+        validate_cache_features({"data_dir": "/d", "random_init": True})

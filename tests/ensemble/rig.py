@@ -106,7 +106,7 @@ class Rig:
 
 def register_checkpoints(ctx: JobContext, n: int) -> list[dict[str, torch.Tensor]]:
     """``n`` checkpoints of the job's model on its scratch, as mem.train registers them."""
-    model = build(ctx.params, ctx.repeat, []).model
+    model = build(ctx.params, ctx.repeat, [], ctx.root).model
     gen = torch.Generator().manual_seed(1000 * ctx.job_id)
     states = []
     for epoch in range(n):

@@ -13,6 +13,7 @@ import torch
 from jobs.data.synth import SynthInfo, synthesize
 from jobs.mem.config import MemConfig, load_config, tiny
 from jobs.mem.model import MemModel, SubjectInfo
+from jobs.weights.install import install
 
 from .helpers import plain_vit
 
@@ -20,25 +21,37 @@ N_VOXELS = {"subj01": 300, "subj02": 150}
 ROI = np.array([140, 3, 77, 5, 120, 64, 9])  # positions in subj02's full voxel list, in ROI order
 
 
-def _tiny_with_weights(directory: Path) -> dict[str, Any]:
+TINY_WEIGHTS = {"BACKBONE": "tiny_vitb", "BACKBONE_SMALL": "tiny_vits"}  # installed names
+
+
+def install_tiny_weights(root: Path) -> dict[str, Any]:
+    """tiny() naming "pretrained" ViT weights installed on ``root`` as `memq data weights --file` does."""
     overrides = tiny()
     config = load_config(overrides)
     torch.manual_seed(1234)
-    for section in ("BACKBONE", "BACKBONE_SMALL"):
-        path = directory / f"{section.lower()}.pth"
+    for section, name in TINY_WEIGHTS.items():
+        path = root / f"{name}.pth"
+        path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(plain_vit(config, section).state_dict(), path)
-        overrides[f"MODEL.{section}.WEIGHTS"] = str(path)
+        install(root, name, file=path, model=getattr(config.MODEL, section).NAME)
+        overrides[f"MODEL.{section}.WEIGHTS"] = name
     return overrides
 
 
 @pytest.fixture
-def tiny_overrides(tmp_path: Path) -> dict[str, Any]:
-    """tiny() with local "pretrained" weight files, as real runs have them.
+def weights_root(tmp_path: Path) -> Path:
+    """The memq root the weights of ``tiny_overrides`` are installed on."""
+    return tmp_path / "root"
+
+
+@pytest.fixture
+def tiny_overrides(weights_root: Path) -> dict[str, Any]:
+    """tiny() with installed "pretrained" weights, as real runs have them.
 
     Models built with different seeds then share their frozen ViTs, so trainable state moves
     between them as it moves between checkpoints.
     """
-    return _tiny_with_weights(tmp_path)
+    return install_tiny_weights(weights_root)
 
 
 @pytest.fixture(scope="session")
@@ -48,14 +61,15 @@ def synth_data(tmp_path_factory: pytest.TempPathFactory) -> SynthInfo:
 
 
 @pytest.fixture(scope="session")
-def job_params(tmp_path_factory: pytest.TempPathFactory, synth_data: SynthInfo) -> dict[str, Any]:
+def job_params(synth_data: SynthInfo) -> dict[str, Any]:
     """Params of a tiny, fast-learning training job on the synthetic data.
 
     Tuned for CPU tests: a large learning rate and batch reach most of the planted ceiling in
     about 200 steps; no warm-up; SYNC weighting from epoch 2 so that short runs exercise it.
+    The frozen ViTs are random (asked for): a job draws them from its seed, as its soups do.
     """
     return {
-        **_tiny_with_weights(tmp_path_factory.mktemp("weights")),
+        **tiny(),
         "DATASET.DIR": str(synth_data.data_dir),
         "OPTIMIZER.LR": 0.01,
         "OPTIMIZER.SCHEDULER.WARMUP_EPOCHS": 0,
@@ -82,14 +96,14 @@ def subjects(full_coords: dict[str, np.ndarray]) -> dict[str, SubjectInfo]:
 
 
 @pytest.fixture
-def build(tiny_config: MemConfig, subjects: dict[str, SubjectInfo]) -> Callable[..., MemModel]:
+def build(tiny_config: MemConfig, subjects: dict[str, SubjectInfo], weights_root: Path) -> Callable[..., MemModel]:
     """Builds a seeded model: the tiny config and the two subjects unless given others."""
 
     def _build(
         config: MemConfig | None = None, infos: Mapping[str, SubjectInfo] | None = None, seed: int = 0
     ) -> MemModel:
         torch.manual_seed(seed)
-        return MemModel(config or tiny_config, infos or subjects)
+        return MemModel(config or tiny_config, infos or subjects, weights_root=weights_root)
 
     return _build
 

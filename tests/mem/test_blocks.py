@@ -17,12 +17,14 @@ from jobs.mem.frames import retina_features
 from jobs.mem.heads import SimpleConvBlocks
 from jobs.mem.lora import LoRALinear
 from jobs.mem.readout import apply_readout
+from jobs.weights.install import install
 
 from .helpers import plain_vit
 
 
-def build_backbone(config: MemConfig) -> ConditionedViT:
-    return ConditionedViT(config.MODEL.BACKBONE, config.DATASET.IMAGE_SIZE, config.MODEL.COND.DIM, "MODEL.BACKBONE")
+def build_backbone(config: MemConfig, root: Path | None = None) -> ConditionedViT:
+    model = config.MODEL
+    return ConditionedViT(model.BACKBONE, config.DATASET.IMAGE_SIZE, model.COND.DIM, "MODEL.BACKBONE", root)
 
 
 def test_lora_starts_as_its_base_layer() -> None:
@@ -48,9 +50,11 @@ def test_patched_backbone_equals_the_pretrained_vit_at_init(tmp_path: Path, suff
         torch.save(plain.state_dict(), weights)
     else:
         save_file(plain.state_dict(), weights)
-    config = load_config({**tiny(), "MODEL.BACKBONE.WEIGHTS": str(weights)})
+    install(tmp_path / "root", "vit", file=weights, model=tiny_config.MODEL.BACKBONE.NAME)
+    config = load_config({**tiny(), "MODEL.BACKBONE.WEIGHTS": "vit"})
     torch.manual_seed(2)  # different random init: only the loaded weights can make them agree
-    backbone = build_backbone(config)
+    backbone = build_backbone(config, tmp_path / "root")
+    assert backbone.weights is not None and backbone.weights.name == "vit"
     x, c = torch.randn(2, 3, 32, 32), torch.randn(2, config.MODEL.COND.DIM)
     layers = config.MODEL.BACKBONE.LAYERS
     taps = backbone(x, c)
@@ -88,20 +92,14 @@ def test_only_lora_and_adaln_train_in_the_backbone() -> None:
     assert sum(p.numel() for p in backbone.parameters() if p.requires_grad) == depth * (lora + adaln)
 
 
-def test_missing_weight_file_names_the_setting(tmp_path: Path) -> None:
-    missing = tmp_path / "nope.pth"
-    config = load_config({**tiny(), "MODEL.BACKBONE.WEIGHTS": str(missing)})
-    with pytest.raises(FileNotFoundError, match=rf"^MODEL\.BACKBONE\.WEIGHTS: file {missing} does not exist"):
-        build_backbone(config)
-
-
-def test_weight_file_of_another_model_is_refused(tmp_path: Path) -> None:
+def test_weights_of_another_model_are_refused(tmp_path: Path) -> None:
     weights = tmp_path / "other.pth"
     shallower = load_config({**tiny(), "MODEL.BACKBONE.KWARGS": {**tiny()["MODEL.BACKBONE.KWARGS"], "depth": 2}})
     torch.save(plain_vit(shallower).state_dict(), weights)
-    config = load_config({**tiny(), "MODEL.BACKBONE.WEIGHTS": str(weights)})
-    with pytest.raises(ValueError, match=r"^MODEL\.BACKBONE\.WEIGHTS: .* does not fit"):
-        build_backbone(config)
+    install(tmp_path, "shallow", file=weights, model=shallower.MODEL.BACKBONE.NAME)
+    config = load_config({**tiny(), "MODEL.BACKBONE.WEIGHTS": "shallow"})
+    with pytest.raises(ValueError, match=r"^MODEL\.BACKBONE\.WEIGHTS: shallow does not fit .*blocks\.2\."):
+        build_backbone(config, tmp_path)
 
 
 @pytest.mark.parametrize(

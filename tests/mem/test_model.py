@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from jobs.mem.config import MemConfig, load_config, tiny
+from jobs.mem.config import RANDOM_BACKBONES, MemConfig, load_config, tiny
 from jobs.mem.mappers import negative_entropy
 from jobs.mem.model import MemModel, SubjectInfo
 
@@ -285,8 +285,8 @@ def test_subject_info_validates_its_arrays() -> None:
 
 
 def test_full_size_default_config_builds_on_cpu(make_batch: MakeBatch) -> None:
-    """The real recipe (ViT-B/14 + ViT-S/14, random init): parameter count and output shapes."""
-    config = load_config()
+    """The real recipe (ViT-B/14 + ViT-S/14, random init asked for): parameter count and output shapes."""
+    config = load_config(RANDOM_BACKBONES)
     rng = np.random.default_rng(0)
     infos = {
         "subj01": SubjectInfo(rng.normal(size=(1000, 3))),

@@ -15,11 +15,15 @@ import torch
 from jobs.data.layout import open_subject, subject_path
 from jobs.data.synth import SynthInfo
 from jobs.mem import train
+from jobs.mem.build import build
 from jobs.mem.topk import RESUME_FILE
+from jobs.weights.load import verified_state_dict
+from jobs.weights.manifest import read_manifest
 from memq import runner
 from memq.context import JobContext
 from memq.runner import PermanentError
 
+from .conftest import install_tiny_weights
 from .jobs_helpers import build_model, result, val_rows
 from .queue_rig import QueueRig
 
@@ -89,6 +93,7 @@ def test_reports_progress_metrics_and_result(trained: Trained) -> None:
     assert job["progress"]["epoch"] == 3 and job["progress"]["best"] == summary["val_pearson"]
     assert job["progress"]["val"] == pytest.approx(val_rows(trained.ctx.job_dir)[-1]["VAL/PearsonCorrCoef/mean"])
     assert summary["epochs"] == 4 and len(summary["checkpoints"]) == TOP_K
+    assert summary["weights"] == {"MODEL.BACKBONE.WEIGHTS": "random", "MODEL.BACKBONE_SMALL.WEIGHTS": "random"}
     assert list((trained.ctx.job_dir / "logs" / "tensorboard").glob("events.out.tfevents.*"))
 
 
@@ -166,6 +171,8 @@ def test_resume_continues_the_epoch_count_and_adopts_checkpoints(tmp_path: Path,
         ({"MODEL.TOPYNECK_PATH": "/nonexistent/topyneck.pth"}, "MODEL.TOPYNECK_PATH: file /nonexistent/topyneck.pth"),
         ({"OPTIMIZER.LR": -1.0}, "bad config: OPTIMIZER.LR"),
         ({"OPTIMZER.LR": 0.1}, "bad config: OPTIMZER.LR: not a config key; did you mean OPTIMIZER.LR?"),
+        ({"MODEL.BACKBONE.WEIGHTS": None}, "MODEL.BACKBONE.WEIGHTS is not set"),
+        ({"MODEL.BACKBONE_SMALL.WEIGHTS": "dinov2_vits14"}, "MODEL.BACKBONE_SMALL.WEIGHTS: no weights named"),
     ],
 )
 def test_unfixable_inputs_fail_permanently(
@@ -203,3 +210,38 @@ def test_the_runner_fails_a_job_without_data_at_once(
     assert runner.main() == runner.EXIT_PERMANENT  # the kind is found by name, its error is final
     message = f"memq: error: DATASET.DIR: data directory {tmp_path / 'missing'} does not exist (not retried)"
     assert capsys.readouterr().err.strip() == message
+
+
+def test_the_runner_fails_a_job_without_backbone_weights_at_once(
+    tmp_path: Path, job_params: dict[str, Any], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rig = QueueRig(tmp_path)
+    rig.submit("mem.train", {k: v for k, v in job_params.items() if not k.endswith(".WEIGHTS")})  # as before names
+    for name, value in rig.environment(rig.claim()).items():
+        monkeypatch.setenv(name, value)
+    assert runner.main() == runner.EXIT_PERMANENT  # failed at once, no retry
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("memq: error: MODEL.BACKBONE.WEIGHTS is not set") and err.endswith("(not retried)")
+    assert "MODEL.BACKBONE_SMALL.WEIGHTS is not set" in err and "\n" not in err
+
+
+def test_a_job_loads_the_installed_weights_verified_and_refuses_changed_ones(
+    tmp_path: Path, job_params: dict[str, Any]
+) -> None:
+    rig = QueueRig(tmp_path)
+    params = {**job_params, **install_tiny_weights(rig.root)}
+    built = build(params, 0, [], rig.root)
+    entries = read_manifest(rig.root)
+    assert built.weights == {
+        "MODEL.BACKBONE.WEIGHTS": f"tiny_vitb sha256 {entries['tiny_vitb'].sha256}",
+        "MODEL.BACKBONE_SMALL.WEIGHTS": f"tiny_vits sha256 {entries['tiny_vits'].sha256}",
+    }
+    installed = verified_state_dict(rig.root, entries["tiny_vitb"], "x")
+    vit = built.model.current.backbone.vit
+    assert torch.equal(vit.patch_embed.proj.weight, installed["patch_embed.proj.weight"])
+    assert torch.equal(vit.blocks[3].block.mlp.fc2.base.weight, installed["blocks.3.mlp.fc2.weight"])
+
+    stored = entries["tiny_vits"].path(rig.root)
+    stored.write_bytes(stored.read_bytes()[:-4] + b"\0\0\0\0")
+    with pytest.raises(PermanentError, match=rf"^MODEL\.BACKBONE_SMALL\.WEIGHTS: {stored} has sha256 "):
+        build(params, 0, [], rig.root)

@@ -79,7 +79,8 @@ def test_template_rendering_keeps_arguments_whole() -> None:
 
 
 def test_python_kind_defaults_to_one_gpu(tmp_path: Path) -> None:
-    text = "name: k\ngroups:\n  - name: a\n    kind: mem.train\n    params: {DATASET.ROIS: [E]}\n"
+    random = "MODEL.BACKBONE.WEIGHTS: random, MODEL.BACKBONE_SMALL.WEIGHTS: random"
+    text = f"name: k\ngroups:\n  - name: a\n    kind: mem.train\n    params: {{DATASET.ROIS: [E], {random}}}\n"
     job = load_grid(write(tmp_path, text)).jobs[0]
     assert (job.kind, job.gpus, job.command) == ("mem.train", 1, None)
 
