@@ -79,7 +79,7 @@ def run(ctx: JobContext) -> None:
     params = stage_params(ImportParams, ctx)
     files = checkpoint_files(params.checkpoints, job_config(ctx.params).DATASET.ROIS, ctx.repeat)
     sums = read_sums(params.sha256sums) if params.sha256sums else None
-    built = build(ctx.params, ctx.repeat, ctx.gpus)
+    built = build(ctx.params, ctx.repeat, ctx.gpus, ctx.root)
     dataset = built.config.DATASET
     assert dataset.DIR is not None  # build checked it
     voxels = reference_voxels(dataset.DIR, built.data.subject_info(), dataset.ROIS)

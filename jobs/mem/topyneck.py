@@ -60,7 +60,7 @@ def _soup(ctx: JobContext) -> tuple[Built, dict[str, Any]]:
     rows = ctx.store.checkpoints(job_ids=[ctx.job_id], kind="checkpoint")
     if not rows:
         raise RuntimeError("the run left no checkpoint to make the topyneck soup from")
-    built = build(ctx.params, ctx.repeat, ctx.gpus)
+    built = build(ctx.params, ctx.repeat, ctx.gpus, ctx.root)
     result, split = greedy_soup(ctx, rows, built)
     built.model.load_trainable_state_dict(result.state)
     return built, {"members": result.members, "selection_split": split, split: result.selection_score,

@@ -35,7 +35,7 @@ def plain_vit(model: MemModel, prefix: str) -> dict[str, torch.Tensor]:
 def reference_files(tmp_path: Path, params: dict[str, Any], n: int, rois: list[str] | None = ROIS) -> list[Path]:
     """Lightning checkpoints of a reference run (``rois``; None: whole brain) on the job's data and
     frozen backbones, in ``tmp_path/<ROIs joined by +, or all>/``, and ``tmp_path/SHA256SUMS`` listing them."""
-    built = build({**params, "DATASET.ROIS": rois}, 0, [])
+    built = build({**params, "DATASET.ROIS": rois}, 0, [], tmp_path)  # random backbones: no weights to look up
     config = built.config
     assert config.DATASET.DIR is not None
     voxels = reference_voxels(config.DATASET.DIR, built.data.subject_info(), rois)
@@ -67,7 +67,7 @@ def test_imported_checkpoints_are_registered_with_their_val1_score(
                                  "sha256sums": str(tmp_path / "SHA256SUMS")})
     rows = rig.store.checkpoints(job_ids=[ctx.job_id], kind="checkpoint")
     assert len(rows) == 2
-    built = build(roi_params, 0, [])
+    built = build(roi_params, 0, [], rig.root)
     config = built.config
     assert config.DATASET.DIR is not None
     voxels = reference_voxels(config.DATASET.DIR, built.data.subject_info(), ROIS)
