@@ -102,12 +102,12 @@ class Postgres(Backend):
         import psycopg
         from psycopg.rows import namedtuple_row
 
-        # Keyed by identity: the named statements are built once and live as long as the process.
-        if id(stmt) not in self._compiled:
+        key = id(stmt)  # (the hot path's statements are built once and live as long as the process)
+        if key not in self._compiled:
             compiled = stmt.compile(dialect=conn.dialect)
             constants = {k: v for k, v in compiled.params.items() if not k.startswith("p_")}
-            self._compiled[id(stmt)] = (str(compiled), constants)
-        text, constants = self._compiled[id(stmt)]
+            self._compiled[key] = (str(compiled), constants)
+        text, constants = self._compiled[key]
         values = {**constants, **params}
         driver = conn.connection.driver_connection
         try:

@@ -65,10 +65,11 @@ def jobs_where(ids: Iterable[int] = (), grid: str | None = None, states: Sequenc
 # -- the worker's hot path ------------------------------------------------------------------------
 
 @functools.cache
-def claim(in_grids: bool) -> Any:
+def claim(in_grids: bool, skip_locked: bool = False) -> Any:
     """Take the next job that fits (``p_free_gpus``, ``p_free_slots``) for worker ``p_wid``, if its
     incarnation ``p_inc`` is alive: highest priority first, then submission order, only ready groups
-    of unpaused grids, only jobs past their back-off. ``in_grids``: only the grids ``p_grids``."""
+    of unpaused grids, only jobs past their back-off. ``in_grids``: only the grids ``p_grids``;
+    ``skip_locked``: pass over jobs that a concurrent claim has locked (databases with row locks)."""
     g, gr = s.groups, s.grids
     alive = sa.exists().where(W.c.id == bp("p_wid"), W.c.incarnation == bp("p_inc"),
                               W.c.state != _lit(WS.DEAD.value), W.c.state != _lit(WS.STOPPED.value))
@@ -78,8 +79,9 @@ def claim(in_grids: bool) -> Any:
     due = sa.or_(J.c.not_before.is_(None), J.c.not_before <= bp("p_now"), J.c.not_before > bp("p_horizon"))
     cand = (sa.select(J.c.id).select_from(J.join(g, g.c.id == J.c.group_id).join(gr, gr.c.id == J.c.grid_id))
             .where(J.c.state == _lit(Q.QUEUED.value), g.c.ready.is_(True), gr.c.paused.is_(False), fits, due, alive)
-            .order_by(J.c.priority.desc(), J.c.id).limit(_lit(1))
-            .with_for_update(skip_locked=True, of=J))  # (SQLite has no row locks and writes nothing for it)
+            .order_by(J.c.priority.desc(), J.c.id).limit(_lit(1)))
+    if skip_locked:
+        cand = cand.with_for_update(skip_locked=True, of=J)
     if in_grids:
         cand = cand.where(gr.c.name.in_(bp("p_grids", expanding=True)))
     return (J.update().where(J.c.id == cand.scalar_subquery())
@@ -94,7 +96,7 @@ def claim(in_grids: bool) -> Any:
 def claim_recording_attempt(in_grids: bool) -> Any:
     """:func:`claim` that also inserts the attempt row (a data-modifying CTE, PostgreSQL): every
     statement is a round trip to the server, and round trips are most of a claim's time."""
-    claimed = claim(in_grids).cte("claimed")
+    claimed = claim(in_grids, skip_locked=True).cte("claimed")
     started = A.insert().from_select(
         ["job_id", "attempt", "worker_id", "started_at"],
         sa.select(claimed.c.id, claimed.c.attempt, bp("p_wid", type_=sa.Integer),

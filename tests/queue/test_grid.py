@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -217,9 +219,6 @@ def test_missing_file_and_bad_set_are_user_errors(tmp_path: Path) -> None:
 
 
 def test_loading_a_grid_file_does_not_import_the_store() -> None:
-    import subprocess
-    import sys
-
     code = "import sys, memq.grid; print(sorted(m for m in sys.modules if m.startswith(('memq.store', 'sqlalchemy'))))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "[]", out.stderr
