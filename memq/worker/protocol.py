@@ -3,17 +3,18 @@
 Worker -> supervisor: ``launch {json}`` once, then ``renew`` after every heartbeat it committed,
 and ``term WHY`` / ``kill WHY`` to stop the job. Supervisor -> worker: ``started PID``, then one
 of ``exit CODE``, ``fenced`` or ``killed WHY CODE``. Both sides use :func:`encode` and
-:class:`LineReader`; standard library only (the supervisor must start fast).
+:class:`LineReader`. Standard library only, and NamedTuples rather than dataclasses: the
+supervisor must start fast (dataclasses imports inspect: ~20 ms more before every job starts).
+Compare messages by type and value: as tuples, ``Renew() == Fenced()``.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
 
 
-@dataclass(frozen=True)
-class Launch:
+class Launch(NamedTuple):
     """What to run, and how the supervisor guards it."""
 
     argv: list[str]
@@ -25,38 +26,32 @@ class Launch:
     header: str = ""  # first line written to the log
 
 
-@dataclass(frozen=True)
-class Renew:
+class Renew(NamedTuple):
     """The worker renewed this job's lease."""
 
 
-@dataclass(frozen=True)
-class Stop:
+class Stop(NamedTuple):
     """Stop the job: SIGTERM then SIGKILL after the grace, or SIGKILL at once (``kill``)."""
 
     why: str = ""
     kill: bool = False
 
 
-@dataclass(frozen=True)
-class Started:
+class Started(NamedTuple):
     pid: int
 
 
-@dataclass(frozen=True)
-class Exited:
+class Exited(NamedTuple):
     """The job ended by itself with this exit code (negative: killed by that signal)."""
 
     code: int
 
 
-@dataclass(frozen=True)
-class Fenced:
+class Fenced(NamedTuple):
     """No renew came in time: the supervisor killed the job."""
 
 
-@dataclass(frozen=True)
-class Killed:
+class Killed(NamedTuple):
     """The job was stopped on request (``why``) or because the worker went away."""
 
     why: str
@@ -71,7 +66,7 @@ Message = Command | Report
 def encode(message: Message) -> bytes:
     match message:
         case Launch():
-            text = "launch " + json.dumps(asdict(message))
+            text = "launch " + json.dumps(message._asdict())
         case Renew():
             text = "renew"
         case Stop(why=why, kill=kill):
@@ -109,11 +104,11 @@ def decode(line: bytes) -> Message:
     raise ValueError(f"not a memq supervisor message: {line[:80]!r}")
 
 
-@dataclass
 class LineReader:
     """Turns the chunks read from a pipe into messages."""
 
-    pending: bytes = field(default=b"", repr=False)
+    def __init__(self) -> None:
+        self.pending = b""
 
     def feed(self, chunk: bytes) -> list[Message]:
         self.pending += chunk
