@@ -78,8 +78,8 @@ Root attributes:
     format_version  1
     image_size      int, H = W
     feature_dim     int, F
-    features_source str, optional: what computed ``features`` (e.g. the timm model, its input size
-                    and the sha256 of its weights file). ``"pending"``: not computed yet (zeros);
+    features_source str, optional: what computed ``features`` (e.g. the timm model, its input size,
+                    the installed weights' name and sha256). ``"pending"``: not computed yet (zeros);
                     run ``memq data cache-features`` before training.
 
 Datasets:

@@ -14,6 +14,7 @@ from jobs.data.synth import SynthInfo, load_truth
 from jobs.eval.report import read_scheme_scores
 from jobs.eval.submission import read_prediction
 from jobs.mem.artifacts import prediction_dir
+from jobs.mem.config import RANDOM_BACKBONES
 from memq.checkpoints import ChecksumError
 from memq.files import temp_path
 from memq.runner import PermanentError
@@ -31,7 +32,7 @@ ATLASES = [
 def trained(rig: Rig, tmp_path: Path, data: SynthInfo, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Succeeded training jobs of ``groups`` on ``data`` (no checkpoints: their predictions are made up)."""
     path = tmp_path / "grid.yaml"
-    path.write_text(grid_text({"DATASET.DIR": str(data.data_dir)}, groups=groups, ensemble=False))
+    path.write_text(grid_text({"DATASET.DIR": str(data.data_dir), **RANDOM_BACKBONES}, groups=groups, ensemble=False))
     rig.train(path, n_checkpoints=0)
     return rig.store.jobs(grid=GRID)
 

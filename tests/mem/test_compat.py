@@ -149,10 +149,10 @@ def _val_trials(data: MemDataModule) -> list[tuple[str, int]]:
     return sorted((s, int(g)) for batch in loader for s, b in batch.items() for g in b["index"])
 
 
-def test_switch_val_subset(job_params: dict[str, Any]) -> None:
+def test_switch_val_subset(job_params: dict[str, Any], tmp_path: Path) -> None:
     epochs = {}
     for preset in compat.PRESETS:
-        built = build_job({**job_params, "COMPAT": preset}, 0, [], val_fraction=0.25)
+        built = build_job({**job_params, "COMPAT": preset}, 0, [], tmp_path, val_fraction=0.25)
         epochs[preset] = [_val_trials(built.data) for _ in range(2)]
         n_val = sum(len(d) for d in built.data.datasets("val1"))
         assert abs(len(epochs[preset][0]) - 0.25 * n_val) <= 2
@@ -288,7 +288,7 @@ def test_switch_greedy_soup(job_params: dict[str, Any], tmp_path: Path) -> None:
                      "size": path.stat().st_size, "sha256": sha256_file(path)})  # fmt: skip
     summaries = {}
     for preset in compat.PRESETS:
-        built = build_job({**job_params, "COMPAT": preset}, 0, [])
+        built = build_job({**job_params, "COMPAT": preset}, 0, [], tmp_path)
         state, summaries[preset] = _make(_Ctx(), rows, "greedy", built)
         built.model.load_trainable_state_dict(state)
         assert summaries[preset]["val2"] == pytest.approx(mean_pearson(built, "val2"), abs=1e-6)
