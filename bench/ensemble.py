@@ -52,7 +52,7 @@ def open_root(root: Path) -> Any:
 def claim(store: Any, root: Path) -> Any:
     """Claim the next job as a worker on this host would, and its JobContext."""
     from memq.context import JobContext
-    from memq.root import job_dir
+    from memq.paths import job_dir
     from memq.store.types import Capacity
 
     worker = store.register_worker(f"bench-{os.getpid()}", socket.gethostname(), os.getpid(), "boot", [], 1, 3600)

@@ -3,7 +3,7 @@
 Only names here: importing this module must stay cheap, it runs at every submit.
 """
 
-from memq.kinds import KindSpec
+from memq.job import KindSpec
 
 MEM_TRAIN = KindSpec(
     name="mem.train",

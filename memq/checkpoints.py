@@ -20,6 +20,7 @@ from memq.files import publishing
 from memq.paths import checkpoint_copy
 
 CHUNK = 1 << 22
+SOUP_ARTIFACT = "soup"  # the registry kind under which a soup job registers its soup (at the trained job)
 
 
 class ChecksumError(RuntimeError):

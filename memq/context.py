@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from memq.checkpoints import sha256_file
 from memq.errors import Fenced
 from memq.jobenv import JobEnv
 from memq.paths import sibling_attempt_dir
+from memq.sync import SyncReport, sync
 
 PROGRESS_INTERVAL = 2.0  # seconds between progress writes; the dashboard needs no more
 
@@ -29,14 +31,37 @@ class JobContext(JobEnv):
     _store: Any = field(default=None, repr=False)
     _last_progress: float = field(default=0.0, repr=False)
 
-    @property
-    def store(self) -> Any:
+    def _queue(self) -> Any:
+        """The store, opened on first use (a job that only computes never connects)."""
         if self._store is None:
             from memq.options import RootOptions
             from memq.root import open_store
 
             self._store = open_store(RootOptions(root=str(self.root), db=self.db), create=False)
         return self._store
+
+    def jobs(self, *, ids: Iterable[int] = (), grid: str | None = None) -> list[dict[str, Any]]:
+        """Rows of jobs (``memq jobs --json`` shape): of ``ids``, of ``grid``, or all."""
+        return self._queue().jobs(ids=ids, grid=grid)
+
+    def checkpoints(self, job_ids: Iterable[int] = (), kind: str | None = "checkpoint") -> list[dict[str, Any]]:
+        """Registered files of ``job_ids`` (default: this job), best metric first within a job."""
+        return self._queue().checkpoints(job_ids=list(job_ids) or [self.job_id], kind=kind)
+
+    def sync_checkpoints(self, job_ids: Iterable[int] = (), *, remote: bool = False,
+                         recheck: bool = False) -> SyncReport:
+        """Copy the checkpoints of ``job_ids`` (default: this job) to the shared root, verified (memq sync)."""
+        return sync(self._queue(), job_ids=list(job_ids) or [self.job_id], remote=remote,
+                                recheck=recheck)
+
+    def register_artifact(self, job_id: int, path: str | os.PathLike[str], kind: str,
+                          metric: float | None = None) -> str:
+        """Record a file made from finished job ``job_id`` (a soup), with its size and sha256."""
+        path = Path(path).absolute()
+        digest = sha256_file(path)
+        self._queue().register_artifact(job_id, kind=kind, path=str(path), host=socket.gethostname(),
+                                        size=path.stat().st_size, sha256=digest, metric=metric)
+        return digest
 
     def previous_attempt_dirs(self) -> list[Path]:
         """Directories of this job's earlier attempts that exist, newest first."""
@@ -54,12 +79,12 @@ class JobContext(JobEnv):
         if not force and now - self._last_progress < PROGRESS_INTERVAL:
             return
         self._last_progress = now
-        if not self.store.update_attempt(self.job_id, self.attempt, progress=values):
+        if not self._queue().update_attempt(self.job_id, self.attempt, progress=values):
             raise Fenced(self.job_id, self.attempt)
 
     def record_metrics(self, **metrics: Any) -> None:
         """Merge metrics into the job's record (e.g. val_pearson), visible in `memq jobs --json`."""
-        if not self.store.update_attempt(self.job_id, self.attempt, metrics=metrics):
+        if not self._queue().update_attempt(self.job_id, self.attempt, metrics=metrics):
             raise Fenced(self.job_id, self.attempt)
 
     def register_checkpoint(self, path: str | os.PathLike[str], metric: float | None = None,
@@ -67,7 +92,7 @@ class JobContext(JobEnv):
         """Record a checkpoint with its size and sha256; returns the checksum."""
         path = Path(path).absolute()
         digest = sha256_file(path)
-        ok = self.store.register_checkpoint(self.job_id, self.attempt, path=str(path), host=socket.gethostname(),
+        ok = self._queue().register_checkpoint(self.job_id, self.attempt, path=str(path), host=socket.gethostname(),
                                             size=path.stat().st_size, sha256=digest, metric=metric, step=step,
                                             kind=kind)
         if not ok:
@@ -75,5 +100,5 @@ class JobContext(JobEnv):
         return digest
 
     def unregister_checkpoint(self, path: str | os.PathLike[str], kind: str = "checkpoint") -> None:
-        if not self.store.unregister_checkpoint(self.job_id, self.attempt, str(Path(path).absolute()), kind):
+        if not self._queue().unregister_checkpoint(self.job_id, self.attempt, str(Path(path).absolute()), kind):
             raise Fenced(self.job_id, self.attempt)

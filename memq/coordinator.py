@@ -28,11 +28,10 @@ from memq.spec import GridSpec, GroupSpec, JobSpec
 from memq.store.store import Store
 from memq.yamlsource import YamlSource
 
-RECIPES = ("uniform", "greedy")  # memq.soup's two soups
+RECIPES = ("uniform", "greedy")  # the soup job's recipes (jobs/mem/soup_recipes.py)
 DEFAULT_RECIPE = "uniform"
 SUFFIX = "-ensemble"
 COMBINE = "combine"
-SOUP_ARTIFACT = "soup"  # the registry kind under which a soup job registers its soup (at the trained job)
 MAX_NAME = 128  # the store's grid-name column
 
 

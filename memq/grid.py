@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 from memq import kinds
 from memq.errors import UserError
-from memq.spec import GridSpec, GroupSpec, JobSpec
+from memq.spec import GridSpec, GroupSpec, JobSpec, scheme_name
 from memq.template import RUNTIME_FIELDS, SUBMIT_FIELDS, placeholders
 from memq.yamlsource import YamlSource
 
@@ -211,11 +211,6 @@ def _unknown_kind(kind: str, where: str) -> UserError:
     close = difflib.get_close_matches(kind, kinds.known_kinds(), n=1)
     return UserError(f"unknown job kind {kind!r}", where=where,
                      hint=f"did you mean {close[0]!r}?" if close else "known: " + ", ".join(kinds.known_kinds()))
-
-
-def scheme_name(group: str, repeat: int, repeated: bool) -> str:
-    """The ensemble scheme a job belongs to: its group, or GROUP-R for repeat R of a repeated group."""
-    return f"{group}-{repeat}" if repeated else group
 
 
 def _check_ensemble(grid: GridFile, section: EnsembleSection, source: YamlSource) -> None:

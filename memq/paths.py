@@ -5,6 +5,8 @@
     <root>/jobs/<grid>/<job>/attempt-<k>/log.txt        what the job process printed
     <root>/checkpoints/<grid>/<job>/attempt-<k>/<name>  a checkpoint's verified copy (memq sync)
     <scratch>/<grid>/<job>/attempt-<k>/                 the attempt's node-local scratch (MEMQ_SCRATCH_DIR)
+    <root>/soups/<grid>/<job>/<recipe>.pt               a soup of a trained job (and <recipe>.json)
+    <root>/predictions/<grid>/<job>/<recipe>/<split>/   a soup's predictions
 
 Pure functions of their arguments: nothing here touches the filesystem.
 """
@@ -42,3 +44,13 @@ def scratch_dir(scratch: Path, grid: str, job_id: int, attempt: int) -> Path:
 def checkpoint_copy(root: Path, grid: str, job_id: int, attempt: int, name: str) -> Path:
     """Where `memq sync` puts the shared copy of a checkpoint file called ``name``."""
     return root / "checkpoints" / grid / str(job_id) / attempt_name(attempt) / name
+
+
+def soup_path(root: Path, grid: str, job_id: int, recipe: str) -> Path:
+    """The soup a soup job makes of trained job ``job_id``; its summary sits beside it as .json."""
+    return root / "soups" / grid / str(job_id) / f"{recipe}.pt"
+
+
+def prediction_dir(root: Path, grid: str, job_id: int, recipe: str, split: str) -> Path:
+    """Where the predictions of a job's ``recipe`` soup on ``split`` go."""
+    return root / "predictions" / grid / str(job_id) / recipe / split

@@ -1,7 +1,6 @@
 """A memq root: the shared directory holding the queue, logs and per-attempt job directories.
 
-memq.paths spells out its layout. ``job_dir`` is imported here for callers that still name it
-``memq.root.job_dir`` (jobs/eval/logs.py); new code imports memq.paths.
+memq.paths spells out its layout.
 
 Files take the root's own permission bits: group-writable only where the root is.
 """
@@ -14,11 +13,8 @@ from pathlib import Path
 
 from memq.errors import UserError
 from memq.options import RootOptions
-from memq.paths import job_dir
 from memq.store.backends import DB_FILE, open_backend
 from memq.store.store import Store
-
-__all__ = ["apply_root_umask", "job_dir", "open_store"]
 
 
 def apply_root_umask(root: Path) -> None:

@@ -9,20 +9,22 @@ from __future__ import annotations
 
 import sys
 import traceback
+from typing import TYPE_CHECKING
 
 # Jobs raise memq.runner.PermanentError; it lives in memq.errors so that it is the same class
 # when this module runs as __main__ (python -m memq.runner).
 from memq.errors import PermanentError
 from memq.jobenv import EXIT_FENCED, EXIT_PERMANENT
 
+if TYPE_CHECKING:
+    from memq.context import JobContext
+
 __all__ = ["EXIT_FENCED", "EXIT_PERMANENT", "PermanentError", "main"]
 
 
-def _sync_own_checkpoints(ctx: object) -> None:
+def _sync_own_checkpoints(ctx: JobContext) -> None:
     """Copy this job's checkpoints to the shared store now, while their node is still at hand."""
-    from memq.sync import sync
-
-    report = sync(ctx.store, job_ids=[ctx.job_id])  # type: ignore[attr-defined]
+    report = ctx.sync_checkpoints()
     print(f"memq: synced {len(report.copied)} checkpoints to the shared store", file=sys.stderr, flush=True)
     for problem in report.unreachable + report.corrupt:
         print(f"memq: sync: {problem}", file=sys.stderr, flush=True)

@@ -55,3 +55,8 @@ class GridSpec:
     groups: tuple[GroupSpec, ...]
     jobs: tuple[JobSpec, ...]
     source: str | None = None
+
+
+def scheme_name(group: str, repeat: int, repeated: bool) -> str:
+    """The ensemble scheme a job belongs to: its group, or GROUP-R for repeat R of a repeated group."""
+    return f"{group}-{repeat}" if repeated else group

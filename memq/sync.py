@@ -10,10 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from memq.checkpoints import ChecksumError, pull, shared_copy_path, verify
-from memq.store.store import Store
+
+if TYPE_CHECKING:
+    from memq.store.store import Store
 
 
 @dataclass

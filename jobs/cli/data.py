@@ -44,7 +44,7 @@ WSearch = Annotated[
 def _switches(names: tuple[str, ...], **options: str | None) -> dict[str, str]:
     """Effective data switches (jobs/compat.py) of a command's --compat and per-switch options."""
     from jobs.compat import data_switch_values
-    from memq.errors import UserError
+    from memq.job import UserError
 
     try:
         return data_switch_values(options, names)
@@ -112,7 +112,7 @@ def import_mindeye2(
     """Map the MindEye2 release onto the layout; says what the release cannot give and what replaces it."""
     from jobs.data.inputs import subject_list
     from jobs.data.mindeye2 import LIMITS, MindEye2Sources, available_subjects, import_subject, write_mindeye2_images
-    from memq.errors import UserError
+    from memq.job import UserError
 
     reporter = _console()
     reporter.note(LIMITS)
@@ -127,9 +127,9 @@ def import_mindeye2(
 
 def _root(ctx: typer.Context) -> Path:
     """The memq root of `memq --root` or MEMQ_ROOT (where the weights are installed)."""
-    from memq.cli.common import options
+    from memq.job import command_root
 
-    return options(ctx).resolve_root()
+    return command_root(ctx)
 
 
 @app.command()
@@ -152,7 +152,7 @@ def weights(
     cache (downloaded into it if the hub is reachable) or a local --file. Grids then name them."""
     from jobs.weights.install import install
     from jobs.weights.manifest import CATALOGUE, read_manifest
-    from memq.errors import UserError
+    from memq.job import UserError
 
     root, chosen = _root(ctx), names or list(CATALOGUE)
     if file is not None and len(chosen) != 1:
@@ -254,7 +254,7 @@ def synth(
     """Synthetic prepared data with a planted ground truth (synth_truth.h5) and a test truth for `memq score`
     (truth/)."""
     from jobs.data.synth import synthesize
-    from memq.errors import UserError
+    from memq.job import UserError
 
     try:
         counts = [int(v) for v in voxels.split(",")]

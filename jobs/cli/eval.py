@@ -6,6 +6,7 @@ needs. Bad inputs raise memq's UserError (one line, exit 2).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -41,23 +42,11 @@ def score(
 ) -> None:
     """Algonauts 2023 noise-normalised score of a submission: per subject, hemisphere and stream ROI."""
     from jobs.eval.score import score_dirs, scores_json
-    from memq.cli.common import print_json
-
     result = scores_json(score_dirs(pred, truth))
     if as_json:
-        print_json(result)
+        typer.echo(json.dumps(result, separators=(",", ":")))
     else:
         _print_scores(result)
-
-
-def _grid_name(grid: str) -> str:
-    """A grid name, or the name inside a grid file."""
-    path = Path(grid)
-    if path.suffix in (".yaml", ".yml") and path.is_file():
-        from memq.grid import load_grid_file
-
-        return load_grid_file(path)[0].name
-    return grid
 
 
 def report(
@@ -74,19 +63,9 @@ def report(
     root: Annotated[str | None, typer.Option("--root", help="The memq root (default: memq --root, MEMQ_ROOT).")] = None,
 ) -> None:
     """HTML report of a grid: validation curves, ensemble gain, and with --truth the test score on the cortex."""
-    from dataclasses import replace
-
     from jobs.eval.report import ReportInputs, build_report
-    from memq.errors import UserError
-    from memq.root import open_store
+    from memq.job import grid_jobs
 
-    options = ctx.find_root().obj
-    if root is not None:
-        options = replace(options, root=root)
-    store = open_store(options, create=False)
-    name = _grid_name(grid)
-    jobs = store.jobs(grid=name)
-    if not jobs:
-        raise UserError(f"no jobs of grid {name!r}", where=str(store.root), hint="`memq status` lists the grids")
-    inputs = ReportInputs(name, store.root, jobs, out, ensemble=ensemble, truth=truth, data=data)
+    memq_root, jobs = grid_jobs(ctx, grid, root)
+    inputs = ReportInputs(jobs[0]["grid"], memq_root, jobs, out, ensemble=ensemble, truth=truth, data=data)
     typer.echo(f"wrote {build_report(inputs)}")

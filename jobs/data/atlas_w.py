@@ -24,7 +24,7 @@ from jobs.data.amend import rewrite
 from jobs.data.inputs import reason
 from jobs.data.layout import list_subjects, open_subject, subject_path
 from jobs.data.progress import Reporter
-from memq.errors import UserError
+from memq.job import UserError
 
 N_CENTROIDS = 1000
 N_ROIS = 9
@@ -138,7 +138,7 @@ def _scaled_cut(cut: Callable[[float], np.ndarray], n_clusters: int) -> np.ndarr
 
 
 def _source(soup: Path, k: int, seed: int, search: str) -> str:
-    from memq.context import sha256_file
+    from memq.job import sha256_file
 
     # the default search is left out, so atlases written before the switch existed stay current
     return f"soup sha256 {sha256_file(soup)}, k={k}, seed={seed}" + (f", search={search}" if search != "bisect" else "")

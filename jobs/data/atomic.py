@@ -13,7 +13,7 @@ from typing import Self
 
 import h5py
 
-from memq.files import fsync_path, temp_path
+from memq.job import fsync_path, temp_path
 
 
 class CommitOnExit:

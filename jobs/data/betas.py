@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from memq.errors import UserError
+from memq.job import UserError
 
 EPS = 1e-8
 

@@ -31,7 +31,7 @@ from jobs.data.layout import (
 )
 from jobs.data.memory import prev_behavior_rows
 from jobs.data.progress import Reporter
-from memq.errors import UserError
+from memq.job import UserError
 
 Z_MEAN_TOL = 0.05  # float16 storage leaves |mean| well below this
 Z_STD_TOL = 0.05

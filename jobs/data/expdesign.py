@@ -15,7 +15,7 @@ import numpy as np
 
 from jobs.data.inputs import integer_valued, reason, require_file
 from jobs.data.layout import BLANK, TRIALS_PER_SESSION
-from memq.errors import UserError
+from memq.job import UserError
 
 N_IMAGES = 73_000
 _SHAPES = {"masterordering": "1 x 30000", "subjectim": "8 x 10000", "stimpattern": "40 x 12 x 75"}

@@ -30,10 +30,10 @@ from jobs.data.nsd_images import write_nsd_images
 from jobs.data.params import CACHE_FEATURES_SWITCHES, FEATURE_MODEL, FEATURE_WEIGHTS
 from jobs.data.progress import JobReporter, Reporter
 from jobs.weights.manifest import Entry, WeightsError, resolve
-from memq.errors import UserError
+from memq.job import UserError
 
 if TYPE_CHECKING:
-    from memq.context import JobContext
+    from memq.job import JobContext
 
 FEATURE_IMAGE_SIZE = 224
 BATCH_SIZE = 64

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from jobs.data.inputs import reason, require_file
-from memq.errors import UserError
+from memq.job import UserError
 
 NC_TOLERANCE = 0.001
 NC_TRIALS = 3  # NSD's noise ceiling is for the mean of 3 trials

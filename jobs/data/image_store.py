@@ -24,7 +24,7 @@ from jobs.data.layout import (
     subject_path,
 )
 from jobs.data.progress import Reporter
-from memq.errors import UserError
+from memq.job import UserError
 
 IMAGE_SIZE = 224
 PENDING_FEATURE_DIM = 1024  # DINOv2 ViT-L/14; cache-features sets the real width

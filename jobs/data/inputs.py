@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from jobs.data.params import parse_subject
-from memq.errors import UserError
+from memq.job import UserError
 
 
 def subject_name(value: str | int) -> str:

@@ -105,7 +105,7 @@ import h5py
 import numpy as np
 
 from jobs.data.atomic import AtomicH5, CommitOnExit
-from memq.errors import UserError
+from memq.job import UserError
 
 SUBJECT_FORMAT = "memq.subject"
 IMAGES_FORMAT = "memq.images"

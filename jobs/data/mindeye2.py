@@ -39,7 +39,7 @@ from jobs.data.responses import read_responses
 from jobs.data.resume import RECIPE_ATTR, recipe, subject_done
 from jobs.data.rois import random_rois
 from jobs.data.splits import split_trials
-from memq.errors import UserError
+from memq.job import UserError
 
 PREDICT_SESSIONS = 3
 BEHAV_WIDTH = 17

@@ -37,10 +37,10 @@ from jobs.data.responses import Responses, read_responses
 from jobs.data.resume import RECIPE_ATTR, recipe, subject_done
 from jobs.data.rois import random_rois
 from jobs.data.splits import split_trials
-from memq.errors import UserError
+from memq.job import UserError
 
 if TYPE_CHECKING:
-    from memq.context import JobContext
+    from memq.job import JobContext
 
 PREDICT_SESSIONS = 3
 HEMIS = ("lh", "rh")

@@ -11,7 +11,7 @@ import numpy as np
 from jobs.data.image_store import IMAGE_SIZE, needed_ids, write_pending_images
 from jobs.data.inputs import reason
 from jobs.data.progress import Reporter
-from memq.errors import UserError
+from memq.job import UserError
 
 REFERENCE_JPEG_QUALITY = 95
 IMAGE_JPEG_ATTR = "image_jpeg"  # images.h5 attribute: the IMAGE_JPEG switch the images were written with

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from memq.context import JobContext
+    from memq.job import JobContext
 
 Advance = Callable[[int], None]
 

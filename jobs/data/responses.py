@@ -15,7 +15,7 @@ from jobs.data.behavior import TrialRecords
 from jobs.data.expdesign import N_IMAGES
 from jobs.data.inputs import integer_valued, reason, require_file
 from jobs.data.layout import TRIALS_PER_SESSION
-from memq.errors import UserError
+from memq.job import UserError
 
 # the columns used here, of SUBJECT SESSION RUN TRIAL 73KID 10KID TIME ISOLD ISCORRECT RT CHANGEMIND
 # MEMORYRECENT MEMORYFIRST ISOLDCURRENT ISCORRECTCURRENT TOTAL1 TOTAL2 BUTTON MISSINGDATA

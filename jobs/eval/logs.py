@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from memq.root import job_dir
+from memq.job import job_dir
 
 VAL_COLUMN = "VAL/PearsonCorrCoef/mean"  # jobs.mem.lit.VAL_METRIC (not imported: that module imports torch)
 

@@ -26,7 +26,7 @@ from jobs.eval.page import Page
 from jobs.eval.plots import Curve, curves_figure, save, schemes_figure, score_figure
 from jobs.eval.score import SubjectScores, score_dirs, scores_json
 from jobs.eval.truth import HEMIS
-from memq.errors import UserError
+from memq.job import UserError
 
 PAGE = "index.html"
 CURVES, SCHEMES, SCORES, SURFACE = "curves.png", "schemes.png", "scores.png", "surface.png"

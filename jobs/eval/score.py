@@ -18,7 +18,7 @@ import numpy as np
 from jobs.eval.subjects import subject_dirs
 from jobs.eval.submission import prediction_file, read_prediction, submission_subjects
 from jobs.eval.truth import HEMIS, HINT, STREAM_NAMES, SubjectTruth, read_truth
-from memq.errors import UserError
+from memq.job import UserError
 
 NC_FLOOR = 1e-14  # replaces NC = 0, as the Algonauts devkit does
 

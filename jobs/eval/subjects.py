@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from memq.errors import UserError
+from memq.job import UserError
 
 SUBJECT_DIR = re.compile(r"subj\d{2}")
 

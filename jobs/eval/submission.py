@@ -13,7 +13,7 @@ import numpy as np
 from jobs.data.inputs import load_npy
 from jobs.eval.subjects import subject_dirs
 from jobs.eval.truth import HEMIS
-from memq.errors import UserError
+from memq.job import UserError
 
 HINT = "a submission holds subjXX/lh_pred_test.npy and subjXX/rh_pred_test.npy (mem-spec 4.4)"
 

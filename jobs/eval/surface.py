@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 
 from jobs.data.layout import open_subject, subject_path
 from jobs.eval.truth import HEMIS
-from memq.errors import UserError
+from memq.job import UserError
 
 FS7_VERTICES = 163_842  # per hemisphere
 FS5_VERTICES = 10_242

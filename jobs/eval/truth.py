@@ -54,7 +54,7 @@ import numpy as np
 
 from jobs.data.inputs import integer_valued, load_npy
 from jobs.data.layout import STREAM_ROIS
-from memq.errors import UserError
+from memq.job import UserError
 
 HEMIS = ("lh", "rh")
 STREAM_NAMES = STREAM_ROIS[:-1]  # label k names stream k; R (the added voxels) is not a challenge vertex

@@ -25,8 +25,7 @@ from typing import Any, BinaryIO
 import numpy as np
 from numpy.lib import format as npy_format
 
-from memq.checkpoints import ChecksumError, sha256_file
-from memq.files import write_atomically, write_text_atomically
+from memq.job import ChecksumError, sha256_file, write_atomically, write_text_atomically
 
 MANIFEST, INDEX = "manifest.json", "index.npz"
 _HEADERS = {(1, 0): npy_format.read_array_header_1_0, (2, 0): npy_format.read_array_header_2_0}

@@ -21,7 +21,7 @@ from jobs.mem.config import ConfigError, MemConfig, load_config
 from jobs.mem.data import MemDataModule
 from jobs.mem.model import MemModel, SubjectInfo
 from jobs.mem.validate import weights_problems
-from memq.runner import PermanentError
+from memq.job import PermanentError
 
 
 def job_config(params: Mapping[str, Any]) -> MemConfig:

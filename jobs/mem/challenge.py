@@ -10,7 +10,7 @@ from jobs.data.layout import ChallengeLayout
 from jobs.eval.submission import prediction_file
 from jobs.eval.truth import HEMIS
 from jobs.mem.artifacts import save_npy
-from memq.files import write_atomically
+from memq.job import write_atomically
 
 
 def submission(

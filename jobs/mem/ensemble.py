@@ -38,9 +38,7 @@ from jobs.mem.schemes import select
 from jobs.mem.source import stage_params
 from jobs.mem.stage_params import SCORE_SPLIT, SUBMISSION_SPLIT, EnsembleParams
 from jobs.mem.stitch import coverage, scheme_blocks
-from memq.context import JobContext
-from memq.files import write_text_atomically
-from memq.runner import PermanentError
+from memq.job import JobContext, PermanentError, write_text_atomically
 
 SPLITS = (SUBMISSION_SPLIT, SCORE_SPLIT)
 Parts = dict[str, dict[int, dict[str, SubjectPrediction]]]  # split -> job -> subject -> its predictions
@@ -71,7 +69,7 @@ class Scores:
 
 
 def _jobs(ctx: JobContext, ids: Sequence[int]) -> list[dict[str, Any]]:
-    rows = ctx.store.jobs(ids=ids)
+    rows = ctx.jobs(ids=ids)
     missing = sorted(set(ids) - {row["id"] for row in rows})
     unfinished = [f"{row['id']} ({row['state']})" for row in rows if row["state"] != "succeeded"]
     if missing or unfinished:
@@ -168,7 +166,7 @@ def run(ctx: JobContext) -> None:
     remove_temporaries(out)
     jobs = _jobs(ctx, params.jobs)
     try:
-        schemes = select(find_schemes(jobs, ctx.store.jobs(grid=params.grid)), params.schemes, partial=params.partial)
+        schemes = select(find_schemes(jobs, ctx.jobs(grid=params.grid)), params.schemes, partial=params.partial)
     except ValueError as exc:
         raise PermanentError(str(exc)) from None
     data_dir = _data_dir(jobs)

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from memq.files import write_atomically
+from memq.job import write_atomically
 
 
 def save_atomically(obj: Any, path: str | os.PathLike[str]) -> Path:

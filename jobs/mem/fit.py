@@ -26,8 +26,7 @@ from jobs.mem.data import SubjectInfo as DataSubjectInfo
 from jobs.mem.lit import VAL_METRIC, MemLit
 from jobs.mem.progress import JobProgress
 from jobs.mem.topk import RESUME_FILE, TopKCheckpoints
-from memq.context import JobContext
-from memq.files import write_atomically
+from memq.job import JobContext, write_atomically
 
 RESULT_FILE = "result.json"
 

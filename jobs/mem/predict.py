@@ -24,10 +24,7 @@ from jobs.mem.build import build
 from jobs.mem.evaluate import subject_batches
 from jobs.mem.source import registered, stage_params, trained_job
 from jobs.mem.stage_params import PredictParams
-from memq.checkpoints import load_verified
-from memq.context import JobContext
-from memq.coordinator import SOUP_ARTIFACT
-from memq.runner import PermanentError
+from memq.job import SOUP_ARTIFACT, JobContext, PermanentError, load_verified
 
 
 def run(ctx: JobContext) -> None:

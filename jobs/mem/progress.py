@@ -7,7 +7,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
-from memq.context import JobContext
+from memq.job import JobContext
 
 
 class JobProgress(Callback):

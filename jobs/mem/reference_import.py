@@ -31,9 +31,7 @@ from jobs.mem.reference import ReferenceVoxels, convert
 from jobs.mem.reference_file import read_reference
 from jobs.mem.source import stage_params
 from jobs.mem.stage_params import ImportParams
-from memq.checkpoints import sha256_file
-from memq.context import JobContext
-from memq.runner import PermanentError
+from memq.job import JobContext, PermanentError, sha256_file
 
 
 def reference_voxels(data_dir: str, infos: Mapping[str, SubjectInfo], rois: list[str] | None,
@@ -83,7 +81,7 @@ def run(ctx: JobContext) -> None:
     dataset = built.config.DATASET
     assert dataset.DIR is not None  # build checked it
     voxels = reference_voxels(dataset.DIR, built.data.subject_info(), dataset.ROIS)
-    for row in ctx.store.checkpoints(job_ids=[ctx.job_id], kind="checkpoint"):  # of an earlier attempt
+    for row in ctx.checkpoints():  # of an earlier attempt
         ctx.unregister_checkpoint(row["path"])
     scores = []
     for i, source in enumerate(files):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from memq.grid import scheme_name
+from memq.job import scheme_name
 
 
 def scheme_of(job: dict[str, Any], repeated: set[str]) -> str:

@@ -1,7 +1,7 @@
 """Job kind ``mem.soup``: the uniform or greedy soup of a trained job's registered checkpoints.
 
 The checkpoints are first synced to the shared store (pulled over ssh from the node that has them
-when needed), then averaged by :mod:`memq.soup`, streaming and reading only verified bytes. A
+when needed), then averaged by :mod:`jobs.mem.soup_recipes`, streaming and reading only verified bytes. A
 checkpoint whose shared copy fails its checksum is copied again from its source; if that cannot
 be done the job fails and says which: nothing corrupt is ever averaged. The greedy soup selects
 on val1 and reports val2; the uniform soup reports val2 too (full passes, eval mode). With the
@@ -16,24 +16,19 @@ from the checkpoints registered now is kept.
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from jobs.mem import soup_recipes as soups
 from jobs.mem.artifacts import remove_temporaries, soup_path
 from jobs.mem.build import Built, build
 from jobs.mem.evaluate import mean_pearson
 from jobs.mem.files import save_atomically
 from jobs.mem.source import registered, stage_params, trained_job
 from jobs.mem.stage_params import SoupParams
-from memq import soup as soups
-from memq.checkpoints import ChecksumError, sha256_file, verify
-from memq.context import JobContext
-from memq.coordinator import SOUP_ARTIFACT
-from memq.files import write_text_atomically
-from memq.sync import SyncReport, sync
+from memq.job import SOUP_ARTIFACT, ChecksumError, JobContext, SyncReport, verify, write_text_atomically
 
 
 class CheckpointsUnavailable(RuntimeError):
@@ -48,11 +43,11 @@ def _problems(report: SyncReport) -> list[str]:
 
 def _checkpoints(ctx: JobContext, job_id: int, *, recheck: bool) -> list[dict[str, Any]]:
     """The job's checkpoints, synced to the shared store (``recheck``: re-hash shared copies first)."""
-    report = sync(ctx.store, job_ids=[job_id], remote=True, recheck=recheck)
+    report = ctx.sync_checkpoints([job_id], remote=True, recheck=recheck)
     problems = _problems(report)
     if problems and not recheck:  # recheck reports repaired copies too; the next load decides
         raise CheckpointsUnavailable("; ".join(problems))
-    rows = ctx.store.checkpoints(job_ids=[job_id], kind="checkpoint")
+    rows = ctx.checkpoints([job_id])
     if not rows:
         raise CheckpointsUnavailable(f"job {job_id} has no registered checkpoints")
     return rows
@@ -138,8 +133,7 @@ def run(ctx: JobContext) -> None:
                    "checkpoints": [r["sha256"] for r in rows], **made}
         save_atomically(state, path)
         write_text_atomically(path.with_suffix(".json"), json.dumps(summary, indent=2) + "\n")
-        ctx.store.register_artifact(source["id"], kind=SOUP_ARTIFACT, path=str(path), host=socket.gethostname(),
-                                    size=path.stat().st_size, sha256=sha256_file(path), metric=summary["val2"])
+        ctx.register_artifact(source["id"], path, SOUP_ARTIFACT, metric=summary["val2"])
     ctx.record_metrics(val2_pearson=summary["val2"], members=len(summary["members"]))
     print(f"{params.recipe} soup of job {source['id']}: {len(summary['members'])} of {len(rows)} checkpoints, "
           f"val2 r {summary['val2']:.4f} -> {path}", flush=True)

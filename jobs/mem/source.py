@@ -5,8 +5,7 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 from jobs.mem.stage_params import StageParams
-from memq.context import JobContext
-from memq.runner import PermanentError
+from memq.job import JobContext, PermanentError
 
 P = TypeVar("P", bound=StageParams)
 
@@ -21,7 +20,7 @@ def stage_params(cls: type[P], ctx: JobContext) -> P:
 
 def trained_job(ctx: JobContext, job_id: int) -> dict[str, Any]:
     """The store's row of a succeeded training job."""
-    rows = ctx.store.jobs(ids=[job_id])
+    rows = ctx.jobs(ids=[job_id])
     if not rows:
         raise PermanentError(f"source job {job_id} does not exist")
     if rows[0]["state"] != "succeeded":
@@ -31,4 +30,4 @@ def trained_job(ctx: JobContext, job_id: int) -> dict[str, Any]:
 
 def registered(ctx: JobContext, job_id: int, kind: str, path: str) -> dict[str, Any] | None:
     """The registry row of one file of ``job_id`` (a soup), or None."""
-    return next((row for row in ctx.store.checkpoints(job_ids=[job_id], kind=kind) if row["path"] == path), None)
+    return next((row for row in ctx.checkpoints([job_id], kind=kind) if row["path"] == path), None)

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator, Sequence
 import numpy as np
 
 from jobs.mem.artifacts import SubjectPrediction, stream_rows
-from memq.checkpoints import ChecksumError
+from memq.job import ChecksumError
 
 BLOCK_BYTES = 1 << 24
 

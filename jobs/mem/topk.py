@@ -24,8 +24,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Checkpoint
 
 from jobs.mem.files import save_atomically
-from memq.context import JobContext
-from memq.files import write_atomically
+from memq.job import JobContext, write_atomically
 
 RESUME_FILE = "last.ckpt"
 
@@ -70,7 +69,7 @@ class TopKCheckpoints(Checkpoint):
         # The resume file may predate the last epochs (it is written at most every resume_every_s):
         # checkpoints registered since then and not in its list are not part of this run's top k.
         listed = {entry["path"] for entry in present}
-        for row in self.ctx.store.checkpoints(job_ids=[self.ctx.job_id], kind="checkpoint"):
+        for row in self.ctx.checkpoints():
             if row["path"] not in listed:
                 self._drop(row["path"])
 

@@ -28,8 +28,7 @@ from jobs.mem.files import save_atomically
 from jobs.mem.fit import finish, fit, job_config, write_result
 from jobs.mem.model import TOPYNECK_GROUPS
 from jobs.mem.soup import greedy_soup
-from memq.context import JobContext
-from memq.runner import PermanentError
+from memq.job import JobContext, PermanentError
 
 STAGES = ("train", "gather")
 
@@ -57,7 +56,7 @@ def run(ctx: JobContext) -> None:
 def _soup(ctx: JobContext) -> tuple[Built, dict[str, Any]]:
     """The greedy soup of this run's registered checkpoints, loaded into a freshly built model,
     and its summary (members, the selection split's score and val2)."""
-    rows = ctx.store.checkpoints(job_ids=[ctx.job_id], kind="checkpoint")
+    rows = ctx.checkpoints()
     if not rows:
         raise RuntimeError("the run left no checkpoint to make the topyneck soup from")
     built = build(ctx.params, ctx.repeat, ctx.gpus, ctx.root)

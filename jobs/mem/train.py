@@ -9,7 +9,7 @@ CSV) and ``result.json`` in the attempt's directory; job metrics ``val_pearson``
 from __future__ import annotations
 
 from jobs.mem.fit import finish, fit
-from memq.context import JobContext
+from memq.job import JobContext
 
 
 def run(ctx: JobContext) -> None:

@@ -25,7 +25,7 @@ from jobs.weights.manifest import (
     read_manifest,
     weights_dir,
 )
-from memq.errors import UserError
+from memq.job import UserError
 
 HUB_FILE = "model.safetensors"  # timm's weights in its Hugging Face repositories
 CHUNK = 1 << 22
@@ -113,7 +113,7 @@ def _chunks(path: Path, converted: bytes | None) -> Iterator[bytes]:
 
 def _store(root: Path, name: str, source: Path, converted: bytes | None, reporter: Reporter) -> tuple[str, str, int]:
     """Write the weights under a content name; returns (file name, sha256, size)."""
-    from memq.files import fsync_path, temp_path
+    from memq.job import fsync_path, temp_path
 
     directory = weights_dir(root)
     directory.mkdir(parents=True, exist_ok=True)
@@ -138,8 +138,7 @@ def _store(root: Path, name: str, source: Path, converted: bytes | None, reporte
 
 def _record(root: Path, entry: Entry) -> None:
     """Add ``entry`` to the manifest: read, change and publish it under the root's weights lock."""
-    from memq.files import write_text_atomically
-    from memq.lock import LeaseLock
+    from memq.job import LeaseLock, write_text_atomically
 
     with LeaseLock(weights_dir(root) / ".manifest.lock"):
         entries = read_manifest(root)
@@ -148,7 +147,7 @@ def _record(root: Path, entry: Entry) -> None:
 
 
 def _intact(root: Path, entry: Entry) -> bool:
-    from memq.checkpoints import sha256_file
+    from memq.job import sha256_file
 
     path = entry.path(root)
     return path.is_file() and path.stat().st_size == entry.size and sha256_file(path) == entry.sha256
@@ -161,7 +160,7 @@ def install(root: Path, name: str, *, file: Path | None = None, model: str | Non
     A name keeps its bytes for good: installing other bytes under it is refused (jobs trained on
     the first ones need them). A damaged file is replaced by installing the same source again.
     """
-    from memq.checkpoints import sha256_file
+    from memq.job import sha256_file
 
     reporter = reporter or Reporter()
     if not NAME.fullmatch(name) or name == RANDOM:

@@ -106,7 +106,7 @@ def soup(
     poll: PollOpt = 2.0,
 ) -> None:
     """Soup every trained job of a grid: sync its checkpoints, then average them (uniform or greedy)."""
-    from memq.coordinator import SOUP_ARTIFACT
+    from memq.checkpoints import SOUP_ARTIFACT
 
     st = store(ctx)
     planned, chosen = _plan(st, grid, recipe, partial)

@@ -21,7 +21,8 @@ from jobs.data.synth import SynthInfo
 from jobs.eval.logs import VAL_COLUMN, val_curve
 from jobs.eval.surface import FS5_VERTICES, FS7_VERTICES, challenge_vertices, fsaverage5_mean
 from memq.options import RootOptions
-from memq.root import job_dir, open_store
+from memq.paths import job_dir
+from memq.root import open_store
 from memq.spec import GridSpec, GroupSpec, JobSpec
 from memq.store.types import Capacity, Outcome
 

@@ -296,7 +296,7 @@ def test_switch_greedy_soup(job_params: dict[str, Any], tmp_path: Path) -> None:
     assert ours["selection_split"] == "val1" and ours["members"][0] == 1
     assert len(set(ours["members"])) == len(ours["members"])  # the best once
     # the reference's: every checkpoint from the best on is tried (the best against itself first),
-    # each kept if its val2 r beats the best so far, which starts at 0 (memq.soup counts the best twice
+    # each kept if its val2 r beats the best so far, which starts at 0 (jobs.mem.soup_recipes counts the best twice
     # when it is kept: tests/queue/test_soup.py)
     assert theirs["selection_split"] == "val2"
     assert [t["checkpoint"] for t in theirs["trace"]] == [1, 0, 2]  # 1: the best against itself

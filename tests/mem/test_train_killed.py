@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.mem.topk import RESUME_FILE
-from memq.root import job_dir
+from memq.paths import job_dir
 
 from ..waiting import until
 from .jobs_helpers import result, val_rows

@@ -12,7 +12,6 @@ from memq.checkpoints import ChecksumError, load_verified
 from memq.context import JobContext
 from memq.spec import GridSpec, GroupSpec, JobSpec
 from memq.store.types import Capacity, Outcome
-from memq.sync import sync
 
 from ..conftest import Rig, _need
 
@@ -45,7 +44,7 @@ def test_sync_copies_verified_and_is_idempotent(tmp_path: Path, cli) -> None:
     ctx, paths = trained_job(rig, tmp_path / "scratch")
     result = cli(*rig.cli_args(), "sync")
     assert result.code == 0 and "copied 3, already synced 0" in result.out
-    rows = ctx.store.checkpoints(job_ids=[ctx.job_id])
+    rows = ctx.checkpoints(kind=None)
     assert all(Path(r["synced_path"]).is_relative_to(rig.roots[0] / "checkpoints") for r in rows)
     for path in paths:
         path.unlink()  # the node's scratch is gone: the shared copies are what counts
@@ -57,20 +56,20 @@ def test_a_corrupted_shared_copy_is_detected_and_replaced_or_reported(tmp_path: 
     rig = Rig("local", [tmp_path / "root"])
     ctx, paths = trained_job(rig, tmp_path / "scratch")
     cli(*rig.cli_args(), "sync")
-    rows = sorted(ctx.store.checkpoints(job_ids=[ctx.job_id]), key=lambda r: r["step"])
+    rows = sorted(ctx.checkpoints(kind=None), key=lambda r: r["step"])
     shared = Path(rows[0]["synced_path"])
     shared.write_bytes(shared.read_bytes()[:-3] + b"xyz")  # bit rot on the shared store
     with pytest.raises(ChecksumError):
         load_verified(rows[0])
     repaired = cli(*rig.cli_args(), "sync", "--verify")
     assert repaired.code == 1 and "shared copy" in repaired.out and "copied 1" in repaired.out
-    assert load_verified(ctx.store.checkpoints(job_ids=[ctx.job_id])[-1])["w"].shape == (4,)
+    assert load_verified(ctx.checkpoints(kind=None)[-1])["w"].shape == (4,)
     # Corrupt shared copy and a corrupt source: reported, never marked synced.
     shared.write_bytes(b"garbage")
     paths[0].write_bytes(b"also garbage")
     result = cli(*rig.cli_args(), "sync", "--verify")
     assert result.code == 1 and "source" in result.out
-    row = next(r for r in ctx.store.checkpoints(job_ids=[ctx.job_id]) if r["step"] == 0)
+    row = next(r for r in ctx.checkpoints(kind=None) if r["step"] == 0)
     assert row["synced_path"] is None
     with pytest.raises(ChecksumError):
         load_verified(row)
@@ -89,8 +88,8 @@ def test_sync_pulls_from_another_host_over_ssh(tmp_path: Path, cli, monkeypatch:
     rig = Rig("local", [tmp_path / "root"])
     ctx, _ = trained_job(rig, tmp_path / "remote-node", host="root@127.0.0.1")
     assert cli(*rig.cli_args(), "sync").code == 1  # another host's files need --remote
-    report = sync(ctx.store, remote=True)
+    report = ctx.sync_checkpoints(remote=True)
     assert report.ok and len(report.copied) == 3 and all(c.endswith("(ssh)") for c in report.copied)
     assert "already synced 3" in cli(*rig.cli_args(), "sync", "--remote").out
-    rows = ctx.store.checkpoints(job_ids=[ctx.job_id])
+    rows = ctx.checkpoints(kind=None)
     assert all(load_verified(r)["w"].shape == (4,) for r in rows)

@@ -137,7 +137,7 @@ def test_a_test_rig_claims_as_the_worker_does(tmp_path: Path) -> None:
     store.submit(GridSpec("g", (GroupSpec("a"),), (JobSpec("g", "a", "mem.train", {"x": 1}),)))
     me = store.register_worker("rig", socket.gethostname(), os.getpid(), "boot", [], 1, 60.0)
     ctx = claim_context(store, me, Capacity(slots=1), tmp_path / "scratch", [3])
-    assert ctx is not None and ctx.store is store
+    assert ctx is not None and ctx._store is store
     assert ctx.job_dir == paths.job_dir(store.root, "g", ctx.job_id, 1) and ctx.job_dir.is_dir()
     assert ctx.scratch_dir == paths.scratch_dir(tmp_path / "scratch", "g", ctx.job_id, 1) and ctx.scratch_dir.is_dir()
     assert job_variables(ctx) == {k: v for k, v in ctx.to_env().items() if k.startswith("MEMQ_")}

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from memq.checkpoints import load_verified
+from memq.job import load_verified
 
 StateDict = dict[str, Any]
 

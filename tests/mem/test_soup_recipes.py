@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from jobs.mem.soup_recipes import greedy, uniform
 from memq.checkpoints import ChecksumError, sha256_file
-from memq.soup import greedy, uniform
 
 
 def saved(tmp_path: Path, n: int = 5) -> tuple[list[dict], dict[int, dict[str, torch.Tensor]]]:
