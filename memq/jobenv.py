@@ -59,7 +59,7 @@ class JobEnv:
         return cls(job_id=claim.job_id, attempt=claim.attempt, grid=claim.grid, group=claim.group,
                    kind=claim.kind, params=claim.params, repeat=claim.repeat,
                    job_dir=paths.job_dir(root, claim.grid, claim.job_id, claim.attempt),
-                   scratch_dir=paths.scratch_dir(scratch, claim.grid, claim.job_id, claim.attempt), root=root,
+                   scratch_dir=paths.scratch_dir(scratch, root, claim.grid, claim.job_id, claim.attempt), root=root,
                    gpus=list(gpus), from_scratch=claim.from_scratch, key=claim.key, cpus=claim.cpus, **more)
 
     def make_dirs(self) -> None:

@@ -4,7 +4,7 @@
     <root>/jobs/<grid>/<job>/attempt-<k>/               an attempt's own directory (MEMQ_JOB_DIR)
     <root>/jobs/<grid>/<job>/attempt-<k>/log.txt        what the job process printed
     <root>/checkpoints/<grid>/<job>/attempt-<k>/<name>  a checkpoint's verified copy (memq sync)
-    <scratch>/<grid>/<job>/attempt-<k>/                 the attempt's node-local scratch (MEMQ_SCRATCH_DIR)
+    <scratch>/<root tag>/<grid>/<job>/attempt-<k>/      the attempt's node-local scratch (MEMQ_SCRATCH_DIR)
     <root>/soups/<grid>/<job>/<recipe>.pt               a soup of a trained job (and <recipe>.json)
     <root>/predictions/<grid>/<job>/<recipe>/<split>/   a soup's predictions
 
@@ -13,6 +13,7 @@ Pure functions of their arguments: nothing here touches the filesystem.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 LOG = "log.txt"
@@ -36,9 +37,18 @@ def sibling_attempt_dir(attempt_dir: Path, attempt: int) -> Path:
     return attempt_dir.parent / attempt_name(attempt)
 
 
-def scratch_dir(scratch: Path, grid: str, job_id: int, attempt: int) -> Path:
+def root_tag(root: Path) -> str:
+    """The root's name and a hash of its absolute path: roots on one node get apart scratch trees.
+
+    Without it, two roots with a grid of the same name would write their job 1 into one directory
+    and overwrite each other's checkpoints."""
+    digest = hashlib.sha256(str(root.absolute()).encode()).hexdigest()[:12]
+    return f"{root.absolute().name}-{digest}"
+
+
+def scratch_dir(scratch: Path, root: Path, grid: str, job_id: int, attempt: int) -> Path:
     """An attempt's directory under a node's scratch."""
-    return scratch / grid / str(job_id) / attempt_name(attempt)
+    return scratch / root_tag(root) / grid / str(job_id) / attempt_name(attempt)
 
 
 def checkpoint_copy(root: Path, grid: str, job_id: int, attempt: int, name: str) -> Path:

@@ -127,7 +127,7 @@ def test_a_real_worker_gives_its_job_the_environment_and_directories_of_memq_job
     got = JobEnv.from_env(json.loads(dump.read_text()))
     assert got == JobEnv(job_id=job["id"], attempt=1, grid="g", group="a", kind="command", params={"lr": 0.5},
                          repeat=0, job_dir=paths.job_dir(root, "g", job["id"], 1), root=root, key=spec.key, cpus=2,
-                         scratch_dir=paths.scratch_dir(scratch, "g", job["id"], 1))
+                         scratch_dir=paths.scratch_dir(scratch, root, "g", job["id"], 1))
     assert got.job_dir.is_dir() and got.scratch_dir.is_dir()
     assert paths.log_file(root, "g", job["id"], 1).read_text().startswith(f"# memq: job {job['id']} attempt 1 ")
 
@@ -139,10 +139,24 @@ def test_a_test_rig_claims_as_the_worker_does(tmp_path: Path) -> None:
     ctx = claim_context(store, me, Capacity(slots=1), tmp_path / "scratch", [3])
     assert ctx is not None and ctx._store is store
     assert ctx.job_dir == paths.job_dir(store.root, "g", ctx.job_id, 1) and ctx.job_dir.is_dir()
-    assert ctx.scratch_dir == paths.scratch_dir(tmp_path / "scratch", "g", ctx.job_id, 1) and ctx.scratch_dir.is_dir()
+    assert ctx.scratch_dir == paths.scratch_dir(tmp_path / "scratch", store.root, "g", ctx.job_id, 1)
+    assert ctx.scratch_dir.is_dir()
     assert job_variables(ctx) == {k: v for k, v in ctx.to_env().items() if k.startswith("MEMQ_")}
     assert job_variables(ctx)["MEMQ_GPUS"] == "3" and "CUDA_VISIBLE_DEVICES" not in job_variables(ctx)
     assert claim_context(store, me, Capacity(slots=1), tmp_path / "scratch") is None
+
+
+def test_two_roots_on_one_node_keep_their_scratch_apart(tmp_path: Path) -> None:
+    """Job 1 of grid g in two roots, claimed with one scratch: each attempt gets its own directory."""
+    dirs = []
+    for name in ("lab-a/root", "lab-b/root"):
+        store = open_store(RootOptions(root=str(tmp_path / name), db_mode="local"), create=True)
+        store.submit(GridSpec("g", (GroupSpec("a"),), (JobSpec("g", "a", "mem.train", {"x": 1}),)))
+        me = store.register_worker("rig", socket.gethostname(), os.getpid(), "boot", [], 1, 60.0)
+        ctx = claim_context(store, me, Capacity(slots=1), tmp_path / "scratch")
+        assert ctx is not None and (ctx.grid, ctx.job_id, ctx.attempt) == ("g", 1, 1)
+        dirs.append(ctx.scratch_dir)
+    assert dirs[0] != dirs[1] and all(d.is_dir() and d.is_relative_to(tmp_path / "scratch") for d in dirs)
 
 
 def test_launching_renders_a_command_over_the_workers_environment(tmp_path: Path) -> None:
