@@ -51,16 +51,11 @@ def open_root(root: Path) -> Any:
 
 def claim(store: Any, root: Path) -> Any:
     """Claim the next job as a worker on this host would, and its JobContext."""
-    from memq.context import JobContext
-    from memq.paths import job_dir
     from memq.store.types import Capacity
+    from memq.testing import claim_context
 
     worker = store.register_worker(f"bench-{os.getpid()}", socket.gethostname(), os.getpid(), "boot", [], 1, 3600)
-    _, c = store.claim(worker, Capacity(gpus=1, slots=1))
-    directory = job_dir(root, c.grid, c.job_id, c.attempt)
-    directory.mkdir(parents=True, exist_ok=True)
-    return JobContext(job_id=c.job_id, attempt=c.attempt, grid=c.grid, group=c.group, kind=c.kind, params=c.params,
-                      repeat=c.repeat, job_dir=directory, scratch_dir=directory, root=root, _store=store)
+    return claim_context(store, worker, Capacity(gpus=1, slots=1), root / "scratch")
 
 
 def prepare(directory: Path, subjects: int, voxels: int, train: int, predict: int) -> list[dict[str, Any]]:
