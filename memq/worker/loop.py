@@ -9,7 +9,9 @@ and wakes for
 * the heartbeat timer (only while it runs jobs) -> one write renews all its leases, then every
   supervisor is told to renew; the reply says what was fenced, cancelled, or drained;
 * the poll timer -> stat the version file; claim only when it changed or a capped back-off
-  expired, so idle workers cause no database transactions;
+  expired, so idle workers cause no database transactions. Every claim that finds nothing it may
+  run (wherever in the loop it happens) sets the claim timer to when the first backed-off job is
+  due: a retry starts on time on any worker with room, whatever woke whom before;
 * the reaper timer (memq/worker/reaper.py).
 
 A database that cannot be reached (a PostgreSQL restart, an NFS error) does not stop the worker:
@@ -44,17 +46,17 @@ from memq.worker.wakeup import Wakeup
 
 EXIT_LOST_LEASE = 3  # `memq worker`'s exit code when another worker declared it dead
 MAX_OUTAGE_PAUSE = 10.0
+MIN_CLAIM_WAIT = 0.05  # seconds: a retry due now is claimed at once, but the loop never spins
 
 
 @dataclass
 class Timers:
-    """When the loop next heartbeats, reaps, polls the version file and claims (monotonic seconds),
-    and what it saw last; the loop starts afresh with new ones after a database outage."""
+    """When the loop next heartbeats, reaps and polls the version file (monotonic seconds), and what
+    it saw last; the loop starts afresh with new ones after a database outage."""
 
     heartbeat: float
     reap: float
     poll: float
-    claim: float
     idle_since: float
     version: Any = None
     announced_drain: bool = False
@@ -81,6 +83,7 @@ class Worker:
         self.stop_now = False
         self.ref: WorkerRef | None = None
         self.wakeup = Wakeup()
+        self.claim_at = 0.0  # when to claim next though the version file did not change (monotonic)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -122,18 +125,19 @@ class Worker:
 
     def _loop(self) -> int:
         now = time.monotonic()
-        timers = Timers(heartbeat=now + self.cfg.heartbeat, reap=now + self.cfg.lease / 4, poll=now, claim=now,
-                        idle_since=now)
+        timers = Timers(heartbeat=now + self.cfg.heartbeat, reap=now + self.cfg.lease / 4, poll=now, idle_since=now)
+        self.claim_at = now
         while True:
             now = time.monotonic()
             self._stop_when_asked(now, timers)
             self._settle(now)
             if not self._keep_leases(now, timers):
                 return EXIT_LOST_LEASE
-            if self._may_claim() and now >= timers.claim:
+            if self._may_claim() and now >= self.claim_at:
+                # when full, the next claim comes with the end of a job; a dry claim moves this up
+                self.claim_at = time.monotonic() + self._jittered(self.cfg.safety_poll)
                 if self._claim_all():
                     timers.idle_since = time.monotonic()
-                timers.claim = time.monotonic() + self._claim_timer()
             code = self._exit_code(timers)
             if code is not None:
                 return code
@@ -179,7 +183,7 @@ class Worker:
             current = self.store.version()
             if current != timers.version:
                 timers.version = current
-                timers.claim = now
+                self.claim_at = now
                 self.reaper.others_busy = True
                 return self._heartbeat()
         return True
@@ -206,7 +210,7 @@ class Worker:
         self.store.set_worker_state(self.ref.id, state, why)
 
     def _next_deadline(self, timers: Timers) -> float:
-        deadlines = [timers.poll, timers.claim if self._may_claim() else timers.poll]
+        deadlines = [timers.poll, self.claim_at if self._may_claim() else timers.poll]
         if self.jobs:
             deadlines.append(timers.heartbeat)
         if self.jobs or self.reaper.others_busy:
@@ -246,12 +250,15 @@ class Worker:
                 break
         return any_claimed
 
-    def _claim_timer(self) -> float:
-        """Seconds until the next claim not prompted by the version file: when the first backed-off
-        job becomes due, else a long safety period; jittered so idle workers do not fire together."""
-        wait = min(self.store.retry_in if self.store.retry_in is not None else self.cfg.safety_poll,
-                   self.cfg.safety_poll)
-        return max(wait, self.cfg.poll) * random.uniform(1.0, 1.2)
+    def _ran_dry(self) -> None:
+        """A claim found nothing this worker may run: claim again when the first backed-off job is
+        due (the store's answer to that very claim), else after the safety period."""
+        due = self.store.retry_in if self.store.retry_in is not None else self.cfg.safety_poll
+        self.claim_at = time.monotonic() + self._jittered(min(due, self.cfg.safety_poll))
+
+    def _jittered(self, seconds: float) -> float:
+        """A little later, by at most one poll period, so that idle workers do not claim together."""
+        return max(seconds, MIN_CLAIM_WAIT) + random.uniform(0.0, min(self.cfg.poll, 1.0))
 
     def _pending(self, done: Outcome) -> None:
         """An attempt ended: its outcome waits for the next transaction."""
@@ -282,6 +289,8 @@ class Worker:
         if not want and not self.unrecorded:
             return 0
         accepted, claims = self.store.claim_many(self.ref, capacity, self.unrecorded, want)
+        if len(claims) < want:
+            self._ran_dry()
         for done, ok in zip(self.unrecorded, accepted, strict=True):
             if not ok:
                 self.log(f"job {done.job_id} attempt {done.attempt}: superseded; its result was not recorded")

@@ -1,10 +1,11 @@
 """A job for the worker tests: proves attempts of one job never overlap.
 
-    jobscript.py OUTDIR JOB_ID ATTEMPT SECONDS [fail|child]
+    jobscript.py OUTDIR JOB_ID ATTEMPT SECONDS [fail|failfirst|child]
 
 Holds an exclusive flock on OUTDIR/JOB.lock while it runs; a killed attempt's lock is released
 by the kernel. If the lock is already held when an attempt starts, an earlier attempt of the same
-job is still alive: it writes JOB.ATTEMPT.overlap. Records start/end (time, pid, GPUs); `child`
+job is still alive: it writes JOB.ATTEMPT.overlap. ``fail`` exits 7 every time, ``failfirst`` on
+attempt 1 only. Records start/end (time, pid, GPUs); `child`
 also leaves a grandchild `sleep` whose pid it records, to prove no job process outlives its worker.
 """
 
@@ -32,7 +33,7 @@ record = {"start": time.time(), "pids": pids, "gpus": os.environ.get("CUDA_VISIB
 with open(os.path.join(out, f"{job}.{attempt}.start"), "w") as fh:
     json.dump(record, fh)
 time.sleep(seconds)
-if mode == "fail":
+if mode == "fail" or (mode == "failfirst" and attempt == "1"):
     sys.exit(7)
 with open(os.path.join(out, f"{job}.{attempt}.end"), "w") as fh:
     json.dump({"end": time.time()}, fh)

@@ -139,6 +139,27 @@ def test_chaos_every_job_succeeds_once_and_attempts_never_overlap(multihost_rig:
     assert store.integrity() == []
 
 
+def test_a_due_retry_starts_at_once_on_a_worker_with_a_free_slot(tmp_path: Path, out: Path) -> None:
+    """Job 1 fails while the worker is full; its back-off ends while job 3 still runs and a slot is free.
+
+    The version-file bump of its requeue came while no slot was free, and the claim that found the
+    queue dry (job 2's end) was not the one the claim timer listens to: the retry waited for job 3."""
+    rig = Rig("local", [tmp_path / "root"])
+    store = rig.store()
+    specs = (jobs_of("d", "g", out, [0.3], "failfirst", max_attempts=2) + jobs_of("d", "g", out, [1.5])
+             + jobs_of("d", "g", out, [15]))
+    store.submit(GridSpec("d", (GroupSpec("g"),), tuple(specs)))
+    worker = start_worker(rig, 0, "w", tmp_path, "--slots", "2", "--retry-backoff", "3")
+    try:
+        assert wait_until(lambda: (1, 2) in started(out), 14), "the retry waited for a slot it already had"
+        first, second = store.attempts(1)
+        assert first["outcome"] == "failed"
+        assert second["started_at"] - (first["ended_at"] + 3) < 2.0
+        assert (3, 1) in started(out) and not (out / "3.1.end").exists()
+    finally:
+        assert stop([worker], tmp_path) == [0]
+
+
 def test_sigkilled_worker_leaves_no_job_process(tmp_path: Path, out: Path) -> None:
     rig = Rig("local", [tmp_path / "root"])
     store = rig.store()
