@@ -44,7 +44,6 @@ from memq.worker.protocol import Renew, Stop
 from memq.worker.reaper import Reaper
 from memq.worker.wakeup import Wakeup
 
-EXIT_LOST_LEASE = 3  # `memq worker`'s exit code when another worker declared it dead
 MAX_OUTAGE_PAUSE = 10.0
 MIN_CLAIM_WAIT = 0.05  # seconds: a retry due now is claimed at once, but the loop never spins
 
@@ -93,19 +92,40 @@ class Worker:
 
     def run(self) -> int:
         cfg = self.cfg
-        self.ref = self.store.register_worker(cfg.name, socket.gethostname(), os.getpid(), boot_id(), cfg.gpus,
-                                              cfg.slots, cfg.lease)
+        self._register()
         self.log(f"started (pid {os.getpid()}, GPUs {','.join(map(str, cfg.gpus)) or 'none'}, "
                  f"{cfg.slots} CPU slots, lease {cfg.lease:g}s)")
         pause = 1.0
         with self.wakeup.signals(self._on_signal):
             while True:
                 try:
-                    return self._loop()
+                    code = self._loop()
                 except StoreUnavailable as exc:
                     self.log(f"database unavailable ({exc.reason}): running jobs go on; trying again in {pause:g}s")
                     self._wait(pause)
                     pause = min(pause * 2, MAX_OUTAGE_PAUSE)
+                    continue
+                if code is not None:
+                    return code
+                self._rejoin()
+
+    def _register(self) -> None:
+        cfg = self.cfg
+        self.ref = self.store.register_worker(cfg.name, socket.gethostname(), os.getpid(), boot_id(), cfg.gpus,
+                                              cfg.slots, cfg.lease)
+
+    def _rejoin(self) -> None:
+        """Declared dead while it stalled: its jobs are killed and were rerun elsewhere, so nothing of
+        this life is recorded; it serves on as the next incarnation of its name (a worker started by
+        hand must not silently stop). The old incarnation stays fenced."""
+        for job in self.jobs.values():
+            self._forget(job)
+        self.jobs.clear()
+        self.ahead.clear()
+        self.unrecorded.clear()
+        self.unrecorded_since = None
+        self._register()
+        self.log(f"rejoined as incarnation {self.ref.incarnation}; serving on")
 
     def _wait(self, seconds: float) -> None:
         """Sleep ``seconds`` while still noticing signals and what the supervisors say."""
@@ -123,7 +143,8 @@ class Worker:
         self.draining = why
         self.drain_deadline = time.monotonic() + self.cfg.term_grace
 
-    def _loop(self) -> int:
+    def _loop(self) -> int | None:
+        """Serve until the worker should exit (its exit code), or None once it was declared dead."""
         now = time.monotonic()
         timers = Timers(heartbeat=now + self.cfg.heartbeat, reap=now + self.cfg.lease / 4, poll=now, idle_since=now)
         self.claim_at = now
@@ -132,7 +153,7 @@ class Worker:
             self._stop_when_asked(now, timers)
             self._settle(now)
             if not self._keep_leases(now, timers):
-                return EXIT_LOST_LEASE
+                return None
             if self._may_claim() and now >= self.claim_at:
                 # when full, the next claim comes with the end of a job; a dry claim moves this up
                 self.claim_at = time.monotonic() + self._jittered(self.cfg.safety_poll)
@@ -362,8 +383,8 @@ class Worker:
         running += [Running(done.job_id, done.attempt) for done in self.unrecorded]
         reply = self.store.heartbeat(self.ref, running)
         if not reply.alive:
-            self.log("declared dead by another worker (no heartbeat within the lease): killing my jobs "
-                     "and standing down")
+            self.log("declared dead by another worker (no heartbeat within the lease): killing my jobs; "
+                     "their attempts were given to other workers")
             for job in self.jobs.values():
                 self._end_job(job, "fenced", kill=True)
             self.ahead.clear()

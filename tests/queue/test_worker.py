@@ -189,12 +189,18 @@ def test_stopped_worker_is_fenced_and_its_job_is_not_recorded_twice(tmp_path: Pa
         assert wait_until(lambda: (1, 2) in started(out), 30)
     finally:
         os.kill(stale.pid, signal.SIGCONT)
-    assert stale.wait(timeout=30) == 3  # it learns it was declared dead and stands down
+    # it learns it was declared dead and rejoins as the next incarnation of its name
+    assert wait_until(lambda: "rejoined as incarnation 2" in (tmp_path / "stale.log").read_text(), 30)
     assert wait_until(lambda: store.counts()["s"]["succeeded"] == 1, 30)
     assert stop([other]) == [0]
     assert [a["outcome"] for a in store.attempts(1)] == ["lost", "succeeded"]
     assert not list(out.glob("*.overlap"))
     assert "declared dead" in (tmp_path / "stale.log").read_text()
+    # ...and serves on: alone now, it runs the next job
+    store.submit(GridSpec("s2", (GroupSpec("g"),), tuple(jobs_of("s2", "g", out, [0.1]))))
+    assert wait_until(lambda: store.counts()["s2"]["succeeded"] == 1, 30)
+    assert stale.poll() is None and stop([stale]) == [0]
+    assert next(w for w in store.workers() if w["name"] == "stale")["incarnation"] == 2
 
 
 def test_dependencies_and_a_failed_dependency_blocks_with_a_reason(tmp_path: Path, out: Path, cli) -> None:
