@@ -9,9 +9,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from memq.host import runs_here
 from memq.store.schema import STATES
 from memq.store.store import Store
 
+LIVE_STATES = ("active", "draining", "quarantined")  # worker states that may still hold jobs
+PERMANENT_EXIT = 78  # memq.jobenv.EXIT_PERMANENT: the job said retrying cannot help
 STATE_STYLES = {"queued": "cyan", "running": "yellow", "succeeded": "green", "failed": "red", "cancelled": "dim"}
 
 
@@ -31,6 +34,33 @@ def _blocked_reason(group: dict[str, Any], by_name: dict[str, dict[str, Any]]) -
     return "waits for " + ", ".join(waiting or group["after"])
 
 
+def presumed_dead(worker: dict[str, Any], holds_jobs: bool, now: float) -> str | None:
+    """What a live-looking worker row implies, when something speaks against it: its process is
+    gone from this host, or it holds jobs and has not heartbeated for over a lease. (Idle workers
+    do not heartbeat, so an old heartbeat alone says nothing about them.) Display only: the
+    workers' own reaping decides, on their own clocks."""
+    if worker["state"] not in LIVE_STATES:
+        return None
+    if runs_here(worker["host"], worker["boot"], worker["pid"]) is False:
+        return f"presumed dead: pid {worker['pid']} is gone from this host"
+    age = now - worker["heartbeat_at"] if worker["heartbeat_at"] else None
+    if holds_jobs and age is not None and age > worker["lease"]:
+        return f"presumed dead: no heartbeat for {_age(age)}, lease {worker['lease']:g}s"
+    return None
+
+
+def _unrunnable(store: Store, workers: list[dict[str, Any]]) -> dict[str, str]:
+    """grid -> why some of its queued jobs can run on no worker registered now (too many GPUs)."""
+    live = [w for w in workers if w["state"] in LIVE_STATES and not w["presumed_dead"]]
+    most = max((len(w["gpus"] or []) for w in live), default=0)
+    notes = {}
+    for grid, needs in store.queued_needing_gpus(most).items():
+        jobs = sum(needs.values())
+        notes[grid] = (f"{jobs} queued job{'s' if jobs != 1 else ''} need{'s' if jobs == 1 else ''} "
+                       f"{max(needs)} GPU{'s' if max(needs) != 1 else ''}; no live worker has more than {most}")
+    return notes
+
+
 def snapshot(store: Store, *, with_groups: bool = True) -> dict[str, Any]:
     """Everything `memq status` shows, as JSON-ready values."""
     now = time.time()
@@ -42,9 +72,9 @@ def snapshot(store: Store, *, with_groups: bool = True) -> dict[str, Any]:
     for name, per_state in counts.items():
         for state, n in per_state.items():
             total[state] += n
-        entry: dict[str, Any] = {"name": name, "paused": bool(grids_meta[name]["paused"]), "counts": per_state,
-                                 "total": sum(per_state.values())}
         remaining = per_state["queued"] + per_state["running"]
+        entry: dict[str, Any] = {"name": name, "paused": bool(grids_meta[name]["paused"]), "counts": per_state,
+                                 "total": sum(per_state.values()), "done": remaining == 0}
         if name in durations and remaining:
             entry["eta_s"] = round(remaining * durations[name] / max(per_state["running"], 1), 1)
         if with_groups:
@@ -64,11 +94,18 @@ def snapshot(store: Store, *, with_groups: bool = True) -> dict[str, Any]:
             continue
         workers.append({
             "name": w["name"], "host": w["host"], "state": w["state"], "reason": w["reason"], "gpus": w["gpus"],
-            "slots": w["slots"], "heartbeat": w["heartbeat"], "drain": w["drain"],
+            "slots": w["slots"], "heartbeat": w["heartbeat"], "drain": w["drain"], "lease": w["lease"],
             "heartbeat_age_s": round(now - w["heartbeat_at"], 1) if w["heartbeat_at"] else None,
+            "presumed_dead": presumed_dead(w, w["id"] in running, now),
             "running": running.get(w["id"], []),
         })
-    return {"counts": total, "grids": grids, "workers": workers, "recent_failures": store.recent_failures()}
+    for grid, note in _unrunnable(store, workers).items():
+        next(g for g in grids if g["name"] == grid)["unrunnable"] = note
+    failures = store.recent_failures()
+    for f in failures:
+        f["permanent"] = f["exit_code"] == PERMANENT_EXIT
+        f["age_s"] = round(now - f["ended_at"], 1) if f["ended_at"] else None
+    return {"counts": total, "grids": grids, "workers": workers, "recent_failures": failures}
 
 
 def _age(seconds: float | None) -> str:
@@ -80,6 +117,17 @@ def _age(seconds: float | None) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.0f}m"
     return f"{seconds / 3600:.1f}h"
+
+
+def _grid_end(grid: dict[str, Any]) -> Any:
+    """The eta column: time left, or that the grid is done and how it ended."""
+    from rich.text import Text
+
+    if not grid["done"]:
+        return _age(grid["eta_s"]) if "eta_s" in grid else ""
+    c = grid["counts"]
+    bad = [f"{c[state]} {state}" for state in ("failed", "cancelled") if c[state]]
+    return Text("done: " + ", ".join(bad), style="red") if bad else Text("done", style="green")
 
 
 def _progress_text(progress: dict[str, Any] | None) -> str:
@@ -97,15 +145,19 @@ def render(snap: dict[str, Any]) -> Any:
 
     parts: list[Any] = []
     grids = Table(title="grids", title_justify="left", expand=False)
-    for col in ("grid", "progress", *STATES, "eta"):
-        grids.add_column(col, justify="right" if col in STATES else "left")
+    for col in ("grid", "ended", *STATES, "eta"):
+        grids.add_column(col, justify="right" if col in STATES else "left", no_wrap=col == "eta")
     for g in snap["grids"]:
         c, total = g["counts"], g["total"] or 1
         name = g["name"] + (" [paused]" if g["paused"] else "")
-        grids.add_row(name, ProgressBar(total=total, completed=c["succeeded"], width=24),
+        ended = c["succeeded"] + c["failed"] + c["cancelled"]
+        grids.add_row(name, ProgressBar(total=total, completed=ended, width=16),
                       *(Text(str(c[s]), style=STATE_STYLES[s] if c[s] else "dim") for s in STATES),
-                      _age(g.get("eta_s")) if "eta_s" in g else "")
+                      _grid_end(g))
     parts.append(grids)
+    for g in snap["grids"]:
+        if g.get("unrunnable"):
+            parts.append(Text(f"  {g['name']}: {g['unrunnable']} (start a worker with --gpus)", style="red"))
     for g in snap["grids"]:
         waiting = [group for group in g.get("groups", []) if group.get("blocked")]
         failed = [group for group in waiting if group["blocked"].startswith("blocked")]
@@ -123,18 +175,23 @@ def render(snap: dict[str, Any]) -> Any:
             workers.add_column(col)
         for w in snap["workers"]:
             state = w["state"] + (f": {w['reason']}" if w["reason"] else "") + (" (draining)" if w["drain"] else "")
+            if w["presumed_dead"]:
+                state += f" - {w['presumed_dead']}"
             jobs = "\n".join(f"{j['id']} ({j['grid']}) {_progress_text(j['progress'])}".rstrip()
                              for j in w["running"]) or "-"
-            style = {"quarantined": "red", "dead": "dim", "stopped": "dim"}.get(w["state"], "")
+            style = "red" if w["presumed_dead"] else {"quarantined": "red", "dead": "dim", "stopped": "dim"}.get(
+                w["state"], "")
             workers.add_row(w["name"], w["host"], Text(state, style=style), ",".join(map(str, w["gpus"] or [])) or "-",
                             _age(w["heartbeat_age_s"]), jobs)
         parts.append(workers)
     if snap["recent_failures"]:
         failures = Table(title="recent failures", title_justify="left")
-        for col in ("job", "attempt", "outcome", "exit", "reason"):
+        for col in ("job", "grid/group", "attempt", "when", "outcome", "exit", "reason"):
             failures.add_column(col)
         for f in snap["recent_failures"]:
-            failures.add_row(str(f["job_id"]), str(f["attempt"]), f["outcome"],
+            outcome = f["outcome"] + (" (permanent)" if f["permanent"] else "")
+            failures.add_row(str(f["job_id"]), f"{f['grid']}/{f['group']}", str(f["attempt"]),
+                             f"{_age(f['age_s'])} ago" if f["age_s"] is not None else "-", outcome,
                              "" if f["exit_code"] is None else str(f["exit_code"]), (f["reason"] or "")[:80])
         parts.append(failures)
     if not snap["grids"]:

@@ -65,6 +65,13 @@ class ReadOps(StoreBase):
     def recent_failures(self, limit: int = 5) -> list[dict[str, Any]]:
         return self._read(lambda conn: _rows(conn, q.recent_failures(limit)))
 
+    def queued_needing_gpus(self, gpus: int) -> dict[str, dict[int, int]]:
+        """grid -> GPUs needed -> queued jobs, for the queued jobs that need more than ``gpus``."""
+        out: dict[str, dict[int, int]] = {}
+        for grid, need, n in self._read(lambda conn: conn.execute(q.queued_needing_gpus(), {"p_gpus": gpus}).all()):
+            out.setdefault(grid, {})[need] = n
+        return out
+
     def attempts(self, job_id: int) -> list[dict[str, Any]]:
         return self._read(lambda conn: _rows(conn, q.attempts(job_id)))
 

@@ -418,8 +418,20 @@ def mean_durations() -> Any:
 
 
 def recent_failures(limit: int) -> Any:
-    return (sa.select(A.c.job_id, A.c.attempt, A.c.outcome, A.c.exit_code, A.c.reason, A.c.ended_at)
+    """The last failed or lost attempts, newest first, with their job's grid and group."""
+    g, gr = s.groups, s.grids
+    return (sa.select(A.c.job_id, A.c.attempt, A.c.outcome, A.c.exit_code, A.c.reason, A.c.ended_at,
+                      gr.c.name.label("grid"), g.c.name.label("group"))
+            .select_from(A.join(J, J.c.id == A.c.job_id).join(g, g.c.id == J.c.group_id)
+                         .join(gr, gr.c.id == g.c.grid_id))
             .where(A.c.outcome.in_(["failed", "lost"])).order_by(A.c.ended_at.desc(), A.c.job_id.desc()).limit(limit))
+
+
+def queued_needing_gpus() -> Any:
+    """(grid, GPUs needed, queued jobs) for the queued jobs that need more than ``p_gpus`` GPUs."""
+    gr = s.grids
+    return (sa.select(gr.c.name, J.c.gpus, sa.func.count()).select_from(J.join(gr, gr.c.id == J.c.grid_id))
+            .where(J.c.state == _lit(Q.QUEUED.value), J.c.gpus > bp("p_gpus")).group_by(gr.c.name, J.c.gpus))
 
 
 def attempts(job_id: int) -> Any:
