@@ -29,6 +29,7 @@ import socket
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TextIO
 
 from memq.claim_ahead import ClaimAhead
@@ -72,6 +73,7 @@ class Worker:
         self.jobs: dict[int, ActiveJob] = {}
         self.unrecorded: list[Outcome] = []  # ended attempts the store has not taken yet
         self.unrecorded_since: float | None = None  # when the oldest of them ended (monotonic)
+        self.unrecorded_logs: dict[tuple[int, int], Path] = {}  # their job logs, to say if one was superseded
         self.ahead: list[Claim] = []  # claimed in an earlier transaction, not started yet
         self.pace = ClaimAhead(config.claim_ahead)
         self.policy = OutcomePolicy(config.retry_backoff, config.quarantine_after)
@@ -123,6 +125,7 @@ class Worker:
         self.jobs.clear()
         self.ahead.clear()
         self.unrecorded.clear()
+        self.unrecorded_logs.clear()
         self.unrecorded_since = None
         self._register()
         self.log(f"rejoined as incarnation {self.ref.incarnation}; serving on")
@@ -183,6 +186,7 @@ class Worker:
         for job in [job for job in self.jobs.values() if job.result is not None]:
             self.pace.ran(now - job.started)
             self._pending(self._judge(job))
+            self.unrecorded_logs[(job.claim.job_id, job.claim.attempt)] = job.log
             del self.jobs[job.claim.job_id]
         self._start_ahead()
         if self._must_record(now):
@@ -313,8 +317,12 @@ class Worker:
         if len(claims) < want:
             self._ran_dry()
         for done, ok in zip(self.unrecorded, accepted, strict=True):
+            log = self.unrecorded_logs.pop((done.job_id, done.attempt), None)
             if not ok:
                 self.log(f"job {done.job_id} attempt {done.attempt}: superseded; its result was not recorded")
+                if log is not None:
+                    with contextlib.suppress(OSError), log.open("a") as fh:
+                        fh.write("# memq: superseded: another attempt replaced this one; its result was not recorded\n")
         self.unrecorded.clear()
         self.unrecorded_since = None
         self.claimed += len(claims)

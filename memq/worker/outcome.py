@@ -9,7 +9,7 @@ from pathlib import Path
 
 from memq.jobenv import EXIT_PERMANENT
 from memq.store.types import Claim, Outcome
-from memq.worker.protocol import Exited, Fenced, Killed
+from memq.worker.protocol import Exited, Fenced, Killed, Unstartable
 
 MAX_DOUBLINGS = 6
 
@@ -30,6 +30,8 @@ def failure_reason(result: object) -> str:
     code = exit_code(result)
     if code is not None:
         return f"exit code {code}" if code >= 0 else f"killed by signal {-code}"
+    if isinstance(result, Unstartable):
+        return result.why
     return str(result)  # Gone: the supervisor died
 
 
@@ -66,7 +68,7 @@ class OutcomePolicy:
         if self.failures_in_a_row >= self.quarantine_after and not self.quarantined:
             quarantine = self.quarantined = (f"{self.failures_in_a_row} job failures in a row "
                                              f"(last: job {c.job_id}, {reason})")
-        final = code == EXIT_PERMANENT
+        final = code == EXIT_PERMANENT or isinstance(result, Unstartable)
         outcome = Outcome(c.job_id, c.attempt, "failed_final" if final else "failed", exit_code=code, reason=reason,
                           backoff=0.0 if final else self.backoff(c.attempt))
         return Verdict(outcome, f"{name}: failed ({reason}); log: {log}", quarantine)

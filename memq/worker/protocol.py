@@ -2,7 +2,8 @@
 
 Worker -> supervisor: ``launch {json}`` once, then ``renew`` after every heartbeat it committed,
 and ``term WHY`` / ``kill WHY`` to stop the job. Supervisor -> worker: ``started PID``, then one
-of ``exit CODE``, ``fenced`` or ``killed WHY CODE``. Both sides use :func:`encode` and
+of ``exit CODE``, ``fenced``, ``killed WHY CODE`` or ``unstartable WHY`` (the program could not
+be executed: missing, not executable, arguments too long). Both sides use :func:`encode` and
 :class:`LineReader`. Standard library only, and NamedTuples rather than dataclasses: the
 supervisor must start fast (dataclasses imports inspect: ~20 ms more before every job starts).
 Compare messages by type and value: as tuples, ``Renew() == Fenced()``.
@@ -58,8 +59,14 @@ class Killed(NamedTuple):
     code: int
 
 
+class Unstartable(NamedTuple):
+    """The job's program could not be executed (``why``: the system's reason); retrying cannot help."""
+
+    why: str
+
+
 Command = Launch | Renew | Stop
-Report = Started | Exited | Fenced | Killed
+Report = Started | Exited | Fenced | Killed | Unstartable
 Message = Command | Report
 
 
@@ -79,6 +86,8 @@ def encode(message: Message) -> bytes:
             text = "fenced"
         case Killed(why=why, code=code):
             text = f"killed {why.replace(' ', '_')} {code}"
+        case Unstartable(why=why):
+            text = "unstartable " + json.dumps(why)
     return text.encode() + b"\n"
 
 
@@ -101,6 +110,8 @@ def decode(line: bytes) -> Message:
         case "killed":
             why, _, code = rest.rpartition(" ")
             return Killed(why, int(code))
+        case "unstartable":
+            return Unstartable(json.loads(rest))
     raise ValueError(f"not a memq supervisor message: {line[:80]!r}")
 
 

@@ -11,7 +11,9 @@ The supervisor runs the job in its own process group and kills that whole group 
   it dead and rerun the job. fence_after is well under the lease, so the old attempt is gone
   before a new one can start.
 
-It reports on stdout: Started, then Exited, Fenced or Killed.
+It reports on stdout: Started, then Exited, Fenced or Killed; or Unstartable when the program could
+not be executed. The job's log starts with the worker's header and the argv, and ends with a line
+saying how the attempt ended and after how long.
 Standard library only: it must start fast and never import the job's dependencies.
 """
 
@@ -21,6 +23,7 @@ import contextlib
 import ctypes
 import os
 import selectors
+import shlex
 import signal
 import subprocess
 import sys
@@ -37,6 +40,7 @@ from memq.worker.protocol import (
     Report,
     Started,
     Stop,
+    Unstartable,
     decode,
     encode,
 )
@@ -55,6 +59,13 @@ def _kill_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
 
 
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)
+
+
 class Supervisor:
     def __init__(self, spec: Launch) -> None:
         self.spec = spec
@@ -64,20 +75,46 @@ class Supervisor:
         self.reason: str | None = None  # why we ended the job, if we did
         self.kill_at: float | None = None
         self.last_renew = time.monotonic()
+        self.started = time.monotonic()
         self._commands = LineReader()
 
-    def start(self) -> None:
+    def note(self, line: str) -> None:
+        """Append one ``# memq:`` line to the job's log."""
+        with open(self.spec.log, "ab") as log:
+            log.write(f"# memq: {line}\n".encode(errors="backslashreplace"))
+
+    def start(self) -> bool:
+        """Start the job; False (reported as Unstartable, and said in its log) if it cannot be executed."""
         spec = self.spec
         with open(spec.log, "ab") as log:
-            if spec.header:
-                log.write(spec.header.encode() + b"\n")
-                log.flush()
-            self.proc = subprocess.Popen(
-                spec.argv, env=spec.env, cwd=spec.cwd, stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True,
-                preexec_fn=lambda: set_parent_death_signal(signal.SIGKILL),
-            )
+            log.write(spec.header.encode() + b"\n" if spec.header else b"")
+        self.note("argv " + shlex.join(spec.argv))
+        with open(spec.log, "ab") as log:
+            try:
+                self.proc = subprocess.Popen(
+                    spec.argv, env=spec.env, cwd=spec.cwd, stdin=subprocess.DEVNULL, stdout=log,
+                    stderr=subprocess.STDOUT, start_new_session=True,
+                    preexec_fn=lambda: set_parent_death_signal(signal.SIGKILL),
+                )
+            except OSError as exc:  # missing, not executable, not an executable format, argv too long
+                why = f"cannot execute {spec.argv[0]!r}: {exc.strerror or exc}"
+        if self.proc is None:
+            self.note(f"{why}; not retried")
+            self.say(Unstartable(why))
+            return False
+        self.started = time.monotonic()
         self.say(Started(self.proc.pid))
+        return True
+
+    def ending(self, code: int) -> str:
+        """The log's last line: how the attempt ended, and after how long."""
+        took = f"after {time.monotonic() - self.started:.1f}s"
+        how = f"exit code {code}" if code >= 0 else f"killed by signal {_signal_name(-code)}"
+        if self.reason == "fenced":
+            return f"stopped: lease not renewed in time (the worker stalled), {how}, {took}"
+        if self.reason is not None:
+            return f"stopped: {self.reason}, {how}, {took}"
+        return f"ended: {how}, {took}"
 
     @staticmethod
     def say(report: Report) -> None:
@@ -113,7 +150,8 @@ class Supervisor:
         return True
 
     def run(self) -> int:
-        self.start()
+        if not self.start():
+            return 0
         assert self.proc is not None
         sel = selectors.DefaultSelector()
         sel.register(sys.stdin.fileno(), selectors.EVENT_READ, "worker")
@@ -138,6 +176,8 @@ class Supervisor:
                     self.end("worker gone", signal.SIGKILL)
         code = self.proc.wait()
         _kill_group(self.proc.pid, signal.SIGKILL)  # stragglers the job left in its group
+        with contextlib.suppress(OSError):
+            self.note(self.ending(code))
         if self.reason == "fenced":
             self.say(Fenced())
         elif self.reason is not None:

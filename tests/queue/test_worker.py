@@ -7,6 +7,7 @@ import itertools
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -300,6 +301,45 @@ def test_runner_refuses_an_unknown_or_unimplemented_kind(tmp_path: Path) -> None
     env.update(MEMQ_KIND="mem.train", MEMQ_PARAMS='{"DATASET.DIR": "/no/such/dir"}')
     done = subprocess.run([sys.executable, "-m", "memq.runner"], env=env, capture_output=True, text=True)
     assert done.returncode == 78 and "/no/such/dir" in done.stderr and "not retried" in done.stderr
+
+
+def test_a_command_that_cannot_be_executed_fails_at_once_and_says_why(tmp_path: Path, cli) -> None:
+    """Missing program, a file without the x bit, an argument over the kernel's limit: permanent
+    failures at the first attempt, with the system's reason in the job's log and in `memq status`."""
+    rig = Rig("local", [tmp_path / "root"])
+    store = rig.store()
+    plain = tmp_path / "not-executable.sh"
+    plain.write_text("#!/bin/sh\necho hi\n")
+    argvs = [[str(tmp_path / "no-such-program")], [str(plain)], ["echo", "x" * 200_000]]
+    specs = tuple(JobSpec("u", "g", "command", {"i": i}, command=argv) for i, argv in enumerate(argvs))
+    store.submit(GridSpec("u", (GroupSpec("g"),), specs))
+    worker = start_worker(rig, 0, "w", tmp_path, "--idle-exit", "1", "--quarantine-after", "10")
+    assert worker.wait(timeout=60) == 0
+    why = ["No such file or directory", "Permission denied", "Argument list too long"]
+    for job, argv, expected in zip(store.jobs(), argvs, why, strict=True):
+        assert (job["state"], job["attempt"]) == ("failed", 1), job
+        assert job["reason"] == f"cannot execute {argv[0]!r}: {expected}"
+        log = cli(*rig.cli_args(), "logs", job["id"]).out
+        assert log.splitlines()[-1] == f"# memq: {job['reason']}; not retried"
+        assert "# memq: argv " in log
+    failures = json.loads(cli(*rig.cli_args(), "status", "--json").out)["recent_failures"]
+    assert sorted(f["reason"] for f in failures) == sorted(j["reason"] for j in store.jobs())
+
+
+def test_a_job_log_ends_with_how_the_attempt_ended(tmp_path: Path, out: Path, cli) -> None:
+    rig = Rig("local", [tmp_path / "root"])
+    store = rig.store()
+    store.submit(GridSpec("e", (GroupSpec("g"),), tuple(jobs_of("e", "g", out, [0.1, 30]))))
+    worker = start_worker(rig, 0, "w", tmp_path, "--slots", "2")
+    assert wait_until(lambda: (2, 1) in started(out) and store.counts()["e"]["succeeded"] == 1, 30)
+    assert cli(*rig.cli_args(), "cancel", "2").code == 0
+    assert wait_until(lambda: store.counts()["e"]["cancelled"] == 1, 30)
+    assert stop([worker], tmp_path) == [0]
+    first = cli(*rig.cli_args(), "logs", "1").out.splitlines()[1:]  # after the "==> job 1 attempt 1" title
+    assert first[0].startswith("# memq: job 1 attempt 1 on ") and first[1].startswith("# memq: argv ")
+    assert re.fullmatch(r"# memq: ended: exit code 0, after \d+\.\ds", first[-1])
+    last = cli(*rig.cli_args(), "logs", "2").out.splitlines()[-1]
+    assert re.fullmatch(r"# memq: stopped: cancelled, killed by signal SIGTERM, after \d+\.\ds", last)
 
 
 def test_logs_follow_a_job_across_attempts(tmp_path: Path, out: Path, cli) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -23,7 +24,19 @@ from memq.store.types import Capacity, Claim
 from memq.testing import claim_context, job_variables
 from memq.worker.launch import Gone, Supervised, launch_message
 from memq.worker.outcome import OutcomePolicy, Verdict
-from memq.worker.protocol import Exited, Fenced, Killed, Launch, LineReader, Renew, Started, Stop, decode, encode
+from memq.worker.protocol import (
+    Exited,
+    Fenced,
+    Killed,
+    Launch,
+    LineReader,
+    Renew,
+    Started,
+    Stop,
+    Unstartable,
+    decode,
+    encode,
+)
 from memq.worker.reaper import Reaper
 
 REPO = Path(__file__).parents[2]
@@ -32,6 +45,7 @@ MESSAGES = [
            fence_after=1.5, term_grace=2.0, header="# memq: job 1"),
     Renew(), Stop("requeued", kill=True), Stop("cancelled"), Stop(),
     Started(123), Exited(0), Exited(-9), Fenced(), Killed("worker_gone", -9),
+    Unstartable("cannot execute 'nope': No such file or directory"),
 ]
 
 
@@ -77,7 +91,10 @@ def reports(supervisor: Supervised, *, until: type | None = None, timeout: float
 def test_the_supervisor_reports_the_start_and_the_exit_code_and_logs_the_output(tmp_path: Path) -> None:
     said = reports(supervise(tmp_path, "import sys; print('hi'); sys.exit(3)"))
     assert len(said) == 2 and isinstance(said[0], Started) and same(said[1], Exited(3))
-    assert (tmp_path / "log.txt").read_text() == "# head\nhi\n"
+    head, argv, output, end = (tmp_path / "log.txt").read_text().splitlines()
+    assert (head, argv, output) == ("# head", f"# memq: argv {sys.executable} -c 'import sys; print('\"'\"'hi'\"'\"'); "
+                                              "sys.exit(3)'", "hi")
+    assert re.fullmatch(r"# memq: ended: exit code 3, after \d+\.\ds", end)
 
 
 def test_the_supervisor_stops_on_request_and_fences_a_job_whose_lease_is_not_renewed(tmp_path: Path) -> None:
