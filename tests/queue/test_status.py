@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -51,7 +52,7 @@ def test_a_worker_elsewhere_that_holds_jobs_without_heartbeats_is_presumed_dead(
     assert store.claim(far, Capacity(slots=1))[1] is not None
     time.sleep(1.2)
     (row,) = _status(cli, rig)["workers"]
-    assert row["presumed_dead"].startswith("presumed dead: no heartbeat for 1s, lease 0.5s")
+    assert re.fullmatch(r"presumed dead: no heartbeat for \d+s, lease 0\.5s", row["presumed_dead"])
 
 
 def test_a_grid_whose_jobs_all_ended_says_done_and_how(tmp_path: Path, cli) -> None:
