@@ -3,11 +3,12 @@
     python bench/retry_latency.py                        # 3 workers x 2 slots, 60 jobs, back-off 3 s
     python bench/retry_latency.py --stall                # and workers SIGSTOPped for 0.2-1.5 s at random
 
-Every third job fails on its first attempt (exit 7) and is retried after `--retry-backoff` seconds;
-the others run 0.1-1.5 s and succeed. Real `memq worker` processes on a fresh SQLite root (local
-mode). For each retry: lateness = start of attempt 2 - (end of attempt 1 + back-off), both as the
-store recorded them. The workers have more slots than the queue needs most of the time, so a
-retry that starts late waited with a slot free. Target: a few seconds at most (one poll period).
+Every third job fails on its first attempt (exit 7) and is retried after `--retry-backoff` seconds.
+Jobs run 0.1-1.5 s, except every seventh (unless --no-long), which runs 8-15 s and keeps a slot
+busy: failures then arrive while workers are full, and retries fall due once slots are free again.
+Real `memq worker` processes on a fresh SQLite root (local mode). For each retry: lateness = start
+of attempt 2 - (end of attempt 1 + back-off), both as the store recorded them. Target: a few
+seconds at most (one poll period) while a worker has a free slot.
 """
 
 from __future__ import annotations
@@ -36,9 +37,10 @@ JOB = ("import os, sys, time; time.sleep(float(sys.argv[1]));"
 def run(args: argparse.Namespace, directory: Path) -> list[float]:
     store = open_store(RootOptions(root=str(directory / "root"), db_mode="local"), create=True)
     rng = random.Random(args.seed)
+    seconds = [rng.uniform(8, 15) if i % 7 == 6 and args.long else rng.uniform(0.1, 1.5) for i in range(args.jobs)]
     specs = tuple(JobSpec("r", "g", "command", {"i": i}, max_attempts=3,
-                          command=[sys.executable, "-c", JOB, str(round(rng.uniform(0.1, 1.5), 2)),
-                                   "fail" if i % 3 == 0 else "ok"]) for i in range(args.jobs))
+                          command=[sys.executable, "-c", JOB, f"{s:.2f}", "fail" if i % 3 == 0 else "ok"])
+                  for i, s in enumerate(seconds))
     store.submit(GridSpec("r", (GroupSpec("g"),), specs))
     env = {**os.environ, "MEMQ_SCRATCH": str(directory / "scratch")}
     workers = [subprocess.Popen([*MEMQ, "--root", str(directory / "root"), "--db-mode", "local", "worker", "--gpus",
@@ -77,6 +79,8 @@ def main() -> None:
     parser.add_argument("--slots", type=int, default=2)
     parser.add_argument("--retry-backoff", type=float, default=3.0)
     parser.add_argument("--stall", action="store_true", help="SIGSTOP a random worker for 0.2-1.5 s, again and again")
+    parser.add_argument("--long", action=argparse.BooleanOptionalAction, default=True,
+                        help="every seventh job runs 8-15 s (--no-long: all are short)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=300)
     args = parser.parse_args()
