@@ -161,6 +161,48 @@ def test_a_due_retry_starts_at_once_on_a_worker_with_a_free_slot(tmp_path: Path,
         assert stop([worker], tmp_path) == [0]
 
 
+def test_chaos_retries_start_within_seconds_of_their_due_time(tmp_path: Path, out: Path) -> None:
+    """Short back-offs, workers stalled (SIGSTOP, under the fencing time) and job processes killed at
+    random: a retried job starts within a few seconds of its back-off's end - jobs are short and
+    the retry is first in line, so only a worker that forgot it would leave it waiting."""
+    rig = Rig("local", [tmp_path / "root"])
+    store = rig.store()
+    rng = random.Random(11)
+    specs = [spec for i in range(45)
+             for spec in jobs_of("c", "g", out, [round(rng.uniform(0.1, 1.0), 2)], "failfirst" if i % 3 == 0 else "",
+                                 max_attempts=10)]
+    specs = [JobSpec(spec.grid, spec.group, spec.kind, {**spec.params, "i": i}, command=spec.command,
+                     max_attempts=10) for i, spec in enumerate(specs)]
+    store.submit(GridSpec("c", (GroupSpec("g"),), tuple(specs)))
+    backoff = 1.0
+    workers = [start_worker(rig, 0, f"w{i}", tmp_path, "--slots", "2", "--heartbeat", "0.5", "--lease", "6",
+                            "--retry-backoff", str(backoff), "--quarantine-after", "100") for i in range(3)]
+    deadline = time.monotonic() + 180
+    while store.counts()["c"]["succeeded"] < len(specs) and time.monotonic() < deadline:
+        time.sleep(rng.uniform(0.2, 0.8))
+        if rng.random() < 0.5:
+            victim = rng.choice(workers)
+            os.kill(victim.pid, signal.SIGSTOP)
+            time.sleep(rng.uniform(0.2, 1.2))  # well under lease/2: its jobs are not fenced
+            os.kill(victim.pid, signal.SIGCONT)
+        else:
+            pids = [r["pids"][0] for (job, k), r in started(out).items()
+                    if alive(r["pids"][0]) and not (out / f"{job}.{k}.end").exists()]
+            if pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(rng.choice(pids), signal.SIGKILL)
+    assert stop(workers, tmp_path) == [0, 0, 0]
+    assert store.counts()["c"]["succeeded"] == len(specs)
+    late = []
+    for job in store.jobs():
+        for prev, nxt in itertools.pairwise(store.attempts(job["id"])):
+            if prev["outcome"] == "failed":
+                due = prev["ended_at"] + backoff * 2 ** (prev["attempt"] - 1)
+                late.append((round(nxt["started_at"] - due, 2), job["id"], prev["attempt"]))
+    assert len(late) >= 15
+    assert max(late)[0] < 4.0, sorted(late)[-5:]
+
+
 def test_sigkilled_worker_leaves_no_job_process(tmp_path: Path, out: Path) -> None:
     rig = Rig("local", [tmp_path / "root"])
     store = rig.store()
