@@ -1,6 +1,6 @@
 """A trained job's model and data, rebuilt from its params to load its checkpoints or soup.
 
-Built as ``mem.train`` builds them (jobs/mem/fit.py): the same config, subjects and voxels, and
+Built as ``mem.train`` builds them (jobs/mem/train/fit.py): the same config, subjects and voxels, and
 the same seed before the model, so frozen weights that are initialised rather than read from a
 file come out as they were in training.
 """

@@ -11,14 +11,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from jobs.mem.behaviour import BehaviourEmbed
 from jobs.mem.config import MemConfig, ModelConfig
-from jobs.mem.coords import MEMQ_COORDS, CoordsMode, normalise_coords
-from jobs.mem.frames import CurrentFrame, PreviousFrame, retina_features
-from jobs.mem.groups import SubjectGroups
-from jobs.mem.mappers import LayerSelector, RetinaMapper, negative_entropy
-from jobs.mem.memory import MemoryBranch
-from jobs.mem.readout import FreeVoxelWeights, SharedVoxelWeights, apply_readout
+from jobs.mem.layers.behaviour_embed import BehaviourEmbed
+from jobs.mem.layers.coords import MEMQ_COORDS, CoordsMode, normalise_coords
+from jobs.mem.layers.frames import CurrentFrame, PreviousFrame, retina_features
+from jobs.mem.layers.groups import SubjectGroups
+from jobs.mem.layers.mappers import LayerSelector, RetinaMapper, negative_entropy
+from jobs.mem.layers.memory_branch import MemoryBranch
+from jobs.mem.layers.readout import FreeVoxelWeights, SharedVoxelWeights, apply_readout
 from jobs.mem.weights import read_state_dict
 
 # parameter-name prefixes of the "topyneck": trained per subject once, then loaded frozen (mem-spec 3.4)

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from jobs.mem.data import MemDataModule
-from jobs.mem.fit import job_config
 from jobs.mem.model import MemModel, SubjectInfo
+from jobs.mem.train.fit import job_config
 
 
 def val_rows(job_dir: Path) -> list[dict[str, float]]:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from jobs.mem.config import RANDOM_BACKBONES, MemConfig, load_config, tiny
-from jobs.mem.mappers import negative_entropy
+from jobs.mem.layers.mappers import negative_entropy
 from jobs.mem.model import MemModel, SubjectInfo
 
 Build = Callable[..., MemModel]

@@ -23,9 +23,9 @@ from jobs.mem.build import build, job_config
 from jobs.mem.config import MemConfig
 from jobs.mem.data import MemDataModule
 from jobs.mem.data import SubjectInfo as DataSubjectInfo
-from jobs.mem.lit import VAL_METRIC, MemLit
-from jobs.mem.progress import JobProgress
-from jobs.mem.topk import RESUME_FILE, TopKCheckpoints
+from jobs.mem.train.lit import VAL_METRIC, MemLit
+from jobs.mem.train.progress import JobProgress
+from jobs.mem.train.topk import RESUME_FILE, TopKCheckpoints
 from memq.job import JobContext, write_atomically
 
 RESULT_FILE = "result.json"
