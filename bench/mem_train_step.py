@@ -47,7 +47,8 @@ from torch import Tensor  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
 from jobs.mem.config import RANDOM_BACKBONES, MemConfig, load_config, tiny  # noqa: E402
-from jobs.mem.model import MemModel, SubjectInfo  # noqa: E402
+from jobs.mem.model import MemModel  # noqa: E402
+from jobs.mem.subject import SubjectInfo  # noqa: E402
 from jobs.mem.train.lit import MemLit  # noqa: E402
 
 BEHAVIOUR_DIM = 35

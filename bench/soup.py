@@ -55,7 +55,8 @@ def generate(directory: Path, n: int, subjects: int, voxels: int) -> list[dict[s
     import torch
 
     from jobs.mem.config import RANDOM_BACKBONES, load_config
-    from jobs.mem.model import MemModel, SubjectInfo
+    from jobs.mem.model import MemModel
+    from jobs.mem.subject import SubjectInfo
     from memq.checkpoints import sha256_file
 
     rng = np.random.default_rng(0)

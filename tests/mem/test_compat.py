@@ -23,7 +23,8 @@ from jobs.mem.data import MemDataModule, MemDataset, RandomSubsetSampler
 from jobs.mem.ensemble.soup import _make
 from jobs.mem.evaluate import mean_pearson
 from jobs.mem.layers.coords import fourier_features
-from jobs.mem.model import MemModel, SubjectInfo
+from jobs.mem.model import MemModel
+from jobs.mem.subject import SubjectInfo
 from jobs.mem.train.lit import MemLit
 from memq.checkpoints import sha256_file
 
@@ -311,8 +312,7 @@ def test_switch_greedy_soup(job_params: dict[str, Any], tmp_path: Path) -> None:
 
 
 def _infos(params: dict[str, Any]) -> dict[str, SubjectInfo]:
-    data = MemDataModule(params["DATASET.DIR"])
-    return {s: SubjectInfo(info.coords, info.roi) for s, info in data.subject_info().items()}
+    return MemDataModule(params["DATASET.DIR"]).subject_info()
 
 
 # -- every switch has a test of its effect -------------------------------------------------------

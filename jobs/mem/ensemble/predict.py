@@ -56,7 +56,7 @@ def run(ctx: JobContext) -> None:
             row += len(preds)
             ctx.report_progress(subject=subject, trials=row)
         entries[subject] = write_subject(directory, subject, values)
-        voxels = infos[subject].roi
+        voxels = infos[subject].voxels
         index[subject] = (dataset.indices, np.arange(infos[subject].n_voxels) if voxels is None else voxels)
     write_manifest(directory, {"source_job": source["id"], "grid": source["grid"], "recipe": params.recipe,
                                "split": params.split, "soup_sha256": soup["sha256"],

@@ -24,13 +24,13 @@ import numpy as np
 
 from jobs.data.layout import open_subject, subject_path
 from jobs.mem.build import build, job_config
-from jobs.mem.data import SubjectInfo
 from jobs.mem.ensemble.source import stage_params
 from jobs.mem.ensemble.stage_params import ImportParams
 from jobs.mem.evaluate import mean_pearson
 from jobs.mem.files import save_atomically
 from jobs.mem.reference.convert import ReferenceVoxels, convert
 from jobs.mem.reference.read import read_reference
+from jobs.mem.subject import SubjectInfo
 from memq.job import JobContext, PermanentError, sha256_file
 
 
