@@ -18,7 +18,7 @@ from jobs.mem.layers.mappers import LayerSelector, RetinaMapper, negative_entrop
 from jobs.mem.layers.memory_branch import MemoryBranch
 from jobs.mem.layers.readout import FreeVoxelWeights, SharedVoxelWeights, apply_readout
 from jobs.mem.subject import SubjectInfo
-from jobs.mem.weights import read_state_dict
+from jobs.weights.state_dict import read_state_dict
 
 # parameter-name prefixes of the "topyneck": trained per subject once, then loaded frozen (mem-spec 3.4)
 TOPYNECK_GROUPS = ("retina_mapper", "layer_selector")
