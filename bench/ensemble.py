@@ -7,10 +7,10 @@ Set-up (timed, not part of the figures): synthetic prepared data (jobs.data.synt
 sessions with betas (their val2 trials are scored); the 111 jobs of grids/xvbc.yaml submitted to
 a fresh root and marked succeeded; and for every job, split (predict, val2) and subject a float16
 prediction file covering the job's ROI voxels (the whole brain for `all`), in the layout of
-jobs/mem/artifacts.py. Values are random: the ensemble's cost does not depend on them.
+jobs/mem/ensemble/artifacts.py. Values are random: the ensemble's cost does not depend on them.
 
 Then, for the first 4, 6, 9 and 15 schemes of the grid (12, 30, 57 and 111 models), the combine
-job runs in a fresh process (jobs.mem.ensemble.run, as a worker runs it: stitch, average, write
+job runs in a fresh process (jobs.mem.ensemble.combine.run, as a worker runs it: stitch, average, write
 the submission and scores.json) and reports its wall time and peak RSS (VmHWM).
 
     python bench/ensemble.py                                  # 8 subjects x 40,000 voxels (~22 GB of files)
@@ -64,8 +64,8 @@ def prepare(directory: Path, subjects: int, voxels: int, train: int, predict: in
 
     from jobs.data.layout import list_subjects, open_subject, subject_path
     from jobs.data.synth import synthesize
-    from jobs.mem.artifacts import prediction_dir, write_index, write_manifest, write_subject
     from jobs.mem.data import roi_positions
+    from jobs.mem.ensemble.artifacts import prediction_dir, write_index, write_manifest, write_subject
     from memq.grid import load_grid
     from memq.store.types import Outcome
 
@@ -111,7 +111,7 @@ def prepare(directory: Path, subjects: int, voxels: int, train: int, predict: in
 
 def child(root: Path, ids: list[int], out: Path) -> None:
     """Run one combine job in this (fresh) process; print its figures as JSON."""
-    from jobs.mem.ensemble import run
+    from jobs.mem.ensemble.combine import run
     from memq.spec import GridSpec, GroupSpec, JobSpec
     from memq.store.types import Outcome
 
@@ -145,8 +145,8 @@ def main() -> None:
     shutil.rmtree(args.dir, ignore_errors=True)
     try:
         jobs = prepare(args.dir, args.subjects, args.voxels, args.train_sessions, args.predict_sessions)
-        from jobs.mem.artifacts import prediction_dir
-        from jobs.mem.schemes import schemes
+        from jobs.mem.ensemble.artifacts import prediction_dir
+        from jobs.mem.ensemble.schemes import schemes
 
         found = schemes(jobs, jobs)
         one = 4 * args.voxels * 750 * args.predict_sessions / 2**20

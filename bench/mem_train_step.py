@@ -1,4 +1,4 @@
-"""Training-step throughput of the full Mem model (jobs.mem.model.MemModel + jobs.mem.lit.MemLit).
+"""Training-step throughput of the full Mem model (jobs.mem.model.MemModel + jobs.mem.train.lit.MemLit).
 
 Builds the model from the jobs.mem.config defaults (DINOv2 ViT-B/14 for T=0, ViT-S/14 for T=-1,
 random init: no weights are read or downloaded) and runs N warm-up + M timed optimiser steps
@@ -47,8 +47,9 @@ from torch import Tensor  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
 from jobs.mem.config import RANDOM_BACKBONES, MemConfig, load_config, tiny  # noqa: E402
-from jobs.mem.lit import MemLit  # noqa: E402
-from jobs.mem.model import MemModel, SubjectInfo  # noqa: E402
+from jobs.mem.model import MemModel  # noqa: E402
+from jobs.mem.subject import SubjectInfo  # noqa: E402
+from jobs.mem.train.lit import MemLit  # noqa: E402
 
 BEHAVIOUR_DIM = 35
 
@@ -195,7 +196,7 @@ def run_one(
     overrides["TRAINER.PRECISION"] = precision
     config = load_config(overrides)
     if device.type == "cuda":
-        torch.set_float32_matmul_precision(config.TRAINER.MATMUL_PRECISION)  # as jobs.mem.fit does
+        torch.set_float32_matmul_precision(config.TRAINER.MATMUL_PRECISION)  # as jobs.mem.train.fit does
     batch_size = args.batch or config.TRAINER.BATCH_SIZE
     n_voxels = args.voxels or (40_000 if not args.tiny else 300)
     torch.manual_seed(0)

@@ -25,7 +25,17 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from jobs.data.nsd_fake import FSAVERAGE_VERTICES, PREDICT_SESSIONS, FakeNsd, write_fake_nsd, write_responses
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from tests.data.nsd_fake import (  # noqa: E402  (the fake tree is a test fixture)
+    FSAVERAGE_VERTICES,
+    PREDICT_SESSIONS,
+    FakeNsd,
+    write_fake_nsd,
+    write_responses,
+)
 
 SUBJECT = "subj01"
 

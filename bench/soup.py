@@ -1,4 +1,5 @@
-"""Soup of N checkpoints of the full Mem model: jobs.mem.soup_recipes (streaming) against loading all N at once.
+"""Soup of N checkpoints of the full Mem model: jobs.mem.ensemble.soup_recipes (streaming) against loading all N
+at once.
 
 Builds the model once from the jobs.mem.config defaults (random init, CPU) for ``--subjects``
 subjects of ``--voxels`` voxels, and writes N checkpoints of its trainable state dict (random
@@ -7,9 +8,9 @@ process that reports its wall time and peak RSS (VmHWM: ru_maxrss would carry th
 over fork and exec); the baseline is that peak after the process's imports:
 
     naive            torch.load all N, then the element-wise mean (what the reference's xvda did)
-    uniform          jobs.mem.soup_recipes.uniform: one checkpoint at a time, sha256 verified before each load
-    uniform-noverify jobs.mem.soup_recipes.uniform with a plain torch.load (the cost of the checksums)
-    greedy           jobs.mem.soup_recipes.greedy with a trivial evaluate (soup + one checkpoint in memory;
+    uniform          jobs.mem.ensemble.soup_recipes.uniform: one checkpoint at a time, sha256 verified before each load
+    uniform-noverify jobs.mem.ensemble.soup_recipes.uniform with a plain torch.load (the cost of the checksums)
+    greedy           jobs.mem.ensemble.soup_recipes.greedy with a trivial evaluate (soup + one checkpoint in memory;
                      model evaluation, the real cost of a greedy soup, is not included)
 
     python bench/soup.py                         # 10 checkpoints, 8 subjects x 40,000 voxels
@@ -54,7 +55,8 @@ def generate(directory: Path, n: int, subjects: int, voxels: int) -> list[dict[s
     import torch
 
     from jobs.mem.config import RANDOM_BACKBONES, load_config
-    from jobs.mem.model import MemModel, SubjectInfo
+    from jobs.mem.model import MemModel
+    from jobs.mem.subject import SubjectInfo
     from memq.checkpoints import sha256_file
 
     rng = np.random.default_rng(0)
@@ -78,7 +80,7 @@ def child(method: str, directory: Path) -> None:
     """Run one method in this (fresh) process and print its figures as JSON."""
     import torch
 
-    from jobs.mem import soup_recipes as soup
+    from jobs.mem.ensemble import soup_recipes as soup
 
     rows = json.loads((directory / ROWS_FILE).read_text())
     baseline = maxrss_mb()

@@ -7,41 +7,41 @@ from memq.job import KindSpec
 
 MEM_TRAIN = KindSpec(
     name="mem.train",
-    target="jobs.mem.train:run",
+    target="jobs.mem.train.train:run",
     validate="jobs.mem.validate:validate_train",
     description="train one Memory Encoding Model (whole brain or one ROI) and keep its top-k checkpoints",
 )
 MEM_TOPYNECK = KindSpec(
     name="mem.topyneck",
-    target="jobs.mem.topyneck:run",
+    target="jobs.mem.train.topyneck:run",
     validate="jobs.mem.validate:validate_topyneck",
     description="train per-subject models and gather their RetinaMapper and LayerSelector weights",
 )
 MEM_IMPORT = KindSpec(
     name="mem.import",
-    target="jobs.mem.reference_import:run",
-    validate="jobs.mem.stage_params:validate_import",
+    target="jobs.mem.reference.import_job:run",
+    validate="jobs.mem.ensemble.stage_params:validate_import",
     description="convert a reference (huzeyann/MemoryEncodingModel) run's checkpoints and register them as this "
     "job's, for soups and ensembles (params: the run's Mem settings, checkpoints; sha256)",
 )
 MEM_SOUP = KindSpec(
     name="mem.soup",
-    target="jobs.mem.soup:run",
-    validate="jobs.mem.stage_params:validate_soup",
+    target="jobs.mem.ensemble.soup:run",
+    validate="jobs.mem.ensemble.stage_params:validate_soup",
     description="sync a trained job's checkpoints and average them into a soup (params source_job, recipe "
     "uniform|greedy); greedy selects on val1, reports val2 (the reference's greedy soup with the trained job's "
     "SWITCHES.GREEDY_SOUP val2_twice)",
 )
 MEM_PREDICT = KindSpec(
     name="mem.predict",
-    target="jobs.mem.predict:run",
-    validate="jobs.mem.stage_params:validate_predict",
+    target="jobs.mem.ensemble.predict:run",
+    validate="jobs.mem.ensemble.stage_params:validate_predict",
     description="predict one split with a trained job's soup (params source_job, recipe, split)",
 )
 MEM_ENSEMBLE = KindSpec(
     name="mem.ensemble",
-    target="jobs.mem.ensemble:run",
-    validate="jobs.mem.stage_params:validate_ensemble",
+    target="jobs.mem.ensemble.combine:run",
+    validate="jobs.mem.ensemble.stage_params:validate_ensemble",
     description="stitch ROI models into whole-brain predictions, average schemes, write the Algonauts 2023 "
     "submission, ensemble.json and val2 scores.json (params grid, out, recipe, jobs; schemes, partial)",
     gpus=0,

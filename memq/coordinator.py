@@ -28,7 +28,7 @@ from memq.spec import GridSpec, GroupSpec, JobSpec
 from memq.store.store import Store
 from memq.yamlsource import YamlSource
 
-RECIPES = ("uniform", "greedy")  # the soup job's recipes (jobs/mem/soup_recipes.py)
+RECIPES = ("uniform", "greedy")  # the soup job's recipes (jobs/mem/ensemble/soup_recipes.py)
 DEFAULT_RECIPE = "uniform"
 SUFFIX = "-ensemble"
 COMBINE = "combine"

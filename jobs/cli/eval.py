@@ -37,7 +37,7 @@ def _print_scores(result: dict[str, Any]) -> None:
 
 def score(
     pred: Annotated[Path, typer.Argument(help="The submission: subjXX/lh_pred_test.npy, rh_pred_test.npy.")],
-    truth: Annotated[Path, typer.Option("--truth", help="The test truth directory (jobs/eval/TRUTH.md).")],
+    truth: Annotated[Path, typer.Option("--truth", help="The test truth directory (jobs/data/TRUTH.md).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the scores as JSON.")] = False,
 ) -> None:
     """Algonauts 2023 noise-normalised score of a submission: per subject, hemisphere and stream ROI."""
@@ -56,7 +56,7 @@ def report(
     ensemble: Annotated[
         Path | None, typer.Option("--ensemble", help="The ensemble's output (submission, scores.json, ensemble.json).")
     ] = None,
-    truth: Annotated[Path | None, typer.Option("--truth", help="Test truth (jobs/eval/TRUTH.md): adds scores.")] = None,
+    truth: Annotated[Path | None, typer.Option("--truth", help="Test truth (jobs/data/TRUTH.md): adds scores.")] = None,
     data: Annotated[
         Path | None, typer.Option("--data", help="Prepared data for the surface map (default: the jobs' DATASET.DIR).")
     ] = None,

@@ -24,6 +24,7 @@ from jobs.data.amend import rewrite
 from jobs.data.inputs import reason
 from jobs.data.layout import list_subjects, open_subject, subject_path
 from jobs.data.progress import Reporter
+from jobs.weights.state_dict import read_state_dict
 from memq.job import UserError
 
 N_CENTROIDS = 1000
@@ -168,8 +169,6 @@ def atlas_w(
 ) -> list[str]:
     """Add ROIs w_1..w_9 to every subject of ``data_dir``; returns the subjects rewritten.
     ``search``: how the cluster-count threshold is found (bisect, or the reference's scale)."""
-    from jobs.mem.weights import read_state_dict
-
     reporter = reporter or Reporter()
     subjects = list_subjects(data_dir)
     if not subjects:

@@ -17,7 +17,7 @@ Besides the layout files, ``DIR/synth_truth.h5`` holds the truth:
     subjXX/r_ceiling      float64 [n_voxels]
     subjXX/betas_predict  float16 [750 * n_predict_sessions, n_voxels]  targets of the predict split
 
-and ``DIR/truth/`` the test truth of the predict split in the format of ``jobs/eval/TRUTH.md``, for
+and ``DIR/truth/`` the test truth of the predict split in the format of ``jobs/data/TRUTH.md``, for
 ``memq score`` (see ``synth_truth``; written when there are predict sessions).
 
 Usage: ``memq data synth --out DIR [--sessions 40 --voxels 40000 --image-size 224 ...]``.

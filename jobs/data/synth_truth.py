@@ -1,4 +1,4 @@
-"""The test truth of a synthetic subject (``DIR/truth/``, format ``jobs/eval/TRUTH.md``).
+"""The test truth of a synthetic subject (``DIR/truth/``, format ``jobs/data/TRUTH.md``).
 
 The predict sessions play the Algonauts test sessions: each challenge image's measured response is
 the mean of its predict trials' z-scored betas, its repeats are counted from the design, and ncsnr
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from jobs.data.layout import N_SLOTS, SubjectMeta
-from jobs.eval.truth import STREAM_NAMES, HemiTruth, SubjectTruth, write_truth
+from jobs.data.truth import STREAM_NAMES, HemiTruth, SubjectTruth, write_truth
 
 TRUTH_DIR = "truth"
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from memq.job import job_dir
 
-VAL_COLUMN = "VAL/PearsonCorrCoef/mean"  # jobs.mem.lit.VAL_METRIC (not imported: that module imports torch)
+VAL_COLUMN = "VAL/PearsonCorrCoef/mean"  # jobs.mem.train.lit.VAL_METRIC (not imported: that module imports torch)
 
 
 def _read_column(path: Path, column: str) -> list[tuple[int, float]]:

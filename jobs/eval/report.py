@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from jobs.data.truth import HEMIS
 from jobs.eval.logs import val_curve
 from jobs.eval.page import Page
 from jobs.eval.plots import Curve, curves_figure, save, schemes_figure, score_figure
 from jobs.eval.score import SubjectScores, score_dirs, scores_json
-from jobs.eval.truth import HEMIS
 from memq.job import UserError
 
 PAGE = "index.html"
@@ -40,7 +40,7 @@ class ReportInputs:
     jobs: list[dict[str, Any]]  # the store's job rows of the grid
     out: Path
     ensemble: Path | None = None  # the ensemble's output directory (submission, scores.json, ensemble.json)
-    truth: Path | None = None  # a test truth (jobs/eval/TRUTH.md)
+    truth: Path | None = None  # a test truth (jobs/data/TRUTH.md)
     data: Path | None = None  # prepared data (subjXX.h5) for the surface's vertex ids
 
 
@@ -178,7 +178,7 @@ def _surface(page: Page, inputs: ReportInputs, scores: list[SubjectScores]) -> N
 def _score_section(page: Page, inputs: ReportInputs) -> None:
     page.heading("Test score (Algonauts 2023, noise-normalised)")
     if inputs.truth is None or inputs.ensemble is None:
-        page.text("Needs --ensemble (the submission) and --truth (jobs/eval/TRUTH.md).", note=True)
+        page.text("Needs --ensemble (the submission) and --truth (jobs/data/TRUTH.md).", note=True)
         return
     scores = score_dirs(inputs.ensemble, inputs.truth)
     result = scores_json(scores)

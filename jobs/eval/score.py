@@ -1,7 +1,7 @@
 """The Algonauts 2023 noise-normalised score (mem-spec 4.5) of a submission against a test truth.
 
 Per vertex: ``min(max(r, 0)^2 / NC, 1) * 100`` with r the Pearson r over test images and NC the
-noise ceiling of ``jobs/eval/TRUTH.md``. Aggregates are the median (what the Algonauts evaluation
+noise ceiling of ``jobs/data/TRUTH.md``. Aggregates are the median (what the Algonauts evaluation
 code reports) and the mean over vertices: per hemisphere, per subject, per stream ROI (where the
 truth has labels) and over every vertex of every subject pooled. How the official leaderboard
 pooled subjects is not known (mem-spec, open points).
@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from jobs.data.truth import HEMIS, HINT, STREAM_NAMES, SubjectTruth, read_truth
 from jobs.eval.subjects import subject_dirs
 from jobs.eval.submission import prediction_file, read_prediction, submission_subjects
-from jobs.eval.truth import HEMIS, HINT, STREAM_NAMES, SubjectTruth, read_truth
 from memq.job import UserError
 
 NC_FLOOR = 1e-14  # replaces NC = 0, as the Algonauts devkit does

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from jobs.data.inputs import load_npy
+from jobs.data.truth import HEMIS
 from jobs.eval.subjects import subject_dirs
-from jobs.eval.truth import HEMIS
 from memq.job import UserError
 
 HINT = "a submission holds subjXX/lh_pred_test.npy and subjXX/rh_pred_test.npy (mem-spec 4.4)"

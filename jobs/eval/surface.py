@@ -25,7 +25,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from jobs.data.layout import open_subject, subject_path
-from jobs.eval.truth import HEMIS
+from jobs.data.truth import HEMIS
 from memq.job import UserError
 
 FS7_VERTICES = 163_842  # per hemisphere

@@ -1,6 +1,6 @@
 """A trained job's model and data, rebuilt from its params to load its checkpoints or soup.
 
-Built as ``mem.train`` builds them (jobs/mem/fit.py): the same config, subjects and voxels, and
+Built as ``mem.train`` builds them (jobs/mem/train/fit.py): the same config, subjects and voxels, and
 the same seed before the model, so frozen weights that are initialised rather than read from a
 file come out as they were in training.
 """
@@ -19,7 +19,7 @@ import torch
 from jobs.data.layout import LayoutError
 from jobs.mem.config import ConfigError, MemConfig, load_config
 from jobs.mem.data import MemDataModule
-from jobs.mem.model import MemModel, SubjectInfo
+from jobs.mem.model import MemModel
 from jobs.mem.validate import weights_problems
 from memq.job import PermanentError
 
@@ -92,13 +92,11 @@ def build(params: Mapping[str, Any], repeat: int, gpus: list[int], root: Path, *
             val_subset=config.switch("VAL_SUBSET"),
             prev_bhvs=config.switch("PREV_BHVS"),
         )
+        model = MemModel(config, data.subject_info(), weights_root=root)
     except LayoutError as error:  # retrying cannot help; `memq retry` once the data is fixed
         atlas_w = any(roi.startswith("w_") for roi in dataset.ROIS or [])
         hint = " (atlas W: run `memq data atlas-w` first)" if atlas_w else ""
         raise PermanentError(f"{error}{hint}") from None
-    try:
-        infos = {s: SubjectInfo(info.coords, info.roi) for s, info in data.subject_info().items()}
-        model = MemModel(config, infos, weights_root=root)
     except ValueError as error:  # e.g. a topyneck file without one of the subjects, weights that changed
         raise PermanentError(str(error)) from None
     built = Built(config, data, model.to(device).eval(), device)

@@ -37,6 +37,7 @@ from jobs.data.layout import (
     subject_path,
 )
 from jobs.data.memory import local_prev_behavior_rows, prev_behavior_rows
+from jobs.mem.subject import SubjectInfo
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
@@ -46,16 +47,33 @@ VAL_SUBSET_SEED = 0
 STAGE_SPLITS = {"fit": ("train", "val1"), "validate": ("val1",), "test": ("val2",), "predict": ("predict",)}
 
 
+def roi_union(positions: Sequence[np.ndarray]) -> np.ndarray:
+    """The union of ROIs' voxel positions in the order given (ROI file order, first occurrence kept)."""
+    if not positions:
+        raise ValueError("rois must name at least one ROI (None selects the whole brain)")
+    concatenated = np.concatenate(positions)
+    _, first = np.unique(concatenated, return_index=True)
+    return concatenated[np.sort(first)]
+
+
 def roi_positions(subject: SubjectFile, rois: Sequence[str] | None) -> np.ndarray | None:
     """Voxel positions of the union of ``rois`` in the order listed (ROI file order, first
     occurrence kept); None means the whole brain."""
+    return None if rois is None else roi_union([subject.roi(name) for name in rois])
+
+
+def read_subject_info(subject: SubjectFile, rois: Sequence[str] | None) -> SubjectInfo | None:
+    """What a model of ``rois`` (None: the whole brain) knows of ``subject``; None if the ROIs hold
+    none of its voxels. Each ROI is read once: it gives both the modelled voxels and the ROI columns."""
     if rois is None:
+        return SubjectInfo(subject.coords())
+    positions = {name: subject.roi(name) for name in rois}
+    voxels = roi_union(list(positions.values()))
+    if not voxels.size:
         return None
-    if not rois:
-        raise ValueError("rois must name at least one ROI (None selects the whole brain)")
-    positions = np.concatenate([subject.roi(name) for name in rois])
-    _, first = np.unique(positions, return_index=True)
-    return positions[np.sort(first)]
+    order = np.argsort(voxels)
+    columns = {name: order[np.searchsorted(voxels, p, sorter=order)] for name, p in positions.items() if p.size}
+    return SubjectInfo(subject.coords(), voxels, columns)
 
 
 class _Handles(NamedTuple):
@@ -179,15 +197,6 @@ def collate_by_subject(samples: Sequence[Mapping[str, Any]]) -> dict[str, dict[s
     return batches
 
 
-class SubjectInfo(NamedTuple):
-    """What the model needs to know of a subject: all its voxel coordinates, the positions of
-    the selected voxels (None: all), and its full voxel count."""
-
-    coords: np.ndarray
-    roi: np.ndarray | None
-    n_voxels: int
-
-
 class RandomSubsetSampler(Sampler[int]):
     """``size`` random indices of ``range(n)``, in random order, drawn anew at every iteration
     (every epoch) from torch's global generator, which the job's seed sets."""
@@ -245,9 +254,9 @@ class MemDataModule(L.LightningDataModule):
         self._info: dict[str, SubjectInfo] = {}
         for name in subjects or available:
             with open_subject(subject_path(self.data_dir, name)) as subject:
-                roi = roi_positions(subject, self.rois)
-                if roi is None or roi.size:
-                    self._info[name] = SubjectInfo(subject.coords(), roi, subject.n_voxels)
+                info = read_subject_info(subject, self.rois)
+            if info is not None:
+                self._info[name] = info
         if not self._info:
             raise LayoutError(self.data_dir, f"the ROIs {self.rois} hold no voxels in any subject")
         self.subjects = list(self._info)
@@ -255,6 +264,15 @@ class MemDataModule(L.LightningDataModule):
 
     def subject_info(self) -> dict[str, SubjectInfo]:
         return dict(self._info)
+
+    def roi_columns(self) -> dict[str, dict[str, Tensor]]:
+        """Per subject, ROI name -> the ROI's columns among the modelled voxels (the ROIs' union);
+        empty for whole-brain models."""
+        return {
+            subject: {name: torch.from_numpy(columns) for name, columns in info.roi_columns.items()}
+            for subject, info in self._info.items()
+            if info.roi_columns
+        }
 
     def datasets(self, split: str) -> list[MemDataset]:
         """One dataset per subject for ``split``, built on first use."""

@@ -3,58 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from jobs.mem.behaviour import BehaviourEmbed
 from jobs.mem.config import MemConfig, ModelConfig
-from jobs.mem.coords import MEMQ_COORDS, CoordsMode, normalise_coords
-from jobs.mem.frames import CurrentFrame, PreviousFrame, retina_features
-from jobs.mem.groups import SubjectGroups
-from jobs.mem.mappers import LayerSelector, RetinaMapper, negative_entropy
-from jobs.mem.memory import MemoryBranch
-from jobs.mem.readout import FreeVoxelWeights, SharedVoxelWeights, apply_readout
-from jobs.mem.weights import read_state_dict
+from jobs.mem.layers.behaviour_embed import BehaviourEmbed
+from jobs.mem.layers.coords import CoordsMode
+from jobs.mem.layers.frames import CurrentFrame, PreviousFrame, retina_features
+from jobs.mem.layers.groups import SubjectGroups
+from jobs.mem.layers.mappers import LayerSelector, RetinaMapper, negative_entropy
+from jobs.mem.layers.memory_branch import MemoryBranch
+from jobs.mem.layers.readout import FreeVoxelWeights, SharedVoxelWeights, apply_readout
+from jobs.mem.subject import SubjectInfo
+from jobs.weights.state_dict import read_state_dict
 
 # parameter-name prefixes of the "topyneck": trained per subject once, then loaded frozen (mem-spec 3.4)
 TOPYNECK_GROUPS = ("retina_mapper", "layer_selector")
-
-
-@dataclass(frozen=True, eq=False)
-class SubjectInfo:
-    """The voxels of one subject that a model predicts.
-
-    ``coords`` [N_s, 3] covers ALL the subject's voxels: its bounds fix the positional encoding, so
-    ROI models and whole-brain models (and a frozen topyneck) see a voxel at the same position.
-    ``voxels`` are the modelled voxels' positions in that list, in ROI order; None models them all.
-    """
-
-    coords: np.ndarray
-    voxels: np.ndarray | None = None
-
-    def __post_init__(self) -> None:
-        if self.coords.ndim != 2 or self.coords.shape[1] != 3 or len(self.coords) < 2:
-            raise ValueError(f"coords must be [N_s >= 2, 3], got {self.coords.shape}")
-        if self.voxels is not None:
-            in_range = self.voxels.size == 0 or 0 <= self.voxels.min() <= self.voxels.max() < len(self.coords)
-            if self.voxels.ndim != 1 or not in_range:
-                raise ValueError(f"voxels must be 1-D positions in 0..{len(self.coords) - 1}")
-
-    @property
-    def n_voxels(self) -> int:
-        return len(self.coords) if self.voxels is None else len(self.voxels)
-
-    def positions(self, mode: CoordsMode = MEMQ_COORDS) -> Tensor:
-        """Normalised coordinates [n_voxels, 3] of the modelled voxels, bounds from all voxels
-        (raw coordinates with ``mode.subset_bounds``: the coordinate MLPs then normalise them)."""
-        full = torch.as_tensor(self.coords, dtype=torch.float32)
-        modelled = full if self.voxels is None else full[torch.as_tensor(self.voxels, dtype=torch.long)]
-        return modelled if mode.subset_bounds else normalise_coords(modelled, full)
 
 
 def read_topyneck(path: str) -> dict[str, Tensor]:

@@ -15,11 +15,11 @@ import pytest
 
 from jobs.data.layout import FILL_ROW, N_SLOTS, ChallengeLayout, SubjectMeta
 from jobs.data.memory import memory_index_from_design
-from jobs.data.nsd_fake import FakeNsd, write_fake_nsd
 from jobs.data.rois import random_rois
 from jobs.data.splits import split_trials
 from jobs.data.synth import SynthInfo, synthesize
 from jobs.data.synth_subject import trial_design
+from tests.data.nsd_fake import FakeNsd, write_fake_nsd
 
 
 @pytest.fixture(scope="session")

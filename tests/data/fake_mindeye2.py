@@ -18,7 +18,7 @@ import h5py
 import nibabel
 import numpy as np
 
-from jobs.data.nsd_fake import N_SHARED, FakeNsd
+from tests.data.nsd_fake import N_SHARED, FakeNsd
 
 VOLUME = (6, 7, 8)
 

@@ -15,10 +15,10 @@ from jobs.data.atlas_w import _scaled_cut, ward_clusters
 from jobs.data.fsaverage import nc_threshold, nc_threshold_scaled, noise_ceiling, read_mgh
 from jobs.data.layout import open_images, open_subject
 from jobs.data.nsd import NsdSources
-from jobs.data.nsd_fake import FakeNsd
 from jobs.data.nsd_images import IMAGE_JPEG_ATTR, write_nsd_images
 from jobs.data.params import validate_cache_features, validate_prepare_nsd
 from memq.errors import UserError
+from tests.data.nsd_fake import FakeNsd
 
 
 def reference_nc_search(nc: np.ndarray, target: float) -> float:

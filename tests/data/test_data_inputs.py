@@ -11,8 +11,8 @@ import scipy.io
 
 from jobs.data.expdesign import read_expdesign
 from jobs.data.fsaverage import nc_threshold, select_vertices, side_by_side
-from jobs.data.nsd_fake import FakeNsd
 from jobs.data.params import validate_cache_features, validate_prepare_nsd
+from tests.data.nsd_fake import FakeNsd
 
 
 def _top_means(values: np.ndarray) -> np.ndarray:

@@ -14,7 +14,7 @@ import pytest
 from fake_mindeye2 import FakeMindEye2, write_fake_mindeye2, write_shard
 
 from jobs.data.layout import open_images, open_subject
-from jobs.data.nsd_fake import FakeNsd
+from tests.data.nsd_fake import FakeNsd
 
 DT_COLUMNS = [11, 12, 13, 14]
 

@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from jobs.data.layout import FILL_ROW, open_images, open_subject
-from jobs.data.nsd_fake import FakeNsd
 from jobs.mem.data import MemDataset
+from tests.data.nsd_fake import FakeNsd
 
 SUBJECTS = {"subj01": 5, "subj02": 4}
 

@@ -13,7 +13,7 @@ import pytest
 import scipy.io
 
 from jobs.data.layout import open_subject
-from jobs.data.nsd_fake import FakeNsd, write_fake_nsd, write_responses
+from tests.data.nsd_fake import FakeNsd, write_fake_nsd, write_responses
 
 
 @pytest.fixture(scope="module")

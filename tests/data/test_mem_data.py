@@ -161,7 +161,7 @@ def test_datamodule_over_two_subjects(synth: SynthInfo) -> None:
     dm = MemDataModule(synth.data_dir, batch_size=16, limit=40)
     info = dm.subject_info()
     assert list(info) == ["subj01", "subj02"]
-    assert info["subj01"].coords.shape == (300, 3) and info["subj02"].n_voxels == 240 and info["subj02"].roi is None
+    assert info["subj01"].coords.shape == (300, 3) and info["subj02"].n_voxels == 240 and info["subj02"].voxels is None
     dm.setup("fit")
     batches = list(dm.train_dataloader())
     assert sum(len(b[s]["index"]) for b in batches for s in b) == 80
@@ -183,11 +183,25 @@ def test_datamodule_roi_subset_and_subject_choice(synth: SynthInfo, raw: _Raw) -
     with open_subject(synth.data_dir / "subj02.h5") as f:
         expected = np.concatenate([f.roi("E"), f.roi("V")])
     info = dm.subject_info()["subj02"]
-    assert np.array_equal(info.roi, expected) and info.coords.shape == (240, 3)
+    assert np.array_equal(info.voxels, expected) and info.coords.shape == (240, 3)
     batch = next(iter(dm.val_dataloader()))
     assert batch["subj02"]["y"].shape == (4, expected.size)
     with pytest.raises(LayoutError, match="no subject file for subj09; found subj01, subj02"):
         MemDataModule(synth.data_dir, subjects=["subj09"])
+
+
+def test_datamodule_gives_each_rois_columns(synth: SynthInfo) -> None:
+    """Overlapping ROIs: each ROI's columns pick exactly its voxels out of the modelled union."""
+    rois = ["r_1_1", "r_2_1"]
+    dm = MemDataModule(synth.data_dir, rois=rois, limit=2)
+    columns = dm.roi_columns()
+    assert list(columns) == dm.subjects == ["subj01", "subj02"]
+    for subject, info in dm.subject_info().items():
+        with open_subject(synth.data_dir / f"{subject}.h5") as f:
+            for name in rois:
+                assert columns[subject][name].dtype == torch.int64
+                assert np.array_equal(info.voxels[columns[subject][name].numpy()], f.roi(name))
+    assert MemDataModule(synth.data_dir, limit=2).roi_columns() == {}
 
 
 def test_subjects_without_roi_voxels_are_left_out(synth: SynthInfo, tmp_path: Path) -> None:
@@ -198,7 +212,7 @@ def test_subjects_without_roi_voxels_are_left_out(synth: SynthInfo, tmp_path: Pa
     with h5py.File(tmp_path / "subj02.h5", "a") as f:
         f.create_dataset("rois/w_1_empty", data=np.array([4, 2]))
     dm = MemDataModule(tmp_path, rois=["w_1_empty"], limit=2)
-    assert dm.subjects == ["subj02"] and dm.subject_info()["subj02"].roi.tolist() == [4, 2]
+    assert dm.subjects == ["subj02"] and dm.subject_info()["subj02"].voxels.tolist() == [4, 2]
     with h5py.File(tmp_path / "subj02.h5", "a") as f:
         del f["rois/w_1_empty"]
         f.create_dataset("rois/w_1_empty", data=np.zeros(0, np.int64))

@@ -1,4 +1,4 @@
-"""Prediction files of trained jobs made without models (jobs/mem/artifacts.py layout), and an
+"""Prediction files of trained jobs made without models (jobs/mem/ensemble/artifacts.py layout), and an
 independent NumPy computation of what the ensemble of them must be."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 
 from jobs.data.layout import N_SLOTS, list_subjects, open_subject, subject_path
-from jobs.mem.artifacts import prediction_dir, write_index, write_manifest, write_subject
 from jobs.mem.data import roi_positions
+from jobs.mem.ensemble.artifacts import prediction_dir, write_index, write_manifest, write_subject
 
 # (job row, subject, split trials, voxel positions) -> values [n_trials, n_voxels]
 Values = Callable[[dict[str, Any], str, np.ndarray, np.ndarray], np.ndarray]

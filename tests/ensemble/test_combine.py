@@ -13,8 +13,8 @@ from jobs.data.layout import N_SLOTS, open_subject, subject_path
 from jobs.data.synth import SynthInfo, load_truth
 from jobs.eval.report import read_scheme_scores
 from jobs.eval.submission import read_prediction
-from jobs.mem.artifacts import prediction_dir
 from jobs.mem.config import RANDOM_BACKBONES
+from jobs.mem.ensemble.artifacts import prediction_dir
 from memq.checkpoints import ChecksumError
 from memq.files import temp_path
 from memq.runner import PermanentError

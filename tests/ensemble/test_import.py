@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from jobs.mem.build import build
+from jobs.mem.ensemble.stage_params import validate_import
 from jobs.mem.evaluate import mean_pearson
 from jobs.mem.model import MemModel
-from jobs.mem.reference import convert
-from jobs.mem.reference_import import reference_voxels
-from jobs.mem.stage_params import validate_import
+from jobs.mem.reference.convert import convert
+from jobs.mem.reference.import_job import reference_voxels
 from memq.checkpoints import load_verified, sha256_file
 from memq.runner import PermanentError
 

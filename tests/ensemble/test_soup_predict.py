@@ -12,9 +12,9 @@ import torch
 
 from jobs.data.layout import open_subject, subject_path
 from jobs.eval.score import pearson
-from jobs.mem.artifacts import prediction_dir, read_manifest, soup_path
 from jobs.mem.data import roi_positions
-from jobs.mem.soup import CheckpointsUnavailable
+from jobs.mem.ensemble.artifacts import prediction_dir, read_manifest, soup_path
+from jobs.mem.ensemble.soup import CheckpointsUnavailable
 from memq.checkpoints import load_verified
 from memq.sync import sync
 

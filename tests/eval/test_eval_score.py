@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import jobs.eval.truth
+import jobs.data.truth
 from jobs.data.synth import SynthInfo
+from jobs.data.truth import STREAM_NAMES, HemiTruth, SubjectTruth, read_truth, write_truth
 from jobs.eval.score import score_dirs, scores_json, vertex_scores
-from jobs.eval.truth import STREAM_NAMES, HemiTruth, SubjectTruth, read_truth, write_truth
 
 from .conftest import planted_test_signal, write_submission
 
@@ -212,6 +212,6 @@ def test_memq_data_synth_writes_a_truth_that_scores(tmp_path: Path, cli) -> None
 
 
 def test_truth_md_is_the_module_docstring() -> None:
-    doc = jobs.eval.truth.__doc__
+    doc = jobs.data.truth.__doc__
     assert doc is not None
-    assert doc.strip() == (Path(jobs.eval.truth.__file__).parent / "TRUTH.md").read_text().strip()
+    assert doc.strip() == (Path(jobs.data.truth.__file__).parent / "TRUTH.md").read_text().strip()

@@ -12,7 +12,8 @@ import torch
 
 from jobs.data.synth import SynthInfo, synthesize
 from jobs.mem.config import MemConfig, load_config, tiny
-from jobs.mem.model import MemModel, SubjectInfo
+from jobs.mem.model import MemModel
+from jobs.mem.subject import SubjectInfo
 from jobs.weights.install import install
 
 from .helpers import plain_vit

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from jobs.mem.data import MemDataModule
-from jobs.mem.fit import job_config
-from jobs.mem.model import MemModel, SubjectInfo
+from jobs.mem.model import MemModel
+from jobs.mem.train.fit import job_config
 
 
 def val_rows(job_dir: Path) -> list[dict[str, float]]:
@@ -28,5 +28,5 @@ def build_model(params: Mapping[str, Any]) -> MemModel:
     """A model of the job's config and data, as the job builds it."""
     config = job_config(params)
     assert config.DATASET.DIR is not None
-    infos = MemDataModule(config.DATASET.DIR, config.DATASET.SUBJECTS, config.DATASET.ROIS).subject_info()
-    return MemModel(config, {s: SubjectInfo(info.coords, info.roi) for s, info in infos.items()})
+    data = MemDataModule(config.DATASET.DIR, config.DATASET.SUBJECTS, config.DATASET.ROIS)
+    return MemModel(config, data.subject_info())

@@ -1,7 +1,7 @@
 """The reference implementation's network, for tests: its state-dict layout and its forward pass.
 
 Written from reading huzeyann/MemoryEncodingModel (mem/models.py, backbone.py, blocks.py,
-behav_embed.py, topyneck.py, point_pe.py), independently of jobs/mem/reference.py: tensors are
+behav_embed.py, topyneck.py, point_pe.py), independently of jobs/mem/reference/convert.py: tensors are
 named as the reference's modules name them and the forward pass reads them by those names with
 plain torch ops, in eval mode. A tensor the converter puts in the wrong place changes MemModel's
 predictions but not these.

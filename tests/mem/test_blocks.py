@@ -10,13 +10,13 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from jobs.mem.backbone import ConditionedViT
 from jobs.mem.config import ConfigError, MemConfig, load_config, tiny
-from jobs.mem.coords import fourier_features, normalise_coords
-from jobs.mem.frames import retina_features
-from jobs.mem.heads import SimpleConvBlocks
-from jobs.mem.lora import LoRALinear
-from jobs.mem.readout import apply_readout
+from jobs.mem.layers.backbone import ConditionedViT
+from jobs.mem.layers.coords import fourier_features, normalise_coords
+from jobs.mem.layers.frames import retina_features
+from jobs.mem.layers.heads import SimpleConvBlocks
+from jobs.mem.layers.lora import LoRALinear
+from jobs.mem.layers.readout import apply_readout
 from jobs.weights.install import install
 
 from .helpers import plain_vit

@@ -19,12 +19,13 @@ from jobs.data.layout import open_subject
 from jobs.data.synth import SynthInfo
 from jobs.mem.build import build as build_job
 from jobs.mem.config import ConfigError, MemConfig, load_config, validate_params
-from jobs.mem.coords import fourier_features
 from jobs.mem.data import MemDataModule, MemDataset, RandomSubsetSampler
+from jobs.mem.ensemble.soup import _make
 from jobs.mem.evaluate import mean_pearson
-from jobs.mem.lit import MemLit
-from jobs.mem.model import MemModel, SubjectInfo
-from jobs.mem.soup import _make
+from jobs.mem.layers.coords import fourier_features
+from jobs.mem.model import MemModel
+from jobs.mem.subject import SubjectInfo
+from jobs.mem.train.lit import MemLit
 from memq.checkpoints import sha256_file
 
 from .conftest import ROI
@@ -296,8 +297,8 @@ def test_switch_greedy_soup(job_params: dict[str, Any], tmp_path: Path) -> None:
     assert ours["selection_split"] == "val1" and ours["members"][0] == 1
     assert len(set(ours["members"])) == len(ours["members"])  # the best once
     # the reference's: every checkpoint from the best on is tried (the best against itself first),
-    # each kept if its val2 r beats the best so far, which starts at 0 (jobs.mem.soup_recipes counts the best twice
-    # when it is kept: tests/queue/test_soup.py)
+    # each kept if its val2 r beats the best so far, which starts at 0 (jobs.mem.ensemble.soup_recipes counts the
+    # best twice when it is kept: tests/queue/test_soup.py)
     assert theirs["selection_split"] == "val2"
     assert [t["checkpoint"] for t in theirs["trace"]] == [1, 0, 2]  # 1: the best against itself
     assert all(t["selection"] == t["reported"] for t in theirs["trace"])  # selected on what it reports
@@ -311,8 +312,7 @@ def test_switch_greedy_soup(job_params: dict[str, Any], tmp_path: Path) -> None:
 
 
 def _infos(params: dict[str, Any]) -> dict[str, SubjectInfo]:
-    data = MemDataModule(params["DATASET.DIR"])
-    return {s: SubjectInfo(info.coords, info.roi) for s, info in data.subject_info().items()}
+    return MemDataModule(params["DATASET.DIR"]).subject_info()
 
 
 # -- every switch has a test of its effect -------------------------------------------------------

@@ -14,10 +14,10 @@ from lightning.pytorch.plugins.precision import MixedPrecision
 from torch.utils.data import DataLoader
 
 from jobs.mem.config import MemConfig, SyncConfig, load_config
-from jobs.mem.lit import MemLit
 from jobs.mem.model import MemModel
 from jobs.mem.pearson import PearsonSums
-from jobs.mem.sync import SyncWeights
+from jobs.mem.train.lit import MemLit
+from jobs.mem.train.loss_weights import SyncWeights
 
 Build = Callable[..., MemModel]
 MakeBatch = Callable[..., dict[str, torch.Tensor]]
@@ -79,7 +79,7 @@ def test_nan_loss_skips_the_step_with_a_warning(
 ) -> None:
     lit = MemLit(tiny_config, build().train())
     batch = {"subj01": _with_targets(tiny_config, make_batch(tiny_config), 300, fill=float("nan"))}
-    with caplog.at_level(logging.WARNING, logger="jobs.mem.lit"):
+    with caplog.at_level(logging.WARNING, logger="jobs.mem.train.lit"):
         assert lit.training_step(batch, 0) is None  # Lightning then skips backward and optimizer step
     assert "non-finite training loss" in caplog.text
 

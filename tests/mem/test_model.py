@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from jobs.mem.config import RANDOM_BACKBONES, MemConfig, load_config, tiny
-from jobs.mem.mappers import negative_entropy
-from jobs.mem.model import MemModel, SubjectInfo
+from jobs.mem.layers.mappers import negative_entropy
+from jobs.mem.model import MemModel
+from jobs.mem.subject import SubjectInfo
 
 Build = Callable[..., MemModel]
 MakeBatch = Callable[..., dict[str, torch.Tensor]]

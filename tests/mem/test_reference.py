@@ -16,9 +16,10 @@ import pytest
 import torch
 
 from jobs.mem.config import MemConfig, load_config
-from jobs.mem.model import MemModel, SubjectInfo
-from jobs.mem.reference import ConversionError, ReferenceVoxels, convert
-from jobs.mem.reference_file import read_reference
+from jobs.mem.model import MemModel
+from jobs.mem.reference.convert import ConversionError, ReferenceVoxels, convert
+from jobs.mem.reference.read import read_reference
+from jobs.mem.subject import SubjectInfo
 from jobs.weights.install import install
 from jobs.weights.manifest import read_manifest
 

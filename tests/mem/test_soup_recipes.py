@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from jobs.mem.soup_recipes import greedy, uniform
+from jobs.mem.ensemble.soup_recipes import greedy, uniform
 from memq.checkpoints import ChecksumError, sha256_file
 
 

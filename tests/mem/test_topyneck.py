@@ -9,10 +9,10 @@ import pytest
 import torch
 import yaml
 
-from jobs.mem import topyneck
-from jobs.mem.fit import fit, job_config
 from jobs.mem.model import TOPYNECK_GROUPS, read_topyneck
-from jobs.mem.topyneck import part_path
+from jobs.mem.train import topyneck
+from jobs.mem.train.fit import fit, job_config
+from jobs.mem.train.topyneck import part_path
 from memq.grid import expand, load_grid_file
 from memq.runner import PermanentError
 

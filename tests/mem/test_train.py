@@ -14,9 +14,9 @@ import torch
 
 from jobs.data.layout import open_subject, subject_path
 from jobs.data.synth import SynthInfo
-from jobs.mem import train
 from jobs.mem.build import build
-from jobs.mem.topk import RESUME_FILE
+from jobs.mem.train import train
+from jobs.mem.train.topk import RESUME_FILE
 from jobs.weights.load import verified_state_dict
 from jobs.weights.manifest import read_manifest
 from memq import runner

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from jobs.mem.topk import RESUME_FILE
+from jobs.mem.train.topk import RESUME_FILE
 from memq.paths import job_dir
 
 from ..waiting import until

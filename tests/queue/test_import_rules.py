@@ -46,6 +46,13 @@ def test_jobs_import_only_the_public_job_api() -> None:
     assert found == []
 
 
+def test_data_preparation_imports_neither_the_model_nor_evaluation() -> None:
+    """jobs/data sits below jobs/mem and jobs/eval: they read what it prepares, never the reverse."""
+    found = [(src, dst) for src, dst in _imports("jobs/data")
+             if _within(dst, "jobs.mem") or _within(dst, "jobs.eval")]
+    assert found == []
+
+
 def test_memq_imports_flow_from_the_cli_through_services_to_the_store() -> None:
     allowed = {"cli": {"cli", "service", "store", "foundation"}, "service": {"service", "store", "foundation"},
                "store": {"store", "foundation"}, "foundation": {"foundation"}}

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 
 from jobs.data.layout import ChallengeLayout
+from jobs.data.truth import HEMIS
 from jobs.eval.submission import prediction_file
-from jobs.eval.truth import HEMIS
-from jobs.mem.artifacts import save_npy
+from jobs.mem.ensemble.artifacts import save_npy
 from memq.job import write_atomically
 
 

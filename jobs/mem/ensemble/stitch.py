@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from jobs.mem.artifacts import SubjectPrediction, stream_rows
+from jobs.mem.ensemble.artifacts import SubjectPrediction, stream_rows
 from memq.job import ChecksumError
 
 BLOCK_BYTES = 1 << 24

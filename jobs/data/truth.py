@@ -2,7 +2,7 @@
 ceiling needs, and optional stream labels for per-ROI scores.
 
 Plain ``.npy`` files (no pickles), so any NumPy reader works, modelled on the Algonauts release;
-``jobs/eval/truth.py`` is the reference writer and reader, ``memq score`` and ``memq report`` read it.
+``jobs/data/truth.py`` is the reference writer and reader, ``memq score`` and ``memq report`` read it.
 
 Directory
 ---------
@@ -59,7 +59,7 @@ from memq.job import UserError
 HEMIS = ("lh", "rh")
 STREAM_NAMES = STREAM_ROIS[:-1]  # label k names stream k; R (the added voxels) is not a challenge vertex
 REPEATS_FILE = "test_repeats.npy"
-HINT = "see jobs/eval/TRUTH.md"
+HINT = "see jobs/data/TRUTH.md"
 _MAX_REPEATS = 1_000_000
 
 

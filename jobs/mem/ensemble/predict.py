@@ -1,6 +1,6 @@
 """Job kind ``mem.predict``: a trained job's soup predicts one split for every subject it models.
 
-Output: ``<root>/predictions/<grid>/<job>/<recipe>/<split>/`` (see jobs/mem/artifacts.py): one
+Output: ``<root>/predictions/<grid>/<job>/<recipe>/<split>/`` (see jobs/mem/ensemble/artifacts.py): one
 float16 file per subject, the trial and voxel index, and the manifest, written last. Idempotent:
 a directory whose manifest names the current soup and whose files verify is kept.
 """
@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from jobs.mem.artifacts import (
+from jobs.mem.build import build
+from jobs.mem.ensemble.artifacts import (
     MANIFEST,
     prediction_dir,
     read_manifest,
@@ -20,10 +21,9 @@ from jobs.mem.artifacts import (
     write_manifest,
     write_subject,
 )
-from jobs.mem.build import build
+from jobs.mem.ensemble.source import registered, stage_params, trained_job
+from jobs.mem.ensemble.stage_params import PredictParams
 from jobs.mem.evaluate import subject_batches
-from jobs.mem.source import registered, stage_params, trained_job
-from jobs.mem.stage_params import PredictParams
 from memq.job import SOUP_ARTIFACT, JobContext, PermanentError, load_verified
 
 
@@ -56,7 +56,7 @@ def run(ctx: JobContext) -> None:
             row += len(preds)
             ctx.report_progress(subject=subject, trials=row)
         entries[subject] = write_subject(directory, subject, values)
-        voxels = infos[subject].roi
+        voxels = infos[subject].voxels
         index[subject] = (dataset.indices, np.arange(infos[subject].n_voxels) if voxels is None else voxels)
     write_manifest(directory, {"source_job": source["id"], "grid": source["grid"], "recipe": params.recipe,
                                "split": params.split, "soup_sha256": soup["sha256"],

@@ -1,4 +1,6 @@
-"""Reading state dicts from local files named in the config (never from the network)."""
+"""Reading state dicts from local files that a setting or an option names (``MODEL.TOPYNECK_PATH``,
+``memq data atlas-w --from-soup``): never from the network, and unlike installed weights not
+checked against a manifest."""
 
 from __future__ import annotations
 

@@ -7,48 +7,23 @@ cannot fix (bad settings, missing data or weight files) raise PermanentError.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
-import numpy as np
-import torch
 from lightning.pytorch.callbacks import Callback, Checkpoint, EarlyStopping
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
-from torch import Tensor
 
-from jobs.data.layout import open_subject, subject_path
 from jobs.mem.build import build, job_config
 from jobs.mem.config import MemConfig
 from jobs.mem.data import MemDataModule
-from jobs.mem.data import SubjectInfo as DataSubjectInfo
-from jobs.mem.lit import VAL_METRIC, MemLit
-from jobs.mem.progress import JobProgress
-from jobs.mem.topk import RESUME_FILE, TopKCheckpoints
+from jobs.mem.train.lit import VAL_METRIC, MemLit
+from jobs.mem.train.progress import JobProgress
+from jobs.mem.train.topk import RESUME_FILE, TopKCheckpoints
 from memq.job import JobContext, write_atomically
 
 RESULT_FILE = "result.json"
-
-
-def roi_columns(
-    data_dir: str, infos: Mapping[str, DataSubjectInfo], rois: Sequence[str] | None
-) -> dict[str, dict[str, Tensor]]:
-    """Per subject, ROI name -> the ROI's columns among the modelled voxels (the ROIs' union)."""
-    if rois is None:
-        return {}
-    columns: dict[str, dict[str, Tensor]] = {}
-    for subject, info in infos.items():
-        assert info.roi is not None
-        order = np.argsort(info.roi)
-        with open_subject(subject_path(data_dir, subject)) as file:
-            positions = {name: file.roi(name) for name in rois}
-        columns[subject] = {
-            name: torch.from_numpy(order[np.searchsorted(info.roi, p, sorter=order)])
-            for name, p in positions.items()
-            if p.size
-        }
-    return columns
 
 
 def build_trainer(
@@ -93,9 +68,7 @@ def fit(ctx: JobContext) -> Fitted:
     built = build(ctx.params, ctx.repeat, ctx.gpus, ctx.root, val_fraction=val_fraction)
     # (a fixed subset of val1 is validated, not Lightning's first batches)
     config, data, model = built.config, built.data, built.model.train()
-    dataset, infos = config.DATASET, data.subject_info()
-    assert dataset.DIR is not None
-    lit = MemLit(config, model, roi_columns(dataset.DIR, infos, dataset.ROIS))
+    lit = MemLit(config, model, data.roi_columns())
     topk = TopKCheckpoints(ctx, config.TRAINER.SAVE_TOP_K, VAL_METRIC, config.TRAINER.RESUME_EVERY_S)
     callbacks: list[Callback] = [
         # checked where the resume file is written: at the end of each epoch, after its validation

@@ -9,9 +9,9 @@ import torch
 from timm.layers import Mlp
 from torch import Tensor, nn
 
-from jobs.mem.behaviour import BehaviourEmbed
 from jobs.mem.config import ModelConfig
-from jobs.mem.groups import SubjectGroups
+from jobs.mem.layers.behaviour_embed import BehaviourEmbed
+from jobs.mem.layers.groups import SubjectGroups
 
 TIME_FREQ_DIM = 256  # width of the sinusoidal time encoding
 TIME_MAX_PERIOD = 10_000.0

@@ -7,8 +7,8 @@ the run's files (the Lightning ``*.ckpt`` of its top 10, or saved state dicts su
 repeat index, so that one group (one atlas) imports one run per ROI model; and optionally
 ``sha256sums``: a ``sha256sum`` listing that must hold every file, checked before it is read.
 
-Each file is read without running anything in it (jobs/mem/reference_file.py), converted and
-checked against this job's model and data (jobs/mem/reference.py), scored on val1 (full pass) and
+Each file is read without running anything in it (jobs/mem/reference/read.py), converted and
+checked against this job's model and data (jobs/mem/reference/convert.py), scored on val1 (full pass) and
 written as ``mem.train`` writes its top k: trainable tensors on the node-local scratch, registered
 with size, sha256 and the val1 r. ``mem.soup``, ``mem.predict`` and ``memq ensemble`` then take
 the job as they take a trained one. Any file that does not fit fails the job at once (no retries).
@@ -24,13 +24,13 @@ import numpy as np
 
 from jobs.data.layout import open_subject, subject_path
 from jobs.mem.build import build, job_config
-from jobs.mem.data import SubjectInfo
+from jobs.mem.ensemble.source import stage_params
+from jobs.mem.ensemble.stage_params import ImportParams
 from jobs.mem.evaluate import mean_pearson
 from jobs.mem.files import save_atomically
-from jobs.mem.reference import ReferenceVoxels, convert
-from jobs.mem.reference_file import read_reference
-from jobs.mem.source import stage_params
-from jobs.mem.stage_params import ImportParams
+from jobs.mem.reference.convert import ReferenceVoxels, convert
+from jobs.mem.reference.read import read_reference
+from jobs.mem.subject import SubjectInfo
 from memq.job import JobContext, PermanentError, sha256_file
 
 

@@ -8,7 +8,7 @@ CSV) and ``result.json`` in the attempt's directory; job metrics ``val_pearson``
 
 from __future__ import annotations
 
-from jobs.mem.fit import finish, fit
+from jobs.mem.train.fit import finish, fit
 from memq.job import JobContext
 
 

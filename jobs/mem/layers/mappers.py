@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from jobs.mem.coords import MEMQ_COORDS, CachedCoordsMLP, CoordsMode
+from jobs.mem.layers.coords import MEMQ_COORDS, CachedCoordsMLP, CoordsMode
 
 
 class RetinaMapper(CachedCoordsMLP):

@@ -23,11 +23,11 @@ from typing import Any
 import torch
 
 from jobs.mem.build import Built, build
+from jobs.mem.ensemble.soup import greedy_soup
 from jobs.mem.evaluate import pearson_by_subject
 from jobs.mem.files import save_atomically
-from jobs.mem.fit import finish, fit, job_config, write_result
 from jobs.mem.model import TOPYNECK_GROUPS
-from jobs.mem.soup import greedy_soup
+from jobs.mem.train.fit import finish, fit, job_config, write_result
 from memq.job import JobContext, PermanentError
 
 STAGES = ("train", "gather")

@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from jobs.mem.backbone import ConditionedViT
-from jobs.mem.behaviour import BehaviourEmbed
 from jobs.mem.config import ModelConfig
-from jobs.mem.groups import SubjectGroups
-from jobs.mem.heads import SimpleConvBlocks, class_token_mlps
+from jobs.mem.layers.backbone import ConditionedViT
+from jobs.mem.layers.behaviour_embed import BehaviourEmbed
+from jobs.mem.layers.groups import SubjectGroups
+from jobs.mem.layers.heads import SimpleConvBlocks, class_token_mlps
 
 
 class CurrentFrame(nn.Module):

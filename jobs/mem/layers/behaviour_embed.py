@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from timm.layers import Mlp
 from torch import Tensor, nn
 
-from jobs.mem.groups import SubjectGroups
+from jobs.mem.layers.groups import SubjectGroups
 
 
 class BehaviourEmbed(nn.Module):

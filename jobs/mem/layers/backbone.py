@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from jobs.mem.adaln import AdaLNZeroBlock
 from jobs.mem.config import BackboneConfig, ConfigError
-from jobs.mem.lora import add_lora
+from jobs.mem.layers.adaln import AdaLNZeroBlock
+from jobs.mem.layers.lora import add_lora
 from jobs.weights.load import load_pretrained
 
 

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from jobs.mem.coords import MEMQ_COORDS, CachedCoordsMLP, CoordsMode
+from jobs.mem.layers.coords import MEMQ_COORDS, CachedCoordsMLP, CoordsMode
 
 
 class FreeVoxelWeights(nn.Module):

@@ -16,7 +16,7 @@ from torch import Tensor
 from jobs.mem.config import MemConfig
 from jobs.mem.model import MemModel
 from jobs.mem.pearson import PearsonSums
-from jobs.mem.sync import SyncWeights
+from jobs.mem.train.loss_weights import SyncWeights
 
 log = logging.getLogger(__name__)
 

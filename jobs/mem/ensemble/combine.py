@@ -2,7 +2,7 @@
 the schemes with equal weights, write the Algonauts 2023 submission and the val2 scores.
 
 Subject by subject, each scheme's model files are streamed, stitched block by block
-(jobs/mem/stitch.py) and added straight into one float32 [n_trials, N_s] sum scaled by 1/n_schemes
+(jobs/mem/ensemble/stitch.py) and added straight into one float32 [n_trials, N_s] sum scaled by 1/n_schemes
 (memory: one whole-brain prediction, whatever the number of models). Before any of that, every
 scheme must cover every voxel of every subject exactly once (with ``partial``, schemes that do
 not are left out and listed). Files in ``out``:
@@ -31,13 +31,13 @@ import numpy as np
 from jobs.data.layout import N_SLOTS, open_subject, subject_path
 from jobs.eval.report import MANIFEST_FILE, SCORES_FILE
 from jobs.eval.score import pearson
-from jobs.mem.artifacts import SubjectPrediction, prediction_dir, read_predictions, remove_temporaries
-from jobs.mem.challenge import submission, write_submission
-from jobs.mem.schemes import schemes as find_schemes
-from jobs.mem.schemes import select
-from jobs.mem.source import stage_params
-from jobs.mem.stage_params import SCORE_SPLIT, SUBMISSION_SPLIT, EnsembleParams
-from jobs.mem.stitch import coverage, scheme_blocks
+from jobs.mem.ensemble.artifacts import SubjectPrediction, prediction_dir, read_predictions, remove_temporaries
+from jobs.mem.ensemble.challenge import submission, write_submission
+from jobs.mem.ensemble.schemes import schemes as find_schemes
+from jobs.mem.ensemble.schemes import select
+from jobs.mem.ensemble.source import stage_params
+from jobs.mem.ensemble.stage_params import SCORE_SPLIT, SUBMISSION_SPLIT, EnsembleParams
+from jobs.mem.ensemble.stitch import coverage, scheme_blocks
 from memq.job import JobContext, PermanentError, write_text_atomically
 
 SPLITS = (SUBMISSION_SPLIT, SCORE_SPLIT)

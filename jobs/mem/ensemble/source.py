@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from jobs.mem.stage_params import StageParams
+from jobs.mem.ensemble.stage_params import StageParams
 from memq.job import JobContext, PermanentError
 
 P = TypeVar("P", bound=StageParams)

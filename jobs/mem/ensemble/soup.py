@@ -1,7 +1,7 @@
 """Job kind ``mem.soup``: the uniform or greedy soup of a trained job's registered checkpoints.
 
 The checkpoints are first synced to the shared store (pulled over ssh from the node that has them
-when needed), then averaged by :mod:`jobs.mem.soup_recipes`, streaming and reading only verified bytes. A
+when needed), then averaged by :mod:`jobs.mem.ensemble.soup_recipes`, streaming and reading only verified bytes. A
 checkpoint whose shared copy fails its checksum is copied again from its source; if that cannot
 be done the job fails and says which: nothing corrupt is ever averaged. The greedy soup selects
 on val1 and reports val2; the uniform soup reports val2 too (full passes, eval mode). With the
@@ -21,13 +21,13 @@ from typing import Any
 
 import torch
 
-from jobs.mem import soup_recipes as soups
-from jobs.mem.artifacts import remove_temporaries, soup_path
 from jobs.mem.build import Built, build
+from jobs.mem.ensemble import soup_recipes as soups
+from jobs.mem.ensemble.artifacts import remove_temporaries, soup_path
+from jobs.mem.ensemble.source import registered, stage_params, trained_job
+from jobs.mem.ensemble.stage_params import SoupParams
 from jobs.mem.evaluate import mean_pearson
 from jobs.mem.files import save_atomically
-from jobs.mem.source import registered, stage_params, trained_job
-from jobs.mem.stage_params import SoupParams
 from memq.job import SOUP_ARTIFACT, ChecksumError, JobContext, SyncReport, verify, write_text_atomically
 
 
