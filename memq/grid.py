@@ -35,12 +35,15 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 from memq import kinds
 from memq.errors import UserError
-from memq.spec import GridSpec, GroupSpec, JobSpec, scheme_name
+from memq.spec import GridSpec, GroupSpec, JobSpec, canonical_json, scheme_name
 from memq.template import RUNTIME_FIELDS, SUBMIT_FIELDS, placeholders
 from memq.yamlsource import YamlSource
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
 MAX_JOBS = 1_000_000
+# One job's params as JSON. A job receives them in its environment (MEMQ_PARAMS, and one variable
+# per param), where Linux allows one variable 128 KiB: bigger inputs belong in a file.
+MAX_PARAMS_BYTES = 65_536
 
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 Params = dict[str, JsonValue]
@@ -304,6 +307,11 @@ def expand(grid: GridFile, source: YamlSource, overrides: dict[str, Any] | None 
         combos = itertools.product(*[values for _, values in axes])
         for combo in combos:
             params = {**merged["params"], **{name: value for (name, _), value in zip(axes, combo, strict=True)}}
+            size = len(canonical_json(params))
+            if size > MAX_PARAMS_BYTES:
+                raise UserError(f"a job's params take {size:,} bytes as JSON, more than {MAX_PARAMS_BYTES:,}",
+                                where=source.where(source.line_of(("groups", i))),
+                                hint="a job receives its params in its environment: pass big inputs as a file")
             _validate_params(spec, i, params, source, root)
             for r in range(group.repeat):
                 job = JobSpec(grid=grid.name, group=group.name, kind=merged["kind"], params=params, repeat=r,
