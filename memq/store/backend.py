@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from memq.lock import LockLost
 from memq.store import statements as q
-from memq.store.errors import StoreUnavailable
+from memq.store.errors import DatabaseDamaged, StoreUnavailable
 
 T = TypeVar("T")
 
@@ -71,6 +71,11 @@ class Backend:
                     raise _unavailable(exc) from exc
             except sa.exc.InterfaceError as exc:
                 raise _unavailable(exc) from exc
+            except sa.exc.DatabaseError as exc:
+                if not self.is_damage(exc):
+                    raise
+                detail = str(exc.orig or exc).strip().splitlines()[0]
+                raise DatabaseDamaged(self.display_url(), detail) from exc
             time.sleep(min(0.002 * 2 ** min(attempt, 8), 0.5) * (0.5 + random.random()))
         raise RuntimeError("transaction retried too often")
 
@@ -79,6 +84,10 @@ class Backend:
 
     def display_url(self) -> str:
         return self.engine.url.render_as_string(hide_password=True)
+
+    def is_damage(self, exc: sa.exc.DatabaseError) -> bool:
+        """Whether the database says its own files are corrupt (not a conflict, not an outage)."""
+        return False
 
     def describe_lock(self) -> str:
         """Who holds the lock that makes transactions exclusive, for `memq db check`."""

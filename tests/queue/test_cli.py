@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import random
 import socket
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from ..conftest import Rig
 
@@ -144,3 +149,47 @@ def test_db_set_mode_converts_the_journal_and_the_recorded_mode(tmp_path: Path, 
     wrong = memq("--root", root, "db", "set-mode", "wal")
     assert wrong.returncode == 2 and wrong.stderr.startswith("error: unknown mode 'wal'")
     assert (root / "queue.mode").read_text().strip() == "local"
+
+
+def test_a_root_that_lost_its_database_is_not_started_afresh(tmp_path: Path, cli, smoke_file: Path) -> None:
+    root = tmp_path / "root"
+    assert memq("--root", root, "submit", smoke_file).returncode == 0
+    db, version = root / "queue.db", root / "queue.version"
+    marker = version.read_bytes()
+    for lose, state in ((lambda: db.write_bytes(b""), "empty (0 bytes)"), (db.unlink, "missing")):
+        lose()
+        for args in (["submit", smoke_file], ["status"], ["jobs"]):
+            result = cli("--root", root, *args)
+            assert result.code == 2 and result.out == "", result
+            assert result.err == (
+                f"error: {db}: the database file is {state}, but this root has held a queue; memq will not start an "
+                f"empty one over its history (hint: restore queue.db from a backup, or give --db if the queue is in "
+                f"PostgreSQL; to start an empty queue here, delete {version})\n")
+        assert version.read_bytes() == marker
+    assert not db.exists()  # the refused submit did not make one
+    version.unlink()  # deliberately, as the hint says
+    assert "9 jobs added" in cli("--root", root, "submit", smoke_file).out
+
+
+@pytest.mark.parametrize("mode", ["local", "shared"])
+def test_a_damaged_database_is_one_line_and_nothing_is_written(tmp_path: Path, cli, smoke_file: Path,
+                                                               mode: str) -> None:
+    root = tmp_path / "root"
+    assert memq("--root", root, "--db-mode", mode, "submit", smoke_file).returncode == 0
+    db, version = root / "queue.db", root / "queue.version"
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        page = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'jobs'").fetchone()[0]
+        size = conn.execute("PRAGMA page_size").fetchone()[0]
+    scribbles = [((page - 1) * size, size, "database disk image is malformed"),  # the jobs table's first page
+                 (0, 100, "file is not a database")]  # the file's header
+    for offset, length, detail in scribbles:
+        data = bytearray(db.read_bytes())
+        data[offset:offset + length] = random.Random(offset).randbytes(length)
+        db.write_bytes(data)
+        damaged = (db.read_bytes(), version.read_bytes())
+        for args in (["submit", smoke_file], ["status"], ["jobs"], ["retry", "--failed"]):
+            result = cli("--root", root, *args)
+            assert result.code == 2 and result.out == "", result
+            assert result.err == f"error: {db}: the database is damaged ({detail}); nothing was written " \
+                                 "(hint: restore it from a backup)\n"
+        assert (db.read_bytes(), version.read_bytes()) == damaged
