@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import random
+import re
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
+from urllib.parse import urlencode
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -26,6 +28,8 @@ from memq.store.errors import DatabaseDamaged, StoreUnavailable
 T = TypeVar("T")
 
 _RETRIES = 50
+# Query parameters of a database URL that hold secrets (libpq's password and sslpassword, and the like).
+_SECRET_PARAMETER = re.compile("password|secret|token", re.IGNORECASE)
 
 
 class _OperationalUnavailable(StoreUnavailable, sa.exc.OperationalError):
@@ -83,7 +87,12 @@ class Backend:
         raise NotImplementedError
 
     def display_url(self) -> str:
-        return self.engine.url.render_as_string(hide_password=True)
+        """The URL to show: its password, and query parameters that hold secrets, as ***."""
+        url = self.engine.url
+        query = [(key, "***" if _SECRET_PARAMETER.search(key) else value)
+                 for key, values in url.query.items() for value in ((values,) if isinstance(values, str) else values)]
+        shown = url.set(query={}).render_as_string(hide_password=True)
+        return f"{shown}?{urlencode(query, safe='*')}" if query else shown
 
     def is_damage(self, exc: sa.exc.DatabaseError) -> bool:
         """Whether the database says its own files are corrupt (not a conflict, not an outage)."""

@@ -101,6 +101,16 @@ def test_unreachable_database_is_a_user_error_without_password(tmp_path: Path, c
         assert result.code == 2
         assert result.err.startswith("error: postgresql+psycopg://alice:***@127.0.0.1")
         assert "cannot reach the database" in result.err and "s3cret" not in result.err
+    # libpq takes secrets in the query string too
+    url = f"postgresql://alice@127.0.0.1:{port}/memq?password=s3cret&sslmode=prefer&sslpassword=k3y"
+    result = cli("--root", tmp_path, "--db", url, "status")
+    assert result.code == 2 and result.err.startswith(
+        f"error: postgresql+psycopg://alice@127.0.0.1:{port}/memq?password=***&sslmode=prefer&sslpassword=***: "
+        "cannot reach the database"), result.err
+    for url in ("postgresql://alice:s3cret@127.0.0.1:port/memq", "postgresql://alice:s3cret@[::1/memq"):
+        result = cli("--root", tmp_path, "--db", url, "status")
+        assert (result.code, result.err) == (2, "error: --db: not a valid database URL "
+                                                "(hint: postgresql+psycopg://USER@HOST[:PORT]/DB[?PARAMETER=VALUE&...])\n")
 
 
 def test_help_does_not_import_heavy_modules() -> None:
