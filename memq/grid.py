@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 from memq import kinds
 from memq.errors import UserError
 from memq.spec import GridSpec, GroupSpec, JobSpec, canonical_json, scheme_name
-from memq.template import RUNTIME_FIELDS, SUBMIT_FIELDS, placeholders
+from memq.template import RUNTIME_FIELDS, SUBMIT_FIELDS, has_stray_brace, placeholders
 from memq.yamlsource import YamlSource
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
@@ -259,14 +259,34 @@ def _check_group(i: int, group: Group, merged: dict[str, Any], source: YamlSourc
         raise UserError(f"parameter {sorted(overlap)[0]!r} is both fixed in params and varied in grid",
                         where=where("grid"))
     if merged["command"] is not None:
+        command_loc = ("groups", i, "command") if group.command is not None else ("defaults", "command")
+        for j, arg in enumerate(merged["command"]):
+            if has_stray_brace(arg):
+                raise UserError(f"command argument {arg!r} has a brace that is not part of a {{name}}",
+                                where=source.where(source.line_of((*command_loc, j))),
+                                hint="write {{ and }} for a literal brace")
         unknown = placeholders(merged["command"]) - names - set(SUBMIT_FIELDS) - set(RUNTIME_FIELDS)
         if unknown:
             name = sorted(unknown)[0]
             close = difflib.get_close_matches(name, [*names, *SUBMIT_FIELDS, *RUNTIME_FIELDS], n=1)
             raise UserError(f"command uses {{{name}}}, which is not a parameter of group {group.name!r}",
-                            where=where("command") if group.command is not None else source.where(
-                                source.line_of(("defaults", "command"))),
+                            where=source.where(source.line_of(command_loc)),
                             hint=f"did you mean {{{close[0]}}}?" if close else "define it in params or grid")
+
+
+def _distinct(i: int, name: str, values: list[Any], source: YamlSource, warnings: list[str]) -> list[Any]:
+    """A grid axis without repeated values (they would make the same job twice), with a warning for each."""
+    seen: set[str] = set()
+    kept = []
+    for j, value in enumerate(values):
+        text = canonical_json(value)
+        if text in seen:
+            warnings.append(f"{source.where(source.line_of(('groups', i, 'grid', name, j)))}: grid axis {name!r} "
+                            f"lists {text} more than once; it gets its jobs once (for identical jobs: repeat: N)")
+        else:
+            seen.add(text)
+            kept.append(value)
+    return kept
 
 
 def _validate_params(
@@ -295,6 +315,7 @@ def expand(grid: GridFile, source: YamlSource, overrides: dict[str, Any] | None 
     if grid.ensemble is not None:
         _check_ensemble(grid, grid.ensemble, source)
     jobs: list[JobSpec] = []
+    warnings: list[str] = []
     for i, group in enumerate(grid.groups):
         merged = _merged(grid.defaults, group)
         merged["params"].update(overrides or {})
@@ -303,7 +324,7 @@ def expand(grid: GridFile, source: YamlSource, overrides: dict[str, Any] | None 
         gpus = merged["resources"].get("gpus")
         if gpus is None:
             gpus = spec.gpus if spec is not None else 0
-        axes = list((group.grid or {}).items())
+        axes = [(name, _distinct(i, name, values, source, warnings)) for name, values in (group.grid or {}).items()]
         combos = itertools.product(*[values for _, values in axes])
         for combo in combos:
             params = {**merged["params"], **{name: value for (name, _), value in zip(axes, combo, strict=True)}}
@@ -323,7 +344,8 @@ def expand(grid: GridFile, source: YamlSource, overrides: dict[str, Any] | None 
                     raise UserError(f"the grid expands to more than {MAX_JOBS:,} jobs",
                                     where=source.where(source.line_of(("groups", i, "grid"))))
     groups = tuple(GroupSpec(g.name, tuple(g.after)) for g in grid.groups)
-    return GridSpec(name=grid.name, groups=groups, jobs=tuple(jobs), source=str(source.path.absolute()))
+    return GridSpec(name=grid.name, groups=groups, jobs=tuple(jobs), source=str(source.path.absolute()),
+                    warnings=tuple(warnings))
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

@@ -203,3 +203,40 @@ def test_a_damaged_database_is_one_line_and_nothing_is_written(tmp_path: Path, c
             assert result.err == f"error: {db}: the database is damaged ({detail}); nothing was written " \
                                  "(hint: restore it from a backup)\n"
         assert (db.read_bytes(), version.read_bytes()) == damaged
+
+
+def test_a_repeated_grid_value_makes_its_jobs_once_with_a_warning(tmp_path: Path, cli) -> None:
+    grid = tmp_path / "dup.yaml"
+    grid.write_text("name: dup\ndefaults: {command: [echo]}\ngroups:\n  - name: a\n    grid:\n"
+                    "      subj: [1, 2]\n      roi:\n        - E\n        - V\n        - E\n")
+    warning = (f"warning: {grid}:10: grid axis 'roi' lists \"E\" more than once; it gets its jobs once "
+               "(for identical jobs: repeat: N)\n")
+    dry = cli("--root", tmp_path / "root", "submit", "--dry-run", "--json", grid)
+    assert dry.code == 0 and dry.err == warning
+    assert [j["params"] for j in json.loads(dry.out)["jobs"]] == [
+        {"subj": s, "roi": r} for s in (1, 2) for r in ("E", "V")]
+    done = cli("--root", tmp_path / "root", "submit", grid)
+    assert (done.code, done.out, done.err) == (0, "dup: 4 jobs added, 0 already queued\n", warning)
+
+
+def test_what_grid_files_jobs_and_workers_wrote_is_shown_escaped(tmp_path: Path, cli, monkeypatch) -> None:
+    from memq.options import RootOptions
+    from memq.root import open_store
+
+    monkeypatch.setenv("COLUMNS", "250")  # (rich wraps cells to the terminal's width)
+    grid = tmp_path / "esc.yaml"
+    grid.write_text('name: esc\ndefaults: {command: [echo]}\ngroups:\n  - name: g\n'
+                    '    params: {title: "\\e]0;pwned\\a\\e[2J", flip: "\\u202eabc", tag: "[/x]"}\n')
+    root = tmp_path / "root"
+    dry = cli("--root", root, "submit", "--dry-run", grid)
+    assert cli("--root", root, "submit", grid).code == 0
+    st = open_store(RootOptions(root=str(root)), create=False)
+    worker = st.register_worker("w1", "node\x1b[31m", 1, "boot", [], 1, 30.0)
+    st.set_worker_state(worker.id, "quarantined", reason="exit 1: \x1b[2J[/y]")
+    jobs, status = cli("--root", root, "jobs"), cli("--root", root, "status")
+    shown = "title=\\x1b]0;pwned\\x07\\x1b[2J flip=\\u202eabc tag=[/x]"
+    for result, words in ((dry, shown), (jobs, shown), (status, "node\\x1b[31m")):
+        assert result.code == 0 and result.err == "", result
+        assert not any(c in result.out for c in "\x1b\x07\u202e"), result.out
+        assert words in result.out, result.out
+    assert "quarantined: exit 1: \\x1b[2J[/y]" in status.out

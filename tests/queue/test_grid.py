@@ -159,6 +159,10 @@ BAD_FILES = [
     ("name: x\ndefaults: {command: [echo]}\ngroups:\n  - name: a\n    priority: 1.5\n", 5, "priority"),
     ("name: x\ngroups:\n  - name: a\n    kind: mem.train\n    params: {OPTIMZER.LR: 0.1}\n", 5, "OPTIMZER.LR"),
     ("", 0, "mapping"),
+    ("name: x\ngroups:\n  - name: a\n    command:\n      - train\n      - --lr={lr\n    grid: {lr: [1]}\n", 6,
+     "command argument '--lr={lr' has a brace that is not part of a {name} "
+     "(hint: write {{ and }} for a literal brace)"),
+    ("name: x\ndefaults:\n  command: [echo, '{}']\ngroups:\n  - name: a\n", 3, "command argument '{}' has a brace"),
     ("name: x\ndefaults: {command: [echo]}\nloop: &a [1, *a]\ngroups:\n  - name: a\n", 3,
      "alias *a is inside its own anchor"),
     ("name: " + "[" * 150 + "]" * 150 + "\n", 1, "nested more than 100 levels deep"),
