@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from pathlib import Path
@@ -10,6 +11,8 @@ from typing import Annotated
 import typer
 
 from memq.cli.common import options, parse_ids, print_json, printable, store
+
+MIN_INTERVAL = 0.1  # seconds between refreshes of `memq status --watch`: each one reads the store
 
 
 def submit(
@@ -70,11 +73,16 @@ def _print_expanded(spec, as_json: bool) -> None:  # type: ignore[no-untyped-def
 def status(
     ctx: typer.Context,
     watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh until interrupted.")] = False,
-    interval: Annotated[float, typer.Option(help="Seconds between refreshes with --watch.")] = 2.0,
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes with --watch (at least 0.1).")] = 2.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Grids with progress and state counts, workers with their jobs, recent failures."""
     from memq.dashboard import render, snapshot
+    from memq.errors import UserError
+
+    if not (math.isfinite(interval) and interval >= MIN_INTERVAL):
+        raise UserError(f"must be a finite number of seconds, at least {MIN_INTERVAL:g}; got {interval:g}",
+                        where="--interval")
 
     st = store(ctx)
     if as_json:

@@ -240,3 +240,27 @@ def test_what_grid_files_jobs_and_workers_wrote_is_shown_escaped(tmp_path: Path,
         assert not any(c in result.out for c in "\x1b\x07\u202e"), result.out
         assert words in result.out, result.out
     assert "quarantined: exit 1: \\x1b[2J[/y]" in status.out
+
+
+def test_a_watch_interval_must_be_a_positive_number_of_seconds(tmp_path: Path, cli) -> None:
+    for value in ("-1", "0", "0.05", "nan", "inf"):  # (0 busy-looped, -1 was an internal error)
+        result = cli("--root", tmp_path / "root", "status", "--watch", "--interval", value)
+        assert (result.code, result.out) == (2, ""), result
+        assert result.err == f"error: --interval: must be a finite number of seconds, at least 0.1; got {value}\n"
+    assert not (tmp_path / "root").exists()
+
+
+def test_root_options_go_before_or_after_the_command(tmp_path: Path, cli, smoke_file: Path) -> None:
+    root, other = tmp_path / "root", tmp_path / "other"
+    added = cli("submit", smoke_file, "--root", root, "--db-mode", "shared")
+    assert added.out == "smoke: 9 jobs added, 0 already queued\n"
+    assert (root / "queue.mode").read_text() == "shared\n"
+    assert json.loads(cli("status", "--json", "--root", root).out)["counts"]["queued"] == 9
+    assert json.loads(cli("--root", root, "status", "--json").out)["counts"]["queued"] == 9
+    assert json.loads(cli("--root", other, "jobs", "--json", "--root", root).out)[0]["grid"] == "smoke"  # after wins
+    assert cli("db", "check", "--root", root).code == 0  # a command of a group
+    assert cli("db", "--root", root, "check").code == 0
+    wrong = cli("status", "--root", root, "--db", "mysql://h/memq")
+    assert (wrong.code, wrong.err) == (2, "error: --db: unsupported database URL scheme 'mysql' (hint: use "
+                                          "postgresql+psycopg://USER@HOST/DB, or omit --db for SQLite in the root)\n")
+    assert not other.exists()
