@@ -289,6 +289,17 @@ def _distinct(i: int, name: str, values: list[Any], source: YamlSource, warnings
     return kept
 
 
+def _largest_params(fixed: dict[str, Any], axes: list[tuple[str, list[Any]]]) -> int:
+    """The size of the largest job's params as canonical JSON, without making every job's: each item
+    adds its key, its value and two separators (the braces count one), and the job that takes the
+    largest value of every axis is among the jobs."""
+
+    def item(key: str, value: Any) -> int:
+        return len(canonical_json(key)) + len(canonical_json(value)) + 2
+
+    return 1 + sum(item(k, v) for k, v in fixed.items()) + sum(max(item(k, v) for v in vs) for k, vs in axes)
+
+
 def _validate_params(
     spec: kinds.KindSpec | None, i: int, params: dict[str, Any], source: YamlSource, root: Path | None
 ) -> None:
@@ -325,14 +336,14 @@ def expand(grid: GridFile, source: YamlSource, overrides: dict[str, Any] | None 
         if gpus is None:
             gpus = spec.gpus if spec is not None else 0
         axes = [(name, _distinct(i, name, values, source, warnings)) for name, values in (group.grid or {}).items()]
+        size = _largest_params(merged["params"], axes)
+        if size > MAX_PARAMS_BYTES:
+            raise UserError(f"a job's params take {size:,} bytes as JSON, more than {MAX_PARAMS_BYTES:,}",
+                            where=source.where(source.line_of(("groups", i))),
+                            hint="a job receives its params in its environment: pass big inputs as a file")
         combos = itertools.product(*[values for _, values in axes])
         for combo in combos:
             params = {**merged["params"], **{name: value for (name, _), value in zip(axes, combo, strict=True)}}
-            size = len(canonical_json(params))
-            if size > MAX_PARAMS_BYTES:
-                raise UserError(f"a job's params take {size:,} bytes as JSON, more than {MAX_PARAMS_BYTES:,}",
-                                where=source.where(source.line_of(("groups", i))),
-                                hint="a job receives its params in its environment: pass big inputs as a file")
             _validate_params(spec, i, params, source, root)
             for r in range(group.repeat):
                 job = JobSpec(grid=grid.name, group=group.name, kind=merged["kind"], params=params, repeat=r,
