@@ -25,20 +25,22 @@ class _BoundedLoader(yaml.SafeLoader):
         self.source = source
         self.aliased = 0
         self.depth = 0
-        self.sizes: dict[int, int] = {}  # expanded size of each anchored node, by id
+        self.measured: dict[int, tuple[int, int]] = {}  # see _measure, by the node's id
 
     def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
         event = self.peek_event()
         line = event.start_mark.line + 1
+        levels = 1
         if isinstance(event, yaml.AliasEvent) and event.anchor in self.anchors:
             node = self.anchors[event.anchor]
             if node.end_mark is None:  # still being composed: the alias is inside its own anchor
                 raise UserError(f"alias *{event.anchor} is inside its own anchor", where=self.source.where(line))
-            self.aliased += self._size(node)
+            values, levels = self._measure(node)
+            self.aliased += values
             if self.aliased > MAX_ALIASED:
                 raise UserError(f"aliases expand to more than {MAX_ALIASED:,} values", where=self.source.where(line),
                                 hint="a YAML alias bomb? write the values out")
-        if self.depth >= MAX_DEPTH:
+        if self.depth + levels > MAX_DEPTH:
             raise UserError(f"nested more than {MAX_DEPTH} levels deep", where=self.source.where(line))
         self.depth += 1
         try:
@@ -46,16 +48,19 @@ class _BoundedLoader(yaml.SafeLoader):
         finally:
             self.depth -= 1
 
-    def _size(self, node: yaml.Node) -> int:
-        """How many nodes ``node`` stands for once every alias in it is expanded."""
-        if id(node) not in self.sizes:
+    def _measure(self, node: yaml.Node) -> tuple[int, int]:
+        """How many values ``node`` stands for, and how many levels deep they go, once every alias
+        in it is expanded."""
+        if id(node) not in self.measured:
             children: list[yaml.Node] = []
             if isinstance(node, yaml.SequenceNode):
                 children = node.value
             elif isinstance(node, yaml.MappingNode):
                 children = [n for pair in node.value for n in pair]
-            self.sizes[id(node)] = 1 + sum(self._size(child) for child in children)
-        return self.sizes[id(node)]
+            measures = [self._measure(child) for child in children]
+            self.measured[id(node)] = (1 + sum(values for values, _ in measures),
+                                       1 + max((levels for _, levels in measures), default=0))
+        return self.measured[id(node)]
 
 
 class YamlSource:

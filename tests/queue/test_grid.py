@@ -166,6 +166,8 @@ BAD_FILES = [
     ("name: x\ndefaults: {command: [echo]}\nloop: &a [1, *a]\ngroups:\n  - name: a\n", 3,
      "alias *a is inside its own anchor"),
     ("name: " + "[" * 150 + "]" * 150 + "\n", 1, "nested more than 100 levels deep"),
+    ("name: x\n" + "".join(f"x{i}: &x{i} " + "[" * 60 + (f"*x{i - 1}" if i else "") + "]" * 60 + "\n"
+                           for i in range(20)), 3, "nested more than 100 levels deep"),  # (aliases nest too)
     ("name: x\ndefaults: {command: [echo]}\ngroups:\n  - name: a\n    params: {blob: " + "x" * 70_000 + "}\n", 4,
      "a job's params take 70,011 bytes as JSON, more than 65,536"),
     *[(ENSEMBLE.replace(old, new), line, words) for old, new, line, words in [
