@@ -35,12 +35,15 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 from memq import kinds
 from memq.errors import UserError
-from memq.spec import GridSpec, GroupSpec, JobSpec, scheme_name
-from memq.template import RUNTIME_FIELDS, SUBMIT_FIELDS, placeholders
+from memq.spec import GridSpec, GroupSpec, JobSpec, canonical_json, scheme_name
+from memq.template import RUNTIME_FIELDS, SUBMIT_FIELDS, has_stray_brace, placeholders
 from memq.yamlsource import YamlSource
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
 MAX_JOBS = 1_000_000
+# One job's params as JSON. A job receives them in its environment (MEMQ_PARAMS, and one variable
+# per param), where Linux allows one variable 128 KiB: bigger inputs belong in a file.
+MAX_PARAMS_BYTES = 65_536
 
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 Params = dict[str, JsonValue]
@@ -256,14 +259,45 @@ def _check_group(i: int, group: Group, merged: dict[str, Any], source: YamlSourc
         raise UserError(f"parameter {sorted(overlap)[0]!r} is both fixed in params and varied in grid",
                         where=where("grid"))
     if merged["command"] is not None:
+        command_loc = ("groups", i, "command") if group.command is not None else ("defaults", "command")
+        for j, arg in enumerate(merged["command"]):
+            if has_stray_brace(arg):
+                raise UserError(f"command argument {arg!r} has a brace that is not part of a {{name}}",
+                                where=source.where(source.line_of((*command_loc, j))),
+                                hint="write {{ and }} for a literal brace")
         unknown = placeholders(merged["command"]) - names - set(SUBMIT_FIELDS) - set(RUNTIME_FIELDS)
         if unknown:
             name = sorted(unknown)[0]
             close = difflib.get_close_matches(name, [*names, *SUBMIT_FIELDS, *RUNTIME_FIELDS], n=1)
             raise UserError(f"command uses {{{name}}}, which is not a parameter of group {group.name!r}",
-                            where=where("command") if group.command is not None else source.where(
-                                source.line_of(("defaults", "command"))),
+                            where=source.where(source.line_of(command_loc)),
                             hint=f"did you mean {{{close[0]}}}?" if close else "define it in params or grid")
+
+
+def _distinct(i: int, name: str, values: list[Any], source: YamlSource, warnings: list[str]) -> list[Any]:
+    """A grid axis without repeated values (they would make the same job twice), with a warning for each."""
+    seen: set[str] = set()
+    kept = []
+    for j, value in enumerate(values):
+        text = canonical_json(value)
+        if text in seen:
+            warnings.append(f"{source.where(source.line_of(('groups', i, 'grid', name, j)))}: grid axis {name!r} "
+                            f"lists {text} more than once; it gets its jobs once (for identical jobs: repeat: N)")
+        else:
+            seen.add(text)
+            kept.append(value)
+    return kept
+
+
+def _largest_params(fixed: dict[str, Any], axes: list[tuple[str, list[Any]]]) -> int:
+    """The size of the largest job's params as canonical JSON, without making every job's: each item
+    adds its key, its value and two separators (the braces count one), and the job that takes the
+    largest value of every axis is among the jobs."""
+
+    def item(key: str, value: Any) -> int:
+        return len(canonical_json(key)) + len(canonical_json(value)) + 2
+
+    return 1 + sum(item(k, v) for k, v in fixed.items()) + sum(max(item(k, v) for v in vs) for k, vs in axes)
 
 
 def _validate_params(
@@ -292,6 +326,7 @@ def expand(grid: GridFile, source: YamlSource, overrides: dict[str, Any] | None 
     if grid.ensemble is not None:
         _check_ensemble(grid, grid.ensemble, source)
     jobs: list[JobSpec] = []
+    warnings: list[str] = []
     for i, group in enumerate(grid.groups):
         merged = _merged(grid.defaults, group)
         merged["params"].update(overrides or {})
@@ -300,7 +335,12 @@ def expand(grid: GridFile, source: YamlSource, overrides: dict[str, Any] | None 
         gpus = merged["resources"].get("gpus")
         if gpus is None:
             gpus = spec.gpus if spec is not None else 0
-        axes = list((group.grid or {}).items())
+        axes = [(name, _distinct(i, name, values, source, warnings)) for name, values in (group.grid or {}).items()]
+        size = _largest_params(merged["params"], axes)
+        if size > MAX_PARAMS_BYTES:
+            raise UserError(f"a job's params take {size:,} bytes as JSON, more than {MAX_PARAMS_BYTES:,}",
+                            where=source.where(source.line_of(("groups", i))),
+                            hint="a job receives its params in its environment: pass big inputs as a file")
         combos = itertools.product(*[values for _, values in axes])
         for combo in combos:
             params = {**merged["params"], **{name: value for (name, _), value in zip(axes, combo, strict=True)}}
@@ -315,7 +355,8 @@ def expand(grid: GridFile, source: YamlSource, overrides: dict[str, Any] | None 
                     raise UserError(f"the grid expands to more than {MAX_JOBS:,} jobs",
                                     where=source.where(source.line_of(("groups", i, "grid"))))
     groups = tuple(GroupSpec(g.name, tuple(g.after)) for g in grid.groups)
-    return GridSpec(name=grid.name, groups=groups, jobs=tuple(jobs), source=str(source.path.absolute()))
+    return GridSpec(name=grid.name, groups=groups, jobs=tuple(jobs), source=str(source.path.absolute()),
+                    warnings=tuple(warnings))
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from memq.errors import UserError
 from memq.options import RootOptions
 from memq.store.backends import DB_FILE, open_backend
+from memq.store.base import VERSION_FILE
 from memq.store.store import Store
 
 
@@ -21,6 +22,25 @@ def apply_root_umask(root: Path) -> None:
     """New files get at most the root's permission bits (never group-writable unless it is)."""
     mode = stat.S_IMODE(root.stat().st_mode)
     os.umask(~mode & 0o077)
+
+
+def _refuse_lost_queue(root: Path) -> None:
+    """A root whose version file is there has held a queue (the file is first written after the
+    schema's commit). If its SQLite file is gone or empty, the history was lost: say so rather than
+    start an empty queue over it."""
+    if not (root / VERSION_FILE).exists():  # (first: a concurrent first submit commits before writing it)
+        return
+    try:
+        if (root / DB_FILE).stat().st_size:
+            return
+        state = "empty (0 bytes)"
+    except FileNotFoundError:
+        state = "missing"
+    raise UserError(f"the database file is {state}, but this root has held a queue; memq will not start an empty one "
+                    "over its history",
+                    where=str(root / DB_FILE),
+                    hint=f"restore {DB_FILE} from a backup, or give --db if the queue is in PostgreSQL; "
+                    f"to start an empty queue here, delete {root / VERSION_FILE}")
 
 
 def open_store(options: RootOptions, *, create: bool) -> Store:
@@ -36,9 +56,10 @@ def open_store(options: RootOptions, *, create: bool) -> Store:
             root.mkdir(parents=True, mode=0o755)
         except OSError as exc:
             raise UserError(f"cannot create the root: {exc.strerror}", where=str(root)) from exc
-    elif not create and not url and not (root / DB_FILE).exists():
-        raise UserError("no queue database in this root", where=str(root),
-                        hint="`memq submit GRID` creates one")
+    elif not url:
+        _refuse_lost_queue(root)
+        if not create and not (root / DB_FILE).exists():
+            raise UserError("no queue database in this root", where=str(root), hint="`memq submit GRID` creates one")
     apply_root_umask(root)
     from memq.fsinfo import is_local
 

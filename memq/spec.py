@@ -55,6 +55,7 @@ class GridSpec:
     groups: tuple[GroupSpec, ...]
     jobs: tuple[JobSpec, ...]
     source: str | None = None
+    warnings: tuple[str, ...] = ()  # "FILE:LINE: what" about the grid file, for the user
 
 
 def scheme_name(group: str, repeat: int, repeated: bool) -> str:

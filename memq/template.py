@@ -21,6 +21,12 @@ def placeholders(argv: Iterable[str]) -> set[str]:
     return {m.group(1) for arg in argv for m in PLACEHOLDER.finditer(arg) if m.group(1)}
 
 
+def has_stray_brace(arg: str) -> bool:
+    """Whether ``arg`` has a brace that is neither doubled nor part of a ``{name}`` (``{x``, ``{}``)."""
+    rest = PLACEHOLDER.sub("", arg)
+    return "{" in rest or "}" in rest
+
+
 def _text(value: Any) -> str:
     if isinstance(value, str):
         return value

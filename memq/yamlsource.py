@@ -10,6 +10,58 @@ import yaml
 
 from memq.errors import UserError
 
+# A grid file is written by hand (or a script): far below these, while a few lines of aliases
+# (a "billion laughs") expand to billions of values, and deep nesting exhausts the stack.
+MAX_ALIASED = 100_000  # values that aliases add to the document, counted as they are expanded
+MAX_DEPTH = 100
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing documents that expand beyond the limits above before
+    anything walks the expansion (an alias is one node in the composed graph, not a copy)."""
+
+    def __init__(self, text: str, source: YamlSource) -> None:
+        super().__init__(text)
+        self.source = source
+        self.aliased = 0
+        self.depth = 0
+        self.measured: dict[int, tuple[int, int]] = {}  # see _measure, by the node's id
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        event = self.peek_event()
+        line = event.start_mark.line + 1
+        levels = 1
+        if isinstance(event, yaml.AliasEvent) and event.anchor in self.anchors:
+            node = self.anchors[event.anchor]
+            if node.end_mark is None:  # still being composed: the alias is inside its own anchor
+                raise UserError(f"alias *{event.anchor} is inside its own anchor", where=self.source.where(line))
+            values, levels = self._measure(node)
+            self.aliased += values
+            if self.aliased > MAX_ALIASED:
+                raise UserError(f"aliases expand to more than {MAX_ALIASED:,} values", where=self.source.where(line),
+                                hint="a YAML alias bomb? write the values out")
+        if self.depth + levels > MAX_DEPTH:
+            raise UserError(f"nested more than {MAX_DEPTH} levels deep", where=self.source.where(line))
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def _measure(self, node: yaml.Node) -> tuple[int, int]:
+        """How many values ``node`` stands for, and how many levels deep they go, once every alias
+        in it is expanded."""
+        if id(node) not in self.measured:
+            children: list[yaml.Node] = []
+            if isinstance(node, yaml.SequenceNode):
+                children = node.value
+            elif isinstance(node, yaml.MappingNode):
+                children = [n for pair in node.value for n in pair]
+            measures = [self._measure(child) for child in children]
+            self.measured[id(node)] = (1 + sum(values for values, _ in measures),
+                                       1 + max((levels for _, levels in measures), default=0))
+        return self.measured[id(node)]
+
 
 class YamlSource:
     """A parsed YAML document that can say on which line a value (by its path) was written."""
@@ -23,7 +75,11 @@ class YamlSource:
         except (OSError, UnicodeDecodeError) as exc:
             raise UserError(f"cannot read: {exc}", where=str(path)) from None
         try:
-            self.node = yaml.compose(text, Loader=yaml.SafeLoader)
+            loader = _BoundedLoader(text, self)
+            try:
+                self.node = loader.get_single_node()
+            finally:
+                loader.dispose()
             self.data: Any = yaml.safe_load(text)
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark

@@ -10,9 +10,11 @@ import typer
 
 from memq import __version__
 from memq.cli import db, ensemble, queue, worker
+from memq.cli.group import MemqGroup
 from memq.demo import demo
 
 app = typer.Typer(
+    cls=MemqGroup,  # --root, --db and --db-mode after the command's name too
     name="memq",
     help="A job queue for GPU clusters on a shared filesystem: submit grids, run workers, build ensembles.",
     no_args_is_help=True,
@@ -32,7 +34,7 @@ def _version(value: bool) -> None:
 def _options(
     ctx: typer.Context,
     root: Annotated[str | None, typer.Option("--root", help="The shared memq root directory (env MEMQ_ROOT).")] = None,
-    db_url: Annotated[str | None, typer.Option(
+    db: Annotated[str | None, typer.Option(
         "--db", help="postgresql+psycopg://USER@HOST/DB instead of SQLite in the root (env MEMQ_DB).")] = None,
     db_mode: Annotated[str | None, typer.Option(
         "--db-mode", help="SQLite mode for a new root: local (WAL, one host) or shared (NFS-safe lock). "
@@ -43,7 +45,7 @@ def _options(
 ) -> None:
     from memq.options import RootOptions
 
-    ctx.obj = RootOptions(root=root, db=db_url, db_mode=db_mode)
+    ctx.obj = RootOptions(root=root, db=db, db_mode=db_mode)
 
 
 queue.register(app)

@@ -23,6 +23,19 @@ def store(ctx: typer.Context, *, create: bool = False) -> Store:
     return open_store(options(ctx), create=create)
 
 
+def printable(value: Any) -> Any:
+    """``value`` (a string, or a dict or list of them) with each control or invisible character
+    (terminal escapes, newlines, bidi overrides) written as its Python escape: what jobs and grid
+    files put in the queue must not drive the terminal that shows it."""
+    if isinstance(value, str):
+        return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in value)
+    if isinstance(value, dict):
+        return {printable(k): printable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [printable(v) for v in value]
+    return value
+
+
 def print_json(value: Any) -> None:
     json.dump(value, sys.stdout, indent=None, separators=(",", ":"), default=str)
     sys.stdout.write("\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from pathlib import Path
@@ -9,7 +10,9 @@ from typing import Annotated
 
 import typer
 
-from memq.cli.common import options, parse_ids, print_json, store
+from memq.cli.common import options, parse_ids, print_json, printable, store
+
+MIN_INTERVAL = 0.1  # seconds between refreshes of `memq status --watch`: each one reads the store
 
 
 def submit(
@@ -27,6 +30,8 @@ def submit(
     # kinds check their params against the root too (installed weights); a dry run may have none
     root = given.resolve_root() if not dry_run or given.root or os.environ.get("MEMQ_ROOT") else None
     spec = load_grid(grid_file, parse_overrides(set_ or []), root)
+    for warning in spec.warnings:
+        typer.echo(f"warning: {warning}", err=True)
     if dry_run:
         _print_expanded(spec, as_json)
         return
@@ -52,27 +57,32 @@ def _print_expanded(spec, as_json: bool) -> None:  # type: ignore[no-untyped-def
 
     # Parameters every job shares would repeat on every row: show them once, above the table.
     shared = {k: v for k, v in rows[0]["params"].items() if all(r["params"].get(k, object()) == v for r in rows)}
-    console = Console()
+    console = Console(markup=False)  # (no [markup] in what the file says)
     if shared and len(rows) > 1:
         console.print(f"{len(shared)} parameters shared by every job: "
-                      + " ".join(f"{k}={v}" for k, v in shared.items()), soft_wrap=True)
+                      + printable(" ".join(f"{k}={v}" for k, v in shared.items())), soft_wrap=True)
     table = Table(title=f"{spec.name}: {len(rows)} jobs (dry run, nothing written)", title_justify="left")
     for col in ("#", "group", "kind", "rep", "gpus", "params", "key"):
         table.add_column(col)
     for i, r in enumerate(rows):
         params = " ".join(f"{k}={v}" for k, v in r["params"].items() if k not in shared or len(rows) == 1)
-        table.add_row(str(i), r["group"], r["kind"], str(r["repeat"]), str(r["gpus"]), params, r["key"][:12])
+        table.add_row(str(i), r["group"], r["kind"], str(r["repeat"]), str(r["gpus"]), printable(params), r["key"][:12])
     console.print(table)
 
 
 def status(
     ctx: typer.Context,
     watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh until interrupted.")] = False,
-    interval: Annotated[float, typer.Option(help="Seconds between refreshes with --watch.")] = 2.0,
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes with --watch (at least 0.1).")] = 2.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Grids with progress and state counts, workers with their jobs, recent failures."""
     from memq.dashboard import render, snapshot
+    from memq.errors import UserError
+
+    if not (math.isfinite(interval) and interval >= MIN_INTERVAL):
+        raise UserError(f"must be a finite number of seconds, at least {MIN_INTERVAL:g}; got {interval:g}",
+                        where="--interval")
 
     st = store(ctx)
     if as_json:
@@ -80,16 +90,18 @@ def status(
         return
     from rich.console import Console
 
+    # What workers and jobs wrote (names, reasons, progress) is shown as text: no [markup], no escapes.
+    console = Console(markup=False)
     if not watch:
-        Console().print(render(snapshot(st)))
+        console.print(render(printable(snapshot(st))))
         return
     from rich.live import Live
 
-    with Live(render(snapshot(st)), refresh_per_second=4, screen=False) as live:
+    with Live(render(printable(snapshot(st))), console=console, refresh_per_second=4, screen=False) as live:
         try:
             while True:
                 time.sleep(interval)
-                live.update(render(snapshot(st)))
+                live.update(render(printable(snapshot(st))))
         except KeyboardInterrupt:
             pass
 
@@ -117,6 +129,7 @@ def jobs(
         return
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from memq.dashboard import STATE_STYLES
 
@@ -127,9 +140,9 @@ def jobs(
         params = " ".join(f"{k}={v}" for k, v in r["params"].items())
         metrics = r["metrics"] or {}
         extra = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
-        table.add_row(str(r["id"]), r["grid"], r["group"], f"[{STATE_STYLES[r['state']]}]{r['state']}",
-                      str(r["attempt"]), params[:60], extra or (r["reason"] or ""))
-    Console().print(table)
+        table.add_row(str(r["id"]), r["grid"], r["group"], Text(r["state"], style=STATE_STYLES[r["state"]]),
+                      str(r["attempt"]), printable(params)[:60], printable(extra or (r["reason"] or "")))
+    Console(markup=False).print(table)  # (what jobs wrote is text, not [markup])
 
 
 def cancel(

@@ -12,20 +12,24 @@ from __future__ import annotations
 
 import contextlib
 import random
+import re
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
+from urllib.parse import urlencode
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from memq.lock import LockLost
 from memq.store import statements as q
-from memq.store.errors import StoreUnavailable
+from memq.store.errors import DatabaseDamaged, StoreUnavailable
 
 T = TypeVar("T")
 
 _RETRIES = 50
+# Query parameters of a database URL that hold secrets (libpq's password and sslpassword, and the like).
+_SECRET_PARAMETER = re.compile("password|secret|token", re.IGNORECASE)
 
 
 class _OperationalUnavailable(StoreUnavailable, sa.exc.OperationalError):
@@ -71,6 +75,11 @@ class Backend:
                     raise _unavailable(exc) from exc
             except sa.exc.InterfaceError as exc:
                 raise _unavailable(exc) from exc
+            except sa.exc.DatabaseError as exc:
+                if not self.is_damage(exc):
+                    raise
+                detail = str(exc.orig or exc).strip().splitlines()[0]
+                raise DatabaseDamaged(self.display_url(), detail) from exc
             time.sleep(min(0.002 * 2 ** min(attempt, 8), 0.5) * (0.5 + random.random()))
         raise RuntimeError("transaction retried too often")
 
@@ -78,7 +87,16 @@ class Backend:
         raise NotImplementedError
 
     def display_url(self) -> str:
-        return self.engine.url.render_as_string(hide_password=True)
+        """The URL to show: its password, and query parameters that hold secrets, as ***."""
+        url = self.engine.url
+        query = [(key, "***" if _SECRET_PARAMETER.search(key) else value)
+                 for key, values in url.query.items() for value in ((values,) if isinstance(values, str) else values)]
+        shown = url.set(query={}).render_as_string(hide_password=True)
+        return f"{shown}?{urlencode(query, safe='*')}" if query else shown
+
+    def is_damage(self, exc: sa.exc.DatabaseError) -> bool:
+        """Whether the database says its own files are corrupt (not a conflict, not an outage)."""
+        return False
 
     def describe_lock(self) -> str:
         """Who holds the lock that makes transactions exclusive, for `memq db check`."""

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import sqlalchemy as sa
+
 from memq.errors import UserError
 from memq.store.backend import Backend
 from memq.store.postgres import Postgres
@@ -34,7 +36,11 @@ def open_backend(root: Path, db_url: str | None, db_mode: str | None, *, fs_loca
         if scheme != "postgresql+psycopg" or not sep:
             raise UserError(f"unsupported database URL scheme {scheme!r}", where="--db",
                             hint="use postgresql+psycopg://USER@HOST/DB, or omit --db for SQLite in the root")
-        return Postgres(f"{scheme}://{rest}")
+        try:
+            return Postgres(f"{scheme}://{rest}")
+        except (ValueError, sa.exc.ArgumentError):  # (their messages may quote the URL, password and all)
+            raise UserError("not a valid database URL", where="--db",
+                            hint="postgresql+psycopg://USER@HOST[:PORT]/DB[?PARAMETER=VALUE&...]") from None
     path = root / DB_FILE
     existing = recorded_mode(path)
     if existing is not None:

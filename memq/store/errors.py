@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from memq.errors import UserError
+
 
 class StoreUnavailable(Exception):
     """The database could not be reached or refused the transaction (a server restart, a broken
@@ -16,3 +18,12 @@ class StoreUnavailable(Exception):
         """Why, in one line (the driver's own message where there is one)."""
         text = str(getattr(self, "orig", None) or super().__str__()).strip()
         return text.splitlines()[0] if text else type(self).__name__
+
+
+class DatabaseDamaged(UserError):
+    """The database reports its own file corrupt: the transaction was rolled back; only a backup
+    (or the database's own recovery tools) can help."""
+
+    def __init__(self, where: str, detail: str) -> None:
+        super().__init__(f"the database is damaged ({detail}); nothing was written", where=where,
+                         hint="restore it from a backup")

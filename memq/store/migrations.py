@@ -10,13 +10,17 @@ from memq.store import schema as s
 from memq.store.backend import Backend
 
 
-def create(conn: Connection, backend: Backend) -> None:
-    """Create the schema if missing (safe to race), and check or upgrade its version."""
+def create(conn: Connection, backend: Backend) -> bool:
+    """Create the schema if missing (safe to race), and check or upgrade its version. False when the
+    database already had this version: then nothing was written."""
     backend.lock_schema(conn)
+    if found_version(conn) == s.SCHEMA_VERSION:
+        return False
     s.metadata.create_all(conn, checkfirst=True)
     conn.execute(backend.insert(s.meta).values(key="schema_version", value=str(s.SCHEMA_VERSION))
                  .on_conflict_do_nothing(index_elements=["key"]))
     upgrade(conn)
+    return True
 
 
 def found_version(conn: Connection) -> int | None:

@@ -116,6 +116,13 @@ class _SQLite(Backend):
         super().__init__(engine)
         self.path = path
 
+    def display_url(self) -> str:
+        return str(self.path)
+
+    def is_damage(self, exc: sa.exc.DatabaseError) -> bool:
+        code = getattr(exc.orig, "sqlite_errorcode", None)
+        return code is not None and code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
     def insert(self, table: sa.Table) -> Any:
         return sqlite.insert(table)
 

@@ -29,8 +29,10 @@ class Store(QueueOps, WorkerOps, CheckpointOps, CommandOps, ReadOps):
     """The job table of one memq root."""
 
     def initialize(self) -> None:
-        """Create the schema if missing (safe to race), and check or upgrade its version."""
-        self._write(lambda conn: migrations.create(conn, self.backend))
+        """Create the schema if missing (safe to race), and check or upgrade its version. A database
+        at this version is left as it is, and so is the version file."""
+        if self.backend.run(lambda conn: migrations.create(conn, self.backend)):
+            self.bump_version()
 
     def exists(self) -> bool:
         """Whether the memq tables are there (an older schema is upgraded first)."""

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import random
 import socket
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from ..conftest import Rig
 
@@ -96,6 +101,16 @@ def test_unreachable_database_is_a_user_error_without_password(tmp_path: Path, c
         assert result.code == 2
         assert result.err.startswith("error: postgresql+psycopg://alice:***@127.0.0.1")
         assert "cannot reach the database" in result.err and "s3cret" not in result.err
+    # libpq takes secrets in the query string too
+    url = f"postgresql://alice@127.0.0.1:{port}/memq?password=s3cret&sslmode=prefer&sslpassword=k3y"
+    result = cli("--root", tmp_path, "--db", url, "status")
+    assert result.code == 2 and result.err.startswith(
+        f"error: postgresql+psycopg://alice@127.0.0.1:{port}/memq?password=***&sslmode=prefer&sslpassword=***: "
+        "cannot reach the database"), result.err
+    for url in ("postgresql://alice:s3cret@127.0.0.1:port/memq", "postgresql://alice:s3cret@[::1/memq"):
+        result = cli("--root", tmp_path, "--db", url, "status")
+        assert (result.code, result.err) == (2, "error: --db: not a valid database URL "
+                                                "(hint: postgresql+psycopg://USER@HOST[:PORT]/DB[?PARAMETER=VALUE&...])\n")
 
 
 def test_help_does_not_import_heavy_modules() -> None:
@@ -144,3 +159,108 @@ def test_db_set_mode_converts_the_journal_and_the_recorded_mode(tmp_path: Path, 
     wrong = memq("--root", root, "db", "set-mode", "wal")
     assert wrong.returncode == 2 and wrong.stderr.startswith("error: unknown mode 'wal'")
     assert (root / "queue.mode").read_text().strip() == "local"
+
+
+def test_a_root_that_lost_its_database_is_not_started_afresh(tmp_path: Path, cli, smoke_file: Path) -> None:
+    root = tmp_path / "root"
+    assert memq("--root", root, "submit", smoke_file).returncode == 0
+    db, version = root / "queue.db", root / "queue.version"
+    marker = version.read_bytes()
+    for lose, state in ((lambda: db.write_bytes(b""), "empty (0 bytes)"), (db.unlink, "missing")):
+        lose()
+        for args in (["submit", smoke_file], ["status"], ["jobs"]):
+            result = cli("--root", root, *args)
+            assert result.code == 2 and result.out == "", result
+            assert result.err == (
+                f"error: {db}: the database file is {state}, but this root has held a queue; memq will not start an "
+                f"empty one over its history (hint: restore queue.db from a backup, or give --db if the queue is in "
+                f"PostgreSQL; to start an empty queue here, delete {version})\n")
+        assert version.read_bytes() == marker
+    assert not db.exists()  # the refused submit did not make one
+    version.unlink()  # deliberately, as the hint says
+    assert "9 jobs added" in cli("--root", root, "submit", smoke_file).out
+
+
+@pytest.mark.parametrize("mode", ["local", "shared"])
+def test_a_damaged_database_is_one_line_and_nothing_is_written(tmp_path: Path, cli, smoke_file: Path,
+                                                               mode: str) -> None:
+    root = tmp_path / "root"
+    assert memq("--root", root, "--db-mode", mode, "submit", smoke_file).returncode == 0
+    db, version = root / "queue.db", root / "queue.version"
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        page = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'jobs'").fetchone()[0]
+        size = conn.execute("PRAGMA page_size").fetchone()[0]
+    scribbles = [((page - 1) * size, size, "database disk image is malformed"),  # the jobs table's first page
+                 (0, 100, "file is not a database")]  # the file's header
+    for offset, length, detail in scribbles:
+        data = bytearray(db.read_bytes())
+        data[offset:offset + length] = random.Random(offset).randbytes(length)
+        db.write_bytes(data)
+        damaged = (db.read_bytes(), version.read_bytes())
+        for args in (["submit", smoke_file], ["status"], ["jobs"], ["retry", "--failed"]):
+            result = cli("--root", root, *args)
+            assert result.code == 2 and result.out == "", result
+            assert result.err == f"error: {db}: the database is damaged ({detail}); nothing was written " \
+                                 "(hint: restore it from a backup)\n"
+        assert (db.read_bytes(), version.read_bytes()) == damaged
+
+
+def test_a_repeated_grid_value_makes_its_jobs_once_with_a_warning(tmp_path: Path, cli) -> None:
+    grid = tmp_path / "dup.yaml"
+    grid.write_text("name: dup\ndefaults: {command: [echo]}\ngroups:\n  - name: a\n    grid:\n"
+                    "      subj: [1, 2]\n      roi:\n        - E\n        - V\n        - E\n")
+    warning = (f"warning: {grid}:10: grid axis 'roi' lists \"E\" more than once; it gets its jobs once "
+               "(for identical jobs: repeat: N)\n")
+    dry = cli("--root", tmp_path / "root", "submit", "--dry-run", "--json", grid)
+    assert dry.code == 0 and dry.err == warning
+    assert [j["params"] for j in json.loads(dry.out)["jobs"]] == [
+        {"subj": s, "roi": r} for s in (1, 2) for r in ("E", "V")]
+    done = cli("--root", tmp_path / "root", "submit", grid)
+    assert (done.code, done.out, done.err) == (0, "dup: 4 jobs added, 0 already queued\n", warning)
+
+
+def test_what_grid_files_jobs_and_workers_wrote_is_shown_escaped(tmp_path: Path, cli, monkeypatch) -> None:
+    from memq.options import RootOptions
+    from memq.root import open_store
+
+    monkeypatch.setenv("COLUMNS", "250")  # (rich wraps cells to the terminal's width)
+    grid = tmp_path / "esc.yaml"
+    grid.write_text('name: esc\ndefaults: {command: [echo]}\ngroups:\n  - name: g\n'
+                    '    params: {title: "\\e]0;pwned\\a\\e[2J", flip: "\\u202eabc", tag: "[/x]"}\n')
+    root = tmp_path / "root"
+    dry = cli("--root", root, "submit", "--dry-run", grid)
+    assert cli("--root", root, "submit", grid).code == 0
+    st = open_store(RootOptions(root=str(root)), create=False)
+    worker = st.register_worker("w1", "node\x1b[31m", 1, "boot", [], 1, 30.0)
+    st.set_worker_state(worker.id, "quarantined", reason="exit 1: \x1b[2J[/y]")
+    jobs, status = cli("--root", root, "jobs"), cli("--root", root, "status")
+    shown = "title=\\x1b]0;pwned\\x07\\x1b[2J flip=\\u202eabc tag=[/x]"
+    for result, words in ((dry, shown), (jobs, shown), (status, "node\\x1b[31m")):
+        assert result.code == 0 and result.err == "", result
+        assert not any(c in result.out for c in "\x1b\x07\u202e"), result.out
+        assert words in result.out, result.out
+    assert "quarantined: exit 1: \\x1b[2J[/y]" in status.out
+
+
+def test_a_watch_interval_must_be_a_positive_number_of_seconds(tmp_path: Path, cli) -> None:
+    for value in ("-1", "0", "0.05", "nan", "inf"):  # (0 busy-looped, -1 was an internal error)
+        result = cli("--root", tmp_path / "root", "status", "--watch", "--interval", value)
+        assert (result.code, result.out) == (2, ""), result
+        assert result.err == f"error: --interval: must be a finite number of seconds, at least 0.1; got {value}\n"
+    assert not (tmp_path / "root").exists()
+
+
+def test_root_options_go_before_or_after_the_command(tmp_path: Path, cli, smoke_file: Path) -> None:
+    root, other = tmp_path / "root", tmp_path / "other"
+    added = cli("submit", smoke_file, "--root", root, "--db-mode", "shared")
+    assert added.out == "smoke: 9 jobs added, 0 already queued\n"
+    assert (root / "queue.mode").read_text() == "shared\n"
+    assert json.loads(cli("status", "--json", "--root", root).out)["counts"]["queued"] == 9
+    assert json.loads(cli("--root", root, "status", "--json").out)["counts"]["queued"] == 9
+    assert json.loads(cli("--root", other, "jobs", "--json", "--root", root).out)[0]["grid"] == "smoke"  # after wins
+    assert cli("db", "check", "--root", root).code == 0  # a command of a group
+    assert cli("db", "--root", root, "check").code == 0
+    wrong = cli("status", "--root", root, "--db", "mysql://h/memq")
+    assert (wrong.code, wrong.err) == (2, "error: --db: unsupported database URL scheme 'mysql' (hint: use "
+                                          "postgresql+psycopg://USER@HOST/DB, or omit --db for SQLite in the root)\n")
+    assert not other.exists()

@@ -7,6 +7,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -158,6 +159,17 @@ BAD_FILES = [
     ("name: x\ndefaults: {command: [echo]}\ngroups:\n  - name: a\n    priority: 1.5\n", 5, "priority"),
     ("name: x\ngroups:\n  - name: a\n    kind: mem.train\n    params: {OPTIMZER.LR: 0.1}\n", 5, "OPTIMZER.LR"),
     ("", 0, "mapping"),
+    ("name: x\ngroups:\n  - name: a\n    command:\n      - train\n      - --lr={lr\n    grid: {lr: [1]}\n", 6,
+     "command argument '--lr={lr' has a brace that is not part of a {name} "
+     "(hint: write {{ and }} for a literal brace)"),
+    ("name: x\ndefaults:\n  command: [echo, '{}']\ngroups:\n  - name: a\n", 3, "command argument '{}' has a brace"),
+    ("name: x\ndefaults: {command: [echo]}\nloop: &a [1, *a]\ngroups:\n  - name: a\n", 3,
+     "alias *a is inside its own anchor"),
+    ("name: " + "[" * 150 + "]" * 150 + "\n", 1, "nested more than 100 levels deep"),
+    ("name: x\n" + "".join(f"x{i}: &x{i} " + "[" * 60 + (f"*x{i - 1}" if i else "") + "]" * 60 + "\n"
+                           for i in range(20)), 3, "nested more than 100 levels deep"),  # (aliases nest too)
+    ("name: x\ndefaults: {command: [echo]}\ngroups:\n  - name: a\n    params: {blob: " + "x" * 70_000 + "}\n", 4,
+     "a job's params take 70,011 bytes as JSON, more than 65,536"),
     *[(ENSEMBLE.replace(old, new), line, words) for old, new, line, words in [
         ("splits: [predict]", "splitz: [predict]", 7, "unknown key 'splitz' in ensemble.predict (hint: did you mean "
                                                       "'splits'?)"),
@@ -202,6 +214,43 @@ def test_bad_grid_file_gives_one_line_exit_2_and_writes_nothing(
     assert _db_state(root) == before
     status = json.loads(cli("--root", root, "status", "--json").out)
     assert status["counts"]["queued"] == 9
+
+
+def _alias_bomb(levels: int, *, in_params: bool) -> str:
+    """A "billion laughs": each level is a list of 9 aliases of the level below."""
+    lines = ["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, levels + 1)]
+    if in_params:
+        body = "\n".join("      " + line for line in lines)
+        return f"name: b\ndefaults: {{command: [echo, '{{p}}']}}\ngroups:\n  - name: a\n    params:\n{body}\n" \
+               f"      p: *a{levels}\n"
+    body = "\n".join("  " + line for line in lines)
+    return (f"name: b\ndefaults: {{command: [echo]}}\nbomb:\n{body}\n"
+            f"groups:\n  - name: a\n    params: {{p: *a{levels}}}\n")
+
+
+def test_an_alias_bomb_is_refused_at_once_and_nothing_is_written(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    exe = Path(sys.executable).with_name("memq")
+    # 9 levels: 387 million values (memq hung in its duplicate-key check); 7 levels inside params:
+    # 4.8 million (accepted, a 39 MB database, then "argument list too long" for the job)
+    for levels, in_params, line in ((9, False, 9), (7, True, 11)):
+        bomb = write(tmp_path, _alias_bomb(levels, in_params=in_params), f"bomb{levels}.yaml")
+        started = time.monotonic()
+        done = subprocess.run([str(exe), "--root", str(root), "submit", str(bomb)], capture_output=True, text=True,
+                              timeout=30)
+        took = time.monotonic() - started  # (mostly the interpreter starting)
+        assert done.returncode == 2 and done.stdout == "", done
+        assert done.stderr == (f"error: {bomb}:{line}: aliases expand to more than 100,000 values "
+                               "(hint: a YAML alias bomb? write the values out)\n")
+        assert took < 10
+    assert not root.exists()
+
+
+def test_aliases_that_repeat_a_few_values_are_fine(tmp_path: Path) -> None:
+    text = ("name: g\ndefaults: {command: [echo]}\ngroups:\n  - name: a\n    params: &p {rois: [E, V], lr: 0.1}\n"
+            "  - name: b\n    params: *p\n")
+    assert [j.params for j in load_grid(write(tmp_path, text)).jobs] == [{"rois": ["E", "V"], "lr": 0.1}] * 2
 
 
 def test_bad_files_enough() -> None:
