@@ -47,10 +47,12 @@ class Postgres(Backend):
         the URL has none). An environment is readable only by its own user (and root), unlike a
         command line, and leaves no file behind when a worker is killed."""
         url = self.engine.url
-        bare = sa.URL.create(url.drivername, url.username, None, url.host, url.port, url.database, url.query)
+        query = dict(url.query)
+        password = url.password if url.password is not None else query.pop("password", None)
+        bare = sa.URL.create(url.drivername, url.username, None, url.host, url.port, url.database, query)
         env = {"MEMQ_DB": bare.render_as_string(hide_password=False)}
-        if url.password is not None:
-            env["PGPASSWORD"] = str(url.password)
+        if password is not None:
+            env["PGPASSWORD"] = str(password)
         return env
 
     def insert(self, table: sa.Table) -> Any:

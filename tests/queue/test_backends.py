@@ -45,6 +45,10 @@ def test_a_job_s_environment_carries_no_password_in_the_url(tmp_path: Path) -> N
     st = Store(open_backend(tmp_path, url, None, fs_local=True), tmp_path)
     assert st.job_env() == {"MEMQ_DB": "postgresql+psycopg://memq@db.example:5433/memq?sslmode=require",
                             "PGPASSWORD": "s3cr@t"}
+    in_query = Store(open_backend(tmp_path, "postgresql://memq@db/memq?password=s3cr%40t&sslmode=require", None,
+                                  fs_local=True), tmp_path)
+    assert in_query.job_env() == {"MEMQ_DB": "postgresql+psycopg://memq@db/memq?sslmode=require",
+                                  "PGPASSWORD": "s3cr@t"}
     no_password = Store(open_backend(tmp_path, "postgresql://memq@db/memq", None, fs_local=True), tmp_path)
     assert no_password.job_env() == {"MEMQ_DB": "postgresql+psycopg://memq@db/memq"}
     sqlite_store = Store(open_backend(tmp_path, None, None, fs_local=True), tmp_path)
