@@ -36,6 +36,11 @@ def printable(value: Any) -> Any:
     return value
 
 
+def count(n: int, noun: str) -> str:
+    """"1 job", "3 jobs"."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def print_json(value: Any) -> None:
     json.dump(value, sys.stdout, indent=None, separators=(",", ":"), default=str)
     sys.stdout.write("\n")

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from memq.cli.common import store
+from memq.cli.common import count, store
 
 if TYPE_CHECKING:
     from memq.coordinator import Plan
@@ -80,9 +80,9 @@ def _run(st: Store, planned: Plan, wait: bool, poll: float) -> list[dict[str, An
     from memq.follow import wait as wait_for
 
     done = submit(st, planned)
-    typer.echo(f"{planned.spec.name}: {len(planned.stages)} jobs, {done.added} added")
+    typer.echo(f"{planned.spec.name}: {count(len(planned.stages), 'job')}, {done.added} added")
     if done.requeued:
-        typer.echo(f"requeued {len(done.requeued)} jobs that had failed or been cancelled")
+        typer.echo(f"requeued {count(len(done.requeued), 'job')} that had failed or been cancelled")
     if done.superseded:
         typer.echo(f"cancelled combine jobs {', '.join(map(str, done.superseded))} (same --out, other jobs)")
     if not wait:

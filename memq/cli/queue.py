@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from memq.cli.common import options, parse_ids, print_json, printable, store
+from memq.cli.common import count, options, parse_ids, print_json, printable, store
 
 MIN_INTERVAL = 0.1  # seconds between refreshes of `memq status --watch`: each one reads the store
 
@@ -39,10 +39,11 @@ def submit(
     if as_json:
         print_json({"grid": result.grid, "added": result.added, "existing": result.existing, "edited": result.edited})
         return
-    typer.echo(f"{result.grid}: {result.added} jobs added, {result.existing} already queued")
+    typer.echo(f"{result.grid}: {count(result.added, 'job')} added, {result.existing} already queued")
     if result.edited:
-        typer.echo(f"note: {result.edited} queued jobs differ from the file (command, resources, priority or "
-                   "attempts); they keep what they were submitted with. Cancel and resubmit to change them.")
+        verb = "differs" if result.edited == 1 else "differ"
+        typer.echo(f"note: {count(result.edited, 'queued job')} {verb} from the file (command, resources, priority "
+                   "or attempts); they keep what they were submitted with. Cancel and resubmit to change them.")
 
 
 def _print_expanded(spec, as_json: bool) -> None:  # type: ignore[no-untyped-def]
@@ -153,7 +154,7 @@ def cancel(
     """Cancel queued jobs; running ones are stopped by their worker within seconds."""
     ids = _selection(ctx, job_ids, grid)
     queued, running = store(ctx).cancel(ids, grid)
-    typer.echo(f"cancelled {queued} queued jobs; asked workers to stop {running} running jobs")
+    typer.echo(f"cancelled {count(queued, 'queued job')}; asked workers to stop {count(running, 'running job')}")
 
 
 def retry(
@@ -174,7 +175,7 @@ def retry(
     st = store(ctx)
     _check_known(st, ids, grid)
     n = st.retry(ids, grid, failed=failed, lost=lost, cancelled=cancelled, from_scratch=from_scratch)
-    typer.echo(f"requeued {n} jobs" + (" (from scratch)" if from_scratch else ""))
+    typer.echo(f"requeued {count(n, 'job')}" + (" (from scratch)" if from_scratch else ""))
 
 
 def _selection(ctx: typer.Context, job_ids: list[str] | None, grid: str | None) -> list[int]:

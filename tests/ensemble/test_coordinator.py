@@ -121,7 +121,7 @@ def test_waiting_ends_when_all_succeed_and_fails_on_a_failed_job(rig: Rig, grid_
     assert seen[-1]["soup"]["succeeded"] == 1 and seen[-1]["soup"]["failed"] == 1
     # a rerun requeues what failed; once every job succeeded the wait returns their rows
     result = cli(*rig.options(), "soup", grid_file, "--no-wait")
-    assert "requeued 1 jobs" in result.out
+    assert "requeued 1 job that had failed" in result.out
     while (ctx := rig.claim()) is not None:
         rig.finish(ctx)
     rows = wait(rig.store, DERIVED, stages, seen.append, interval=0.01)

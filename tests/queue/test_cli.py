@@ -52,10 +52,10 @@ def test_cli_commands_on_every_backend(rig: Rig, cli, smoke_file: Path) -> None:
     assert cli(*base, "pause", "smoke").out.strip() == "smoke: paused"
     assert json.loads(cli(*base, "status", "--json").out)["grids"][0]["paused"] is True
     assert cli(*base, "resume", "smoke").code == 0
-    assert "cancelled 1 queued" in cli(*base, "cancel", first["id"]).out
+    assert cli(*base, "cancel", first["id"]).out == "cancelled 1 queued job; asked workers to stop 0 running jobs\n"
     by_state = json.loads(cli(*base, "jobs", "--json", "--state", "cancelled").out)
     assert [j["id"] for j in by_state] == [first["id"]]
-    assert "requeued 1" in cli(*base, "retry", "--cancelled").out
+    assert cli(*base, "retry", "--cancelled").out == "requeued 1 job\n"
     assert json.loads(cli(*base, "status", "--json").out)["counts"]["queued"] == 9
     rows = json.loads(cli(*base, "jobs", "--json", "--grid", "smoke", "--group", "whole").out)
     assert len(rows) == 3
