@@ -65,8 +65,9 @@ def prepare(directory: Path, subjects: int, voxels: int, train: int, predict: in
     from jobs.data.layout import list_subjects, open_subject, subject_path
     from jobs.data.synth import synthesize
     from jobs.mem.data import roi_positions
-    from jobs.mem.ensemble.artifacts import prediction_dir, write_index, write_manifest, write_subject
+    from jobs.mem.ensemble.artifacts import write_index, write_manifest, write_subject
     from memq.grid import load_grid
+    from memq.job import prediction_dir
     from memq.store.types import Outcome
 
     t0 = time.perf_counter()
@@ -145,8 +146,8 @@ def main() -> None:
     shutil.rmtree(args.dir, ignore_errors=True)
     try:
         jobs = prepare(args.dir, args.subjects, args.voxels, args.train_sessions, args.predict_sessions)
-        from jobs.mem.ensemble.artifacts import prediction_dir
         from jobs.mem.ensemble.schemes import schemes
+        from memq.job import prediction_dir
 
         found = schemes(jobs, jobs)
         one = 4 * args.voxels * 750 * args.predict_sessions / 2**20

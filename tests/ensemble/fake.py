@@ -11,7 +11,8 @@ import numpy as np
 
 from jobs.data.layout import N_SLOTS, list_subjects, open_subject, subject_path
 from jobs.mem.data import roi_positions
-from jobs.mem.ensemble.artifacts import prediction_dir, write_index, write_manifest, write_subject
+from jobs.mem.ensemble.artifacts import write_index, write_manifest, write_subject
+from memq.job import prediction_dir
 
 # (job row, subject, split trials, voxel positions) -> values [n_trials, n_voxels]
 Values = Callable[[dict[str, Any], str, np.ndarray, np.ndarray], np.ndarray]

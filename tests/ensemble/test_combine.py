@@ -14,9 +14,9 @@ from jobs.data.synth import SynthInfo, load_truth
 from jobs.eval.report import read_scheme_scores
 from jobs.eval.submission import read_prediction
 from jobs.mem.config import RANDOM_BACKBONES
-from jobs.mem.ensemble.artifacts import prediction_dir
 from memq.checkpoints import ChecksumError
 from memq.files import temp_path
+from memq.job import prediction_dir
 from memq.runner import PermanentError
 
 from .fake import expected, write_fake

@@ -13,9 +13,10 @@ import torch
 from jobs.data.layout import open_subject, subject_path
 from jobs.eval.score import pearson
 from jobs.mem.data import roi_positions
-from jobs.mem.ensemble.artifacts import prediction_dir, read_manifest, soup_path
+from jobs.mem.ensemble.artifacts import read_manifest
 from jobs.mem.ensemble.soup import CheckpointsUnavailable
 from memq.checkpoints import load_verified
+from memq.job import prediction_dir, soup_path
 from memq.sync import sync
 
 from .rig import GRID, HALVES, Rig, grid_text

@@ -1,4 +1,5 @@
-"""Where soups and predictions of a trained job live on the shared root, and the prediction files.
+"""The files of a trained job's soups and predictions (their places: memq.job.soup_path and
+prediction_dir, from memq.paths, the one module that spells the root's layout).
 
     <root>/soups/<grid>/<job>/<recipe>.pt                  trainable state dict, float32
     <root>/soups/<grid>/<job>/<recipe>.json                what it was made of, and its scores
@@ -40,14 +41,6 @@ def remove_temporaries(directory: Path, names: Iterable[str] | None = None) -> N
     for path in [*directory.glob(".*.tmp"), *directory.glob("*/.*.tmp")]:
         if temporary.fullmatch(path.name):
             path.unlink(missing_ok=True)
-
-
-def soup_path(root: Path, grid: str, job_id: int, recipe: str) -> Path:
-    return root / "soups" / grid / str(job_id) / f"{recipe}.pt"
-
-
-def prediction_dir(root: Path, grid: str, job_id: int, recipe: str, split: str) -> Path:
-    return root / "predictions" / grid / str(job_id) / recipe / split
 
 
 @dataclass(frozen=True)

@@ -31,14 +31,14 @@ import numpy as np
 from jobs.data.layout import N_SLOTS, open_subject, subject_path
 from jobs.eval.report import MANIFEST_FILE, SCORES_FILE
 from jobs.eval.score import pearson
-from jobs.mem.ensemble.artifacts import SubjectPrediction, prediction_dir, read_predictions, remove_temporaries
+from jobs.mem.ensemble.artifacts import SubjectPrediction, read_predictions, remove_temporaries
 from jobs.mem.ensemble.challenge import submission, write_submission
 from jobs.mem.ensemble.schemes import schemes as find_schemes
 from jobs.mem.ensemble.schemes import select
 from jobs.mem.ensemble.source import stage_params
 from jobs.mem.ensemble.stage_params import SCORE_SPLIT, SUBMISSION_SPLIT, EnsembleParams
 from jobs.mem.ensemble.stitch import coverage, scheme_blocks
-from memq.job import JobContext, PermanentError, write_text_atomically
+from memq.job import JobContext, PermanentError, prediction_dir, write_text_atomically
 
 SPLITS = (SUBMISSION_SPLIT, SCORE_SPLIT)
 Parts = dict[str, dict[int, dict[str, SubjectPrediction]]]  # split -> job -> subject -> its predictions

@@ -12,10 +12,8 @@ import numpy as np
 from jobs.mem.build import build
 from jobs.mem.ensemble.artifacts import (
     MANIFEST,
-    prediction_dir,
     read_manifest,
     remove_temporaries,
-    soup_path,
     verified,
     write_index,
     write_manifest,
@@ -24,7 +22,7 @@ from jobs.mem.ensemble.artifacts import (
 from jobs.mem.ensemble.source import registered, stage_params, trained_job
 from jobs.mem.ensemble.stage_params import PredictParams
 from jobs.mem.evaluate import subject_batches
-from memq.job import SOUP_ARTIFACT, JobContext, PermanentError, load_verified
+from memq.job import SOUP_ARTIFACT, JobContext, PermanentError, load_verified, prediction_dir, soup_path
 
 
 def run(ctx: JobContext) -> None:

@@ -23,12 +23,12 @@ import torch
 
 from jobs.mem.build import Built, build
 from jobs.mem.ensemble import soup_recipes as soups
-from jobs.mem.ensemble.artifacts import remove_temporaries, soup_path
+from jobs.mem.ensemble.artifacts import remove_temporaries
 from jobs.mem.ensemble.source import registered, stage_params, trained_job
 from jobs.mem.ensemble.stage_params import SoupParams
 from jobs.mem.evaluate import mean_pearson
 from jobs.mem.files import save_atomically
-from memq.job import SOUP_ARTIFACT, ChecksumError, JobContext, SyncReport, verify, write_text_atomically
+from memq.job import SOUP_ARTIFACT, ChecksumError, JobContext, SyncReport, soup_path, verify, write_text_atomically
 
 
 class CheckpointsUnavailable(RuntimeError):
