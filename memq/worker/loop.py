@@ -17,6 +17,10 @@ and wakes for
 A database that cannot be reached (a PostgreSQL restart, an NFS error) does not stop the worker:
 its jobs go on, what they ended with waits in memory, and the loop tries again after a pause. The
 supervisors still fence their jobs once the lease has not been renewed for half its length.
+
+(Over 400 lines on purpose: the loop and the state it keeps - running jobs, claimed-ahead jobs,
+unrecorded outcomes, the claim timer - change together; what can be judged apart already lives
+apart: launch, supervisor protocol, outcome policy, reaper, wake-ups, claim-ahead pacing.)
 """
 
 from __future__ import annotations
