@@ -37,7 +37,10 @@ Root attributes:
     n_voxels        int
     n_challenge     int, optional: the first n_challenge voxels are the Algonauts challenge
     n_lh, n_rh      int, optional: challenge voxels per hemisphere, lh first (n_lh + n_rh = n_challenge)
-    (others)        optional extra attributes (e.g. ``synth_*`` of the synthetic generator)
+    (others)        optional extra attributes. The synthetic generator (``memq data synth``, space
+                    "synthetic") writes synth_seed, synth_noise and synth_r_ceiling_mean: the mean
+                    over the subject's voxels of the best achievable Pearson r against its betas
+                    (the planted signal's; ``jobs/data/synth.py``). Measured data has none of them.
 
 Datasets:
 

@@ -18,7 +18,9 @@ Besides the layout files, ``DIR/synth_truth.h5`` holds the truth:
     subjXX/betas_predict  float16 [750 * n_predict_sessions, n_voxels]  targets of the predict split
 
 and ``DIR/truth/`` the test truth of the predict split in the format of ``jobs/data/TRUTH.md``, for
-``memq score`` (see ``synth_truth``; written when there are predict sessions).
+``memq score`` (see ``synth_truth``; written when there are predict sessions), marked synthetic by
+``DIR/truth/synthetic.json``. The subject files say so too: space ``"synthetic"`` and the attributes
+``synth_seed``, ``synth_noise`` and ``synth_r_ceiling_mean`` (the subject's mean ``r_ceiling``).
 
 Usage: ``memq data synth --out DIR [--sessions 40 --voxels 40000 --image-size 224 ...]``.
 """
@@ -51,7 +53,7 @@ from jobs.data.splits import split_trials
 from jobs.data.synth_images import SIGNAL_POOL, feature_projection, image_features, pooled, render_images
 from jobs.data.synth_signal import PlantedMap, plant
 from jobs.data.synth_subject import behavior_base, trial_design, voxel_layout
-from jobs.data.synth_truth import write_synth_truth
+from jobs.data.synth_truth import mark_synthetic, write_synth_truth
 
 TRUTH_FILE = "synth_truth.h5"
 N_IMAGE_IDS = 73_000
@@ -255,6 +257,8 @@ def synthesize(
                 ceilings[subject] = _write_subject(
                     setup, truth.file, subject, images, voxel_counts[s], subject_seeds[s], bar
                 )
+    if n_predict_sessions:
+        mark_synthetic(out, seed, noise)
     return SynthInfo(
         data_dir=out,
         subjects=subjects,

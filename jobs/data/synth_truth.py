@@ -3,19 +3,22 @@
 The predict sessions play the Algonauts test sessions: each challenge image's measured response is
 the mean of its predict trials' z-scored betas, its repeats are counted from the design, and ncsnr
 is exact: z-scoring scales signal and noise alike, so ncsnr = signal_std / noise. Stream labels
-come from the stream ROIs of the challenge voxels.
+come from the stream ROIs of the challenge voxels. ``synthetic.json`` marks the directory as made,
+not measured (``jobs/data/TRUTH.md``).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 
 from jobs.data.layout import N_SLOTS, SubjectMeta
-from jobs.data.truth import STREAM_NAMES, HemiTruth, SubjectTruth, write_truth
+from jobs.data.truth import STREAM_NAMES, SYNTHETIC_FILE, HemiTruth, SubjectTruth, write_truth
 
 TRUTH_DIR = "truth"
+GENERATOR = "memq data synth"
 
 
 def stream_labels(rois: dict[str, np.ndarray], n_challenge: int) -> np.ndarray:
@@ -45,3 +48,10 @@ def write_synth_truth(
     parts = {"lh": slice(0, challenge.n_lh), "rh": slice(challenge.n_lh, challenge.n_challenge)}
     hemis = {hemi: HemiTruth(fmri[:, cols], ncsnr[cols], streams[cols]) for hemi, cols in parts.items()}
     return write_truth(out_dir / TRUTH_DIR, meta.subject, SubjectTruth(hemis, repeats))
+
+
+def mark_synthetic(out_dir: Path, seed: int, noise: float) -> Path:
+    """Write ``out_dir/truth/synthetic.json``: the generator and the settings that made the truth."""
+    path = out_dir / TRUTH_DIR / SYNTHETIC_FILE
+    path.write_text(json.dumps({"generator": GENERATOR, "seed": seed, "noise": noise}) + "\n")
+    return path

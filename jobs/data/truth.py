@@ -8,6 +8,9 @@ Directory
 ---------
 
     DIR/subj01/ ... DIR/subjXX/   one directory per subject (name = subject id, as in the submission)
+    DIR/synthetic.json            only in a synthetic truth: who made it and how, e.g.
+                                  {"generator": "memq data synth", "seed": 0, "noise": 1.0}; its ncsnr
+                                  is exact, not estimated. A truth without it is taken as measured.
 
 subjXX/
 -------
@@ -42,13 +45,16 @@ Sources
 Real data: the held-out NSD sessions' betas of the challenge vertices, z-scored per session and
 averaged per test image; ncsnr from NSD's ``lh/rh.ncsnr.mgh`` at the challenge vertices (mem-spec
 1.6); labels from the Algonauts ``roi_masks/lh/rh.streams_challenge_space.npy``. Synthetic data:
-``memq data synth`` writes ``DIR/truth/`` for its predict sessions (``jobs/data/synth_truth.py``).
+``memq data synth`` writes ``DIR/truth/`` for its predict sessions, ``synthetic.json`` included
+(``jobs/data/synth_truth.py``).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -59,6 +65,7 @@ from memq.job import UserError
 HEMIS = ("lh", "rh")
 STREAM_NAMES = STREAM_ROIS[:-1]  # label k names stream k; R (the added voxels) is not a challenge vertex
 REPEATS_FILE = "test_repeats.npy"
+SYNTHETIC_FILE = "synthetic.json"
 HINT = "see jobs/data/TRUTH.md"
 _MAX_REPEATS = 1_000_000
 
@@ -134,3 +141,17 @@ def write_truth(truth_dir: Path, subject: str, truth: SubjectTruth) -> Path:
         if part.streams is not None:
             np.save(directory / files["streams"], part.streams.astype(np.int64))
     return directory
+
+
+def synthetic_mark(truth_dir: Path) -> dict[str, Any] | None:
+    """What ``DIR/synthetic.json`` says of a synthetic truth; None where there is none (measured data)."""
+    path = truth_dir / SYNTHETIC_FILE
+    if not path.exists():
+        return None
+    try:
+        mark = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"not a readable JSON file ({exc})", where=str(path), hint=HINT) from exc
+    if not isinstance(mark, dict):
+        raise UserError("expected a JSON object", where=str(path), hint=HINT)
+    return mark

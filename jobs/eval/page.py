@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from html import escape
 
+from jobs.eval.formats import NONE, count_text
+
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
 h1 { font-size: 1.6em; } h2 { margin-top: 1.8em; border-bottom: 1px solid #ccc; }
@@ -12,16 +14,21 @@ img { max-width: 100%; display: block; margin: 1em 0; }
 table { border-collapse: collapse; font-size: 0.9em; margin: 1em 0; }
 th, td { border: 1px solid #ddd; padding: 0.25em 0.6em; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
-.note { color: #8a5a00; } pre { background: #f6f6f6; padding: 1em; overflow-x: auto; }
+.note { color: #8a5a00; } .origin { border-left: 4px solid #c77c00; padding-left: 0.8em; }
+pre { background: #f6f6f6; padding: 1em; overflow-x: auto; }
 """
 
-Cell = str | int | float | None
+Cell = str | int | None  # floats are formatted by the caller (jobs/eval/formats.py): r and scores differ
 
 
 def _cell(value: Cell) -> str:
     if value is None:
-        return "-"
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+        return NONE
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return count_text(value)
+    raise TypeError(f"table cell {value!r}: format it first (jobs/eval/formats.py)")
 
 
 class Page:
@@ -36,6 +43,10 @@ class Page:
 
     def text(self, text: str, note: bool = False) -> None:
         self._parts.append(f'<p class="note">{escape(text)}</p>' if note else f"<p>{escape(text)}</p>")
+
+    def origin(self, text: str) -> None:
+        """A paragraph set apart: where the data came from and what the best score is."""
+        self._parts.append(f'<p class="origin">{escape(text)}</p>')
 
     def image(self, src: str, alt: str) -> None:
         self._parts.append(f'<img src="{escape(src)}" alt="{escape(alt)}">')

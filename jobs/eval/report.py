@@ -5,12 +5,17 @@ Files in the output directory, always under these names:
     index.html    the page: inline CSS, no scripts, nothing fetched; it references the PNGs beside it
     curves.png    validation r per epoch of every job with CSV logs, one panel per group (jobs/eval/logs.py)
     schemes.png   from ENSEMBLE/scores.json: each scheme alone, and the ensemble as schemes are added
+                  (val2 r minus the best single scheme's; jobs/eval/plots.py)
     scores.png    with --truth: the test score of the submission in ENSEMBLE per subject and stream ROI
+                  (minus the score over all vertices; the tables give the scores themselves)
     surface.png   with --truth: the voxel-wise test score on fsaverage5, averaged over subjects
                   (jobs/eval/surface.py; vertex ids from the prepared data, --data or the jobs' DATASET.DIR)
 
-A section whose inputs are missing says so on the page instead. PNGs of an earlier report that this
-one does not draw are removed; index.html is written last (temporary name, then rename).
+The page opens with where the data came from: synthetic or measured, and the best achievable score
+(jobs/eval/origin.py). A section whose inputs are missing says so on the page instead. Paths on the
+page are never absolute: inside the memq root as ROOT-NAME/..., elsewhere by their name. PNGs of an
+earlier report that this one does not draw are removed; index.html is written last (temporary name,
+then rename).
 """
 
 from __future__ import annotations
@@ -21,8 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jobs.data.truth import HEMIS
+from jobs.data.truth import HEMIS, HINT, synthetic_mark
+from jobs.eval.formats import count_text, r_change_text, r_text, score_text
 from jobs.eval.logs import val_curve
+from jobs.eval.origin import data_text, read_prepared, truth_text
 from jobs.eval.page import Page
 from jobs.eval.plots import Curve, curves_figure, save, schemes_figure, score_figure
 from jobs.eval.score import SubjectScores, score_dirs, scores_json
@@ -43,25 +50,43 @@ class ReportInputs:
     truth: Path | None = None  # a test truth (jobs/data/TRUTH.md)
     data: Path | None = None  # prepared data (subjXX.h5) for the surface's vertex ids
 
+    def shown(self, path: Path) -> str:
+        """``path`` as the page shows it: ROOT-NAME/... inside the memq root, else its name alone."""
+        path, root = path.resolve(), self.root.resolve()
+        return str(root.name / path.relative_to(root)) if path.is_relative_to(root) else path.name
+
+    def problem(self, exc: UserError) -> str:
+        """A UserError's message with its place as :meth:`shown` shows it."""
+        where = f"{self.shown(Path(exc.where))}: " if exc.where else ""
+        return f"{where}{exc.what}"
+
+
+def job_model(job: dict[str, Any]) -> str:
+    """What the job models: its ROIs, or the whole brain; and which repeat."""
+    rois = job["params"].get("DATASET.ROIS")
+    if not rois:
+        return f"whole brain (repeat {job['repeat']})"
+    names = f"ROI{'s' if len(rois) > 1 else ''} {', '.join(map(str, rois))}"
+    return f"{names} (repeat {job['repeat']})" if job["repeat"] else names
+
 
 def job_label(job: dict[str, Any]) -> str:
-    rois = job["params"].get("DATASET.ROIS")
-    return f"#{job['id']} {','.join(map(str, rois))}" if rois else f"#{job['id']} repeat {job['repeat']}"
+    return f"job {job['id']}: {job_model(job)}"
 
 
 def _states(jobs: list[dict[str, Any]]) -> str:
     states = Counter(job["state"] for job in jobs)
-    return f"{len(jobs)} jobs: " + ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
+    return f"{count_text(len(jobs))} jobs: " + ", ".join(f"{count_text(n)} {s}" for s, n in sorted(states.items()))
 
 
 def _jobs_section(page: Page, jobs: list[dict[str, Any]]) -> None:
     page.heading("Jobs")
     rows = [
-        [job["id"], job["group"], job_label(job), job["state"], job["attempt"],
-         (job["metrics"] or {}).get("val_pearson"), (job["metrics"] or {}).get("epochs")]
+        [str(job["id"]), job["group"], job_model(job), job["state"], job["attempt"],
+         r_text((job["metrics"] or {}).get("val_pearson")), (job["metrics"] or {}).get("epochs")]
         for job in jobs
     ]  # fmt: skip
-    page.table(["id", "group", "job", "state", "attempt", "val r", "epochs"], rows)
+    page.table(["id", "group", "model", "state", "attempt", "val r", "epochs"], rows)
 
 
 def _curves_section(page: Page, inputs: ReportInputs) -> None:
@@ -77,7 +102,9 @@ def _curves_section(page: Page, inputs: ReportInputs) -> None:
     if groups:
         page.image(save(curves_figure(groups), inputs.out / CURVES).name, "validation r per epoch of each job")
     if unlogged:
-        page.text(f"No CSV logs with validation r for {len(unlogged)} jobs: {'; '.join(unlogged)}.", note=True)
+        page.text(
+            f"No CSV logs with validation r for {count_text(len(unlogged))} jobs: {'; '.join(unlogged)}.", note=True
+        )
 
 
 def _read_json(path: Path) -> Any:
@@ -115,29 +142,33 @@ def read_scheme_scores(path: Path) -> SchemeScores:
 
 
 def _schemes(page: Page, scores: SchemeScores, out: Path) -> None:
+    if not scores.alone:
+        page.text(f"{SCORES_FILE} names no schemes.", note=True)
+        return
     page.image(save(schemes_figure(scores.alone, scores.cumulative), out / SCHEMES).name, "val2 r of the schemes")
-    if scores.cumulative and scores.alone:
+    if scores.cumulative:
         best = max(scores.alone, key=scores.alone.__getitem__)
         final = scores.cumulative[-1][1]
         page.text(
-            f"Ensemble of {len(scores.cumulative)} schemes: r = {final:.4f}; best single scheme {best}: "
-            f"r = {scores.alone[best]:.4f}; gain {final - scores.alone[best]:+.4f}."
+            f"Ensemble of {count_text(len(scores.cumulative))} schemes: r = {r_text(final)}; best single scheme "
+            f"{best}: r = {r_text(scores.alone[best])}; gain {r_change_text(final - scores.alone[best])}."
         )
     subjects = sorted({subject for per in scores.per_subject.values() for subject in per})
     added = dict(scores.cumulative)
     rows = [
-        [name, r, *(scores.per_subject[name].get(subject) for subject in subjects), added.get(name)]
+        [name, r_text(r), *(r_text(scores.per_subject[name].get(subject)) for subject in subjects),
+         r_text(added.get(name))]
         for name, r in scores.alone.items()
-    ]
+    ]  # fmt: skip
     page.table(["scheme", "val2 r", *subjects, "ensemble r after adding it"], rows)
 
 
-def _ensemble_section(page: Page, ensemble: Path, out: Path) -> None:
+def _ensemble_section(page: Page, inputs: ReportInputs, ensemble: Path) -> None:
     path = ensemble / SCORES_FILE
     if path.is_file():
-        _schemes(page, read_scheme_scores(path), out)
+        _schemes(page, read_scheme_scores(path), inputs.out)
     else:
-        page.text(f"No {SCORES_FILE} in {ensemble}: no validation scores of the schemes.", note=True)
+        page.text(f"No {SCORES_FILE} in {inputs.shown(ensemble)}: no validation scores of the schemes.", note=True)
     manifest = ensemble / MANIFEST_FILE
     if manifest.is_file():
         page.details(f"{MANIFEST_FILE} (the ensemble's manifest)", json.dumps(_read_json(manifest), indent=2))
@@ -164,13 +195,13 @@ def _surface(page: Page, inputs: ReportInputs, scores: list[SubjectScores]) -> N
             (challenge_vertices(data, s.subject, {hemi: s.hemis[hemi].size for hemi in HEMIS}), s.hemis) for s in scores
         ]
     except UserError as exc:
-        page.text(f"No surface map: {exc.line().removeprefix('error: ')}", note=True)
+        page.text(f"No surface map: {inputs.problem(exc)}", note=True)
         return
     page.image(
         save(surface_figure(fsaverage5_mean(pairs)), inputs.out / SURFACE).name, "voxel-wise test score on fsaverage5"
     )
     page.text(
-        f"Challenge vertices with fsaverage ids below 10,242 (the fsaverage5 vertices) of {data}, "
+        f"Challenge vertices with fsaverage ids below 10,242 (the fsaverage5 vertices) of {inputs.shown(data)}, "
         "averaged over subjects; see jobs/eval/surface.py."
     )
 
@@ -184,17 +215,42 @@ def _score_section(page: Page, inputs: ReportInputs) -> None:
     result = scores_json(scores)
     page.image(save(score_figure(result), inputs.out / SCORES).name, "test score per subject and ROI")
     rows = [
-        [name, e["all"]["n"], e["all"]["median"], e["all"]["mean"], e["lh"]["median"], e["rh"]["median"]]
+        [name, e["all"]["n"], score_text(e["all"]["median"]), score_text(e["all"]["mean"]),
+         score_text(e["lh"]["median"]), score_text(e["rh"]["median"])]
         for name, e in result["subjects"].items()
-    ]
-    rows.append(["all", result["all"]["n"], result["all"]["median"], result["all"]["mean"], None, None])
+    ]  # fmt: skip
+    overall = result["all"]
+    rows.append(["all", overall["n"], score_text(overall["median"]), score_text(overall["mean"]), None, None])
     page.table(["subject", "vertices", "median", "mean", "lh median", "rh median"], rows)
     if result["rois"]:
         page.table(
             ["stream ROI", "vertices", "median", "mean"],
-            [[name, e["n"], e["median"], e["mean"]] for name, e in result["rois"].items()],
+            [[name, e["n"], score_text(e["median"]), score_text(e["mean"])] for name, e in result["rois"].items()],
         )
     _surface(page, inputs, scores)
+
+
+def _origin(inputs: ReportInputs) -> tuple[bool, list[str]]:
+    """Whether the prepared data or the test truth is synthetic, and the page's lines on where they came from."""
+    synthetic, lines = False, []
+    data = _dataset_dir(inputs)
+    if data is None:
+        lines.append(
+            "Prepared data not known (the jobs share no DATASET.DIR; pass --data), nor whether it is synthetic."
+        )
+    else:
+        try:
+            prepared = read_prepared(data)
+        except UserError as exc:
+            lines.append(f"Prepared data not readable ({inputs.problem(exc)}): whether it is synthetic is not known.")
+        else:
+            synthetic = prepared.synthetic
+            lines.append(data_text(prepared, inputs.shown(data)))
+    if inputs.truth is not None:
+        mark = synthetic_mark(inputs.truth)
+        synthetic |= mark is not None
+        lines.append(truth_text(mark, inputs.shown(inputs.truth)))
+    return synthetic, lines
 
 
 def build_report(inputs: ReportInputs) -> Path:
@@ -204,17 +260,22 @@ def build_report(inputs: ReportInputs) -> Path:
     matplotlib.use("Agg")
     if inputs.ensemble is not None and not inputs.ensemble.is_dir():
         raise UserError("no such ensemble output directory", where=str(inputs.ensemble))
+    if inputs.truth is not None and not inputs.truth.is_dir():
+        raise UserError("no such truth directory", where=str(inputs.truth), hint=HINT)
     inputs.out.mkdir(parents=True, exist_ok=True)
     for name in (CURVES, SCHEMES, SCORES, SURFACE):
         (inputs.out / name).unlink(missing_ok=True)
-    page = Page(f"memq report: grid {inputs.grid}")
-    page.text(f"{_states(inputs.jobs)}. Root {inputs.root}.")
+    synthetic, origin = _origin(inputs)
+    page = Page(f"memq report: grid {inputs.grid}{' (synthetic data)' if synthetic else ''}")
+    page.text(f"{_states(inputs.jobs)}. Root {inputs.shown(inputs.root)}.")
+    for line in origin:
+        page.origin(line)
     _curves_section(page, inputs)
     page.heading("Ensemble (validation, val2)")
     if inputs.ensemble is None:
         page.text("No --ensemble given.", note=True)
     else:
-        _ensemble_section(page, inputs.ensemble, inputs.out)
+        _ensemble_section(page, inputs, inputs.ensemble)
     _score_section(page, inputs)
     _jobs_section(page, inputs.jobs)
     path = inputs.out / PAGE

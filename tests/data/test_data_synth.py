@@ -9,6 +9,7 @@ import pytest
 from jobs.data.layout import STREAM_ROIS, list_subjects, open_images, open_subject
 from jobs.data.synth import SynthInfo, load_truth, synthesize
 from jobs.data.synth_images import pooled
+from jobs.data.truth import synthetic_mark
 
 
 def _pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -64,6 +65,13 @@ def test_ceiling_is_recorded(synth: SynthInfo) -> None:
             assert f.file.attrs["synth_r_ceiling_mean"] == pytest.approx(expected.mean())
     assert 0.6 < synth.r_ceiling_mean < 0.75
     assert synth.r_ceiling_mean == pytest.approx(np.concatenate(list(synth.r_ceiling.values())).mean())
+
+
+def test_the_data_says_it_is_synthetic(synth: SynthInfo) -> None:
+    for subject in synth.subjects:
+        with open_subject(synth.data_dir / f"{subject}.h5") as f:
+            assert f.space == "synthetic" and f.file.attrs["synth_seed"] == 0
+    assert synthetic_mark(synth.data_dir / "truth") == {"generator": "memq data synth", "seed": 0, "noise": 1.0}
 
 
 def test_oracle_reaches_the_ceiling(synth: SynthInfo) -> None:

@@ -12,8 +12,9 @@ import pytest
 
 import jobs.data.truth
 from jobs.data.synth import SynthInfo
-from jobs.data.truth import STREAM_NAMES, HemiTruth, SubjectTruth, read_truth, write_truth
+from jobs.data.truth import STREAM_NAMES, HemiTruth, SubjectTruth, read_truth, synthetic_mark, write_truth
 from jobs.eval.score import score_dirs, scores_json, vertex_scores
+from memq.job import UserError
 
 from .conftest import planted_test_signal, write_submission
 
@@ -209,6 +210,17 @@ def test_memq_data_synth_writes_a_truth_that_scores(tmp_path: Path, cli) -> None
     assert scored["all"]["median"] < 5
     bad = cli("data", "synth", "--out", tmp_path / "bad", "--noise", 0)
     assert bad.code == 2 and "noise must be positive" in bad.err
+
+
+def test_a_truth_without_synthetic_json_is_measured(random_pair: tuple[Path, Path]) -> None:
+    _, truth = random_pair
+    assert synthetic_mark(truth) is None
+    (truth / "synthetic.json").write_text("[1, 2]")
+    with pytest.raises(UserError, match="expected a JSON object"):
+        synthetic_mark(truth)
+    (truth / "synthetic.json").write_text("{not json")
+    with pytest.raises(UserError, match="not a readable JSON file"):
+        synthetic_mark(truth)
 
 
 def test_truth_md_is_the_module_docstring() -> None:
