@@ -17,13 +17,14 @@ def _print_scores(result: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="Algonauts 2023 score (%)", title_justify="left")
+    from jobs.eval.formats import count_text, score_text
+
+    table = Table(title="Algonauts 2023 score", title_justify="left")
     for column in ("scores of", "vertices", "median", "mean"):
         table.add_column(column, justify="left" if column == "scores of" else "right")
 
     def row(name: str, entry: dict[str, Any], style: str | None = None) -> None:
-        values = ["-" if entry[k] is None else f"{entry[k]:.2f}" for k in ("median", "mean")]
-        table.add_row(name, str(entry["n"]), *values, style=style)
+        table.add_row(name, count_text(entry["n"]), score_text(entry["median"]), score_text(entry["mean"]), style=style)
 
     for subject, entry in result["subjects"].items():
         row(subject, entry["all"], "bold")

@@ -110,7 +110,7 @@ def test_directories_are_scored_per_subject_hemisphere_and_roi(random_pair: tupl
             assert result["rois"][name]["mean"] == pytest.approx(expected.mean())
     table = cli("score", pred, "--truth", truth)
     assert table.code == 0
-    assert "subj01 lh" in table.out and "ROI MV" in table.out and f"{np.median(every):.2f}" in table.out
+    assert "subj01 lh" in table.out and "ROI MV" in table.out and f"{np.median(every):.1f}%" in table.out
 
 
 def _one_line_error(ran) -> str:  # type: ignore[no-untyped-def]
