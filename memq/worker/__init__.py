@@ -8,7 +8,6 @@
     outcome.py     how an attempt's end is recorded: retry, back-off, final failure, quarantine
     reaper.py      declaring other workers dead
     wakeup.py      the selector the loop sleeps in: supervisors' pipes and signals
-    db.py          outage detection and a job's database URL (the worker's only looks past the Store API)
 
 This package imports nothing itself: the supervisor starts from it without loading the store.
 """
