@@ -1,15 +1,23 @@
-"""Fixtures shared by every test: the store rigs (local, shared, two hosts, PostgreSQL) and the CLI.
+"""Fixtures shared by every test: the store rigs (local, shared, two hosts, PostgreSQL), the processes
+a test starts, and the CLI.
 
 The two-host rig is one directory mounted twice over sshfs (../shared/tools/twohost-fs); `.ci/run`
 exports MEMQ_TWOHOST_A/B (the mounts) and MEMQ_TEST_PG (a PostgreSQL admin URL). Where they are
 missing the tests that need them are skipped, unless MEMQ_REQUIRE_RIGS=1 (CI) turns that into a
-failure.
+failure. A rig checks that it is what it claims to be: the two-host mounts are two sshfs mounts of
+one directory, and every store a rig opens is in the mode the rig stands for (the two-host rig
+leaves it to memq's detection, so a misdetected filesystem fails the tests).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import signal
+import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -21,6 +29,9 @@ from memq.root import RootOptions, open_store
 from memq.store.store import Store
 
 RIGS = ("local", "shared", "twohost", "postgres")
+# The SQLite mode each rig's store must be in (PostgreSQL has none).
+RIG_MODES = {"local": "local", "shared": "shared", "twohost": "shared"}
+SSHFS = "fuse.sshfs"
 
 
 def _need(variable: str) -> str:
@@ -39,14 +50,19 @@ class Rig:
     kind: str
     roots: list[Path]  # one per host: the same directory seen through different mounts
     db: str | None = None
-    mode: str | None = None
+    mode: str | None = None  # --db-mode given to memq (None: memq decides by the filesystem)
     cleanup: list[Callable[[], None]] = field(default_factory=list)
 
     def options(self, host: int = 0) -> RootOptions:
         return RootOptions(root=str(self.roots[host % len(self.roots)]), db=self.db, db_mode=self.mode)
 
     def store(self, host: int = 0, *, create: bool = True) -> Store:
-        return open_store(self.options(host), create=create)
+        """The store as ``host`` opens it; fails unless it is in the rig's mode (RIG_MODES)."""
+        store = open_store(self.options(host), create=create)
+        mode, want = store.backend.mode, RIG_MODES.get(self.kind, "postgresql")
+        assert mode == want, (f"the {self.kind} rig's store on {self.roots[host % self.hosts]} opened in {mode} mode, "
+                              f"not {want}: memq misjudged the filesystem, or the rig is not what it claims")
+        return store
 
     def cli_args(self, host: int = 0) -> list[str]:
         args = ["--root", str(self.roots[host % len(self.roots)])]
@@ -59,6 +75,28 @@ class Rig:
     @property
     def hosts(self) -> int:
         return len(self.roots)
+
+
+def mount_types() -> dict[str, str]:
+    """Mount point -> filesystem type, from /proc/mounts (the last mount on a point wins)."""
+    found = {}
+    for line in Path("/proc/mounts").read_text().splitlines():
+        fields = line.split()
+        if len(fields) >= 3:
+            found[fields[1].encode().decode("unicode_escape")] = fields[2]
+    return found
+
+
+def _check_two_hosts(a: Path, b: Path, sub: str) -> None:
+    """The two mounts are sshfs mounts (each with its own cache and locks) of one directory."""
+    types = mount_types()
+    for mount in (a, b):
+        found = types.get(str(mount.resolve()))
+        if found != SSHFS:
+            pytest.fail(f"{mount} is not an {SSHFS} mount point (/proc/mounts says {found or 'not mounted'}); "
+                        "see .ci/run")
+    if a.resolve() == b.resolve() or not (b / sub).is_dir():
+        pytest.fail(f"{a} and {b} are not two mounts of one directory; see .ci/run")
 
 
 def _pg_database(admin_url: str) -> tuple[str, Callable[[], None]]:
@@ -80,6 +118,7 @@ def _pg_database(admin_url: str) -> tuple[str, Callable[[], None]]:
 
 
 def make_rig(kind: str, tmp_path: Path) -> Rig:
+    """A rig of ``kind``; the caller runs its ``cleanup`` (the fixtures below do)."""
     if kind == "local":
         return Rig(kind, [tmp_path / "root"], mode="local")
     if kind == "shared":
@@ -88,8 +127,9 @@ def make_rig(kind: str, tmp_path: Path) -> Rig:
         a, b = Path(_need("MEMQ_TWOHOST_A")), Path(_need("MEMQ_TWOHOST_B"))
         sub = f"t-{uuid.uuid4().hex[:10]}"
         (a / sub).mkdir()
-        rig = Rig(kind, [a / sub / "root", b / sub / "root"])
-        rig.cleanup.append(lambda: __import__("shutil").rmtree(a / sub, ignore_errors=True))
+        rig = Rig(kind, [a / sub / "root", b / sub / "root"])  # no --db-mode: memq must see a network filesystem
+        rig.cleanup.append(lambda: shutil.rmtree(a / sub, ignore_errors=True))
+        _check_two_hosts(a, b, sub)
         return rig
     if kind == "postgres":
         url, drop = _pg_database(_need("MEMQ_TEST_PG"))
@@ -99,22 +139,102 @@ def make_rig(kind: str, tmp_path: Path) -> Rig:
     raise ValueError(kind)
 
 
+# -- processes a test starts ----------------------------------------------------------------------
+
+def group_members(pgid: int) -> list[int]:
+    """The live (not zombie) processes of process group ``pgid``."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(entry.name))
+    return members
+
+
+class Processes:
+    """Every long-lived process a test starts (workers, lock holders, claimers). Each starts in a
+    session of its own, so its process group holds it and what it started there (a worker's job
+    supervisors); at teardown, whatever the test's outcome, each group is killed."""
+
+    def __init__(self) -> None:
+        self.started: list[subprocess.Popen] = []
+
+    def start(self, argv: list[str], **popen: object) -> subprocess.Popen:
+        proc = subprocess.Popen(argv, start_new_session=True, **popen)  # type: ignore[call-overload]
+        self.started.append(proc)
+        return proc
+
+    def reap(self) -> None:
+        """Kill every started process's group. The leader goes first, so that a worker's supervisors
+        (told by the kernel that their parent died) stop their jobs' process groups themselves."""
+        groups = [proc.pid for proc in self.started]
+        for proc in self.started:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()  # (a stopped process dies too)
+            proc.wait()
+        for pgid in groups:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGCONT)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(group_members(g) for g in groups):
+            time.sleep(0.05)
+        for pgid in groups:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
+        self.started.clear()
+
+
+@pytest.fixture
+def processes() -> Iterator[Processes]:
+    """Start long-lived processes through this: they never outlive the test."""
+    started = Processes()
+    try:
+        yield started
+    finally:
+        started.reap()
+
+
+@pytest.fixture
+def rigs(tmp_path: Path, processes: Processes) -> Iterator[Callable[[str], Rig]]:
+    """make(kind) -> a rig, cleaned up after the test's processes are gone."""
+    made: list[Rig] = []
+
+    def make(kind: str) -> Rig:
+        made.append(make_rig(kind, tmp_path))
+        return made[-1]
+
+    yield make
+    processes.reap()
+    for rig in made:
+        for fn in rig.cleanup:
+            fn()
+
+
 @pytest.fixture(params=RIGS)
-def rig(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Rig]:
+def rig(request: pytest.FixtureRequest, rigs: Callable[[str], Rig]) -> Rig:
     """Each test using this runs once per backend."""
-    made = make_rig(request.param, tmp_path)
-    yield made
-    for fn in made.cleanup:
-        fn()
+    return rigs(request.param)
 
 
 @pytest.fixture(params=["local", "twohost", "postgres"])
-def multihost_rig(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Rig]:
+def multihost_rig(request: pytest.FixtureRequest, rigs: Callable[[str], Rig]) -> Rig:
     """The rigs that matter for races between processes (shared-on-local-disk adds nothing)."""
-    made = make_rig(request.param, tmp_path)
-    yield made
-    for fn in made.cleanup:
-        fn()
+    return rigs(request.param)
+
+
+def as_other_host(name: str, argv: list[str]) -> list[str]:
+    """``argv`` run under host name ``name`` (a UTS namespace of its own): what memq records as the
+    host in lock markers and worker rows, so that this host cannot judge whether it still runs."""
+    if not shutil.which("unshare"):
+        if os.environ.get("MEMQ_REQUIRE_RIGS") == "1":
+            pytest.fail("unshare (util-linux) is missing but MEMQ_REQUIRE_RIGS=1")
+        pytest.skip("unshare (util-linux) is missing")
+    return ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', name, *argv]
 
 
 @dataclass

@@ -51,9 +51,12 @@ def open_backend(root: Path, db_url: str | None, db_mode: str | None, *, fs_loca
             raise UserError("database is in local (WAL) mode but this host reaches it over a network "
                             "filesystem", where=str(path),
                             hint="run `memq db set-mode shared` on the host that created it")
-        mode, new = existing, False
+        mode = existing
     else:
         mode = db_mode or ("local" if fs_local else "shared")
-        new = _precreate(path)
+    # The engines never create the file (memq.store.sqlite._engine); a root whose queue was lost
+    # was refused before we came here (memq.root).
+    new = _precreate(path)
+    if existing is None:
         record_mode(path, mode)
     return LocalSQLite(path, new=new) if mode == "local" else SharedSQLite(path, new=new)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import sqlite3
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import NullPool, QueuePool
 
 from memq.errors import UserError
 from memq.files import write_text_atomically
@@ -107,6 +108,20 @@ def _default_synchronous() -> int:
         return int(conn.execute("PRAGMA synchronous").fetchone()[0])
 
 
+def _engine(path: Path, *, shared: bool) -> Engine:
+    """An engine on the database file ``path``, which exists: opened read-write, never created
+    (mode=rw), so that a worker whose file is gone for a while (moved away, a network filesystem's
+    hiccup) reports it unavailable instead of making an empty database in its place. The URI is
+    percent-encoded here, so any character may be in the path. Shared: SQLite's own locking off
+    (memq's lock stands in), and a fresh connection per transaction."""
+    uri = f"file:{urllib.parse.quote(str(path))}?mode=rw" + ("&nolock=1" if shared else "")
+
+    def connect() -> sqlite3.Connection:
+        return sqlite3.connect(uri, uri=True, timeout=60, check_same_thread=False)
+
+    return sa.create_engine("sqlite://", creator=connect, poolclass=NullPool if shared else QueuePool)
+
+
 class _SQLite(Backend):
     """What both SQLite modes share: the dialect's statements and its integrity check."""
 
@@ -141,9 +156,7 @@ class LocalSQLite(_SQLite):
     mode = "local"
 
     def __init__(self, path: Path, *, new: bool = False) -> None:
-        engine = sa.create_engine(
-            f"sqlite:///{path}", connect_args={"timeout": 60, "check_same_thread": False},
-        )
+        engine = _engine(path, shared=False)
         _sqlite_events(engine, ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL"), new=new)
         super().__init__(engine, path)
 
@@ -161,11 +174,7 @@ class SharedSQLite(_SQLite):
     mode = "shared"
 
     def __init__(self, path: Path, grace: float | None = None, *, new: bool = False) -> None:
-        engine = sa.create_engine(
-            f"sqlite:///file:{path}?nolock=1&uri=true",
-            connect_args={"timeout": 60, "check_same_thread": False},
-            poolclass=NullPool,
-        )
+        engine = _engine(path, shared=True)
         # No per-connection pragma that reads the file: a pragma run before BEGIN loads the schema
         # in a read transaction of its own, one more hot-journal check (two more round trips to the
         # server per path component). The journal mode is DELETE from creation on (`memq db

@@ -66,6 +66,73 @@ def submit(root: str, db: str, mode: str, n: str, out: str) -> None:
     Path(out).write_text(str(store.submit(GridSpec("same", (GroupSpec("g"),), jobs)).added))
 
 
+def append(lock_path: str, grace: str, shared_file: str, name: str, go: str, ready: str) -> None:
+    """One critical section under the lease lock, once the file ``go`` exists: append ``NAME begin``,
+    wait a little, append ``NAME end``, check the lock, release. A section whose check fails (the
+    lock was taken from it) is what a store transaction would roll back: it is said in
+    ``SHARED_FILE.fenced`` and run again. Says on stdout how many locks it broke."""
+    from memq.lock import LeaseLock, LockLost
+
+    lock = LeaseLock(lock_path, grace=float(grace))
+    lock._dir()  # (the directory is opened before the race starts)
+    Path(ready).touch()
+    while not os.path.exists(go):
+        time.sleep(0.002)
+    for tries in range(1, 100):
+        tag = f"{name}.{tries}"
+        with lock:
+            with open(shared_file, "a") as fh:
+                fh.write(f"{tag} begin {time.time()}\n")
+            time.sleep(0.05)
+            with open(shared_file, "a") as fh:
+                fh.write(f"{tag} end {time.time()}\n")
+            try:
+                lock.check()
+            except LockLost:
+                with open(f"{shared_file}.fenced", "a") as fh:
+                    fh.write(f"{tag}\n")
+                continue
+        break
+    print(lock.breaks, flush=True)
+
+
+def hold_in_transaction(root: str, ready: str) -> None:
+    """Open the store in ROOT and, inside a write transaction that has already written part of its
+    changes into the database file (a hot journal beside it; the changed params are spilled, the
+    rest may stay in memory), say so and hang on until killed."""
+    from memq.store.sqlite import DB_FILE, SharedSQLite
+
+    backend = SharedSQLite(Path(root) / DB_FILE)
+    with backend._transaction(write=True) as conn:
+        conn.exec_driver_sql("PRAGMA cache_size=1")  # spill the changed pages into the file before commit
+        conn.exec_driver_sql("PRAGMA cache_spill=1")
+        conn.exec_driver_sql("UPDATE jobs SET state = 'cancelled', params = json_set(params, '$.dead', 1)")
+        Path(ready).touch()
+        time.sleep(3600)
+
+
+def txlog(log_path: str, *args: str) -> None:
+    """Run `memq ARGS...` with every store transaction logged to LOG_PATH, one line each:
+    ``<epoch seconds> <r|w> <the transaction's function>``. memq is not changed: this wraps
+    ``Backend.run``, which every transaction of every backend goes through."""
+    from memq.store.backend import Backend
+
+    log = open(log_path, "a", buffering=1)  # noqa: SIM115 - lives as long as the process
+    original = Backend.run
+
+    def run(self, fn, *, write=True):  # type: ignore[no-untyped-def]
+        try:
+            return original(self, fn, write=write)
+        finally:
+            log.write(f"{time.time():.6f} {'w' if write else 'r'} {getattr(fn, '__qualname__', repr(fn))}\n")
+
+    Backend.run = run  # type: ignore[method-assign]
+    from memq.cli import main
+
+    sys.argv = ["memq", *args]
+    main()
+
+
 if __name__ == "__main__":
-    {"counter": lambda *a: counter(a[0], a[1], int(a[2])), "hold": hold, "claim": claim, "submit": submit}[
-        sys.argv[1]](*sys.argv[2:])
+    {"counter": lambda *a: counter(a[0], a[1], int(a[2])), "hold": hold, "claim": claim, "submit": submit,
+     "append": append, "hold_in_transaction": hold_in_transaction, "txlog": txlog}[sys.argv[1]](*sys.argv[2:])

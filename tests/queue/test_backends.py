@@ -64,3 +64,26 @@ def test_a_job_process_opens_the_store_with_its_environment_alone(rig: Rig) -> N
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == st.counts()
+
+
+@pytest.mark.parametrize("mode", ["local", "shared"])
+def test_a_database_file_that_is_gone_is_unavailable_and_not_made_anew(tmp_path: Path, mode: str) -> None:
+    """Moved away for a while (or an NFS hiccup): the store says it is unavailable and leaves the
+    path empty - an empty database made in its place would be taken for the queue. Any character
+    may be in a root's path (SQLite is reached through a URI)."""
+    from memq.root import RootOptions, open_store
+    from memq.spec import GridSpec, GroupSpec, JobSpec
+
+    root = tmp_path / "a root #1 ?x=%41&y"
+    st = open_store(RootOptions(root=str(root), db_mode=mode), create=True)
+    st.submit(GridSpec("g", (GroupSpec("a"),), (JobSpec("g", "a", "command", {}, command=["true"]),)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [root.name]  # (the URI named no other file)
+    st.backend.dispose()  # (a local store keeps its connection, which holds the file open)
+    db = root / "queue.db"
+    db.rename(root / "away")
+    with pytest.raises(StoreUnavailable) as caught:
+        st.counts()
+    assert caught.value.reason == "unable to open database file"
+    assert not db.exists()
+    (root / "away").rename(db)
+    assert st.counts() == {"g": {"queued": 1, "running": 0, "succeeded": 0, "failed": 0, "cancelled": 0}}

@@ -161,6 +161,39 @@ def test_db_set_mode_converts_the_journal_and_the_recorded_mode(tmp_path: Path, 
     assert (root / "queue.mode").read_text().strip() == "local"
 
 
+def test_set_mode_shared_lets_a_queue_made_on_a_local_disk_serve_two_hosts(rigs, tmp_path: Path, cli,
+                                                                          smoke_file: Path) -> None:
+    """A queue started on one host's disk (local mode, WAL) and then copied to the shared mount is
+    refused there, with the hint to convert it; converted with `memq db set-mode shared` on the host
+    that made it, it serves both hosts of the two-host rig under memq's lock."""
+    import shutil
+
+    from memq.store.types import Capacity
+
+    rig = rigs("twohost")
+    local = tmp_path / "root"
+    assert memq("--root", local, "--db-mode", "local", "submit", smoke_file).returncode == 0
+    shutil.copytree(local, rig.roots[0])
+    refused = cli("--root", rig.roots[1], "status")
+    assert (refused.code, refused.out) == (2, "")
+    assert refused.err == (f"error: {rig.roots[1] / 'queue.db'}: database is in local (WAL) mode but this host reaches "
+                           "it over a network filesystem (hint: run `memq db set-mode shared` on the host that "
+                           "created it)\n")
+    shutil.rmtree(rig.roots[0])
+    converted = memq("--root", local, "db", "set-mode", "shared")
+    assert (converted.returncode, converted.stdout) == (0, f"{local / 'queue.db'}: shared mode\n")
+    assert sorted(p.name for p in local.iterdir()) == ["queue.db", "queue.mode", "queue.version"]  # no WAL left
+    shutil.copytree(local, rig.roots[0])
+    for host in (0, 1):
+        check = json.loads(cli(*rig.cli_args(host), "db", "check", "--json").out)
+        assert (check["mode"], check["lock"], check["problems"]) == ("shared", "free", [])
+    a, b = rig.store(0, create=False), rig.store(1, create=False)  # (each fails unless in shared mode)
+    me = a.register_worker("w", "host-a", 1, "boot", [], 1, 60.0)
+    claim = a.claim(me, Capacity(slots=1))[1]
+    assert (claim.job_id, b.jobs(ids=[claim.job_id])[0]["state"]) == (1, "running")
+    assert b.counts()["smoke"]["queued"] == 8 and b.integrity() == []
+
+
 def test_a_root_that_lost_its_database_is_not_started_afresh(tmp_path: Path, cli, smoke_file: Path) -> None:
     root = tmp_path / "root"
     assert memq("--root", root, "submit", smoke_file).returncode == 0

@@ -9,19 +9,20 @@ from pathlib import Path
 
 from memq.spec import GridSpec, GroupSpec, JobSpec
 
-from ..conftest import Rig
+from ..conftest import Processes, Rig
 from ..waiting import until
 
 REPO = Path(__file__).parents[2]
 
 
-def spawn(rig: Rig, host: int, mode: str, *args: str) -> subprocess.Popen:
+def spawn(processes: Processes, rig: Rig, host: int, mode: str, *args: str) -> subprocess.Popen:
     root = str(rig.roots[host % rig.hosts])
-    return subprocess.Popen([sys.executable, "-m", "tests.queue.hammer", mode, root, rig.db or "", rig.mode or "",
-                             *args], cwd=REPO)
+    return processes.start([sys.executable, "-m", "tests.queue.hammer", mode, root, rig.db or "", rig.mode or "",
+                            *args], cwd=REPO)
 
 
-def test_processes_on_two_hosts_claim_every_job_exactly_once(multihost_rig: Rig, tmp_path: Path) -> None:
+def test_processes_on_two_hosts_claim_every_job_exactly_once(multihost_rig: Rig, tmp_path: Path,
+                                                             processes: Processes) -> None:
     rig = multihost_rig
     n_jobs, n_procs = 300, 6
     store = rig.store()
@@ -30,7 +31,7 @@ def test_processes_on_two_hosts_claim_every_job_exactly_once(multihost_rig: Rig,
     outs = [tmp_path / f"claims{i}.json" for i in range(n_procs)]
     go = tmp_path / "go"  # all start together: a process started late could find nothing left
     # one to four jobs per transaction (a worker claims several when its jobs are short)
-    procs = [spawn(rig, i, "claim", f"w{i}", str(outs[i]), str(go), str(1 + i % 4)) for i in range(n_procs)]
+    procs = [spawn(processes, rig, i, "claim", f"w{i}", str(outs[i]), str(go), str(1 + i % 4)) for i in range(n_procs)]
     until("every claimer to be ready", lambda: all(Path(f"{out}.ready").exists() for out in outs), timeout=120)
     go.touch()
     assert [p.wait(timeout=600) for p in procs] == [0] * n_procs
@@ -43,11 +44,12 @@ def test_processes_on_two_hosts_claim_every_job_exactly_once(multihost_rig: Rig,
     assert store.integrity() == []
 
 
-def test_concurrent_submits_of_one_grid_never_duplicate(multihost_rig: Rig, tmp_path: Path) -> None:
+def test_concurrent_submits_of_one_grid_never_duplicate(multihost_rig: Rig, tmp_path: Path,
+                                                        processes: Processes) -> None:
     rig = multihost_rig
     rig.store()  # the schema exists; the race is on the jobs
     outs = [tmp_path / f"added{i}" for i in range(4)]
-    procs = [spawn(rig, i, "submit", "400", str(outs[i])) for i in range(4)]
+    procs = [spawn(processes, rig, i, "submit", "400", str(outs[i])) for i in range(4)]
     assert [p.wait(timeout=600) for p in procs] == [0] * 4
     assert sum(int(o.read_text()) for o in outs) == 400
     store = rig.store(create=False)

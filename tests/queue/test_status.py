@@ -15,8 +15,8 @@ from pathlib import Path
 from memq.spec import GridSpec, GroupSpec, JobSpec
 from memq.store.types import Capacity, Outcome
 
-from ..conftest import Rig
-from .test_worker import jobs_of, start_worker, started, wait_until
+from ..conftest import Processes, Rig
+from .test_worker import GATED, REPO, jobs_of, start_worker, started, wait_until
 
 
 def _status(cli, rig: Rig) -> dict:
@@ -25,14 +25,15 @@ def _status(cli, rig: Rig) -> dict:
     return json.loads(result.out)
 
 
-def test_a_sigkilled_worker_is_shown_presumed_dead_before_anyone_reaps_it(tmp_path: Path, cli) -> None:
+def test_a_sigkilled_worker_is_shown_presumed_dead_before_anyone_reaps_it(tmp_path: Path, cli,
+                                                                         processes: Processes) -> None:
     rig = Rig("local", [tmp_path / "root"])
     store = rig.store()
     out = tmp_path / "out"
     out.mkdir()
-    store.submit(GridSpec("k", (GroupSpec("g"),), tuple(jobs_of("k", "g", out, [60]))))
-    worker = start_worker(rig, 0, "w", tmp_path)
-    assert wait_until(lambda: (1, 1) in started(out), 30)
+    store.submit(GridSpec("k", (GroupSpec("g"),), tuple(jobs_of("k", "g", out, [GATED], "gate"))))
+    worker = start_worker(processes, rig, 0, "w", tmp_path)
+    assert wait_until(lambda: (1, 1) in started(out), 60)
     assert _status(cli, rig)["workers"][0]["presumed_dead"] is None
     worker.send_signal(signal.SIGKILL)
     worker.wait()
@@ -96,3 +97,50 @@ def test_recent_failures_name_grid_group_and_a_permanent_exit(tmp_path: Path, cl
     assert (failure["grid"], failure["group"], failure["exit_code"], failure["permanent"]) == ("p", "bad", 78, True)
     assert failure["age_s"] is not None and 0 <= failure["age_s"] < 60
     assert "(permanent)" in cli(*rig.cli_args(), "status").out
+
+
+def test_status_watch_redraws_what_changes_until_interrupted(tmp_path: Path, processes: Processes) -> None:
+    """`memq status --watch` on a terminal (a pseudo-terminal here): it draws the queue, draws it
+    again when the queue changes, and exits 0 at SIGINT (Ctrl-C)."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+
+    rig = Rig("local", [tmp_path / "root"])
+    store = rig.store()
+    one = (JobSpec("before", "g", "command", {"i": 1}, command=["true"]),)
+    store.submit(GridSpec("before", (GroupSpec("g"),), one))
+    terminal, their_end = pty.openpty()
+    fcntl.ioctl(their_end, termios.TIOCSWINSZ, struct.pack("HHHH", 60, 160, 0, 0))
+    interval = 0.2
+    watch = processes.start([sys.executable, "-m", "memq", *rig.cli_args(), "status", "--watch", "--interval",
+                             str(interval)], stdin=their_end, stdout=their_end, stderr=their_end, cwd=REPO,
+                            env={**os.environ, "TERM": "xterm-256color"})
+    os.close(their_end)
+    shown = bytearray()
+
+    def read() -> str:
+        while select.select([terminal], [], [], 0)[0]:
+            try:
+                chunk = os.read(terminal, 65536)
+            except OSError:  # (EIO: the other end is closed)
+                break
+            if not chunk:
+                break
+            shown.extend(chunk)
+        return shown.decode(errors="replace")
+
+    try:
+        assert wait_until(lambda: "before" in read(), 60), read()
+        drawn = len(shown)
+        store.submit(GridSpec("after", (GroupSpec("g"),), tuple(JobSpec("after", "g", "command", {"i": 1},
+                                                                         command=["true"]) for _ in range(1))))
+        assert wait_until(lambda: "after" in read()[drawn:], interval * 10 + 30), read()[drawn:]
+        assert watch.poll() is None
+        watch.send_signal(signal.SIGINT)
+        assert watch.wait(timeout=30) == 0
+        assert "Traceback" not in read()
+    finally:
+        os.close(terminal)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-import time
 
 import pytest
 
@@ -12,6 +11,7 @@ from memq.spec import GridSpec, GroupSpec, JobSpec
 from memq.store.types import Capacity, Outcome, Running
 
 from ..conftest import Rig
+from ..waiting import until
 
 CPU = Capacity(slots=1)
 
@@ -229,11 +229,14 @@ def test_requeue_without_charge_and_backoff(rig: Rig) -> None:
         _, c = st.claim(me, CPU)
         st.finish(Outcome(c.job_id, c.attempt, "requeued", reason="worker drained"))
     st.submit(grid("b", 1, max_attempts=3))
-    _, c = st.claim(me, Capacity(slots=1, grids=("b",)))
-    st.finish(Outcome(c.job_id, c.attempt, "failed", exit_code=2, backoff=2.0))
-    assert st.claim(me, Capacity(slots=1, grids=("b",)))[1] is None  # backing off
-    time.sleep(2.1)
-    assert st.claim(me, Capacity(slots=1, grids=("b",)))[1].job_id == c.job_id
+    only_b = Capacity(slots=1, grids=("b",))
+    _, c = st.claim(me, only_b)
+    backoff = 1.0
+    st.finish(Outcome(c.job_id, c.attempt, "failed", exit_code=2, backoff=backoff))
+    # claimed again as soon as it is due, never before (claims come every 0.05 s from the failure on)
+    again = until("the back-off to end", lambda: st.claim(me, only_b)[1], timeout=backoff + 60, step=0.05)
+    failed, retried = st.attempts(c.job_id)
+    assert again.job_id == c.job_id and retried["started_at"] >= failed["ended_at"] + backoff
 
 
 def test_cancel_and_retry(rig: Rig) -> None:
