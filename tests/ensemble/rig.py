@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from memq.spec import GridSpec, GroupSpec, JobSpec
 from memq.store.types import Capacity, Outcome
 from memq.testing import claim_context
 
+REPO = Path(__file__).parents[2]
 GRID = "tgrid"
 N_CHECKPOINTS = 3
 HALVES = [["RSC", "E", "MV", "ML"], ["MP", "V", "L", "P", "R"]]  # the streams: together every voxel once
@@ -56,6 +59,14 @@ class Rig:
 
     def options(self) -> list[str]:
         return ["--root", str(self.root)]
+
+    def memq(self, *args: object, log: Path) -> subprocess.Popen:
+        """`memq ARGS...` on this root as a process of its own (a worker, a waiting command);
+        output appended to ``log``, node-local scratch under the rig's directory."""
+        env = {**os.environ, "MEMQ_SCRATCH": str(self.tmp / "worker-scratch")}
+        with log.open("ab") as out:
+            return subprocess.Popen([sys.executable, "-m", "memq", *self.options(), *map(str, args)], cwd=REPO,
+                                    env=env, stdout=out, stderr=subprocess.STDOUT)
 
     def claim(self) -> JobContext | None:
         return claim_context(self.store, self.worker, Capacity(slots=1), self.scratch)
