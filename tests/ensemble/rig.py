@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from memq.spec import GridSpec, GroupSpec, JobSpec
 from memq.store.types import Capacity, Outcome
 from memq.testing import claim_context
 
+REPO = Path(__file__).parents[2]
 GRID = "tgrid"
 N_CHECKPOINTS = 3
 HALVES = [["RSC", "E", "MV", "ML"], ["MP", "V", "L", "P", "R"]]  # the streams: together every voxel once
@@ -57,19 +60,28 @@ class Rig:
     def options(self) -> list[str]:
         return ["--root", str(self.root)]
 
+    def memq(self, *args: object, log: Path) -> subprocess.Popen:
+        """`memq ARGS...` on this root as a process of its own (a worker, a waiting command);
+        output appended to ``log``, node-local scratch under the rig's directory."""
+        env = {**os.environ, "MEMQ_SCRATCH": str(self.tmp / "worker-scratch")}
+        with log.open("ab") as out:
+            return subprocess.Popen([sys.executable, "-m", "memq", *self.options(), *map(str, args)], cwd=REPO,
+                                    env=env, stdout=out, stderr=subprocess.STDOUT)
+
     def claim(self) -> JobContext | None:
         return claim_context(self.store, self.worker, Capacity(slots=1), self.scratch)
 
     def finish(self, ctx: JobContext, state: str = "succeeded") -> None:
         assert self.store.finish(Outcome(ctx.job_id, ctx.attempt, state))
 
-    def train(self, grid_file: Path, n_checkpoints: int = N_CHECKPOINTS) -> list[int]:
-        """Submit the grid; "train" each job: register checkpoints of its model, perturbed per epoch."""
+    def train(self, grid_file: Path, n_checkpoints: int = N_CHECKPOINTS, seed: int | None = None) -> list[int]:
+        """Submit the grid; "train" each job: register checkpoints of its model, perturbed per epoch
+        (``seed``: of the perturbations, for every job; by default one per job)."""
         self.store.submit(load_grid(grid_file))
         ids = []
         while (ctx := self.claim()) is not None:
             if n_checkpoints:
-                register_checkpoints(ctx, n_checkpoints)
+                register_checkpoints(ctx, n_checkpoints, seed)
             self.finish(ctx)
             ids.append(ctx.job_id)
         return ids
@@ -104,10 +116,12 @@ class Rig:
         return n
 
 
-def register_checkpoints(ctx: JobContext, n: int) -> list[dict[str, torch.Tensor]]:
-    """``n`` checkpoints of the job's model on its scratch, as mem.train registers them."""
+def register_checkpoints(ctx: JobContext, n: int, seed: int | None = None) -> list[dict[str, torch.Tensor]]:
+    """``n`` checkpoints of the job's model on its scratch, as mem.train registers them: its
+    initial weights plus noise drawn from ``seed`` (default 1000 * job id), later epochs scoring
+    higher except that epoch k scores 0.1 + 0.01 * (7k mod n)."""
     model = build(ctx.params, ctx.repeat, [], ctx.root).model
-    gen = torch.Generator().manual_seed(1000 * ctx.job_id)
+    gen = torch.Generator().manual_seed(1000 * ctx.job_id if seed is None else seed)
     states = []
     for epoch in range(n):
         state = {k: v + 0.05 * torch.randn(v.shape, generator=gen) for k, v in model.trainable_state_dict().items()}

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import re
+import signal
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
+import yaml
 
-from jobs.mem.build import job_config
+from jobs.mem.build import build, job_config
 from memq.coordinator import Section, plan, resolve_recipe
 from memq.follow import JobsFailed, wait
 from memq.grid import load_grid, load_grid_file
 from memq.store.types import Capacity, Outcome
 
+from ..mem.independent import mean_of, mean_r, split_r
 from .rig import GRID, Rig, grid_text
 
 DERIVED = GRID + "-ensemble"
@@ -129,20 +133,40 @@ def test_waiting_ends_when_all_succeed_and_fails_on_a_failed_job(rig: Rig, grid_
                                                     "cancelled": 0}}
 
 
-def test_a_failed_derived_job_ends_the_command_with_exit_1(rig: Rig, grid_file: Path, tmp_path: Path, cli,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    rig.train(grid_file, n_checkpoints=0)
-
-    def fails(store: object, grid: str, stages: object, on_update: object, interval: float) -> None:
-        row = derived(rig, "combine-greedy")[0]
-        raise JobsFailed([{**row, "state": "failed", "reason": "exit code 1"}])
-
-    monkeypatch.setattr("memq.follow.wait", fails)
-    result = cli(*rig.options(), "ensemble", grid_file, "--out", tmp_path / "out")
-    combine = derived(rig, "combine-greedy")[0]
-    assert result.code == 1
-    expected = f"error: job {combine['id']} (combine-greedy, mem.ensemble) failed: exit code 1 (see `memq logs "
-    assert expected in result.err
+def test_a_failed_derived_job_ends_the_command_with_exit_1(rig: Rig, tmp_path: Path, params: dict[str, Any],
+                                                          cli) -> None:
+    """A real worker runs the soups of jobs that left no checkpoint; each soup fails for good on its
+    first attempt, and the waiting command (the real wait, polling the store) says which and why."""
+    grid = yaml.safe_load(grid_text(params))
+    grid["ensemble"]["soup"]["max_attempts"] = 1
+    path = tmp_path / "tgrid.yaml"
+    path.write_text(yaml.safe_dump(grid, sort_keys=False))
+    ids = rig.train(path, n_checkpoints=0)
+    log = tmp_path / "worker.log"
+    worker = rig.memq("worker", "--gpus", "none", "--slots", "2", "--name", "w", "--poll", "0.2",
+                      "--retry-backoff", "0", "--grace", "1", log=log)
+    command = rig.memq("ensemble", path, "--out", tmp_path / "out", "--poll", "0.2", log=tmp_path / "command.log")
+    try:
+        code = command.wait(timeout=180)  # a wait that missed the failure would never return
+    finally:
+        command.kill()
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=60) == 0, log.read_text()[-3000:]
+    said_lines = (tmp_path / "command.log").read_text()
+    assert code == 1, (said_lines, log.read_text()[-3000:])
+    lines = [line for line in said_lines.splitlines() if line.startswith("error:")]  # after the progress view
+    assert lines, said_lines
+    for line in lines:
+        said = re.fullmatch(r"error: job (\d+) \(soup-greedy-(\d+), mem\.soup\) failed: exit code 1 "
+                            r"\(see `memq logs (\d+)`\)", line)
+        assert said and said[1] == said[3], line
+        (row,) = rig.store.jobs(ids=[int(said[1])])
+        assert (row["group"], row["state"], row["attempt"]) == (f"soup-greedy-{said[2]}", "failed", 1)
+        source = row["params"]["source_job"]
+        assert source == int(said[2]) and source in ids
+        assert f"job {source} has no registered checkpoints" in cli(*rig.options(), "logs", row["id"]).out
+    later = [row for row in derived(rig) if not row["group"].startswith("soup-")]
+    assert {row["state"] for row in later} == {"queued"}  # nothing after a failed soup ran
 
 
 def test_soup_waits_and_says_where_each_soup_is(rig: Rig, grid_file: Path, cli) -> None:
@@ -154,9 +178,15 @@ def test_soup_waits_and_says_where_each_soup_is(rig: Rig, grid_file: Path, cli) 
     lines = result.out.splitlines()  # (after what the in-process soup jobs printed)
     lines = lines[lines.index(f"{DERIVED}: 4 jobs, 0 added"):]
     assert lines[-1] == "4 uniform soups ready"
-    for job_id, line in zip(ids, lines[1:-1], strict=True):
-        path = rig.root / "soups" / GRID / str(job_id) / "uniform.pt"
-        assert re.fullmatch(rf"job {job_id}: {re.escape(str(path))}  val2 r -?0\.\d{{4}}", line) and path.is_file()
+    for job, line in zip(rig.store.jobs(ids=ids), lines[1:-1], strict=True):
+        path = rig.root / "soups" / GRID / str(job["id"]) / "uniform.pt"
+        said = re.fullmatch(rf"job {job['id']}: {re.escape(str(path))}  val2 r (-?\d\.\d{{4}})", line)
+        assert said and path.is_file(), line
+        # the uniform soup's val2 r, recomputed here from the checkpoint files and the betas
+        states = [torch.load(row["path"], weights_only=True) for row in rig.store.checkpoints(job_ids=[job["id"]])]
+        built = build(job["params"], job["repeat"], [], rig.root)
+        val2 = mean_r(split_r(built, job["params"], mean_of(states), "val2"))
+        assert float(said[1]) == pytest.approx(val2, abs=6e-5), (line, val2)
 
 
 def test_xvbc_ensemble_is_the_reference_uniform_soup_of_each_runs_top_10(tmp_path: Path) -> None:
