@@ -10,11 +10,11 @@ import time
 from typing import Any
 
 from memq.host import runs_here
+from memq.jobenv import EXIT_PERMANENT
 from memq.store.schema import STATES
 from memq.store.store import Store
 
 LIVE_STATES = ("active", "draining", "quarantined")  # worker states that may still hold jobs
-PERMANENT_EXIT = 78  # memq.jobenv.EXIT_PERMANENT: the job said retrying cannot help
 STATE_STYLES = {"queued": "cyan", "running": "yellow", "succeeded": "green", "failed": "red", "cancelled": "dim"}
 
 
@@ -103,7 +103,7 @@ def snapshot(store: Store, *, with_groups: bool = True) -> dict[str, Any]:
         next(g for g in grids if g["name"] == grid)["unrunnable"] = note
     failures = store.recent_failures()
     for f in failures:
-        f["permanent"] = f["exit_code"] == PERMANENT_EXIT
+        f["permanent"] = f["exit_code"] == EXIT_PERMANENT
         f["age_s"] = round(now - f["ended_at"], 1) if f["ended_at"] else None
     return {"counts": total, "grids": grids, "workers": workers, "recent_failures": failures}
 
