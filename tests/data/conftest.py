@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +21,12 @@ from jobs.data.rois import random_rois
 from jobs.data.splits import split_trials
 from jobs.data.synth import SynthInfo, synthesize
 from jobs.data.synth_subject import trial_design
+from memq.context import JobContext
+from memq.options import RootOptions
+from memq.root import open_store
+from memq.spec import GridSpec, GroupSpec, JobSpec
+from memq.store.types import Capacity
+from memq.testing import claim_context
 from tests.data.nsd_fake import FakeNsd, write_fake_nsd
 
 
@@ -107,18 +115,30 @@ def nsd_prepared(nsd_tree: FakeNsd, tmp_path_factory: pytest.TempPathFactory) ->
     return out
 
 
-class FakeJobContext:
-    """What a data job kind uses of memq's JobContext: params and progress reports (recorded)."""
+class DataJobs:
+    """Attempts of data job kinds claimed from a real SQLite queue, as a worker claims them: the
+    JobContext is memq's own (memq.testing.claim_context), progress lands in the job's record."""
 
-    def __init__(self, **params: object) -> None:
-        self.params = params
-        self.root: Path | None = None  # the memq root (where weights are installed)
-        self.progress: list[dict[str, object]] = []
+    def __init__(self, tmp: Path) -> None:
+        self.root = tmp / "queue-root"
+        self.store = open_store(RootOptions(root=str(self.root), db_mode="local"), create=True)
+        self.worker = self.store.register_worker("w", socket.gethostname(), os.getpid(), "boot", [], 1, 600.0)
+        self.scratch = tmp / "queue-scratch"
+        self.n = 0
 
-    def report_progress(self, force: bool = False, **values: object) -> None:
-        self.progress.append(values)
+    def claim(self, kind: str, **params: object) -> JobContext:
+        self.n += 1
+        group = f"g{self.n}"  # a new job each time
+        self.store.submit(GridSpec("data", (GroupSpec(group),), (JobSpec("data", group, kind, dict(params)),)))
+        ctx = claim_context(self.store, self.worker, Capacity(slots=1), self.scratch)
+        assert ctx is not None and ctx.kind == kind
+        return ctx
+
+    def progress(self, ctx: JobContext) -> dict[str, object]:
+        """The progress the attempt last reported, as `memq status` shows it."""
+        return self.store.jobs(ids=[ctx.job_id])[0]["progress"]
 
 
 @pytest.fixture
-def job_ctx() -> type[FakeJobContext]:
-    return FakeJobContext
+def job_ctx(tmp_path: Path) -> DataJobs:
+    return DataJobs(tmp_path)

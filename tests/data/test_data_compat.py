@@ -51,7 +51,7 @@ def test_switch_nc_search_in_the_prepare_job(nsd_tree: FakeNsd, tmp_path: Path, 
     common = {"nsd_dir": str(nsd_tree.nsd_dir), "alg_dir": str(nsd_tree.alg_dir), "subject": 2}
     attrs = {}
     for preset in compat.PRESETS:
-        run(job_ctx(**common, out=str(tmp_path / preset), compat=preset))
+        run(job_ctx.claim("data.prepare_nsd", **common, out=str(tmp_path / preset), compat=preset))
         with open_subject(tmp_path / preset / "subj02.h5") as f:
             attrs[preset] = dict(f.file.attrs)
     assert attrs["memq"]["nc_search"] == "bisect" and attrs["reference"]["nc_search"] == "scale"

@@ -137,8 +137,9 @@ def test_job_kind_with_random_weights(tmp_path: Path, job_ctx, memq) -> None:
     from jobs.data.features import run
 
     _images_dir(tmp_path / "data")
-    ctx = job_ctx(data_dir=str(tmp_path / "data"), weights="random", model=MODEL, image_size=SIZE, batch_size=25)
+    ctx = job_ctx.claim("data.cache_features", data_dir=str(tmp_path / "data"), weights="random", model=MODEL,
+                        image_size=SIZE, batch_size=25)
     run(ctx)
-    assert ctx.progress[-1] == {"step": "memory features", "done": N_IMAGES, "total": N_IMAGES}
+    assert job_ctx.progress(ctx) == {"step": "memory features", "done": N_IMAGES, "total": N_IMAGES}
     ran = memq("data", "check", tmp_path / "data")
     assert "images.h5: ok: 40 images 28x28, 384-d features (timm" in ran.out and "random init" in ran.out

@@ -5,7 +5,7 @@ import pytest
 
 from jobs.data.behavior import behavior_table, neighbour_showings
 from jobs.data.layout import FILL_ROW
-from jobs.data.memory import memory_index_from_design, prev_behavior_rows
+from jobs.data.memory import local_prev_behavior_rows, memory_index_from_design, prev_behavior_rows
 from jobs.data.synth_subject import trial_design
 
 
@@ -56,12 +56,15 @@ def test_prev_behavior_rows_use_global_trials() -> None:
     assert rows[4, :7].tolist() == [fill, 3, 2, fill, 1, 0, fill]  # T=-1 blank, T=-2 trial 3, ...
     assert rows[1, :2].tolist() == [0, fill]
     assert np.all(rows[0] == fill)
-    # In a split holding trials [1, 4], local indexing after the split (the reference's bug) takes
-    # the first non-blank memory slot of trial 4 (T=-2) from position 1 - 1 = 0 of the split, i.e.
-    # trial 1. The trial actually shown at T=-2 is trial 3.
-    split = np.array([1, 4])
-    local = split[1 - 1]
-    assert local == 1 and rows[4, 1] == 3
+    # The trial actually shown at T=-2 of trial 4 is trial 3. In a split holding trials [4, 1], the
+    # reference's local indexing (switch PREV_BHVS local) counts back from trial 4's position in the
+    # sorted split, 1: its first non-blank slot (T=-2) gets position 1 - 1 = 0, trial 1; the next
+    # (T=-3) position -1, which wraps to the split's last trial, 4; blank slots get that last trial too.
+    local = local_prev_behavior_rows(table, np.array([4, 1]))
+    assert local.shape == (2, 32) and local.dtype == np.int64
+    assert local[1, :7].tolist() == [4, 1, 4, 4, 1, 4, 4]  # T=-1 blank, T=-2 trial 1 (not 3), ...
+    assert np.all(local[1, 7:] == 4)
+    assert np.all(local[0] == 4)  # trial 1: T=-1 (trial 0) is position 0 - 1 -> the last one
 
 
 def test_prev_behavior_rows_reject_inconsistent_tables(design: np.ndarray) -> None:

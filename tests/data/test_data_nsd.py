@@ -199,10 +199,12 @@ def test_complete_subjects_are_skipped(nsd_tree: FakeNsd, tmp_path: Path, memq, 
 def test_job_kind_prepares_one_subject(nsd_tree: FakeNsd, tmp_path: Path, job_ctx) -> None:
     from jobs.data.nsd import run
 
-    ctx = job_ctx(nsd_dir=str(nsd_tree.nsd_dir), alg_dir=str(nsd_tree.alg_dir), out=str(tmp_path), subject=2)
+    ctx = job_ctx.claim("data.prepare_nsd", nsd_dir=str(nsd_tree.nsd_dir), alg_dir=str(nsd_tree.alg_dir),
+                        out=str(tmp_path / "out"), subject=2)
     run(ctx)
-    assert (tmp_path / "subj02.h5").is_file() and not (tmp_path / "subj01.h5").exists()
-    assert ctx.progress[-1] == {"step": "subj02 betas (sessions)", "done": 1, "total": 1}
+    out = tmp_path / "out"
+    assert (out / "subj02.h5").is_file() and not (out / "subj01.h5").exists()
+    assert job_ctx.progress(ctx) == {"step": "subj02 betas (sessions)", "done": 1, "total": 1}
 
 
 def test_killed_run_leaves_nothing_that_passes_check(nsd_tree: FakeNsd, tmp_path: Path, memq, prepare_cmd) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import configparser
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -55,12 +56,24 @@ def test_systemd_unit_template() -> None:
     assert service["EnvironmentFile"] == "/etc/memq/%i.env" and service["Restart"] == "on-failure"
     assert int(service["TimeoutStopSec"]) > 30  # longer than the worker's default --grace
     assert unit["Install"]["WantedBy"] == "multi-user.target"
-    analyze = subprocess.run(["sh", "-c", "command -v systemd-analyze"], capture_output=True)
-    if analyze.returncode == 0:
-        verify = subprocess.run(["systemd-analyze", "verify", "--man=no", str(DEPLOY / "systemd" /
-                                                                              "memq-worker@.service")],
-                                capture_output=True, text=True)
-        assert "Unknown" not in verify.stderr and "Invalid" not in verify.stderr, verify.stderr
+
+
+def test_systemd_accepts_the_unit_template(tmp_path: Path) -> None:
+    """`systemd-analyze verify` finds nothing to say: every key known, every value parsed (systemd
+    only warns about a bad value, e.g. `KillMode=bogus`, and still exits 0, so any output fails)."""
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        if os.environ.get("MEMQ_REQUIRE_RIGS") == "1":
+            pytest.fail("systemd-analyze is not installed but MEMQ_REQUIRE_RIGS=1 (.ci/run installs systemd)")
+        pytest.skip("systemd-analyze not installed (Debian package systemd): the unit file is not verified")
+    text = (DEPLOY / "systemd" / "memq-worker@.service").read_text()
+    # ExecStart names where deploy installs memq; verify wants an executable there: this venv's memq
+    memq = Path(sys.executable).parent / "memq"
+    assert text.count("/opt/memq/.venv/bin/memq") == 1 and os.access(memq, os.X_OK)
+    unit = tmp_path / "memq-worker@.service"
+    unit.write_text(text.replace("/opt/memq/.venv/bin/memq", str(memq)))
+    verify = subprocess.run([tool, "verify", "--man=no", str(unit)], capture_output=True, text=True)
+    assert (verify.returncode, verify.stdout + verify.stderr) == (0, ""), verify.stderr
 
 
 def launcher(*args: str, hosts: Path, **kw) -> subprocess.CompletedProcess[str]:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import yaml
 
+from jobs.mem.build import build
 from jobs.mem.model import TOPYNECK_GROUPS, read_topyneck
 from jobs.mem.train import topyneck
 from jobs.mem.train.fit import fit, job_config
@@ -16,6 +19,7 @@ from jobs.mem.train.topyneck import part_path
 from memq.grid import expand, load_grid_file
 from memq.runner import PermanentError
 
+from .independent import mean_of, mean_r, split_r
 from .jobs_helpers import build_model, result
 from .queue_rig import QueueRig
 
@@ -46,36 +50,59 @@ def trained_parts(tmp_path_factory: pytest.TempPathFactory, job_params: dict[str
     job_id = rig.submit("mem.topyneck", params)
     ctx = rig.claim()
     topyneck.run(ctx)
-    checkpoints = {row["id"]: row["path"] for row in rig.checkpoints(job_id)}
-    return {"params": params, "parts_dir": tmp / "parts", "result": result(ctx.job_dir), "checkpoints": checkpoints}
+    return {"params": params, "parts_dir": tmp / "parts", "result": result(ctx.job_dir),
+            "rows": rig.checkpoints(job_id), "root": ctx.root}
 
 
 def test_train_stage_writes_scored_parts(trained_parts: dict[str, Any]) -> None:
-    parts_dir, summary = trained_parts["parts_dir"], trained_parts["result"]
-    model = build_model(trained_parts["params"])
+    """The parts are the topyneck tensors of the run's greedy soup, scored over whole splits: the
+    soup and every score recomputed here from the checkpoint files and the betas in the subject
+    files (the greedy choice on val1, the mean of its members, per-voxel r in NumPy). In so short
+    a run the last epoch is the best and averaging it with an earlier one scores lower on val1:
+    the soup is the best checkpoint alone, and tests/ensemble/test_soup_predict.py covers soups
+    of several members."""
+    parts_dir, summary, params = trained_parts["parts_dir"], trained_parts["result"], trained_parts["params"]
+    rows = sorted(trained_parts["rows"], key=lambda r: (-r["metric"], r["id"]))  # best first
+    assert len({row["metric"] for row in rows}) == len(rows) >= 2  # one per epoch, in an unambiguous order
+    states = []
+    for row in rows:
+        data = Path(row["path"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == row["sha256"]
+        states.append(torch.load(row["path"], weights_only=True))
+    built = build(params, 0, [], trained_parts["root"])
+    scores: dict[tuple[int, ...], dict[str, dict[str, np.ndarray]]] = {}
+
+    def r(members: tuple[int, ...], split: str) -> dict[str, np.ndarray]:
+        if members not in scores:
+            soup = mean_of([states[i] for i in members])
+            scores[members] = {s: split_r(built, params, soup, s) for s in ("val1", "val2")}
+        return scores[members][split]
+
+    chosen: tuple[int, ...] = (0,)  # greedy on val1: a checkpoint joins if the average scores higher
+    for candidate in range(1, len(rows)):
+        tried, best = mean_r(r((*chosen, candidate), "val1")), mean_r(r(chosen, "val1"))
+        assert abs(tried - best) > 1e-4  # far from a tie: rounding cannot flip the choice
+        if tried > best:
+            chosen = (*chosen, candidate)
+    soup = summary["topyneck_soup"]
+    assert soup["members"] == [rows[i]["id"] for i in chosen] and soup["selection_split"] == "val1"
+    assert soup["val1"] == pytest.approx(mean_r(r(chosen, "val1")), abs=1e-5)
+    assert soup["val2"] == pytest.approx(mean_r(r(chosen, "val2")), abs=1e-5)
+    model = build_model(params)
+    expected_tensors = mean_of([states[i] for i in chosen])
     for subject in SUBJECTS:
         path = part_path(parts_dir, subject, 1e-4)
         assert path == parts_dir / subject / "layer-0.0001.pt"
         part = torch.load(path, weights_only=True)
-        assert part["score"] == pytest.approx((part["val"] + part["test"]) / 2) and part["regularizer"] == 1e-4
-        expected = {k for k in model.topyneck_state_dict() if k.split(".")[1] == subject}
-        assert set(part["tensors"]) == expected
-        assert summary["topyneck_parts"][subject]["score"] == part["score"]
-        assert -1 < part["val"] < 1 and part["val"] != 0
-    # the parts come from the run's greedy soup (the mean of its members), scored over whole splits
-    soup = summary["topyneck_soup"]
-    assert soup["members"] and set(soup["members"]) <= set(trained_parts["checkpoints"])
-    members = [torch.load(trained_parts["checkpoints"][m], weights_only=True) for m in soup["members"]]
-    for subject in SUBJECTS:
-        part = torch.load(part_path(parts_dir, subject, 1e-4), weights_only=True)
+        assert part["regularizer"] == 1e-4
+        assert set(part["tensors"]) == {k for k in model.topyneck_state_dict() if k.split(".")[1] == subject}
         for key, value in part["tensors"].items():
-            expected = torch.stack([member[key].float() for member in members]).mean(0)
-            assert torch.allclose(value, expected, atol=1e-6), key
-    parts = {s: torch.load(part_path(parts_dir, s, 1e-4), weights_only=True) for s in SUBJECTS}
-    n = {s: model.n_voxels[s] for s in SUBJECTS}
-    for split, score in (("val", soup["val1"]), ("test", soup["val2"])):
-        weighted = sum(n[s] * parts[s][split] for s in SUBJECTS) / sum(n.values())
-        assert weighted == pytest.approx(score, abs=1e-5)
+            assert torch.allclose(value, expected_tensors[key], atol=1e-6), key
+        val, test = float(r(chosen, "val1")[subject].mean()), float(r(chosen, "val2")[subject].mean())
+        assert (part["val"], part["test"]) == pytest.approx((val, test), abs=1e-5)
+        assert part["score"] == pytest.approx((val + test) / 2, abs=1e-5)
+        assert summary["topyneck_parts"][subject] == {"path": str(path), "regularizer": 1e-4, "val": part["val"],
+                                                      "test": part["test"], "score": part["score"]}
 
 
 def _gather(tmp_path: Path, parts_dir: Path, subjects: list[str]) -> tuple[Path, Any]:

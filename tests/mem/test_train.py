@@ -108,6 +108,7 @@ def test_resume_file_holds_trainable_state_and_sync(trained: Trained) -> None:
     # SYNC: one EMA update per validation epoch (not the sanity check): v_prev is the last r, and
     # as the EMA is linear, the voxel mean of running_grad is the EMA of the mean r's changes
     rows = val_rows(trained.ctx.job_dir)
+    assert set(state["sync"]["running_grad"]) == set(state["sync"]["prev_r"]) == {"subj01", "subj02"}
     for subject, grad in state["sync"]["running_grad"].items():
         means = [0.0] + [row[f"VAL/PearsonCorrCoef/{subject}"] for row in rows]
         expected = 0.0
