@@ -98,6 +98,7 @@ Every non-blank id in any subject's ``memory_index`` must be present in ``ids``.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,6 +132,8 @@ FILL_ROW = np.concatenate([_FILL_BASE, _FILL_BASE[list(REPEAT_COLUMNS)], _FILL_B
 FILL_ROW.flags.writeable = False
 BASE_BEHAVIOR_DIM = len(_FILL_BASE)
 SPLITS = ("train", "val1", "val2", "predict")
+DEFAULT_SPACE = "fsaverage"  # its files are subjXX.h5; other spaces' subjXX.SPACE.h5
+_SUBJECT_FILE = re.compile(r"(subj[^.]+)(?:\.([^.]+))?\.h5")
 STREAM_ROIS = ("RSC", "E", "MV", "ML", "MP", "V", "L", "P", "R")
 
 PathArg = str | os.PathLike[str]
@@ -559,10 +562,12 @@ def open_images(path: PathArg) -> ImageFile:
     return ImageFile(path)
 
 
-def subject_path(data_dir: PathArg, subject: str) -> Path:
-    return Path(data_dir) / f"{subject}.h5"
+def subject_path(data_dir: PathArg, subject: str, space: str = DEFAULT_SPACE) -> Path:
+    """``subjXX.h5`` for the default space, ``subjXX.SPACE.h5`` for another (``subj01.fship.h5``)."""
+    return Path(data_dir) / (f"{subject}.h5" if space == DEFAULT_SPACE else f"{subject}.{space}.h5")
 
 
-def list_subjects(data_dir: PathArg) -> list[str]:
-    """Subject ids (``subj01``...) with a file in ``data_dir``, sorted."""
-    return sorted(p.stem for p in Path(data_dir).glob("subj*.h5"))
+def list_subjects(data_dir: PathArg, space: str = DEFAULT_SPACE) -> list[str]:
+    """Subject ids (``subj01``...) with a file of ``space`` in ``data_dir``, sorted."""
+    found = (_SUBJECT_FILE.fullmatch(p.name) for p in Path(data_dir).glob("subj*.h5"))
+    return sorted(m.group(1) for m in found if m and (m.group(2) or DEFAULT_SPACE) == space)

@@ -16,26 +16,22 @@ import numpy as np
 
 from jobs.compat import data_switch_values
 from jobs.data.behavior import base_behavior, behavior_table
-from jobs.data.betas import check_nan, zscore_session
 from jobs.data.expdesign import ExpDesign, read_expdesign
-from jobs.data.fsaverage import VertexSelection, noise_ceiling, read_mgh, read_sphere, select_vertices, side_by_side
-from jobs.data.inputs import integer_valued, load_npy, reason, subject_name
+from jobs.data.inputs import subject_name
 from jobs.data.layout import (
     N_SLOTS,
-    STREAM_ROIS,
     TRIALS_PER_SESSION,
-    ChallengeLayout,
     SubjectMeta,
     SubjectWriter,
     subject_path,
 )
 from jobs.data.memory import memory_index_from_design
 from jobs.data.nsd_images import challenge_images
-from jobs.data.params import BETA_DIRS, PREPARE_NSD_SWITCHES, SPACES
+from jobs.data.params import BETA_DIRS, PREPARE_NSD_SWITCHES, SPACES, file_space
 from jobs.data.progress import JobReporter, Reporter
 from jobs.data.responses import Responses, read_responses
 from jobs.data.resume import RECIPE_ATTR, recipe, subject_done
-from jobs.data.rois import random_rois
+from jobs.data.spaces import BUILDERS, VoxelSpace
 from jobs.data.splits import split_trials
 from memq.job import UserError
 
@@ -43,9 +39,6 @@ if TYPE_CHECKING:
     from memq.job import JobContext
 
 PREDICT_SESSIONS = 3
-HEMIS = ("lh", "rh")
-# Algonauts stream labels 0..7 (mapping_streams.npy) and their ROI names (label 0 is RSC here)
-STREAM_LABELS = ("unknown", "early", "midventral", "midlateral", "midparietal", "ventral", "lateral", "parietal")
 
 
 @dataclass(frozen=True)
@@ -55,7 +48,7 @@ class NsdSources:
     nsd_dir: Path
     alg_dir: Path
     subject: str
-    space: str = "fsaverage"
+    space: str = "fsaverage"  # jobs/data/spaces.py
     beta: str = "b3"
     fsaverage_dir: Path | None = None
     nc_search: str = "bisect"  # switch NC_SEARCH (jobs/compat.py): "scale" is the reference's search
@@ -80,6 +73,22 @@ class NsdSources:
     def betas(self, hemi: str, session: int) -> Path:
         return self._betas_dir / f"{hemi}.betas_session{session:02d}.mgh"
 
+    def volume_betas(self, session: int) -> Path:
+        """The func1mm betas of a session: one 4-d NIfTI [x, y, z, 750]."""
+        return self._subject_betas / f"func1mm/{BETA_DIRS[self.beta]}/betas_session{session:02d}.nii.gz"
+
+    def func1mm_roi(self, name: str) -> Path:
+        return self.nsd_dir / f"nsddata/ppdata/{self.subject}/func1mm/roi/{name}.nii.gz"
+
+    def surface_label(self, hemi: str, name: str) -> Path:
+        """An NSD label on fsaverage (``lh.nsdgeneral.mgz``): NSD's own, whatever --fsaverage-dir says."""
+        return self.nsd_dir / f"nsddata/freesurfer/fsaverage/label/{hemi}.{name}.mgz"
+
+    @property
+    def file_space(self) -> str:
+        """The prepared files' space name: ``fship``, ``fship_b2``, ... (jobs/data/params.file_space)."""
+        return file_space(self.space, self.beta)
+
     def ncsnr(self, hemi: str) -> Path:
         return self._betas_dir / f"{hemi}.ncsnr.mgh"
 
@@ -101,8 +110,13 @@ class NsdSources:
         return self.alg_dir / self.subject / "test_split/test_images"
 
     @property
+    def _subject_betas(self) -> Path:
+        return self.nsd_dir / f"nsddata_betas/ppdata/{self.subject}"
+
+    @property
     def _betas_dir(self) -> Path:
-        return self.nsd_dir / f"nsddata_betas/ppdata/{self.subject}/{self.space}/{BETA_DIRS[self.beta]}"
+        """The fsaverage betas (every space but func1mm_hip reads them)."""
+        return self._subject_betas / f"fsaverage/{BETA_DIRS[self.beta]}"
 
     @property
     def _roi_masks(self) -> Path:
@@ -136,66 +150,10 @@ def _memory_and_behavior(src: NsdSources, design: ExpDesign, responses: Response
     return memory_index, behavior_table(base, design.trial_images(src.subject))
 
 
-def _challenge_mask(src: NsdSources) -> list[np.ndarray]:
-    masks = []
-    for hemi in HEMIS:
-        path = src.challenge_mask(hemi)
-        mask = load_npy(path, "Algonauts challenge-vertex mask")
-        if mask.ndim != 1:
-            raise UserError(f"mask is {list(mask.shape)}, expected one value per fsaverage vertex", where=str(path))
-        masks.append(integer_valued(path, "the mask", mask, 0, 1).astype(bool))
-    return masks
-
-
-def _check_stream_names(path: Path) -> None:
-    if not path.is_file():
-        return
-    try:  # the challenge stores this {label: name} dict pickled
-        names = np.load(path, allow_pickle=True).item()
-        ok = all(str(names[k]).lower() == name for k, name in enumerate(STREAM_LABELS) if k)
-    except (ValueError, KeyError, AttributeError, OSError) as exc:
-        raise UserError(f"not the Algonauts stream-label dict ({reason(exc)})", where=str(path)) from exc
-    if not ok:
-        raise UserError(f"stream labels are {names}, expected 1..7 = {', '.join(STREAM_LABELS[1:])}", where=str(path))
-
-
-def _stream_rois(src: NsdSources, selection: VertexSelection) -> dict[str, np.ndarray]:
-    _check_stream_names(src.stream_names)
-    labels = []
-    for hemi, n in zip(HEMIS, (selection.n_lh, selection.n_challenge - selection.n_lh), strict=True):
-        path = src.streams(hemi)
-        hemi_labels = load_npy(path, "Algonauts stream labels")
-        if hemi_labels.shape != (n,):
-            what = f"{list(hemi_labels.shape)} labels, expected one per challenge vertex ({n})"
-            raise UserError(what, where=str(path))
-        labels.append(integer_valued(path, "stream labels", hemi_labels, 0, len(STREAM_LABELS) - 1))
-    label = np.concatenate(labels)
-    rois = {name: np.flatnonzero(label == k) for k, name in enumerate(STREAM_ROIS[:-1])}
-    rois[STREAM_ROIS[-1]] = np.arange(selection.n_challenge, selection.voxel_indices.size)  # R: the added voxels
-    return rois
-
-
-def _session_betas(src: NsdSources, session: int, voxels: np.ndarray, sizes: list[int]) -> np.ndarray:
-    """float16 [750, n_voxels] of one session, z-scored per voxel, one hemisphere file at a time."""
-    block = np.empty((TRIALS_PER_SESSION, voxels.size), dtype=np.float16)
-    offset = 0
-    for hemi, n in zip(HEMIS, sizes, strict=True):
-        path = src.betas(hemi, session)
-        data = read_mgh(path, f"{src.beta} betas of session {session}", n, TRIALS_PER_SESSION)
-        columns = np.flatnonzero((voxels >= offset) & (voxels < offset + n))
-        part = data.T[:, voxels[columns] - offset]  # trial rows are contiguous in the file
-        del data  # unmap the file before the next one is read
-        check_nan(part, path)
-        block[:, columns] = zscore_session(part)  # int16 in NSD (300 x % signal change): the z-score drops the scale
-        offset += n
-    return block
-
-
 @dataclass
 class _Prepared:
     meta: SubjectMeta
-    selection: VertexSelection
-    hemi_sizes: list[int]
+    space: VoxelSpace
     n_train_sessions: int
 
 
@@ -211,17 +169,7 @@ def _read_inputs(src: NsdSources) -> _Prepared:
         )
     memory_index, behavior = _memory_and_behavior(src, design, responses)
     splits = split_trials(memory_index[:, N_SLOTS - 1], n_train)
-    masks = _challenge_mask(src)
-    sizes = [m.size for m in masks]
-    ncsnr = [read_mgh(src.ncsnr(h), "noise-ceiling SNR", n, 1)[:, 0] for h, n in zip(HEMIS, sizes, strict=True)]
-    nc = noise_ceiling(np.concatenate(ncsnr))
-    challenge = np.concatenate(masks)
-    if not challenge.any():
-        raise UserError("the challenge masks select no vertex", where=str(src.challenge_mask("lh")))
-    selection = select_vertices(challenge, nc, sizes[0], src.nc_search)
-    spheres = [read_sphere(src.sphere(h), n) for h, n in zip(HEMIS, sizes, strict=True)]
-    coords = side_by_side(*spheres)[selection.voxel_indices]
-    rois = _stream_rois(src, selection) | random_rois(selection.voxel_indices.size)
+    space = BUILDERS[src.space](src)
     test_images = challenge_images(src.test_images)
     outside = np.setdiff1d(test_images, memory_index[splits["predict"], N_SLOTS - 1])
     if outside.size:
@@ -235,23 +183,15 @@ def _read_inputs(src: NsdSources) -> _Prepared:
         behavior=behavior,
         memory_index=memory_index,
         splits=splits,
-        coords=coords,
-        voxel_indices=selection.voxel_indices,
-        rois=rois,
+        coords=space.coords,
+        voxel_indices=space.voxel_indices,
+        rois=space.rois,
         n_beta_trials=TRIALS_PER_SESSION * n_train,
-        challenge=ChallengeLayout(selection.n_challenge, selection.n_lh, selection.n_challenge - selection.n_lh),
+        challenge=space.challenge,
         challenge_images=test_images,
-        attrs={
-            RECIPE_ATTR: src.recipe(),
-            "source": "nsd",
-            "beta": src.beta,
-            "nc_threshold": selection.threshold,
-            "nc_search": src.nc_search,
-            "nc_mean_challenge": selection.challenge_nc,
-            "nc_mean_added": selection.added_nc,
-        },
+        attrs={RECIPE_ATTR: src.recipe(), "source": "nsd", "beta": src.beta, **space.attrs},
     )
-    return _Prepared(meta, selection, sizes, n_train)
+    return _Prepared(meta, space, n_train)
 
 
 def available_subjects(nsd_dir: Path) -> list[str]:
@@ -263,27 +203,25 @@ def available_subjects(nsd_dir: Path) -> list[str]:
 
 
 def prepare_subject(src: NsdSources, out_dir: Path, *, force: bool = False, reporter: Reporter | None = None) -> bool:
-    """Write ``out_dir/subjXX.h5``; False (nothing done) if a complete file from the same options is there."""
+    """Write ``out_dir/subjXX.h5`` (``subjXX.SPACE.h5`` for another space, jobs/data/FORMAT.md);
+    False (nothing done) if a complete file from the same options is there."""
     reporter = reporter or Reporter()
-    path = subject_path(out_dir, src.subject)
+    path = subject_path(out_dir, src.subject, src.file_space)
     if not force and subject_done(path, src.recipe()):
         reporter.note(f"{src.subject}: {path} is complete, skipped (--force rebuilds it)")
         return False
     prepared = _read_inputs(src)
     out_dir.mkdir(parents=True, exist_ok=True)
-    voxels = prepared.selection.voxel_indices
     with (
         reporter.task(f"{src.subject} betas (sessions)", prepared.n_train_sessions) as advance,
         SubjectWriter(path, prepared.meta) as writer,
     ):
         for session in range(1, prepared.n_train_sessions + 1):
-            writer.append_betas(_session_betas(src, session, voxels, prepared.hemi_sizes))
+            writer.append_betas(prepared.space.session_betas(session))
             advance(1)
-    s = prepared.selection
     reporter.note(
         f"{src.subject}: {prepared.n_train_sessions + PREDICT_SESSIONS} sessions ({PREDICT_SESSIONS} held out), "
-        f"{voxels.size} voxels = {s.n_challenge} challenge + {voxels.size - s.n_challenge} with NC > "
-        f"{s.threshold:.4f} (mean NC {s.added_nc:.4f} vs {s.challenge_nc:.4f}) -> {path}"
+        f"space {src.file_space}: {prepared.space.summary} -> {path}"
     )
     return True
 

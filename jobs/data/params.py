@@ -11,8 +11,11 @@ from typing import Any
 from jobs.compat import data_param_keys, data_switch_values
 from jobs.weights.manifest import CATALOGUE, check_setting
 
-SPACES = ("fsaverage",)
+# fsaverage: challenge vertices + high-NC vertices; func1mm_hip: the func1mm thalamus and MTL voxels
+# (hippocampus); fship: every fsaverage vertex followed by the func1mm_hip voxels (memory replay)
+SPACES = ("fsaverage", "func1mm_hip", "fship")
 BETA_DIRS = {"b3": "betas_fithrf_GLMdenoise_RR", "b2": "betas_fithrf"}
+DEFAULT_BETA = "b3"
 # the compatibility switches (jobs/compat.py) each data job has, besides the preset ``compat``
 PREPARE_NSD_SWITCHES = ("NC_SEARCH",)
 CACHE_FEATURES_SWITCHES = ("IMAGE_JPEG",)  # for the images.h5 it writes first when alg_dir is given
@@ -26,6 +29,12 @@ CACHE_FEATURES = {"data_dir"}, {
 FEATURE_WEIGHTS = "dinov2_vitl14"  # the installed name of the feature model's weights, by default
 FEATURE_MODEL = CATALOGUE[FEATURE_WEIGHTS].model
 _SUBJECT = re.compile(r"(?:subj)?0*(\d{1,2})")
+
+
+def file_space(space: str, beta: str = DEFAULT_BETA) -> str:
+    """The name a prepared space goes by (file names, ``DATASET.FMRI_SPACE``): the space, plus
+    ``_b2`` for b2 betas, as the reference names them (``fship``, ``fship_b2``)."""
+    return space if beta == DEFAULT_BETA else f"{space}_{beta}"
 
 
 def parse_subject(value: str | int) -> str:

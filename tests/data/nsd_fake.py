@@ -69,6 +69,8 @@ class FakeSubject:
     streams: list[np.ndarray]  # label per challenge vertex, lh and rh
     ncsnr: list[np.ndarray]  # per vertex, lh and rh
     test_images: list[int] = field(default_factory=list)  # 73k ids in test-file order
+    thalamus: np.ndarray | None = None  # func1mm label volumes (with ``volume``): -1 outside the brain
+    mtl: np.ndarray | None = None
 
 
 @dataclass
@@ -82,8 +84,14 @@ class FakeNsd:
     spheres: list[np.ndarray]
     subjects: dict[str, FakeSubject]
 
-    def betas_dir(self, subject: str, beta_dir: str = "betas_fithrf_GLMdenoise_RR") -> Path:
-        return self.nsd_dir / f"nsddata_betas/ppdata/{subject}/fsaverage/{beta_dir}"
+    def betas_dir(self, subject: str, beta_dir: str = "betas_fithrf_GLMdenoise_RR", space: str = "fsaverage") -> Path:
+        return self.nsd_dir / f"nsddata_betas/ppdata/{subject}/{space}/{beta_dir}"
+
+    def nsdgeneral(self, hemi: str) -> Path:
+        return self.nsd_dir / f"nsddata/freesurfer/fsaverage/label/{hemi}.nsdgeneral.mgz"
+
+    def func1mm_roi(self, subject: str, name: str) -> Path:
+        return self.nsd_dir / f"nsddata/ppdata/{subject}/func1mm/roi/{name}.nii.gz"
 
 
 def _design(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -159,6 +167,27 @@ def _save_mgh(path: Path, data: np.ndarray) -> None:
     nibabel.save(nibabel.MGHImage(data, np.eye(4)), path)
 
 
+def _save_nifti(path: Path, data: np.ndarray) -> None:
+    import nibabel
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nibabel.save(nibabel.Nifti1Image(data, np.diag([1.0, 1.0, 1.0, 1.0])), path)
+
+
+def _label_volumes(rng: np.random.Generator, shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """NSD-like thalamus (labels 1..5) and MTL (1..10) volumes: -1 outside an ellipsoid brain, 0 in
+    it, labels on random brain voxels (disjoint between the two, as in NSD)."""
+    centre = (np.array(shape) - 1) / 2
+    grid = np.stack(np.meshgrid(*map(np.arange, shape), indexing="ij"), axis=-1)
+    brain = (((grid - centre) / (np.array(shape) / 2)) ** 2).sum(-1) <= 1
+    thalamus, mtl = (np.where(brain, 0, -1).astype(np.int16) for _ in range(2))
+    inside = rng.permutation(np.flatnonzero(brain))
+    n = inside.size // 6
+    thalamus.reshape(-1)[inside[:n]] = rng.integers(1, 6, n)
+    mtl.reshape(-1)[inside[n : 3 * n]] = rng.integers(1, 11, 2 * n)
+    return thalamus, mtl
+
+
 def _write_png(path: Path, rng: np.random.Generator, size: int) -> None:
     from PIL import Image
 
@@ -175,6 +204,8 @@ def write_fake_nsd(
     outside_snr_power: float = 1.0,
     seed: int = 0,
     on_session: Callable[[str, int], None] | None = None,
+    volume: tuple[int, int, int] | None = None,
+    beta_dirs: tuple[str, ...] = ("betas_fithrf_GLMdenoise_RR",),
 ) -> FakeNsd:
     """Write ``root/nsd`` and ``root/algonauts`` for the subjects of ``sessions`` (name: completed sessions).
 
@@ -182,6 +213,10 @@ def write_fake_nsd(
     ncsnr is uniform in [0.2, 1.2] on challenge vertices and ``0.9 * U ** outside_snr_power``
     elsewhere (a higher power: fewer high-NC vertices outside the mask, as on real cortex).
     ``on_session(subject, session)`` is called after each session's betas are written.
+    ``volume`` (a func1mm shape) adds what the func1mm_hip and fship spaces read: the thalamus and
+    MTL label volumes, 4-d int16 NIfTI betas per session and fsaverage ``nsdgeneral.mgz`` labels
+    (drawn from a generator of their own: the other files stay as without them). ``beta_dirs``:
+    the beta versions written (the b2 ``betas_fithrf`` too, to prepare with ``--beta b2``).
     """
     rng = np.random.default_rng(seed)
     nsd_dir, alg_dir = root / "nsd", root / "algonauts"
@@ -243,10 +278,26 @@ def write_fake_nsd(
                 for k, image_id in enumerate(ids, start=1):
                     _write_png(alg_dir / name / split / f"{prefix}-{k:04d}_nsd-{image_id:05d}.png", rng, image_size)
         fake.subjects[name] = subject
+        vol_rng = np.random.default_rng([seed, number])
+        if volume is not None:
+            subject.thalamus, subject.mtl = _label_volumes(vol_rng, volume)
+            _save_nifti(fake.func1mm_roi(name, "thalamus"), subject.thalamus)
+            _save_nifti(fake.func1mm_roi(name, "MTL"), subject.mtl)
         for session in range(1, n_sessions - PREDICT_SESSIONS + 1):
-            for hemi in ("lh", "rh"):
-                data = rng.integers(-900, 900, (n_vertices, 1, 1, TRIALS_PER_SESSION), dtype=np.int16)
-                _save_mgh(fake.betas_dir(name) / f"{hemi}.betas_session{session:02d}.mgh", data)
+            for k, beta_dir in enumerate(beta_dirs):
+                for hemi in ("lh", "rh"):
+                    data = (rng if k == 0 else vol_rng).integers(
+                        -900, 900, (n_vertices, 1, 1, TRIALS_PER_SESSION), dtype=np.int16
+                    )
+                    _save_mgh(fake.betas_dir(name, beta_dir) / f"{hemi}.betas_session{session:02d}.mgh", data)
+                if volume is not None:
+                    data = vol_rng.integers(-900, 900, (*volume, TRIALS_PER_SESSION), dtype=np.int16)
+                    _save_nifti(fake.betas_dir(name, beta_dir, "func1mm") / f"betas_session{session:02d}.nii.gz", data)
             if on_session is not None:
                 on_session(name, session)
+    if volume is not None:
+        label_rng = np.random.default_rng([seed, 0])
+        for hemi in ("lh", "rh"):
+            label = (label_rng.random(n_vertices) < 0.4).astype(np.float32).reshape(-1, 1, 1)
+            _save_mgh(fake.nsdgeneral(hemi), label)
     return fake

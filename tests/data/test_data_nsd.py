@@ -215,13 +215,13 @@ def test_killed_run_leaves_nothing_that_passes_check(nsd_tree: FakeNsd, tmp_path
     args = [str(a) for a in prepare_cmd(nsd_tree, tmp_path, "--subjects", "1", "--no-images")]
     driver = f"""
 import os, sys
-import jobs.data.nsd as nsd
-real = nsd._session_betas
-def dying(src, session, *rest):
+import jobs.data.spaces as spaces
+real = spaces._surface_betas
+def dying(src, session, *rest, **options):
     if session == 2:
         os._exit(9)
-    return real(src, session, *rest)
-nsd._session_betas = dying
+    return real(src, session, *rest, **options)
+spaces._surface_betas = dying
 sys.argv = ["memq", *{args!r}]
 from memq.cli import main
 main()
