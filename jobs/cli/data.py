@@ -63,7 +63,9 @@ def prepare_nsd(
     nsd_dir: Annotated[Path, typer.Option("--nsd-dir", help="The NSD download (nsddata/, nsddata_betas/).")],
     alg_dir: Annotated[Path, typer.Option("--alg-dir", help="The Algonauts 2023 challenge data (subj01/ ...).")],
     out: Annotated[Path, typer.Option("--out", help="The prepared-data directory.")],
-    space: Annotated[str, typer.Option("--space", help="Surface space of the betas.")] = "fsaverage",
+    space: Annotated[
+        str, typer.Option("--space", help="fsaverage, func1mm_hip or fship (jobs/data/FORMAT.md).")
+    ] = "fsaverage",
     beta: Annotated[str, typer.Option("--beta", help="b3 (betas_fithrf_GLMdenoise_RR) or b2 (betas_fithrf).")] = "b3",
     subjects: Subjects = None,
     fsaverage_dir: Annotated[
@@ -79,7 +81,7 @@ def prepare_nsd(
     nc_search: NcSearch = None,
     image_jpeg: ImageJpeg = None,
 ) -> None:
-    """One subjXX.h5 per subject (skipping complete ones), then images.h5 from the Algonauts PNGs."""
+    """One subjXX.h5 (subjXX.SPACE.h5) per subject (skipping complete ones), then images.h5 from the Algonauts PNGs."""
     from jobs.data.inputs import subject_list
     from jobs.data.nsd import NsdSources, available_subjects, prepare_subject
     from jobs.data.nsd_images import write_nsd_images

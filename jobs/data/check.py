@@ -24,10 +24,9 @@ from jobs.data.layout import (
     TRIALS_PER_SESSION,
     LayoutError,
     SubjectFile,
-    list_subjects,
     open_images,
     open_subject,
-    subject_path,
+    subject_files,
 )
 from jobs.data.memory import prev_behavior_rows
 from jobs.data.progress import Reporter
@@ -170,7 +169,7 @@ def check_dir(data_dir: Path, reporter: Reporter | None = None) -> list[FileRepo
     image_ids = None
     if (data_dir / IMAGES_FILE).exists():
         images, image_ids = _images(data_dir / IMAGES_FILE)
-    subjects = [_subject(subject_path(data_dir, s), image_ids, reporter) for s in list_subjects(data_dir)]
+    subjects = [_subject(path, image_ids, reporter) for path in subject_files(data_dir)]
     if not subjects:
         subjects = [FileReport("subjXX.h5", problems=["no subject file"])]
     leftovers = sorted(p.name for p in data_dir.glob(".*.tmp"))

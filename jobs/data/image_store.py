@@ -18,10 +18,9 @@ from jobs.data.layout import (
     IMAGES_FILE,
     ImageWriter,
     LayoutError,
-    list_subjects,
     open_images,
     open_subject,
-    subject_path,
+    subject_files,
 )
 from jobs.data.progress import Reporter
 from memq.job import UserError
@@ -32,10 +31,10 @@ BLOCK = 64
 
 
 def needed_ids(out_dir: Path) -> np.ndarray:
-    """Sorted 73k ids shown in any prepared subject's memory windows."""
+    """Sorted 73k ids shown in any prepared subject's memory windows (subject files of every space)."""
     ids = [np.empty(0, dtype=np.int64)]
-    for subject in list_subjects(out_dir):
-        with open_subject(subject_path(out_dir, subject)) as f:
+    for path in subject_files(out_dir):
+        with open_subject(path) as f:
             ids.append(np.unique(f.memory_index()))
     merged = np.unique(np.concatenate(ids))
     return merged[merged != BLANK]

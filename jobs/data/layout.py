@@ -6,8 +6,27 @@ Formats ``memq.subject`` and ``memq.images``, version 1. Any HDF5 reader (h5py, 
 Directory
 ---------
 
-    DIR/subj01.h5 ... DIR/subjXX.h5   one file per subject (name = subject id)
+    DIR/subj01.h5 ... DIR/subjXX.h5   one file per subject (name = subject id), space fsaverage
+    DIR/subjXX.SPACE.h5               the same subject in another prepared space (SPACE below)
     DIR/images.h5                     images and cached memory features, for all subjects
+
+SPACE names the voxels and the betas version as the reference names them: ``fsaverage`` (b3
+betas, the default: ``subjXX.h5``), ``func1mm_hip``, ``fship``, and ``_b2`` appended for the b2
+betas (``betas_fithrf``): ``subj01.fship_b2.h5``, ``subj01.fsaverage_b2.h5``. Training selects one
+with ``DATASET.FMRI_SPACE``. All of a subject's files share ``behavior``, ``memory_index``, the
+splits and ``challenge_images``; voxels, coordinates, ROIs and betas differ:
+
+    fsaverage    challenge vertices, then the vertices above the noise-ceiling threshold (mem-spec 1.6)
+    func1mm_hip  the func1mm voxels that NSD's ``func1mm/roi/thalamus.nii.gz`` or ``MTL.nii.gz``
+                 label > 0, in C order of the volume; coords = (i, j, k); voxel_indices = flat
+                 C-order index; ROIs LGN, SC, Vpu, DLpu, DMpu (thalamus 1..5), ErC, area35, area36,
+                 PhC, Sub, CA1, CA2, CA3, DG, HT (MTL 1..10) and HHHB (Sub..DG), H (HHHB + HT), PrC
+                 (area35 + area36), pulvinar (Vpu + DLpu + DMpu). Attribute volume_shape.
+    fship        every fsaverage vertex (lh then rh; n_surface of them, attribute n_surface), then
+                 the func1mm_hip voxels. coords: the side-by-side spheres, then the (i, j, k) moved
+                 along x to start at int(max sphere x) + 1; voxel_indices: the vertex, then n_surface
+                 + the flat volume index; ROIs nsdgeneral (fsaverage ``label/?h.nsdgeneral.mgz`` == 1) and the
+                 func1mm_hip ROIs shifted by n_surface. Vertices without data are 0 in every trial.
 
 Files are published atomically: a writer writes ``DIR/.NAME.<pid>.<token>.tmp``, flushes, fsyncs
 and renames it to ``NAME``. A file under its final name is always complete; ``.tmp`` leftovers of
@@ -31,7 +50,8 @@ Root attributes:
     format          "memq.subject"
     format_version  1
     subject         str, e.g. "subj01"
-    space           str, e.g. "fsaverage", "func1pt8mm", "synthetic"
+    space           str, e.g. "fsaverage", "func1mm_hip", "fship", "func1pt8mm", "synthetic"
+    beta            str, optional: NSD betas version, "b3" (betas_fithrf_GLMdenoise_RR) or "b2" (betas_fithrf)
     n_sessions      int, completed sessions
     n_trials        int, = 750 * n_sessions
     n_voxels        int
@@ -565,6 +585,11 @@ def open_images(path: PathArg) -> ImageFile:
 def subject_path(data_dir: PathArg, subject: str, space: str = DEFAULT_SPACE) -> Path:
     """``subjXX.h5`` for the default space, ``subjXX.SPACE.h5`` for another (``subj01.fship.h5``)."""
     return Path(data_dir) / (f"{subject}.h5" if space == DEFAULT_SPACE else f"{subject}.{space}.h5")
+
+
+def subject_files(data_dir: PathArg) -> list[Path]:
+    """Every subject file in ``data_dir``, of every space, sorted by name."""
+    return sorted(p for p in Path(data_dir).glob("subj*.h5") if _SUBJECT_FILE.fullmatch(p.name))
 
 
 def list_subjects(data_dir: PathArg, space: str = DEFAULT_SPACE) -> list[str]:

@@ -165,7 +165,8 @@ def _nsdgeneral(src: NsdSources, sizes: list[int]) -> np.ndarray:
 
 def fship_space(src: NsdSources) -> VoxelSpace:
     """Every fsaverage vertex (lh, rh), then the func1mm_hip voxels; their (i, j, k) coordinates are
-    moved along x to start one unit past the spheres' largest x, and their ROIs shifted past the vertices."""
+    moved along x to start one unit past the spheres' largest x, their ROIs and source indices
+    shifted past the vertices."""
     sizes = [m.size for m in _challenge_mask(src)]
     n_surface = sum(sizes)
     surface = _sphere_coords(src, sizes)
@@ -179,7 +180,7 @@ def fship_space(src: NsdSources) -> VoxelSpace:
         return np.hstack([cortex, _hippocampus_betas(src, session, hip)])
 
     return VoxelSpace(
-        voxel_indices=np.concatenate([vertices, hip.voxel_indices]),
+        voxel_indices=np.concatenate([vertices, n_surface + hip.voxel_indices]),
         coords=np.concatenate([surface, hip_coords]),
         rois={NSDGENERAL: _nsdgeneral(src, sizes)} | {name: p + n_surface for name, p in hip.rois.items()},
         session_betas=session_betas,

@@ -63,6 +63,7 @@ class Built:
         return {
             key: "random" if (entry := branch.backbone.weights) is None else f"{entry.name} sha256 {entry.sha256}"
             for key, branch in backbones.items()
+            if branch is not None  # no T=-1 branch without EXPERIMENTAL.USE_PREV_FRAME
         }
 
 
@@ -91,6 +92,9 @@ def build(params: Mapping[str, Any], repeat: int, gpus: list[int], root: Path, *
             val_fraction=val_fraction,
             val_subset=config.switch("VAL_SUBSET"),
             prev_bhvs=config.switch("PREV_BHVS"),
+            space=dataset.FMRI_SPACE,
+            t_image=config.EXPERIMENTAL.T_IMAGE,
+            prev_frames=config.EXPERIMENTAL.USE_PREV_FRAME,
         )
         model = MemModel(config, data.subject_info(), weights_root=root)
     except LayoutError as error:  # retrying cannot help; `memq retry` once the data is fixed

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from jobs import compat
 
+N_SLOTS = 33  # memory window T = -32..0 (jobs.data.layout.N_SLOTS; not imported: submit-time imports stay light)
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 Fraction = Annotated[float, Field(gt=0, le=1)]
@@ -42,6 +43,8 @@ class _Section(BaseModel):
 
 class DatasetConfig(_Section):
     DIR: str | None = None  # prepared data directory (jobs/data/FORMAT.md)
+    # which prepared space of DIR: subjXX.h5 for fsaverage, subjXX.FMRI_SPACE.h5 else (fship, fship_b2, ...)
+    FMRI_SPACE: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_]+$")] = "fsaverage"
     SUBJECTS: Annotated[list[SubjectName], Field(min_length=1)] | None = None  # None: every subject in DIR
     ROIS: Annotated[list[str], Field(min_length=1)] | None = None  # None: whole brain; else their voxels, in order
     IMAGE_SIZE: PositiveInt = 224
@@ -232,6 +235,20 @@ class TrainerConfig(_Section):
     SEED: int = 0
 
 
+class ExperimentalConfig(_Section):
+    """The reference's EXPERIMENTAL switches of inputs and branches, as it means them (its paper's
+    analyses, e.g. memory replay: grids/replay.yaml); the defaults are the full model.
+    T_IMAGE: the frame the T=0 branch sees, that many trial slots back (a blank slot: the blank image)."""
+
+    T_IMAGE: Annotated[int, Field(ge=-(N_SLOTS - 1), le=0)] = 0
+    USE_PREV_FRAME: bool = True  # the T=-1 and memory branches; off: their features are zeros
+    USE_RETINA_MAPPER: bool = True  # off: no spatial path, the T=0 feature is the class features alone
+    USE_LAYER_SELECTOR: bool = True  # off: the class features' plain mean over the tapped layers
+    USE_BHV: bool = True  # off: every behaviour input is zeros
+    USE_BHV_PASSTHROUGH: bool = True  # off: the T=0 behaviour passthrough is zeros
+    BACKBONE_NOGRAD: bool = False  # on: the ViTs' LoRA and AdaLN and their behaviour embedders are frozen
+
+
 class DataLoaderConfig(_Section):
     NUM_WORKERS: Annotated[int, Field(ge=0)] = 8
 
@@ -255,6 +272,7 @@ class MemConfig(_Section):
     OPTIMIZER: OptimizerConfig = OptimizerConfig()
     TRAINER: TrainerConfig = TrainerConfig()
     DATALOADER: DataLoaderConfig = DataLoaderConfig()
+    EXPERIMENTAL: ExperimentalConfig = ExperimentalConfig()
 
     def switch(self, name: str) -> str:
         """The effective value of the training switch ``name``: SWITCHES.<name> if set, else COMPAT's."""

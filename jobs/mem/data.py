@@ -24,6 +24,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset
 
 from jobs.data.layout import (
     BLANK,
+    DEFAULT_SPACE,
     IMAGES_FILE,
     N_PREV,
     N_SLOTS,
@@ -90,6 +91,9 @@ class MemDataset(Dataset[dict[str, Any]]):
     (not for the predict split), ``subject``, ``index`` (global trial g). ``limit`` keeps the
     first trials of the split; ``image_size`` resizes images stored at another size.
     ``prev_bhvs`` "local" takes the reference's rows instead (switch PREV_BHVS, mem-spec 1.5).
+    ``t_image`` < 0 makes ``img`` the frame that many trial slots back (blank slot: the blank image,
+    EXPERIMENTAL.T_IMAGE); ``prev_frames`` False leaves out every other frame: no ``prev_img``,
+    ``prev_feats`` nor ``prev_bhvs`` (EXPERIMENTAL.USE_PREV_FRAME).
     """
 
     def __init__(
@@ -103,9 +107,14 @@ class MemDataset(Dataset[dict[str, Any]]):
         image_size: int | None = None,
         limit: int | None = None,
         prev_bhvs: str = "global",
+        t_image: int = 0,
+        prev_frames: bool = True,
     ) -> None:
         if not 1 <= n_prev_frames <= N_PREV:
             raise ValueError(f"n_prev_frames must be in 1..{N_PREV}, got {n_prev_frames}")
+        if not -N_PREV <= t_image <= 0:
+            raise ValueError(f"t_image must be in -{N_PREV}..0, got {t_image}")
+        self.prev_frames = prev_frames
         self.subject_file, self.image_store = Path(subject_file), Path(image_store)
         with open_subject(self.subject_file) as subject:
             self.subject = subject.subject
@@ -124,13 +133,13 @@ class MemDataset(Dataset[dict[str, Any]]):
             rows = images.rows(memory_index[self.indices])
             self.stored_size = images.image_size
             feat_rows = rows[:, N_SLOTS - 1 - n_prev_frames : PREVIOUS][:, ::-1]
-            needed = np.unique(feat_rows[feat_rows != BLANK])
+            needed = np.unique(feat_rows[feat_rows != BLANK]) if prev_frames else np.empty(0, dtype=np.int64)
             self.features = torch.from_numpy(images.feature_rows(needed))
         self.image_size = image_size or self.stored_size
-        self.img_rows, self.prev_img_rows = rows[:, CURRENT], rows[:, PREVIOUS]
+        self.img_rows, self.prev_img_rows = rows[:, CURRENT + t_image], rows[:, PREVIOUS]
         # memory features: positions in self.features, or BLANK
         self.feat_pos = np.where(feat_rows != BLANK, np.searchsorted(needed, feat_rows), BLANK)
-        if np.any(self.img_rows == BLANK):
+        if np.any(rows[:, CURRENT] == BLANK):
             raise LayoutError(self.subject_file, "memory_index has a blank T=0 slot")
         self._handles: _Handles | None = None
         self._pid: int | None = None
@@ -167,13 +176,14 @@ class MemDataset(Dataset[dict[str, Any]]):
         g = int(self.indices[i])
         sample = {
             "img": self._image(handles.images, int(self.img_rows[i])),
-            "prev_img": self._image(handles.images, int(self.prev_img_rows[i])),
-            "prev_feats": self._memory_features(self.feat_pos[i]),
             "bhv": torch.from_numpy(self.behavior[g].copy()),
-            "prev_bhvs": torch.from_numpy(self.behavior[self.prev_bhv_rows[i]]),
             "subject": self.subject,
             "index": g,
         }
+        if self.prev_frames:
+            sample["prev_img"] = self._image(handles.images, int(self.prev_img_rows[i]))
+            sample["prev_feats"] = self._memory_features(self.feat_pos[i])
+            sample["prev_bhvs"] = torch.from_numpy(self.behavior[self.prev_bhv_rows[i]])
         if self.has_targets:
             row = handles.subject.betas[g]
             sample["y"] = torch.from_numpy((row if self.roi is None else row[self.roi]).astype(np.float32))
@@ -220,7 +230,8 @@ class MemDataModule(L.LightningDataModule):
     ``val_fraction`` < 1 validates on a fixed random subset of each subject's val1 trials: the
     same trials every epoch and every attempt, so per-voxel r stays comparable across epochs (the
     reference validated on a fresh random 25%, mem-spec 5.10: ``val_subset`` "redrawn" does that,
-    a new random subset of all subjects' val1 trials every epoch). ``prev_bhvs``: see MemDataset.
+    a new random subset of all subjects' val1 trials every epoch). ``prev_bhvs``, ``t_image`` and
+    ``prev_frames``: see MemDataset. ``space``: which prepared files of ``data_dir`` (DATASET.FMRI_SPACE).
     """
 
     def __init__(
@@ -237,23 +248,30 @@ class MemDataModule(L.LightningDataModule):
         val_fraction: float = 1.0,
         val_subset: str = "fixed",
         prev_bhvs: str = "global",
+        space: str = DEFAULT_SPACE,
+        t_image: int = 0,
+        prev_frames: bool = True,
     ) -> None:
         super().__init__()
-        self.data_dir = Path(data_dir)
+        self.data_dir, self.space = Path(data_dir), space
         self.val_fraction, self.val_subset = val_fraction, val_subset
         self.rois = list(rois) if rois is not None else None
         self.batch_size, self.num_workers = batch_size, num_workers
         self.dataset_kwargs = {
             "n_prev_frames": n_prev_frames, "image_size": image_size, "limit": limit, "prev_bhvs": prev_bhvs,
+            "t_image": t_image, "prev_frames": prev_frames,
         }  # fmt: skip
-        available = list_subjects(self.data_dir)
+        available = list_subjects(self.data_dir, space)
         unknown = sorted(set(subjects or ()) - set(available))
         if not available or unknown:
             missing = ", ".join(unknown) or "any subject"
-            raise LayoutError(self.data_dir, f"no subject file for {missing}; found {', '.join(available) or 'none'}")
+            raise LayoutError(
+                self.data_dir,
+                f"no subject file of space {space} for {missing}; found {', '.join(available) or 'none'}",
+            )
         self._info: dict[str, SubjectInfo] = {}
         for name in subjects or available:
-            with open_subject(subject_path(self.data_dir, name)) as subject:
+            with open_subject(subject_path(self.data_dir, name, space)) as subject:
                 info = read_subject_info(subject, self.rois)
             if info is not None:
                 self._info[name] = info
@@ -279,7 +297,7 @@ class MemDataModule(L.LightningDataModule):
         if split not in self._datasets:
             self._datasets[split] = [
                 MemDataset(
-                    subject_path(self.data_dir, name),
+                    subject_path(self.data_dir, name, self.space),
                     split,
                     self.rois,
                     self.data_dir / IMAGES_FILE,

@@ -47,7 +47,8 @@ def _voxel_weights(config: ModelConfig, positions: Tensor, mode: CoordsMode) -> 
 
 class MemModel(nn.Module):
     """Predicts one subject's voxel responses from the current image, the previous image, the
-    cached features of older frames and the behaviour of all of them.
+    cached features of older frames and the behaviour of all of them (EXPERIMENTAL switches
+    leave parts out as the reference does: jobs/mem/config.py ExperimentalConfig).
 
     Frozen pretrained ViT weights are the installed weights ``MODEL.BACKBONE*.WEIGHTS`` names on
     ``weights_root`` (or random ones where a setting says ``random``); a frozen topyneck comes from
@@ -61,26 +62,37 @@ class MemModel(nn.Module):
     ) -> None:
         super().__init__()
         model, names, img_size = config.MODEL, list(subjects), config.DATASET.IMAGE_SIZE
-        cond, coords_mlp = model.COND, model.COORDS_MLP
+        cond, coords_mlp, x = model.COND, model.COORDS_MLP, config.EXPERIMENTAL
         self.chunk_size = model.CHUNK_SIZE
         self.n_voxels = {s: info.n_voxels for s, info in subjects.items()}
-        self.current = CurrentFrame(model, img_size, names, weights_root)
-        self.previous = PreviousFrame(model, img_size, names, weights_root)
-        self.memory = MemoryBranch(model, config.DATASET.N_PREV_FRAMES - 1, names)
-        self.behav_pt = BehaviourEmbed(names, cond.IN_DIM, model.passthrough_dim, cond.DROPOUT)
-        self.behav_pt_prev = BehaviourEmbed(names, cond.IN_DIM, model.passthrough_dim, cond.DROPOUT)
+        self.widths = {"prev": model.prev_width, "memory": model.merge_width, "passthrough": model.passthrough_dim}
+        self.use_bhv, self.use_prev = x.USE_BHV, x.USE_PREV_FRAME
+        self.current = CurrentFrame(model, img_size, names, weights_root, spatial=x.USE_RETINA_MAPPER)
+        # without USE_PREV_FRAME the branches of T=-1..-N are not built: their features are zeros
+        self.previous = PreviousFrame(model, img_size, names, weights_root) if self.use_prev else None
+        self.memory = MemoryBranch(model, config.DATASET.N_PREV_FRAMES - 1, names) if self.use_prev else None
+        pt_dim = model.passthrough_dim
+        self.behav_pt = BehaviourEmbed(names, cond.IN_DIM, pt_dim, cond.DROPOUT) if x.USE_BHV_PASSTHROUGH else None
+        self.behav_pt_prev = BehaviourEmbed(names, cond.IN_DIM, pt_dim, cond.DROPOUT) if self.use_prev else None
+        if x.BACKBONE_NOGRAD:  # the reference freezes each ViT with the embedder of its condition
+            for branch in (self.current, self.previous):
+                if branch is not None:
+                    branch.backbone.requires_grad_(False)
+                    branch.behav_embed.requires_grad_(False)
         mode = CoordsMode.of(config)
         self.entropy_sign = -1.0 if config.switch("LAYER_ENTROPY") == "sharp" else 1.0
         positions = {s: info.positions(mode) for s, info in subjects.items()}
+        mapped = positions if x.USE_RETINA_MAPPER else {}
         self.retina_mapper = nn.ModuleDict(
             {
                 s: RetinaMapper(p, coords_mlp.WIDTH, coords_mlp.DEPTH, model.RETINA_MAPPER.SIGMA, mode)
-                for s, p in positions.items()
+                for s, p in mapped.items()
             }
         )
         n_layers = len(model.BACKBONE.LAYERS)
+        selected = positions if x.USE_LAYER_SELECTOR else {}
         self.layer_selector = nn.ModuleDict(
-            {s: LayerSelector(p, n_layers, coords_mlp.WIDTH, coords_mlp.DEPTH, mode) for s, p in positions.items()}
+            {s: LayerSelector(p, n_layers, coords_mlp.WIDTH, coords_mlp.DEPTH, mode) for s, p in selected.items()}
         )
         self.readout = nn.ModuleDict({s: _voxel_weights(model, p, mode) for s, p in positions.items()})
         if model.TOPYNECK_PATH is not None:
@@ -90,7 +102,8 @@ class MemModel(nn.Module):
         """Predictions [B, n] for one subject's samples: :meth:`forward_subjects` with one subject.
 
         batch: "img", "prev_img" [B, 3, H, W] (T=0, T=-1), "prev_feats" [B, N-1, F] (T=-2..-N),
-        "bhv" [B, 35] (T=0), "prev_bhvs" [B, N, 35] (T=-1..-N). ``voxels``: positions into the
+        "bhv" [B, 35] (T=0), "prev_bhvs" [B, N, 35] (T=-1..-N); without EXPERIMENTAL.USE_PREV_FRAME
+        only "img" and "bhv". ``voxels``: positions into the
         subject's modelled voxels; None predicts all of them. Voxels run in CHUNK_SIZE chunks.
         """
         return self.forward_subjects({subject: batch}, {subject: voxels}).preds[subject]
@@ -108,31 +121,36 @@ class MemModel(nn.Module):
         groups = SubjectGroups(tuple(batches), tuple(len(b["img"]) for b in batches.values()))
 
         def field(key: str) -> Tensor:
-            return torch.cat([b[key] for b in batches.values()])
+            values = torch.cat([b[key] for b in batches.values()])
+            return values if self.use_bhv or key not in ("bhv", "prev_bhvs") else torch.zeros_like(values)
 
-        bhv, prev_bhvs = field("bhv"), field("prev_bhvs")
+        bhv = field("bhv")
         grids, cls = self.current(field("img"), bhv, groups)
-        shared = torch.cat(
-            [
-                self.previous(field("prev_img"), prev_bhvs[:, 0], groups),
-                self.memory(field("prev_feats"), prev_bhvs[:, 1:], groups),
-                self.behav_pt(bhv, groups),
-                self.behav_pt_prev(prev_bhvs[:, 0], groups),
-            ],
-            dim=-1,
-        )
+
+        def zeros(width: str) -> Tensor:
+            return cls.new_zeros(cls.shape[0], self.widths[width])
+
+        if self.previous is not None and self.memory is not None and self.behav_pt_prev is not None:
+            prev_bhvs = field("prev_bhvs")
+            x_prev = self.previous(field("prev_img"), prev_bhvs[:, 0], groups)
+            x_mem = self.memory(field("prev_feats"), prev_bhvs[:, 1:], groups)
+            c_pt_prev = self.behav_pt_prev(prev_bhvs[:, 0], groups)
+        else:
+            x_prev, x_mem, c_pt_prev = zeros("prev"), zeros("memory"), zeros("passthrough")
+        c_pt = zeros("passthrough") if self.behav_pt is None else self.behav_pt(bhv, groups)
+        shared = torch.cat([x_prev, x_mem, c_pt, c_pt_prev], dim=-1)
         voxels = voxels or {}
         preds, regularizers = {}, []
         for subject, rows in groups.slices():
             selected = voxels.get(subject)
             if selected is None:
                 selected = torch.arange(self.n_voxels[subject], device=cls.device)
-            selector = self.layer_selector[subject]
-            layer_weights = selector(selected)
+            selector = self.layer_selector[subject] if subject in self.layer_selector else None  # noqa: SIM401
+            layer_weights = None if selector is None else selector(selected)
             preds[subject] = self._predict(
                 [grid[rows] for grid in grids], cls[rows], shared[rows], subject, selected, layer_weights
             )
-            if selector.trainable:
+            if selector is not None and selector.trainable:
                 regularizers.append(self.entropy_sign * negative_entropy(layer_weights))
         regularizer = torch.stack(regularizers).sum() if regularizers else torch.zeros((), device=cls.device)
         return MemOutput(preds, regularizer)
@@ -144,18 +162,19 @@ class MemModel(nn.Module):
         shared: Tensor,
         subject: str,
         voxels: Tensor,
-        layer_weights: Tensor,
+        layer_weights: Tensor | None,
     ) -> Tensor:
         """One subject's predictions [B_s, n] from its samples' features, CHUNK_SIZE voxels at a time."""
-        mu = self.retina_mapper[subject](voxels)
+        mapper = self.retina_mapper[subject] if subject in self.retina_mapper else None  # noqa: SIM401
+
+        def split(x: Tensor | None) -> Sequence[Tensor | None]:
+            return [None] * len(parts) if x is None else x.split(self.chunk_size)
+
+        parts = voxels.split(self.chunk_size)
+        mu = None if mapper is None else mapper(voxels)
         chunks = [
-            apply_readout(retina_features(grids, cls, m, w), shared, *self.readout[subject](v))
-            for v, m, w in zip(
-                voxels.split(self.chunk_size),
-                mu.split(self.chunk_size),
-                layer_weights.split(self.chunk_size),
-                strict=True,
-            )
+            apply_readout(retina_features(grids, cls, m, w, len(v)), shared, *self.readout[subject](v))
+            for v, m, w in zip(parts, split(mu), split(layer_weights), strict=True)
         ]
         return torch.cat(chunks, dim=1) if chunks else cls.new_zeros(cls.shape[0], 0)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import h5py
 import nibabel
 import numpy as np
 import pytest
@@ -121,6 +122,8 @@ def test_fship_b2(volume_tree: FakeNsd, prepared: Callable[[str, str], Path]) ->
     with open_subject(path) as f:
         assert f.file.attrs["space"] == "fship" and f.file.attrs["beta"] == "b2"
         assert f.n_voxels == n_surface + len(ijk)
+        flat = [(i * VOLUME[1] + j) * VOLUME[2] + k for i, j, k in ijk]
+        np.testing.assert_array_equal(f.voxel_indices(), [*range(n_surface), *(n_surface + np.array(flat))])
         np.testing.assert_allclose(f.coords(), np.vstack([spheres, hip]), rtol=1e-6)
         np.testing.assert_array_equal(f.roi("nsdgeneral"), np.flatnonzero(np.concatenate(labels) == 1))
         for name, positions in rois.items():
@@ -133,6 +136,22 @@ def test_fship_b2(volume_tree: FakeNsd, prepared: Callable[[str, str], Path]) ->
     # b2 and b3 are different files, and different betas
     with open_subject(prepared("fship", "b3")) as f:
         assert not np.allclose(f.betas[:750].astype(np.float64), betas[:750], atol=0.1)
+
+
+def test_check_and_images_cover_every_space(volume_tree: FakeNsd, prepared: Callable[[str, str], Path]) -> None:
+    """`memq data check` reports the files of every space; images.h5 holds what their memory windows show."""
+    from tests.data.conftest import prepare_args, run_memq
+
+    out = prepared("func1mm_hip", "b3").parent
+    prepared("fship", "b2")
+    assert run_memq(*prepare_args(volume_tree, out, "--space", "fship", "--image-size", "8")).code == 0
+    ran = run_memq("data", "check", out)
+    for name in ("subj01.func1mm_hip.h5", "subj01.fship.h5", "subj01.fship_b2.h5"):
+        assert f"{name}: ok" in ran.out, ran.out
+    with open_subject(subject_path(out, "subj01", "fship")) as f:
+        shown = np.unique(f.memory_index())
+    with h5py.File(out / "images.h5") as f:
+        np.testing.assert_array_equal(f["ids"][()], shown[shown != -1])
 
 
 def test_unknown_space_is_one_line(volume_tree: FakeNsd, tmp_path: Path) -> None:

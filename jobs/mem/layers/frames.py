@@ -17,10 +17,16 @@ from jobs.mem.layers.heads import SimpleConvBlocks, class_token_mlps
 
 
 class CurrentFrame(nn.Module):
-    """T=0: behaviour-conditioned ViT-B; a conv head and a class-token Mlp per tapped layer."""
+    """T=0: behaviour-conditioned ViT-B; a conv head (unless not ``spatial``: no RetinaMapper reads
+    the grids) and a class-token Mlp per tapped layer."""
 
     def __init__(
-        self, config: ModelConfig, img_size: int, subjects: Sequence[str], weights_root: Path | None = None
+        self,
+        config: ModelConfig,
+        img_size: int,
+        subjects: Sequence[str],
+        weights_root: Path | None = None,
+        spatial: bool = True,
     ) -> None:
         super().__init__()
         cond, head, width = config.COND, config.CONV_HEAD, config.conv_width
@@ -28,30 +34,43 @@ class CurrentFrame(nn.Module):
         self.backbone = ConditionedViT(config.BACKBONE, img_size, cond.DIM, "MODEL.BACKBONE", weights_root)
         feature_dim = config.BACKBONE.FEATURE_DIM
         self.conv_heads = nn.ModuleList(
-            SimpleConvBlocks(feature_dim, width, head.KERNEL, head.DEPTH, head.MAX_DIM) for _ in config.BACKBONE.LAYERS
+            SimpleConvBlocks(feature_dim, width, head.KERNEL, head.DEPTH, head.MAX_DIM)
+            for _ in (config.BACKBONE.LAYERS if spatial else ())
         )
         self.cls_heads = class_token_mlps(config.BACKBONE.CLS_DIMS, width)
 
     def forward(self, img: Tensor, bhv: Tensor, groups: SubjectGroups) -> tuple[list[Tensor], Tensor]:
-        """-> (per-layer grids [B, W, h, w], class features [B, W, L])."""
+        """-> (per-layer grids [B, W, h, w], none if not spatial; class features [B, W, L])."""
         taps = self.backbone(img, self.behav_embed(bhv, groups))
-        grids = [head(grid) for head, (grid, _) in zip(self.conv_heads, taps, strict=True)]
+        grids = [head(grid) for head, (grid, _) in zip(self.conv_heads, taps, strict=False)]
         cls = torch.stack([head(c) for head, (_, c) in zip(self.cls_heads, taps, strict=True)], dim=-1)
         return grids, cls
 
 
-def retina_features(grids: Sequence[Tensor], cls: Tensor, mu: Tensor, layer_weights: Tensor) -> Tensor:
+def retina_features(
+    grids: Sequence[Tensor], cls: Tensor, mu: Tensor | None, layer_weights: Tensor | None, n: int | None = None
+) -> Tensor:
     """Per-voxel T=0 feature x0 [B, n, W] = sum_l w_l * (grid_sample(grid_l, mu) + cls_l).
 
     mu [n, 2] are the voxels' receptive-field centres (the same for every sample), layer_weights
     [n, L] their LayerSelector weights; sampling is bilinear with zero padding, align_corners=False.
+    As the reference without a LayerSelector (layer_weights None): the class features' mean plus
+    the plain sum of the samples; without a RetinaMapper (mu None): the class features alone, for
+    ``n`` voxels (needed only when both are None).
     """
     batch = cls.shape[0]
-    sample_at = mu[None, :, None, :].expand(batch, -1, -1, -1)  # [B, n, 1, 2]
-    x = cls @ layer_weights.T  # [B, W, n]
-    for layer, grid in enumerate(grids):
-        sampled = F.grid_sample(grid, sample_at, mode="bilinear", padding_mode="zeros", align_corners=False)
-        x = x + sampled.squeeze(-1) * layer_weights[:, layer]
+    if layer_weights is None:
+        n = mu.shape[0] if mu is not None else n
+        assert n is not None, "retina_features: n is needed without mu and layer_weights"
+        x = cls.mean(-1, keepdim=True).expand(-1, -1, n)  # [B, W, n]
+    else:
+        x = cls @ layer_weights.T
+    if mu is not None:
+        sample_at = mu[None, :, None, :].expand(batch, -1, -1, -1)  # [B, n, 1, 2]
+        for layer, grid in enumerate(grids):
+            sampled = F.grid_sample(grid, sample_at, mode="bilinear", padding_mode="zeros", align_corners=False)
+            sampled = sampled.squeeze(-1)
+            x = x + (sampled if layer_weights is None else sampled * layer_weights[:, layer])
     return x.transpose(1, 2)
 
 
