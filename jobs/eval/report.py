@@ -10,6 +10,9 @@ Files in the output directory, always under these names:
                   (minus the score over all vertices; the tables give the scores themselves)
     surface.png   with --truth: the voxel-wise test score on fsaverage5, averaged over subjects
                   (jobs/eval/surface.py; vertex ids from the prepared data, --data or the jobs' DATASET.DIR)
+    replay.png    for a memory-replay grid (jobs that set EXPERIMENTAL.T_IMAGE with USE_PREV_FRAME
+    replay.json   off, grids/replay.yaml): best val r over the frame T per subject and their mean,
+                  and the plotted values (jobs/eval/replay.py)
 
 The page opens with where the data came from: synthetic or measured, and the best achievable score
 (jobs/eval/origin.py). A section whose inputs are missing says so on the page instead. Paths on the
@@ -32,11 +35,13 @@ from jobs.eval.logs import val_curve
 from jobs.eval.origin import data_text, read_prepared, truth_text
 from jobs.eval.page import Page
 from jobs.eval.plots import Curve, curves_figure, save, schemes_figure, score_figure
+from jobs.eval.replay import replay_curve, replay_figure
 from jobs.eval.score import SubjectScores, score_dirs, scores_json
 from memq.job import UserError
 
 PAGE = "index.html"
 CURVES, SCHEMES, SCORES, SURFACE = "curves.png", "schemes.png", "scores.png", "surface.png"
+REPLAY, REPLAY_DATA = "replay.png", "replay.json"
 SCORES_FILE, MANIFEST_FILE = "scores.json", "ensemble.json"
 
 
@@ -105,6 +110,19 @@ def _curves_section(page: Page, inputs: ReportInputs) -> None:
         page.text(
             f"No CSV logs with validation r for {count_text(len(unlogged))} jobs: {'; '.join(unlogged)}.", note=True
         )
+
+
+def _replay_section(page: Page, inputs: ReportInputs) -> None:
+    """The replay curve, its values as JSON beside it and as a table; nothing for other grids."""
+    curve = replay_curve(inputs.jobs)
+    if curve is None:
+        return
+    page.heading("Memory replay")
+    page.image(save(replay_figure(curve), inputs.out / REPLAY).name, "best val r of each frame's model")
+    (inputs.out / REPLAY_DATA).write_text(json.dumps(curve.as_json(), indent=2) + "\n")
+    rows = [[name, *map(r_text, values)] for name, values in {**curve.subjects, "mean": curve.mean}.items()]
+    page.table(["subject", *(f"T={t}" for t in curve.frames)], rows)
+    page.text(f"Each model saw only the frame T trial slots back; values in {REPLAY_DATA}.")
 
 
 def _read_json(path: Path) -> Any:
@@ -263,7 +281,7 @@ def build_report(inputs: ReportInputs) -> Path:
     if inputs.truth is not None and not inputs.truth.is_dir():
         raise UserError("no such truth directory", where=str(inputs.truth), hint=HINT)
     inputs.out.mkdir(parents=True, exist_ok=True)
-    for name in (CURVES, SCHEMES, SCORES, SURFACE):
+    for name in (CURVES, SCHEMES, SCORES, SURFACE, REPLAY, REPLAY_DATA):
         (inputs.out / name).unlink(missing_ok=True)
     synthetic, origin = _origin(inputs)
     page = Page(f"memq report: grid {inputs.grid}{' (synthetic data)' if synthetic else ''}")
@@ -271,6 +289,7 @@ def build_report(inputs: ReportInputs) -> Path:
     for line in origin:
         page.origin(line)
     _curves_section(page, inputs)
+    _replay_section(page, inputs)
     page.heading("Ensemble (validation, val2)")
     if inputs.ensemble is None:
         page.text("No --ensemble given.", note=True)
