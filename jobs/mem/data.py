@@ -265,10 +265,9 @@ class MemDataModule(L.LightningDataModule):
         unknown = sorted(set(subjects or ()) - set(available))
         if not available or unknown:
             missing = ", ".join(unknown) or "any subject"
-            raise LayoutError(
-                self.data_dir,
-                f"no subject file of space {space} for {missing}; found {', '.join(available) or 'none'}",
-            )
+            of_space = "" if space == DEFAULT_SPACE else f" of space {space} (subjXX.{space}.h5)"
+            found = ", ".join(available) or "none"
+            raise LayoutError(self.data_dir, f"no subject file{of_space} for {missing}; found {found}")
         self._info: dict[str, SubjectInfo] = {}
         for name in subjects or available:
             with open_subject(subject_path(self.data_dir, name, space)) as subject:

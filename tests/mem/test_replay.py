@@ -17,8 +17,10 @@ import numpy as np
 import pytest
 import yaml
 
+from jobs.data.layout import LayoutError
 from jobs.mem.build import build
 from jobs.mem.config import tiny
+from jobs.mem.data import MemDataModule
 from memq.checkpoints import load_verified
 from memq.grid import load_grid
 from memq.paths import job_dir
@@ -125,6 +127,8 @@ def test_a_batch_holds_the_frame_t_slots_back_and_nothing_else(trained: Trained)
                 if t != 0:
                     assert blank, "a val1 trial of the fake design has a blank slot 3 back"
                     assert np.any(shown[dataset.indices] != memory_index[dataset.indices, 32])
+    with pytest.raises(LayoutError, match=r"no subject file of space fship_b2 \(subjXX.fship_b2.h5\) for any subject"):
+        MemDataModule(trained.data, space="fship_b2")
 
 
 def test_report_draws_the_replay_curve(trained: Trained, tmp_path: Path) -> None:
