@@ -25,8 +25,11 @@ splits and ``challenge_images``; voxels, coordinates, ROIs and betas differ:
     fship        every fsaverage vertex (lh then rh; n_surface of them, attribute n_surface), then
                  the func1mm_hip voxels. coords: the side-by-side spheres, then the (i, j, k) moved
                  along x to start at int(max sphere x) + 1; voxel_indices: the vertex, then n_surface
-                 + the flat volume index; ROIs nsdgeneral (fsaverage ``label/?h.nsdgeneral.mgz`` == 1) and the
-                 func1mm_hip ROIs shifted by n_surface. Vertices without data are 0 in every trial.
+                 + the flat volume index; ROIs nsdgeneral (fsaverage ``label/?h.nsdgeneral.mgz`` == 1),
+                 the 22 HCP-MMP1 cortices (Primary_Visual ... Dorsolateral_Prefrontal) and their 5
+                 groups (Visual, Somatomotor, Auditory, Posterior, Anterior) from ``?h.HCP_MMP1.mgz``
+                 (jobs/data/hcp.py), and the func1mm_hip ROIs shifted by n_surface. Vertices without
+                 data are 0 in every trial.
 
 Files are published atomically: a writer writes ``DIR/.NAME.<pid>.<token>.tmp``, flushes, fsyncs
 and renames it to ``NAME``. A file under its final name is always complete; ``.tmp`` leftovers of

@@ -19,6 +19,7 @@ import numpy as np
 
 from jobs.data.betas import check_nan, zscore_session
 from jobs.data.fsaverage import VertexSelection, noise_ceiling, read_mgh, read_sphere, select_vertices, side_by_side
+from jobs.data.hcp import hcp_rois
 from jobs.data.hippocampus import HippocampusSelection, load_volume, read_session_volume, select_hippocampus
 from jobs.data.inputs import integer_valued, load_npy, reason
 from jobs.data.layout import STREAM_ROIS, TRIALS_PER_SESSION, ChallengeLayout
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 HEMIS = ("lh", "rh")
 # Algonauts stream labels 0..7 (mapping_streams.npy) and their ROI names (label 0 is RSC here)
 STREAM_LABELS = ("unknown", "early", "midventral", "midlateral", "midparietal", "ventral", "lateral", "parietal")
-NSDGENERAL = "nsdgeneral"  # the fship ROI of the fsaverage label file of that name (value 1)
+NSDGENERAL, HCP_LABEL = "nsdgeneral", "HCP_MMP1"  # NSD's fsaverage label files that give the fship ROIs
 
 
 @dataclass
@@ -157,10 +158,17 @@ def hippocampus_space(src: NsdSources) -> VoxelSpace:
     )
 
 
-def _nsdgeneral(src: NsdSources, sizes: list[int]) -> np.ndarray:
-    labels = [read_mgh(src.surface_label(h, NSDGENERAL), "NSD nsdgeneral label", n, 1)[:, 0] for h, n in
-              zip(HEMIS, sizes, strict=True)]  # fmt: skip
-    return np.flatnonzero(np.concatenate(labels) == 1)
+def _surface_labels(src: NsdSources, sizes: list[int], name: str) -> np.ndarray:
+    """The values of NSD's fsaverage label ``?h.NAME.mgz``, lh then rh."""
+    what = f"NSD {name} label on fsaverage"
+    hemis = zip(HEMIS, sizes, strict=True)
+    return np.concatenate([read_mgh(src.surface_label(h, name), what, n, 1)[:, 0] for h, n in hemis])
+
+
+def _surface_rois(src: NsdSources, sizes: list[int]) -> dict[str, np.ndarray]:
+    """nsdgeneral (label value 1) and the HCP-MMP1 cortices and groups (jobs/data/hcp.py)."""
+    nsdgeneral = np.flatnonzero(_surface_labels(src, sizes, NSDGENERAL) == 1)
+    return {NSDGENERAL: nsdgeneral} | hcp_rois(_surface_labels(src, sizes, HCP_LABEL))
 
 
 def fship_space(src: NsdSources) -> VoxelSpace:
@@ -182,7 +190,7 @@ def fship_space(src: NsdSources) -> VoxelSpace:
     return VoxelSpace(
         voxel_indices=np.concatenate([vertices, n_surface + hip.voxel_indices]),
         coords=np.concatenate([surface, hip_coords]),
-        rois={NSDGENERAL: _nsdgeneral(src, sizes)} | {name: p + n_surface for name, p in hip.rois.items()},
+        rois=_surface_rois(src, sizes) | {name: p + n_surface for name, p in hip.rois.items()},
         session_betas=session_betas,
         summary=f"{n_surface} fsaverage vertices + {hip.voxel_indices.size} thalamus and MTL voxels",
         attrs={"n_surface": n_surface, "volume_shape": list(hip.shape)},

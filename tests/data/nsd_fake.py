@@ -87,8 +87,11 @@ class FakeNsd:
     def betas_dir(self, subject: str, beta_dir: str = "betas_fithrf_GLMdenoise_RR", space: str = "fsaverage") -> Path:
         return self.nsd_dir / f"nsddata_betas/ppdata/{subject}/{space}/{beta_dir}"
 
+    def surface_label(self, hemi: str, name: str) -> Path:
+        return self.nsd_dir / f"nsddata/freesurfer/fsaverage/label/{hemi}.{name}.mgz"
+
     def nsdgeneral(self, hemi: str) -> Path:
-        return self.nsd_dir / f"nsddata/freesurfer/fsaverage/label/{hemi}.nsdgeneral.mgz"
+        return self.surface_label(hemi, "nsdgeneral")
 
     def func1mm_roi(self, subject: str, name: str) -> Path:
         return self.nsd_dir / f"nsddata/ppdata/{subject}/func1mm/roi/{name}.nii.gz"
@@ -214,7 +217,7 @@ def write_fake_nsd(
     elsewhere (a higher power: fewer high-NC vertices outside the mask, as on real cortex).
     ``on_session(subject, session)`` is called after each session's betas are written.
     ``volume`` (a func1mm shape) adds what the func1mm_hip and fship spaces read: the thalamus and
-    MTL label volumes, 4-d int16 NIfTI betas per session and fsaverage ``nsdgeneral.mgz`` labels
+    MTL label volumes, 4-d int16 NIfTI betas per session and fsaverage ``nsdgeneral`` and ``HCP_MMP1`` labels
     (drawn from a generator of their own: the other files stay as without them). ``beta_dirs``:
     the beta versions written (the b2 ``betas_fithrf`` too, to prepare with ``--beta b2``).
     """
@@ -297,7 +300,9 @@ def write_fake_nsd(
                 on_session(name, session)
     if volume is not None:
         label_rng = np.random.default_rng([seed, 0])
-        for hemi in ("lh", "rh"):
+        for hemi, first_area in (("lh", 1), ("rh", 181)):  # HCP_MMP1 areas 1..180, rh numbered on from 181
             label = (label_rng.random(n_vertices) < 0.4).astype(np.float32).reshape(-1, 1, 1)
             _save_mgh(fake.nsdgeneral(hemi), label)
+            areas = np.where(label_rng.random(n_vertices) < 0.1, 0, label_rng.integers(0, 180, n_vertices) + first_area)
+            _save_mgh(fake.surface_label(hemi, "HCP_MMP1"), areas.astype(np.int32).reshape(-1, 1, 1))
     return fake

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from nibabel.freesurfer import read_geometry
 
+from jobs.data.hcp import AREA_CORTEX, CORTICES
 from jobs.data.layout import list_subjects, open_subject, subject_path
 from tests.data.nsd_fake import FakeNsd, write_fake_nsd
 
@@ -69,6 +70,20 @@ def _expected_hippocampus(tree: FakeNsd) -> tuple[np.ndarray, dict[str, list[int
     for name, parts in (("HHHB", MTL[4:9]), ("H", ["HHHB", "HT"]), ("PrC", MTL[1:3]), ("pulvinar", THALAMUS[2:])):
         rois[name] = [p for part in parts for p in rois[part]]
     return np.array(ijk), rois
+
+
+def _expected_hcp(tree: FakeNsd) -> dict[str, list[int]]:
+    """The 22 HCP cortices and their 5 groups, vertex by vertex (areas 1..177 carry a cortex)."""
+    areas = np.concatenate([nibabel.load(tree.surface_label(h, "HCP_MMP1")).get_fdata().ravel() for h in ("lh", "rh")])
+    rois: dict[str, list[int]] = {name: [] for name in CORTICES}
+    for vertex, label in enumerate(areas.astype(int)):
+        area = label - 180 if label > 180 else label
+        if 1 <= area <= len(AREA_CORTEX):
+            rois[CORTICES[AREA_CORTEX[area - 1] - 1]].append(vertex)
+    for group, first, last in (("Visual", 0, 5), ("Somatomotor", 5, 9), ("Auditory", 9, 14), ("Posterior", 14, 18),
+                               ("Anterior", 18, 22)):  # fmt: skip
+        rois[group] = sorted(v for name in CORTICES[first:last] for v in rois[name])
+    return rois
 
 
 def _z(data: np.ndarray) -> np.ndarray:
@@ -126,6 +141,8 @@ def test_fship_b2(volume_tree: FakeNsd, prepared: Callable[[str, str], Path]) ->
         np.testing.assert_array_equal(f.voxel_indices(), [*range(n_surface), *(n_surface + np.array(flat))])
         np.testing.assert_allclose(f.coords(), np.vstack([spheres, hip]), rtol=1e-6)
         np.testing.assert_array_equal(f.roi("nsdgeneral"), np.flatnonzero(np.concatenate(labels) == 1))
+        for name, vertices in _expected_hcp(volume_tree).items():
+            np.testing.assert_array_equal(f.roi(name), vertices, err_msg=name)
         for name, positions in rois.items():
             np.testing.assert_array_equal(f.roi(name), np.array(positions, dtype=int) + n_surface, err_msg=name)
         betas = f.betas[()].astype(np.float64)
