@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jobs.data.layout import list_subjects, open_subject, subject_path
+from jobs.data.layout import DEFAULT_SPACE, list_subjects, open_subject, subject_path
 from jobs.eval.formats import count_text, r_text
 from memq.job import UserError
 
@@ -48,15 +48,17 @@ class PreparedData:
         return sum(r * n for r, n in known) / self.n_voxels
 
 
-def read_prepared(data_dir: Path) -> PreparedData:
-    """Space, size and recorded ceiling of each ``subjXX.h5``; a UserError where there are none."""
+def read_prepared(data_dir: Path, space: str = DEFAULT_SPACE) -> PreparedData:
+    """Space, size and recorded ceiling of each subject file of ``space`` (``subjXX.h5`` for
+    fsaverage, ``subjXX.SPACE.h5`` else); a UserError where there are none."""
     subjects = []
-    for name in list_subjects(data_dir):
-        with open_subject(subject_path(data_dir, name)) as f:
+    for name in list_subjects(data_dir, space):
+        with open_subject(subject_path(data_dir, name, space)) as f:
             ceiling = f.file.attrs.get(CEILING_ATTR)
             subjects.append(PreparedSubject(f.space, f.n_voxels, None if ceiling is None else float(ceiling)))
     if not subjects:
-        raise UserError("no subjXX.h5 files", where=str(data_dir), hint="see jobs/data/FORMAT.md")
+        files = "subjXX.h5" if space == DEFAULT_SPACE else f"subjXX.{space}.h5"
+        raise UserError(f"no {files} files", where=str(data_dir), hint="see jobs/data/FORMAT.md")
     return PreparedData(subjects)
 
 

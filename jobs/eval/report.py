@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from jobs.data.layout import DEFAULT_SPACE
 from jobs.data.truth import HEMIS, HINT, synthetic_mark
 from jobs.eval.formats import count_text, r_change_text, r_text, score_text
 from jobs.eval.logs import val_curve
@@ -257,8 +258,9 @@ def _origin(inputs: ReportInputs) -> tuple[bool, list[str]]:
             "Prepared data not known (the jobs share no DATASET.DIR; pass --data), nor whether it is synthetic."
         )
     else:
+        spaces = {job["params"].get("DATASET.FMRI_SPACE", DEFAULT_SPACE) for job in inputs.jobs}
         try:
-            prepared = read_prepared(data)
+            prepared = read_prepared(data, spaces.pop() if len(spaces) == 1 else DEFAULT_SPACE)
         except UserError as exc:
             lines.append(f"Prepared data not readable ({inputs.problem(exc)}): whether it is synthetic is not known.")
         else:

@@ -145,4 +145,6 @@ def test_report_draws_the_replay_curve(trained: Trained, tmp_path: Path) -> None
     np.testing.assert_allclose(curve["subjects"]["subj02"][0], best["subj02", 0], rtol=1e-6)
     expected_mean = [(best["subj01", 0] + best["subj02", 0]) / 2, best["subj01", -3]]
     np.testing.assert_allclose(curve["mean"], expected_mean, rtol=1e-6)
-    assert (out / "replay.png").stat().st_size > 0 and "Memory replay" in (out / "index.html").read_text()
+    page = (out / "index.html").read_text()
+    assert (out / "replay.png").stat().st_size > 0 and "Memory replay" in page
+    assert "2 subjects, 192 voxels, space fship" in page  # the prepared files of the jobs' DATASET.FMRI_SPACE
