@@ -6,6 +6,12 @@ noise-ceiling threshold. ``func1mm_hip``: NSD's func1mm thalamus and MTL voxels
 vertex of both hemispheres, then the func1mm_hip voxels. Betas are z-scored per voxel over each
 session's trials in every space; whole-surface vertices without data (NaN in every trial) stay 0
 there, as the reference keeps them, while the selected fsaverage space refuses them.
+
+Names: the reference's README calls the hippocampus space ``func1mm_hip``, its code ``hip_func1mm``;
+memq uses the README's. The reference builds fship from the files of two earlier runs (spaces
+full_fsaverage and hip_func1mm); one prepare-nsd run here reads the sources of both, with the same
+values (it also divided the func1mm betas by 300 before z-scoring, which changes nothing beyond
+the 1e-8 of the z-score's denominator).
 """
 
 from __future__ import annotations

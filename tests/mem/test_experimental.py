@@ -70,3 +70,18 @@ def test_each_switch_alone_removes_only_its_part(build, tiny_overrides, make_bat
     assert ("retina_mapper" in str(off.trainable_state_dict().keys())) == (switch != "USE_RETINA_MAPPER")
     assert ("layer_selector" in str(off.trainable_state_dict().keys())) == (switch != "USE_LAYER_SELECTOR")
     assert (off.behav_pt is None) == (switch == "USE_BHV_PASSTHROUGH") and off.previous is not None
+
+
+def test_the_all_frames_model_trains_its_memory_but_no_vit(build, tiny_overrides, make_batch) -> None:
+    """grids/replay.yaml's all_frames: the replay switches with the previous frames on."""
+    switches = {**REPLAY, "EXPERIMENTAL.USE_PREV_FRAME": True}
+    model = _model(build, tiny_overrides, **switches)
+    trained = {name.split(".")[0] for name in model.trainable_state_dict()}
+    assert trained == {"current", "previous", "memory", "behav_pt_prev", "readout"}
+    assert not any(".backbone." in name or ".behav_embed." in name for name in model.trainable_state_dict()
+                   if name.startswith(("current.", "previous.")))  # fmt: skip
+    batch = make_batch(load_config({**tiny_overrides, **switches}), batch=2)
+    with torch.no_grad():
+        pred = model.eval()(batch, "subj01")
+        moved = model(dict(batch, prev_feats=batch["prev_feats"] + 1), "subj01")
+    assert pred.shape == (2, 300) and not torch.allclose(pred, moved)  # the memory frames reach the output

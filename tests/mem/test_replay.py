@@ -21,6 +21,7 @@ from jobs.data.layout import LayoutError
 from jobs.mem.build import build
 from jobs.mem.config import tiny
 from jobs.mem.data import MemDataModule
+from jobs.mem.validate import validate_train
 from memq.checkpoints import load_verified
 from memq.grid import load_grid
 from memq.paths import job_dir
@@ -77,13 +78,24 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
 def test_the_grid_has_the_reference_job_count() -> None:
     spec = load_grid(REPO / "grids/replay.yaml")
     frames = [job for job in spec.jobs if job.group == "frames"]
-    assert len(spec.jobs) == 264 and len(frames) == 32 * 8
+    assert len(spec.jobs) == 272 and len(frames) == 32 * 8
     assert {(job.params["DATASET.SUBJECTS"][0], job.params["EXPERIMENTAL.T_IMAGE"]) for job in frames} == {
         (f"subj{s:02d}", -t) for s in range(1, 9) for t in range(32)
     }
     prepare = [job for job in spec.jobs if job.group == "prepare"]
     assert {job.params["space"] for job in prepare} == {"fship"} and len(prepare) == 8
-    assert all(job.params["DATASET.FMRI_SPACE"] == "fship" for job in frames)
+    every = [job for job in spec.jobs if job.group == "all_frames"]
+    assert sorted(job.params["DATASET.SUBJECTS"][0] for job in every) == [f"subj{s:02d}" for s in range(1, 9)]
+    current = {j.params["DATASET.SUBJECTS"][0]: j.params for j in frames if j.params["EXPERIMENTAL.T_IMAGE"] == 0}
+    for job in every:  # the T=0 frame model of the subject, given every frame
+        same = current[job.params["DATASET.SUBJECTS"][0]]
+        assert {k for k in job.params.keys() | same.keys() if job.params.get(k) != same.get(k)} == {
+            "EXPERIMENTAL.USE_PREV_FRAME"
+        }
+        assert job.params["EXPERIMENTAL.USE_PREV_FRAME"] is True and job.params["EXPERIMENTAL.T_IMAGE"] == 0
+    assert all(job.params["DATASET.FMRI_SPACE"] == "fship" for job in frames + every)
+    for job in frames + every:
+        validate_train(job.params)  # valid settings, weights named
 
 
 def test_each_model_trained_on_its_frame_only(trained: Trained) -> None:
