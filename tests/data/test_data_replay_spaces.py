@@ -177,3 +177,16 @@ def test_unknown_space_is_one_line(volume_tree: FakeNsd, tmp_path: Path) -> None
     ran = run_memq(*prepare_args(volume_tree, tmp_path / "out", "--space", "func1pt8mm", "--no-images"))
     assert ran.code == 2 and len(ran.err.strip().splitlines()) == 1, ran.err
     assert "fsaverage, func1mm_hip, fship" in ran.err and not (tmp_path / "out").exists()
+
+
+def test_missing_func1mm_files_are_one_line(tmp_path: Path) -> None:
+    """A tree without the func1mm files: both spaces that read them stop at the first, naming it."""
+    from tests.data.conftest import prepare_args, run_memq
+
+    tree = write_fake_nsd(tmp_path / "tree", {"subj01": 4}, n_vertices=20, images=False)
+    for space in ("func1mm_hip", "fship"):
+        ran = run_memq(*prepare_args(tree, tmp_path / "out", "--space", space, "--no-images"))
+        assert ran.code == 2 and len(ran.err.strip().splitlines()) == 1, ran.err
+        assert "func1mm/roi/thalamus.nii.gz: missing NSD func1mm thalamus labels" in ran.err
+    assert not (tmp_path / "out").exists()
+
