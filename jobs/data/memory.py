@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
@@ -60,3 +62,20 @@ def local_prev_behavior_rows(memory_index: np.ndarray, split: np.ndarray) -> np.
     nonblank = shown != BLANK
     local = (np.arange(order.size)[:, None] - np.cumsum(nonblank, axis=1)) % order.size
     return np.where(nonblank, order[local], order[-1]).astype(np.int64)
+
+
+def reference_shuffle(n_rows: int, seed: str) -> np.ndarray:
+    """Row sources of the reference's image shuffle (EXPERIMENTAL.SHUFFLE_IMAGES): row i of the
+    shuffled memory table is row ``source[i]`` of the original.
+
+    The reference shuffled its [trials, 33] NumPy table with Python's ``random.shuffle``, whose
+    swap ``x[i], x[j] = x[j], x[i]`` copies through row views: row i receives row j and row j keeps
+    its own, so rows repeat and others vanish. This is that procedure, drawn from
+    ``random.Random(seed)``.
+    """
+    rng = random.Random(seed)
+    source = np.arange(n_rows)
+    for i in range(n_rows - 1, 0, -1):
+        source[i] = source[rng.randrange(i + 1)]
+    return source
+

@@ -121,12 +121,14 @@ def _replay_section(page: Page, inputs: ReportInputs) -> None:
     page.heading("Memory replay")
     page.image(save(replay_figure(curve), inputs.out / REPLAY).name, "best val r of each frame's model")
     (inputs.out / REPLAY_DATA).write_text(json.dumps(curve.as_json(), indent=2) + "\n")
-    every = {**curve.all_frames, "mean": curve.all_frames_mean}
+    summary = curve.as_json()
+    every = {**curve.all_frames, "mean": summary["all_frames_mean"]}
+    shuffled = {**curve.shuffled, "mean": summary["shuffled_mean"]}
     rows = [
-        [name, *map(r_text, values), r_text(every.get(name))]
+        [name, *map(r_text, values), r_text(every.get(name)), r_text(shuffled.get(name))]
         for name, values in {**curve.subjects, "mean": curve.mean}.items()
     ]
-    page.table(["subject", *(f"T={t}" for t in curve.frames), "every frame"], rows)
+    page.table(["subject", *(f"T={t}" for t in curve.frames), "every frame", "shuffled"], rows)
     page.text(f"Each model saw only the frame T trial slots back; values in {REPLAY_DATA}.")
 
 

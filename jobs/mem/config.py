@@ -247,6 +247,7 @@ class ExperimentalConfig(_Section):
     USE_BHV: bool = True  # off: every behaviour input is zeros
     USE_BHV_PASSTHROUGH: bool = True  # off: the T=0 behaviour passthrough is zeros
     BACKBONE_NOGRAD: bool = False  # on: the ViTs' LoRA and AdaLN and their behaviour embedders are frozen
+    SHUFFLE_IMAGES: bool = False  # on: trials see other trials' frames (a baseline; jobs/data/memory.py)
 
 
 class DataLoaderConfig(_Section):

@@ -37,7 +37,7 @@ from jobs.data.layout import (
     open_subject,
     subject_path,
 )
-from jobs.data.memory import local_prev_behavior_rows, prev_behavior_rows
+from jobs.data.memory import local_prev_behavior_rows, prev_behavior_rows, reference_shuffle
 from jobs.mem.subject import SubjectInfo
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
@@ -109,6 +109,7 @@ class MemDataset(Dataset[dict[str, Any]]):
         prev_bhvs: str = "global",
         t_image: int = 0,
         prev_frames: bool = True,
+        shuffle_seed: int | None = None,
     ) -> None:
         if not 1 <= n_prev_frames <= N_PREV:
             raise ValueError(f"n_prev_frames must be in 1..{N_PREV}, got {n_prev_frames}")
@@ -129,6 +130,8 @@ class MemDataset(Dataset[dict[str, Any]]):
         else:
             rows = prev_behavior_rows(memory_index)[self.indices]
         self.prev_bhv_rows = rows[:, :n_prev_frames]
+        if shuffle_seed is not None:
+            memory_index = memory_index[reference_shuffle(len(memory_index), f"{shuffle_seed}:{split}")]
         with open_images(self.image_store) as images:
             rows = images.rows(memory_index[self.indices])
             self.stored_size = images.image_size
@@ -230,8 +233,9 @@ class MemDataModule(L.LightningDataModule):
     ``val_fraction`` < 1 validates on a fixed random subset of each subject's val1 trials: the
     same trials every epoch and every attempt, so per-voxel r stays comparable across epochs (the
     reference validated on a fresh random 25%, mem-spec 5.10: ``val_subset`` "redrawn" does that,
-    a new random subset of all subjects' val1 trials every epoch). ``prev_bhvs``, ``t_image`` and
-    ``prev_frames``: see MemDataset. ``space``: which prepared files of ``data_dir`` (DATASET.FMRI_SPACE).
+    a new random subset of all subjects' val1 trials every epoch). ``prev_bhvs``, ``t_image``,
+    ``prev_frames`` and ``shuffle_seed``: see MemDataset. ``space``: which prepared files of
+    ``data_dir`` (DATASET.FMRI_SPACE).
     """
 
     def __init__(
@@ -251,6 +255,7 @@ class MemDataModule(L.LightningDataModule):
         space: str = DEFAULT_SPACE,
         t_image: int = 0,
         prev_frames: bool = True,
+        shuffle_seed: int | None = None,
     ) -> None:
         super().__init__()
         self.data_dir, self.space = Path(data_dir), space
@@ -259,7 +264,7 @@ class MemDataModule(L.LightningDataModule):
         self.batch_size, self.num_workers = batch_size, num_workers
         self.dataset_kwargs = {
             "n_prev_frames": n_prev_frames, "image_size": image_size, "limit": limit, "prev_bhvs": prev_bhvs,
-            "t_image": t_image, "prev_frames": prev_frames,
+            "t_image": t_image, "prev_frames": prev_frames, "shuffle_seed": shuffle_seed,
         }  # fmt: skip
         available = list_subjects(self.data_dir, space)
         unknown = sorted(set(subjects or ()) - set(available))

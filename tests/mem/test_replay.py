@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ import yaml
 from jobs.data.layout import LayoutError
 from jobs.mem.build import build
 from jobs.mem.config import tiny
-from jobs.mem.data import MemDataModule
+from jobs.mem.data import MemDataModule, MemDataset
 from jobs.mem.validate import validate_train
 from memq.checkpoints import load_verified
 from memq.grid import load_grid
@@ -78,7 +79,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
 def test_the_grid_has_the_reference_job_count() -> None:
     spec = load_grid(REPO / "grids/replay.yaml")
     frames = [job for job in spec.jobs if job.group == "frames"]
-    assert len(spec.jobs) == 272 and len(frames) == 32 * 8
+    assert len(spec.jobs) == 280 and len(frames) == 32 * 8  # + 8 + 8 = xdaa's 272 training jobs, + 8 to prepare
     assert {(job.params["DATASET.SUBJECTS"][0], job.params["EXPERIMENTAL.T_IMAGE"]) for job in frames} == {
         (f"subj{s:02d}", -t) for s in range(1, 9) for t in range(32)
     }
@@ -87,14 +88,16 @@ def test_the_grid_has_the_reference_job_count() -> None:
     every = [job for job in spec.jobs if job.group == "all_frames"]
     assert sorted(job.params["DATASET.SUBJECTS"][0] for job in every) == [f"subj{s:02d}" for s in range(1, 9)]
     current = {j.params["DATASET.SUBJECTS"][0]: j.params for j in frames if j.params["EXPERIMENTAL.T_IMAGE"] == 0}
-    for job in every:  # the T=0 frame model of the subject, given every frame
-        same = current[job.params["DATASET.SUBJECTS"][0]]
-        assert {k for k in job.params.keys() | same.keys() if job.params.get(k) != same.get(k)} == {
-            "EXPERIMENTAL.USE_PREV_FRAME"
-        }
-        assert job.params["EXPERIMENTAL.USE_PREV_FRAME"] is True and job.params["EXPERIMENTAL.T_IMAGE"] == 0
-    assert all(job.params["DATASET.FMRI_SPACE"] == "fship" for job in frames + every)
-    for job in frames + every:
+    shuffled = [job for job in spec.jobs if job.group == "shuffled"]
+    for group, changed in ((every, {"EXPERIMENTAL.USE_PREV_FRAME"}),
+                           (shuffled, {"EXPERIMENTAL.USE_PREV_FRAME", "EXPERIMENTAL.SHUFFLE_IMAGES"})):  # fmt: skip
+        assert len(group) == 8
+        for job in group:  # the T=0 frame model of the subject, given every frame (shuffled)
+            same = current[job.params["DATASET.SUBJECTS"][0]]
+            assert {k for k in job.params.keys() | same.keys() if job.params.get(k) != same.get(k)} == changed
+            assert all(job.params[k] is True for k in changed)
+    assert all(job.params["DATASET.FMRI_SPACE"] == "fship" for job in frames + every + shuffled)
+    for job in frames + every + shuffled:
         validate_train(job.params)  # valid settings, weights named
 
 
@@ -139,6 +142,19 @@ def test_a_batch_holds_the_frame_t_slots_back_and_nothing_else(trained: Trained)
                 if t != 0:
                     assert blank, "a val1 trial of the fake design has a blank slot 3 back"
                     assert np.any(shown[dataset.indices] != memory_index[dataset.indices, 32])
+    # EXPERIMENTAL.SHUFFLE_IMAGES: the reference's random.shuffle of the NumPy memory table, done here
+    # on the subject's table: each trial sees the frames of the row that lands on it, keeps its betas
+    with h5py.File(trained.data / "subj01.fship.h5") as f, h5py.File(trained.data / "images.h5") as images:
+        table, betas = f["memory_index"][()], f["betas"]
+        random.Random("5:val1").shuffle(table)  # rows copied through views: some repeat, as in the reference
+        assert len(np.unique(table, axis=0)) < len(table)
+        dataset = MemDataset(trained.data / "subj01.fship.h5", "val1", None, trained.data / "images.h5",
+                             prev_frames=False, shuffle_seed=5)  # fmt: skip
+        for i in (0, 5):
+            sample = dataset[i]
+            g = sample["index"]
+            np.testing.assert_allclose(sample["img"].numpy(), _image(images, int(table[g, 32])), atol=1e-5)
+            np.testing.assert_allclose(sample["y"].numpy(), betas[g].astype(np.float32))
     with pytest.raises(LayoutError, match=r"no subject file of space fship_b2 \(subjXX.fship_b2.h5\) for any subject"):
         MemDataModule(trained.data, space="fship_b2")
 
