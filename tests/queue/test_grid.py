@@ -170,6 +170,14 @@ BAD_FILES = [
                            for i in range(20)), 3, "nested more than 100 levels deep"),  # (aliases nest too)
     ("name: x\ndefaults: {command: [echo]}\ngroups:\n  - name: a\n    params: {blob: " + "x" * 70_000 + "}\n", 4,
      "a job's params take 70,011 bytes as JSON, more than 65,536"),
+    ("name: x\ndefaults: {command: [echo]}\ngroups:\n  - name: a\n    each: b\n  - name: b\n", 5,
+     "group 'a': each: 'b' is not a group above it"),
+    ("name: x\ndefaults: {command: [echo]}\ngroups:\n  - name: a\n  - name: b\n    each: [a, c]\n", 6,
+     "each: 'c' is not a group above it"),
+    ("name: x\ndefaults: {command: [echo]}\ngroups:\n  - name: a\n    after: [b]\n  - name: b\n    each: a\n",
+     None, "dependency cycle"),
+    ("name: x\ndefaults: {command: [echo]}\ngroups:\n  - name: a\n  - name: b\n    each: a\n"
+     "    params: {source_job: 3}\n", 6, "sets 'source_job' itself"),
     *[(ENSEMBLE.replace(old, new), line, words) for old, new, line, words in [
         ("splits: [predict]", "splitz: [predict]", 7, "unknown key 'splitz' in ensemble.predict (hint: did you mean "
                                                       "'splits'?)"),
