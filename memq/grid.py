@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import difflib
 import itertools
-import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -36,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 from memq import kinds
 from memq.each import SOURCE_PARAM, Expanded, subgroup
 from memq.errors import UserError
+from memq.overrides import overrides_of
 from memq.spec import GridSpec, JobSpec, canonical_json, scheme_name
 from memq.template import RUNTIME_FIELDS, SUBMIT_FIELDS, has_stray_brace, placeholders
 from memq.yamlsource import YamlSource
@@ -108,6 +108,7 @@ class GridFile(_Strict):
     defaults: JobFields | None = None
     groups: Annotated[list[Group], Field(min_length=1)]
     ensemble: EnsembleSection | None = None
+    anchors: dict[str, JsonValue] | None = None  # YAML anchors that groups merge (`<<: *name`); not read
 
 
 _FIELD_NAMES = {
@@ -343,9 +344,10 @@ def expand(grid: GridFile, source: YamlSource, overrides: dict[str, Any] | None 
     done = Expanded()
     count = 0
     warnings: list[str] = []
+    fixed = [_merged(grid.defaults, group)["params"] for group in grid.groups]
     for i, group in enumerate(grid.groups):
         merged = _merged(grid.defaults, group)
-        merged["params"].update(overrides or {})
+        merged["params"].update(overrides_of(fixed[i], fixed, overrides or {}))
         _check_group(i, group, merged, source)
         spec = kinds.lookup(merged["kind"])
         gpus = merged["resources"].get("gpus")
@@ -386,22 +388,6 @@ def expand(grid: GridFile, source: YamlSource, overrides: dict[str, Any] | None 
     jobs = tuple(job for g in grid.groups for job in done.jobs[g.name])
     return GridSpec(name=grid.name, groups=groups, jobs=jobs, source=str(source.path.absolute()),
                     warnings=tuple(warnings))
-
-
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``KEY=VALUE`` pairs from --set; VALUE is read as YAML (numbers, lists, strings)."""
-    import yaml
-
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.\-]*", key):
-            raise UserError(f"--set {item!r} is not KEY=VALUE", where="--set")
-        try:
-            out[key] = yaml.safe_load(value) if value else ""
-        except yaml.YAMLError:
-            out[key] = value
-    return out
 
 
 def load_grid(path: Path, overrides: dict[str, Any] | None = None, root: Path | None = None) -> GridSpec:

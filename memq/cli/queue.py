@@ -24,7 +24,8 @@ def submit(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Expand a grid file into jobs and enqueue the ones not already queued (idempotent)."""
-    from memq.grid import load_grid, parse_overrides
+    from memq.grid import load_grid
+    from memq.overrides import parse_overrides
 
     given = options(ctx)
     # kinds check their params against the root too (installed weights); a dry run may have none

@@ -53,8 +53,8 @@ class ReadOps(StoreBase):
 
     def jobs(self, *, ids: Iterable[int] = (), grid: str | None = None, states: Sequence[str] = (),
              group: str | None = None, limit: int | None = None, newest_first: bool = False,
-             ) -> list[dict[str, Any]]:
-        query = q.jobs(q.jobs_where(ids, grid, states), group, limit, newest_first)
+             keys: Iterable[str] = ()) -> list[dict[str, Any]]:
+        query = q.jobs(q.jobs_where(ids, grid, states, keys=keys), group, limit, newest_first)
         return self._read(lambda conn: _rows(conn, query))
 
     def mean_durations(self) -> dict[str, float]:

@@ -45,12 +45,14 @@ def worker_alive(ref: WorkerRef) -> Any:
 
 
 def jobs_where(ids: Iterable[int] = (), grid: str | None = None, states: Sequence[str] = (),
-               reason: str | None = None) -> Any:
+               reason: str | None = None, keys: Iterable[str] = ()) -> Any:
     """The jobs an operator command or a listing names (every filter given must hold)."""
     cond = sa.true()
-    ids = list(ids)
+    ids, keys = list(ids), list(keys)
     if ids:
         cond &= J.c.id.in_(ids)
+    if keys:
+        cond &= J.c.key.in_(keys)
     if grid:
         cond &= J.c.grid_id == sa.select(s.grids.c.id).where(s.grids.c.name == grid).scalar_subquery()
     if states:

@@ -268,7 +268,7 @@ def test_bad_files_enough() -> None:
 def test_missing_file_and_bad_set_are_user_errors(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="no such file"):
         load_grid(tmp_path / "nope.yaml")
-    from memq.grid import parse_overrides
+    from memq.overrides import parse_overrides
 
     with pytest.raises(UserError, match="KEY=VALUE"):
         parse_overrides(["novalue"])
