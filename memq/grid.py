@@ -15,6 +15,8 @@
         repeat: 3                              # three jobs with the same params
         params: {subj: 1, roi: all}
         after: [rois]                          # starts when every job of `rois` succeeded
+      - name: plots
+        each: rois                             # one job per job of `rois`, after it alone (memq/each.py)
     ensemble:                    # optional: what `memq soup` / `memq ensemble` derive from it
       soup: {kind: mem.soup, params: {recipe: greedy}}
       predict: {kind: mem.predict, splits: [predict, val2]}
