@@ -63,7 +63,7 @@ def _print_expanded(spec, as_json: bool) -> None:  # type: ignore[no-untyped-def
     if shared and len(rows) > 1:
         console.print(f"{len(shared)} parameters shared by every job: "
                       + printable(" ".join(f"{k}={v}" for k, v in shared.items())), soft_wrap=True)
-    table = Table(title=f"{spec.name}: {len(rows)} jobs (dry run, nothing written)", title_justify="left")
+    table = Table(title=f"{spec.name}: {count(len(rows), 'job')} (dry run, nothing written)", title_justify="left")
     for col in ("#", "group", "kind", "rep", "gpus", "params", "key"):
         table.add_column(col)
     for i, r in enumerate(rows):

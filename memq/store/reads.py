@@ -41,10 +41,12 @@ class ReadOps(StoreBase):
         def tx(conn: Connection) -> list[dict[str, Any]]:
             rows = conn.execute(q.groups_of(grid)).all()
             names = {r.id: r.name for r in rows}
-            out = {r.id: {"name": r.name, "ready": r.ready, "after": [],
+            out = {r.id: {"name": r.name, "ready": r.ready, "after": [], "after_jobs": [],
                           "counts": dict.fromkeys(s.STATES, 0)} for r in rows}
             for gid, after in conn.execute(q.dependencies_of(list(names))):
                 out[gid]["after"].append(names[after])
+            for gid, job_id, state in conn.execute(q.job_dependencies_of(list(names))):
+                out[gid]["after_jobs"].append({"id": job_id, "state": state})
             for gid, state, n in conn.execute(q.counts_by_group(list(names))):
                 out[gid]["counts"][state] = n
             return list(out.values())

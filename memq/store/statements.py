@@ -417,6 +417,13 @@ def dependencies_of(groups: list[int]) -> Any:
     return sa.select(d.c.group_id, d.c.after_group_id).where(d.c.group_id.in_(groups))
 
 
+def job_dependencies_of(groups: list[int]) -> Any:
+    """(group, job id, job state) of the single jobs these groups wait for."""
+    d = s.group_job_deps
+    return (sa.select(d.c.group_id, J.c.id, J.c.state).join(J, J.c.id == d.c.after_job_id)
+            .where(d.c.group_id.in_(groups)))
+
+
 def jobs(where: Any, group: str | None, limit: int | None, newest_first: bool) -> Any:
     """Jobs with their grid and group names, in submission order (or newest first)."""
     if group:

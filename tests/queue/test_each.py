@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from memq.dashboard import snapshot
 from memq.grid import load_grid
 from memq.store.types import Outcome
 
@@ -88,6 +89,9 @@ def test_a_failed_followed_job_holds_its_followers_only_until_retried(rig: Rig, 
     st.finish(Outcome(soup_b.job_id, soup_b.attempt, "succeeded"))
     drain_all(st, me)
     assert st.counts()["chain"] == {"queued": 4, "running": 0, "succeeded": 4, "failed": 1, "cancelled": 0}
+    blocked = {g["name"].split(".")[0]: g["blocked"] for g in snapshot(st)["grids"][0]["groups"] if g["blocked"]}
+    assert blocked["soup"] == f"blocked: job {a.job_id} failed (memq retry --failed)"
+    assert blocked["predict"].startswith("waits for job ") and blocked["combine"].startswith("waits for predict.")
     assert st.retry([a.job_id]) == 1
     drain_all(st, me)
     assert st.counts()["chain"]["succeeded"] == 9
