@@ -118,7 +118,8 @@ def test_the_winning_recipe_runs_as_one_pipeline_and_killed_workers_change_no_by
         os.kill(pid, signal.SIGKILL)
     # ... a worker killed with its job (requeued as lost when it comes back under its name) ...
     lost, pid = until("the whole-brain model starting", lambda: running(rig, "all", fresh=True), TIMEOUT)
-    holder = rig.store.jobs(ids=[lost])[0]["worker"]
+    holder_id = rig.store.jobs(ids=[lost])[0]["worker_id"]
+    holder = next(w["name"] for w in rig.store.workers() if w["id"] == holder_id)
     workers[holder].send_signal(signal.SIGKILL)
     workers[holder].wait()
     until(f"job {lost}'s process to die with its worker", lambda: job_pid(lost) is None, 5)
