@@ -2,14 +2,20 @@
 
 Output: ``<root>/predictions/<grid>/<job>/<recipe>/<split>/`` (see jobs/mem/ensemble/artifacts.py): one
 float16 file per subject, the trial and voxel index, and the manifest, written last. Idempotent:
-a directory whose manifest names the current soup and whose files verify is kept.
+a directory whose manifest names the current soup and whose files verify is kept. With ``dark:
+NAME`` the directory is then copied to the teacher-prediction store DATASET.DIR/dark/NAME/<split>/
+(jobs/mem/dark.py), where a student with LOSS.DARK reads it.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 
 from jobs.mem.build import build
+from jobs.mem.dark import publish
 from jobs.mem.ensemble.artifacts import (
     MANIFEST,
     read_manifest,
@@ -36,7 +42,18 @@ def run(ctx: JobContext) -> None:
     manifest = read_manifest(directory)
     if manifest is not None and manifest["soup_sha256"] == soup["sha256"] and verified(directory, manifest):
         print(f"{directory}: up to date", flush=True)
-        return
+    else:
+        _predict(ctx, params, source, soup, directory)
+    if params.dark is not None:
+        data_dir = source["params"].get("DATASET.DIR")
+        if not data_dir:
+            raise PermanentError(f"dark: job {source['id']} has no DATASET.DIR to publish teacher predictions in")
+        target = publish(directory, data_dir, params.dark, params.split)
+        print(f"teacher predictions {params.dark}: {params.split} -> {target}", flush=True)
+
+
+def _predict(ctx: JobContext, params: PredictParams, source: dict[str, Any], soup: dict[str, Any],
+             directory: Path) -> None:
     (directory / MANIFEST).unlink(missing_ok=True)  # the files below are about to change
     remove_temporaries(directory)
     built = build(source["params"], source["repeat"], ctx.gpus, ctx.root)
