@@ -25,6 +25,7 @@ import yaml
 from jobs.data.synth import synthesize
 from jobs.mem.build import build
 from jobs.mem.config import tiny
+from memq.grid import load_grid
 from memq.paths import job_dir
 
 from ..mem.independent import predictions, read_targets
@@ -144,3 +145,25 @@ def test_student_is_distilled_from_the_teachers_stored_train_predictions(rig: Ri
             blend = w_target * target_loss + w_teacher * teacher_loss
             assert seen[f"TRAIN/dark/{subject}/blend"] == pytest.approx(blend, rel=1e-4)
             assert abs(target_loss - teacher_loss) > 1e-2 * target_loss  # the two are told apart
+
+
+def test_submitting_the_student_before_its_teacher_is_one_line_and_exit_2(rig: Rig, tmp_path: Path,
+                                                                           params: dict[str, Any], cli) -> None:
+    student_grid = shipped("mem-light-distill.yaml", tmp_path, params)
+    result = cli(*rig.options(), "submit", student_grid)
+    store = Path(params["DATASET.DIR"]) / "dark" / TEACHER / "train"
+    assert result.code == 2, result
+    (line,) = result.err.strip().splitlines()
+    assert line.startswith(f"error: {student_grid}:") and f"no teacher predictions in {store}" in line, line
+    assert "`memq ensemble grids/mem-light.yaml --out DIR`" in line
+    assert rig.store.jobs(grid="mem-light-distill") == []
+
+
+@pytest.mark.parametrize(("name", "group"), [("mem-light.yaml", "xvba"), ("mem-light-distill.yaml", "xvba-distill")])
+def test_light_grids_have_the_references_one_training_job(name: str, group: str, cli) -> None:
+    result = cli("submit", REPO / "grids" / name, "--dry-run")
+    assert result.code == 0, result.err
+    assert f"{Path(name).stem}: 1 jobs (dry run, nothing written)" in result.out
+    (job,) = load_grid(REPO / "grids" / name).jobs
+    assert (job.group, job.kind, job.params.get("DATASET.ROIS")) == (group, "mem.train", None)
+    assert "MODEL.TOPYNECK_PATH" not in job.params  # "nerfed": the topyneck trains along
