@@ -29,6 +29,6 @@ def missing_teacher(data_dir: str | Path, name: str) -> str | None:
     directory = dark_dir(data_dir, name, TEACHER_SPLIT)
     if (directory / DARK_MANIFEST).is_file():
         return None
-    return (f"DATASET.DARK {name}: no teacher predictions in {directory} (they are made by the teacher's "
-            f"mem.predict job with split {TEACHER_SPLIT} and dark: {name}: `memq ensemble grids/mem-light.yaml "
-            f"--out DIR` after `memq submit grids/mem-light.yaml`)")
+    return (f"DATASET.DARK {name}: no teacher predictions in {directory} (a mem.predict job with split "
+            f"{TEACHER_SPLIT} and dark: {name} makes them, e.g. the `teacher` group of grids/mem-light.yaml: "
+            "submit that grid first and let it finish)")

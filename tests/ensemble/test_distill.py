@@ -1,8 +1,9 @@
 """The light recipe and its distillation, demo-scale, through a real worker and the shipped grids
 (grids/mem-light.yaml, grids/mem-light-distill.yaml with tiny settings on synthetic data).
 
-The teacher is trained, `memq ensemble` makes its soup, predictions and submission and publishes
-its train-split predictions as teacher `xvbaa`; the student is then trained with LOSS.DARK. What
+The teacher grid (its model, soup and `teacher` group) trains the teacher and publishes its
+train-split predictions as teacher `xvbaa`; the whole student grid is then submitted: the student
+trained with LOSS.DARK, its soup, predictions and submission. What
 the student's loss saw is recomputed here, apart from the code under test: the teacher's rows read
 from the store's files with NumPy, the targets from the subject files with h5py, SmoothL1 in NumPy,
 the blend weights of the reference's formula, and the model at the weights each epoch started from
@@ -37,16 +38,20 @@ BETA = 0.01  # LOSS.SMOOTH_L1_BETA
 TEACHER = "xvbaa"  # the shipped grids' teacher name
 
 
-def shipped(name: str, tmp_path: Path, params: dict[str, Any]) -> Path:
-    """A shipped grid on CPUs with ``params`` in place of its site paths and weights (its own
-    LOSS.DARK settings kept)."""
+def shipped(name: str, tmp_path: Path, params: dict[str, Any], groups: tuple[str, ...] | None = None) -> Path:
+    """A shipped grid on CPUs (``groups`` of it; default all): its Mem group gets ``params`` in place
+    of its site paths and weights (its own LOSS.DARK settings kept), the submission goes to tmp_path."""
     grid = yaml.safe_load((REPO / "grids" / name).read_text())
-    kept = {k: v for k, v in grid["defaults"]["params"].items() if k.startswith(("LOSS.", "DATASET.DARK"))}
-    grid["defaults"]["params"] = {**params, **kept}
-    grid["defaults"]["resources"] = {"gpus": 0}
-    grid["defaults"]["max_attempts"] = 1
-    for stage in grid["ensemble"].values():
-        stage["resources"] = {"gpus": 0}
+    del grid["anchors"]  # merged into the groups by the YAML loader
+    grid["defaults"] = {"resources": {"gpus": 0}, "max_attempts": 1}
+    grid["groups"] = [g for g in grid["groups"] if groups is None or g["name"] in groups]
+    for group in grid["groups"]:
+        group.pop("resources", None)
+        if group["kind"] == "mem.train":
+            kept = {k: v for k, v in group["params"].items() if k.startswith(("LOSS.", "DATASET.DARK"))}
+            group["params"] = {**params, **kept}
+        if group["kind"] == "mem.ensemble":
+            group["params"]["out"] = str(tmp_path / f"out-{grid['name']}")
     path = tmp_path / name
     path.write_text(yaml.safe_dump(grid, sort_keys=False))
     return path
@@ -95,35 +100,35 @@ def test_student_is_distilled_from_the_teachers_stored_train_predictions(rig: Ri
               "TRAINER.SAVE_TOP_K": 2, "MODEL.MAX_TRAIN_VOXELS": 1000, "MODEL.COND.DROPOUT": 0.0,
               "MODEL.RETINA_MAPPER.SIGMA": 0.0, "LOSS.SYNC.USE": False, "OPTIMIZER.LR": 0.01,
               "OPTIMIZER.SCHEDULER.WARMUP_EPOCHS": 0}
-    teacher_grid = shipped("mem-light.yaml", tmp_path, params)
+    # the 63 route's predictions and submission are the student's too: the teacher makes only its soup
+    # and its train-split predictions here
+    teacher_grid = shipped("mem-light.yaml", tmp_path, params, ("xvba", "soup", "teacher"))
     student_grid = shipped("mem-light-distill.yaml", tmp_path, {**params, "LOSS.DARK.MAX_EPOCH": 2})
-    student_params = yaml.safe_load(student_grid.read_text())["defaults"]["params"]
+    (student_params,) = [g["params"] for g in yaml.safe_load(student_grid.read_text())["groups"] if "params" in g
+                         and "LOSS.DARK.USE" in g["params"]]
     assert (student_params["LOSS.DARK.USE"], student_params["DATASET.DARK"]) == (True, TEACHER)
 
     assert cli(*rig.options(), "submit", teacher_grid).code == 0
     log = tmp_path / "worker.log"
-    worker = rig.memq("worker", "--gpus", "none", "--slots", "1", "--name", "w", "--poll", "0.2",
+    worker = rig.memq("worker", "--gpus", "none", "--slots", "2", "--name", "w", "--poll", "0.2",
                       "--retry-backoff", "0", "--grace", "1", log=log)
     try:
-        def state(grid: str) -> str | None:
-            rows = rig.store.jobs(grid=grid)
-            return rows[0]["state"] if rows and rows[0]["state"] in ("succeeded", "failed") else None
+        def done(grid: str) -> set[str] | None:
+            states = {row["state"] for row in rig.store.jobs(grid=grid)}
+            return states if states <= {"succeeded", "failed"} or "failed" in states else None
 
-        assert until("the teacher", lambda: state("mem-light"), 600, step=0.5) == "succeeded", log.read_text()[-3000:]
-        command = rig.memq("ensemble", teacher_grid, "--out", tmp_path / "out63", "--poll", "0.2",
-                           log=tmp_path / "ensemble.log")
-        assert command.wait(timeout=600) == 0, (tmp_path / "ensemble.log").read_text()[-3000:]
-        assert sorted(p.name for p in (tmp_path / "out63" / "subj01").iterdir()) == ["lh_pred_test.npy",
-                                                                                    "rh_pred_test.npy"]
+        assert until("the teacher", lambda: done("mem-light"), 900, step=0.5) == {"succeeded"}, log.read_text()[-3000:]
         submitted = cli(*rig.options(), "submit", student_grid)
         assert submitted.code == 0, submitted.err
-        assert until("the student", lambda: state("mem-light-distill"), 600, step=0.5) == "succeeded", \
+        assert until("the student", lambda: done("mem-light-distill"), 900, step=0.5) == {"succeeded"}, \
             log.read_text()[-3000:]
     finally:
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(timeout=60) == 0, log.read_text()[-3000:]
+    assert sorted(p.name for p in (tmp_path / "out-mem-light-distill" / "subj01").iterdir()) == [
+        "lh_pred_test.npy", "rh_pred_test.npy"]
 
-    (student,) = rig.store.jobs(grid="mem-light-distill")
+    (student,) = rig.store.jobs(grid="mem-light-distill", group="xvba-distill")
     logged = epoch_logs(job_dir(rig.root, "mem-light-distill", student["id"], student["attempt"]))
     assert sorted(logged) == [0, 1]
     built = build(student["params"], student["repeat"], [], rig.root)
@@ -155,15 +160,19 @@ def test_submitting_the_student_before_its_teacher_is_one_line_and_exit_2(rig: R
     assert result.code == 2, result
     (line,) = result.err.strip().splitlines()
     assert line.startswith(f"error: {student_grid}:") and f"no teacher predictions in {store}" in line, line
-    assert "`memq ensemble grids/mem-light.yaml --out DIR`" in line
+    assert "the `teacher` group of grids/mem-light.yaml: submit that grid first" in line
     assert rig.store.jobs(grid="mem-light-distill") == []
 
 
-@pytest.mark.parametrize(("name", "group"), [("mem-light.yaml", "xvba"), ("mem-light-distill.yaml", "xvba-distill")])
-def test_light_grids_have_the_references_one_training_job(name: str, group: str, cli) -> None:
+@pytest.mark.parametrize(("name", "trained", "n_jobs"), [("mem-light.yaml", "xvba", 6),
+                                                         ("mem-light-distill.yaml", "xvba-distill", 5)])
+def test_light_grids_train_the_references_one_model(name: str, trained: str, n_jobs: int, cli) -> None:
     result = cli("submit", REPO / "grids" / name, "--dry-run")
     assert result.code == 0, result.err
-    assert f"{Path(name).stem}: 1 jobs (dry run, nothing written)" in result.out
-    (job,) = load_grid(REPO / "grids" / name).jobs
-    assert (job.group, job.kind, job.params.get("DATASET.ROIS")) == (group, "mem.train", None)
+    assert f"{Path(name).stem}: {n_jobs} jobs (dry run, nothing written)" in result.out
+    jobs = load_grid(REPO / "grids" / name).jobs
+    (job,) = [j for j in jobs if j.kind == "mem.train"]
+    assert (job.group, job.params.get("DATASET.ROIS")) == (trained, None)
     assert "MODEL.TOPYNECK_PATH" not in job.params  # "nerfed": the topyneck trains along
+    assert [j.params["split"] for j in jobs if j.kind == "mem.predict" and "dark" not in j.params] == [
+        "predict", "val2"]

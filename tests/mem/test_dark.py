@@ -89,7 +89,7 @@ def _student(data_dir: Path) -> dict[str, Any]:
 def test_a_student_without_its_teacher_fails_at_submit_and_at_start(tmp_path: Path) -> None:
     (tmp_path / "data").mkdir()
     missing = f"DATASET.DARK xvbaa: no teacher predictions in {dark_dir(tmp_path / 'data', 'xvbaa', 'train')}"
-    with pytest.raises(ConfigError, match=re.escape("memq ensemble grids/mem-light.yaml")) as error:
+    with pytest.raises(ConfigError, match=re.escape("the `teacher` group of grids/mem-light.yaml")) as error:
         validate_train(_student(tmp_path / "data"))
     assert str(error.value).startswith(missing) and "\n" not in str(error.value)
     with pytest.raises(PermanentError) as error:
