@@ -15,7 +15,7 @@ from jobs.data.dark import dark_dir
 from jobs.mem.build import check_inputs
 from jobs.mem.config import ConfigError, load_config, tiny
 from jobs.mem.dark import TeacherRows, dark_weights, publish, read_teacher
-from jobs.mem.ensemble.artifacts import write_index, write_manifest, write_subject
+from jobs.mem.ensemble.artifacts import write_index, write_manifest, write_subject, write_subject_rows
 from jobs.mem.validate import validate_train
 from memq.job import ChecksumError, PermanentError
 
@@ -80,6 +80,18 @@ def test_published_store_is_read_back_verified_and_aligned(tmp_path: Path) -> No
         read_teacher(data_dir, "teach")
     publish(tmp_path / "pred", data_dir, "teach", "train")  # a rerun repairs the copy
     assert read_teacher(data_dir, "teach")["subj02"].sha256 == manifest["subjects"]["subj02"]["sha256"]
+
+
+def test_a_split_written_a_batch_at_a_time_has_np_saves_bytes(tmp_path: Path) -> None:
+    """mem.predict streams its rows (a real train split does not fit in memory at once)."""
+    values = np.random.default_rng(1).standard_normal((7, 5)).astype(np.float32)
+    np.save(tmp_path / "expected.npy", values.astype(np.float16))
+    entry = write_subject_rows(tmp_path, "subj01", (7, 5), [values[:3], values[3:6], values[6:]])
+    assert (tmp_path / "subj01.npy").read_bytes() == (tmp_path / "expected.npy").read_bytes()
+    assert entry["size"] == (tmp_path / "expected.npy").stat().st_size
+    with pytest.raises(ValueError, match="6 rows written, expected 7"):
+        write_subject_rows(tmp_path, "subj02", (7, 5), [values[:6]])
+    assert not (tmp_path / "subj02.npy").exists() and not list(tmp_path.glob(".*.tmp"))
 
 
 def _student(data_dir: Path) -> dict[str, Any]:
