@@ -10,12 +10,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from jobs.data.dark import dark_dir
 from jobs.mem.build import check_inputs
 from jobs.mem.config import ConfigError, load_config, tiny
 from jobs.mem.dark import TeacherRows, dark_weights, publish, read_teacher
 from jobs.mem.ensemble.artifacts import write_index, write_manifest, write_subject, write_subject_rows
+from jobs.mem.train.lit import MemLit
 from jobs.mem.validate import validate_train
 from memq.job import ChecksumError, PermanentError
 
@@ -108,3 +110,26 @@ def test_a_student_without_its_teacher_fails_at_submit_and_at_start(tmp_path: Pa
         check_inputs(load_config(_student(tmp_path / "data")), tmp_path)
     assert str(error.value).startswith(missing)
     validate_train(_student(tmp_path / "elsewhere"))  # not visible at submit: the job start checks
+
+
+@pytest.mark.filterwarnings("ignore:.*reference is not registered on the model yet")  # no trainer: log is a no-op
+def test_an_all_zero_teacher_row_is_replaced_by_the_target(build: Any, tiny_overrides: dict[str, Any]) -> None:
+    """The reference's rule for a missing teacher file (read as zeros): that sample's loss is
+    against its target. Epoch 0 (no trainer yet): the teacher's weight is 1."""
+    config = load_config({**tiny_overrides, "LOSS.DARK.USE": True, "DATASET.DARK": "t"})
+    lit = MemLit(config, build(config))
+    rng = np.random.default_rng(3)
+    y, teacher = (rng.standard_normal((3, 300)).astype(np.float32) for _ in range(2))
+    pred = rng.standard_normal((3, 3)).astype(np.float32)  # of the selected voxels
+    teacher[1] = 0.0
+    samples = {"y": torch.from_numpy(y), "dark": torch.from_numpy(teacher)}
+    loss = lit._voxel_loss("subj01", torch.from_numpy(pred), samples, torch.tensor([5, 0, 299])).numpy()
+
+    def smooth_l1(d: np.ndarray) -> np.ndarray:
+        d = np.abs(d)
+        return np.where(d < 0.01, 0.5 * d * d / 0.01, d - 0.005)
+
+    columns = [5, 0, 299]
+    expected = smooth_l1(pred - teacher[:, columns])
+    expected[1] = smooth_l1(pred[1] - y[1, columns])
+    np.testing.assert_allclose(loss, expected, rtol=1e-6)
