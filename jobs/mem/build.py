@@ -20,7 +20,7 @@ from jobs.data.layout import LayoutError
 from jobs.mem.config import ConfigError, MemConfig, load_config
 from jobs.mem.data import MemDataModule
 from jobs.mem.model import MemModel
-from jobs.mem.validate import weights_problems
+from jobs.mem.validate import teacher_problems, weights_problems
 from memq.job import PermanentError
 
 
@@ -35,7 +35,8 @@ def job_config(params: Mapping[str, Any]) -> MemConfig:
 
 def check_inputs(config: MemConfig, root: Path) -> None:
     """The data directory and every weight file the config names must exist (never downloaded), the
-    backbone weights installed on ``root`` (verified by sha256 when the model loads them)."""
+    backbone weights installed on ``root`` (verified by sha256 when the model loads them), and the
+    teacher predictions of LOSS.DARK."""
     data_dir = config.DATASET.DIR
     if data_dir is None:
         raise PermanentError("DATASET.DIR is not set (the prepared-data directory)")
@@ -44,7 +45,7 @@ def check_inputs(config: MemConfig, root: Path) -> None:
     topyneck = config.MODEL.TOPYNECK_PATH
     if topyneck is not None and not Path(topyneck).is_file():
         raise PermanentError(f"MODEL.TOPYNECK_PATH: file {topyneck} does not exist")
-    problems = weights_problems(config, root)
+    problems = weights_problems(config, root) + teacher_problems(config)
     if problems:
         raise PermanentError("; ".join(problems))
 
@@ -91,6 +92,7 @@ def build(params: Mapping[str, Any], repeat: int, gpus: list[int], root: Path, *
             val_fraction=val_fraction,
             val_subset=config.switch("VAL_SUBSET"),
             prev_bhvs=config.switch("PREV_BHVS"),
+            dark=config.dark_teacher,
         )
         model = MemModel(config, data.subject_info(), weights_root=root)
     except LayoutError as error:  # retrying cannot help; `memq retry` once the data is fixed

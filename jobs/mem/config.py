@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, create_model, model_validator
 
 from jobs import compat
+from jobs.data.dark import DARK_NAME_PATTERN
 
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -46,6 +47,8 @@ class DatasetConfig(_Section):
     ROIS: Annotated[list[str], Field(min_length=1)] | None = None  # None: whole brain; else their voxels, in order
     IMAGE_SIZE: PositiveInt = 224
     N_PREV_FRAMES: Annotated[int, Field(ge=2)] = 32  # T=-1 plus the cached frames T=-2..-N
+    # teacher predictions DIR/dark/<DARK>/ that LOSS.DARK trains on (the reference's DARK_POSTFIX)
+    DARK: Annotated[str, StringConstraints(pattern=DARK_NAME_PATTERN)] | None = None
 
 
 class LoraConfig(_Section):
@@ -194,9 +197,19 @@ class SyncConfig(_Section):
     LOG_SHIFT: float = 10.0  # used by UPDATE_RULE log
 
 
+class DarkConfig(_Section):
+    """Distillation (the reference's LOSS.DARK): the loss of epoch e is
+    min(e/MAX_EPOCH, 1) * loss(pred, target) + max(1 - e/MAX_EPOCH, 0) * loss(pred, teacher),
+    the teacher's predictions read from DATASET.DARK (jobs/mem/dark.py)."""
+
+    USE: bool = False
+    MAX_EPOCH: PositiveInt = 100  # the epoch from which the target alone is the loss
+
+
 class LossConfig(_Section):
     SMOOTH_L1_BETA: PositiveFloat = 0.01
     SYNC: SyncConfig = SyncConfig()
+    DARK: DarkConfig = DarkConfig()
 
 
 class RegularizerConfig(_Section):
@@ -256,6 +269,17 @@ class MemConfig(_Section):
     TRAINER: TrainerConfig = TrainerConfig()
     DATALOADER: DataLoaderConfig = DataLoaderConfig()
 
+    @model_validator(mode="after")
+    def _dark_named(self) -> Self:
+        if self.LOSS.DARK.USE and self.DATASET.DARK is None:
+            raise ValueError("LOSS.DARK.USE needs DATASET.DARK: the name of the teacher predictions to distil")
+        return self
+
+    @property
+    def dark_teacher(self) -> str | None:
+        """The teacher predictions this config distils (DATASET.DARK with LOSS.DARK.USE), or None."""
+        return self.DATASET.DARK if self.LOSS.DARK.USE else None
+
     def switch(self, name: str) -> str:
         """The effective value of the training switch ``name``: SWITCHES.<name> if set, else COMPAT's."""
         entry = compat.switch(name)
@@ -310,7 +334,7 @@ def _describe(problem: Mapping[str, Any]) -> str:
     # pydantic locations run into list items and union members; the dotted key is the UPPERCASE part
     key = ".".join(str(part) for part in problem["loc"] if str(part).isupper())
     if problem["type"] == "value_error":  # a cross-field check of a section: its message says it all
-        return f"{key}: {problem['ctx']['error']}"
+        return f"{key}: {problem['ctx']['error']}" if key else str(problem["ctx"]["error"])
     return f"{key}: {problem['msg']} (got {problem['input']!r})"
 
 

@@ -37,6 +37,8 @@ from jobs.data.layout import (
     subject_path,
 )
 from jobs.data.memory import local_prev_behavior_rows, prev_behavior_rows
+from jobs.mem.dark import TeacherRows, read_teacher
+from jobs.mem.ensemble.artifacts import SubjectPrediction
 from jobs.mem.subject import SubjectInfo
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
@@ -90,6 +92,8 @@ class MemDataset(Dataset[dict[str, Any]]):
     (not for the predict split), ``subject``, ``index`` (global trial g). ``limit`` keeps the
     first trials of the split; ``image_size`` resizes images stored at another size.
     ``prev_bhvs`` "local" takes the reference's rows instead (switch PREV_BHVS, mem-spec 1.5).
+    With ``teacher`` (its predictions of this split), ``dark`` [n_roi_voxels] is the teacher's
+    prediction of the trial (LOSS.DARK).
     """
 
     def __init__(
@@ -103,6 +107,7 @@ class MemDataset(Dataset[dict[str, Any]]):
         image_size: int | None = None,
         limit: int | None = None,
         prev_bhvs: str = "global",
+        teacher: SubjectPrediction | None = None,
     ) -> None:
         if not 1 <= n_prev_frames <= N_PREV:
             raise ValueError(f"n_prev_frames must be in 1..{N_PREV}, got {n_prev_frames}")
@@ -132,6 +137,10 @@ class MemDataset(Dataset[dict[str, Any]]):
         self.feat_pos = np.where(feat_rows != BLANK, np.searchsorted(needed, feat_rows), BLANK)
         if np.any(self.img_rows == BLANK):
             raise LayoutError(self.subject_file, "memory_index has a blank T=0 slot")
+        try:
+            self.teacher = None if teacher is None else TeacherRows.select(teacher, self.indices, self.roi)
+        except ValueError as error:
+            raise LayoutError(teacher.path if teacher else self.subject_file, str(error)) from None
         self._handles: _Handles | None = None
         self._pid: int | None = None
 
@@ -177,6 +186,8 @@ class MemDataset(Dataset[dict[str, Any]]):
         if self.has_targets:
             row = handles.subject.betas[g]
             sample["y"] = torch.from_numpy((row if self.roi is None else row[self.roi]).astype(np.float32))
+        if self.teacher is not None:
+            sample["dark"] = torch.from_numpy(self.teacher.row(i))
         return sample
 
 
@@ -221,6 +232,8 @@ class MemDataModule(L.LightningDataModule):
     same trials every epoch and every attempt, so per-voxel r stays comparable across epochs (the
     reference validated on a fresh random 25%, mem-spec 5.10: ``val_subset`` "redrawn" does that,
     a new random subset of all subjects' val1 trials every epoch). ``prev_bhvs``: see MemDataset.
+    ``dark`` names the teacher predictions (DIR/dark/<dark>/train/, jobs/mem/dark.py) that the
+    train split's samples carry; they are read and verified when the train split is first built.
     """
 
     def __init__(
@@ -237,8 +250,10 @@ class MemDataModule(L.LightningDataModule):
         val_fraction: float = 1.0,
         val_subset: str = "fixed",
         prev_bhvs: str = "global",
+        dark: str | None = None,
     ) -> None:
         super().__init__()
+        self.dark = dark
         self.data_dir = Path(data_dir)
         self.val_fraction, self.val_subset = val_fraction, val_subset
         self.rois = list(rois) if rois is not None else None
@@ -277,6 +292,7 @@ class MemDataModule(L.LightningDataModule):
     def datasets(self, split: str) -> list[MemDataset]:
         """One dataset per subject for ``split``, built on first use."""
         if split not in self._datasets:
+            teachers = self._teachers() if split == "train" and self.dark is not None else {}
             self._datasets[split] = [
                 MemDataset(
                     subject_path(self.data_dir, name),
@@ -284,10 +300,23 @@ class MemDataModule(L.LightningDataModule):
                     self.rois,
                     self.data_dir / IMAGES_FILE,
                     **self.dataset_kwargs,
+                    teacher=teachers.get(name),
                 )
                 for name in self.subjects
             ]
         return self._datasets[split]
+
+    def _teachers(self) -> dict[str, SubjectPrediction]:
+        """The teacher's verified predictions of every modelled subject's train split."""
+        assert self.dark is not None
+        try:
+            teachers = read_teacher(self.data_dir, self.dark)
+        except FileNotFoundError as error:
+            raise LayoutError(self.data_dir, str(error)) from None
+        lacking = sorted(set(self.subjects) - set(teachers))
+        if lacking:
+            raise LayoutError(self.data_dir, f"DATASET.DARK {self.dark}: no teacher predictions of {lacking}")
+        return teachers
 
     def setup(self, stage: str) -> None:
         for split in STAGE_SPLITS[stage]:

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from jobs.data.dark import missing_teacher
 from jobs.mem.config import ConfigError, MemConfig, validate_params
 from jobs.weights.manifest import WeightsError, check_setting
 
@@ -30,9 +31,23 @@ def _check_weights(config: MemConfig, root: Path | None) -> None:
         raise ConfigError("; ".join(problems))
 
 
+def teacher_problems(config: MemConfig) -> list[str]:
+    """With LOSS.DARK, the teacher predictions must exist; checked where the data directory is
+    visible from here (the job checks again at start)."""
+    data_dir, teacher = config.DATASET.DIR, config.dark_teacher
+    if teacher is None or data_dir is None or not Path(data_dir).is_dir():
+        return []
+    missing = missing_teacher(data_dir, teacher)
+    return [] if missing is None else [missing]
+
+
 def validate_train(params: Mapping[str, Any], root: Path | None = None) -> None:
-    """``mem.train``: valid settings, and backbone weights named (installed on ``root`` when known)."""
-    _check_weights(validate_params(params), root)
+    """``mem.train``: valid settings, backbone weights named (installed on ``root`` when known),
+    and the teacher predictions of LOSS.DARK present."""
+    config = validate_params(params)
+    problems = weights_problems(config, root) + teacher_problems(config)
+    if problems:
+        raise ConfigError("; ".join(problems))
 
 
 def validate_topyneck(params: Mapping[str, Any], root: Path | None = None) -> None:

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from jobs.data.dark import DARK_NAME_PATTERN
 from jobs.data.layout import SPLITS
 from jobs.mem.validate import validate_train
 
@@ -52,6 +53,9 @@ class PredictParams(StageParams):
     source_job: JobRef
     recipe: Recipe = "uniform"
     split: Split
+    # also publish the predictions as teacher predictions DATASET.DIR/dark/<dark>/<split>/ (the
+    # reference's xvbaa --save_name), for a student with LOSS.DARK and DATASET.DARK = <dark>
+    dark: Annotated[str, Field(pattern=DARK_NAME_PATTERN)] | None = None
 
 
 class EnsembleParams(StageParams):
