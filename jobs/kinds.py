@@ -9,6 +9,7 @@ MEM_TRAIN = KindSpec(
     name="mem.train",
     target="jobs.mem.train.train:run",
     validate="jobs.mem.validate:validate_train",
+    validate_grid="jobs.mem.validate:validate_train_grid",
     description="train one Memory Encoding Model (whole brain or one ROI) and keep its top-k checkpoints",
 )
 MEM_TOPYNECK = KindSpec(

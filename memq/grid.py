@@ -336,6 +336,36 @@ def _validate_params(
         raise UserError(str(exc), where=source.where(line)) from None
 
 
+def upstream_groups(grid: GridFile) -> dict[str, set[str]]:
+    """Group -> every group it waits for, directly or not (`after:` and `each:`)."""
+    direct = {g.name: {*g.after, *g.each_of} for g in grid.groups}
+    found: dict[str, set[str]] = {}
+
+    def visit(name: str) -> set[str]:
+        if name not in found:
+            found[name] = set()  # (cycles were refused before)
+            found[name] = {up for dep in direct[name] for up in (dep, *visit(dep))}
+        return found[name]
+
+    return {name: visit(name) for name in direct}
+
+
+def validate_grid(grid: GridFile, source: YamlSource, done: Expanded, root: Path | None) -> None:
+    """Each kind's whole-grid check (KindSpec.validate_grid) over every job of the grid, as
+    {"group", "kind", "key", "params"}; a problem is reported at its group's line."""
+    jobs = [{"group": g.name, "kind": job.kind, "key": job.key, "params": job.params}
+            for g in grid.groups for job in done.jobs[g.name]]
+    upstream = upstream_groups(grid)
+    for kind in sorted({job["kind"] for job in jobs}):
+        spec = kinds.lookup(kind)
+        check = kinds.grid_validator(spec) if spec is not None else None
+        problem = check(jobs, upstream, root) if check is not None else None
+        if problem is not None:
+            group, what = problem
+            index = next(i for i, g in enumerate(grid.groups) if g.name == group)
+            raise UserError(what, where=source.where(source.line_of(("groups", index))))
+
+
 def expand(grid: GridFile, source: YamlSource, overrides: dict[str, Any] | None = None,
            root: Path | None = None) -> GridSpec:
     """Check a parsed grid file and expand it into job specs (nothing is written). Kinds' validators
@@ -386,6 +416,7 @@ def expand(grid: GridFile, source: YamlSource, overrides: dict[str, Any] | None 
                 if count > MAX_JOBS:
                     raise UserError(f"the grid expands to more than {MAX_JOBS:,} jobs",
                                     where=source.where(source.line_of(("groups", i, "grid"))))
+    validate_grid(grid, source, done, root)
     groups = tuple(spec for g in grid.groups for spec in done.group_specs(g.name, g.after))
     jobs = tuple(job for g in grid.groups for job in done.jobs[g.name])
     return GridSpec(name=grid.name, groups=groups, jobs=jobs, source=str(source.path.absolute()),

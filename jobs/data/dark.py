@@ -30,5 +30,5 @@ def missing_teacher(data_dir: str | Path, name: str) -> str | None:
     if (directory / DARK_MANIFEST).is_file():
         return None
     return (f"DATASET.DARK {name}: no teacher predictions in {directory} (a mem.predict job with split "
-            f"{TEACHER_SPLIT} and dark: {name} makes them, e.g. the `teacher` group of grids/mem-light.yaml: "
-            "submit that grid first and let it finish)")
+            f"{TEACHER_SPLIT} and dark: {name} makes them: the `teacher` group of grids/mem-light.yaml, run "
+            "first, or one in this grid that the student's group waits for, as in grids/mem-light-distill.yaml)")

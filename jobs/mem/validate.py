@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from jobs.data.dark import missing_teacher
+from jobs.data.dark import TEACHER_SPLIT, missing_teacher
 from jobs.mem.config import ConfigError, MemConfig, validate_params
 from jobs.weights.manifest import WeightsError, check_setting
 
@@ -42,12 +42,35 @@ def teacher_problems(config: MemConfig) -> list[str]:
 
 
 def validate_train(params: Mapping[str, Any], root: Path | None = None) -> None:
-    """``mem.train``: valid settings, backbone weights named (installed on ``root`` when known),
-    and the teacher predictions of LOSS.DARK present."""
-    config = validate_params(params)
-    problems = weights_problems(config, root) + teacher_problems(config)
-    if problems:
-        raise ConfigError("; ".join(problems))
+    """``mem.train``: valid settings, backbone weights named (installed on ``root`` when known)."""
+    _check_weights(validate_params(params), root)
+
+
+def validate_train_grid(jobs: list[dict[str, Any]], upstream: Mapping[str, set[str]],
+                        root: Path | None = None) -> tuple[str, str] | None:
+    """``mem.train`` across a grid: a student of LOSS.DARK needs its teacher predictions, either
+    present or made by a group it waits for (a mem.predict of split train with ``dark`` the same
+    name, on the same DATASET.DIR) - one grid can then run teacher and student (grids/mem-light-distill.yaml)."""
+    by_key = {job["key"]: job for job in jobs}
+
+    def makes(job: dict[str, Any], name: str, data_dir: str | None) -> bool:
+        p = job["params"]
+        source = by_key.get(str(p.get("source_job")))
+        return (job["kind"] == "mem.predict" and p.get("dark") == name and p.get("split") == TEACHER_SPLIT
+                and source is not None and source["params"].get("DATASET.DIR") == data_dir)
+
+    for student in jobs:
+        if student["kind"] != "mem.train":
+            continue
+        config = validate_params(student["params"])
+        name = config.dark_teacher
+        if name is None or any(makes(job, name, config.DATASET.DIR) for job in jobs
+                               if job["group"] in upstream[student["group"]]):
+            continue
+        problems = teacher_problems(config)
+        if problems:
+            return student["group"], problems[0]
+    return None
 
 
 def validate_topyneck(params: Mapping[str, Any], root: Path | None = None) -> None:

@@ -1,9 +1,9 @@
 """The light recipe and its distillation, demo-scale, through a real worker and the shipped grids
 (grids/mem-light.yaml, grids/mem-light-distill.yaml with tiny settings on synthetic data).
 
-The teacher grid (its model, soup and `teacher` group) trains the teacher and publishes its
-train-split predictions as teacher `xvbaa`; the whole student grid is then submitted: the student
-trained with LOSS.DARK, its soup, predictions and submission. What
+One submit of the distillation grid runs it all: the teacher's model and soup, its train-split
+predictions published as teacher `xvbaa`, then the student trained with LOSS.DARK, its soup,
+predictions and submission. What
 the student's loss saw is recomputed here, apart from the code under test: the teacher's rows read
 from the store's files with NumPy, the targets from the subject files with h5py, SmoothL1 in NumPy,
 the blend weights of the reference's formula, and the model at the weights each epoch started from
@@ -100,15 +100,13 @@ def test_student_is_distilled_from_the_teachers_stored_train_predictions(rig: Ri
               "TRAINER.SAVE_TOP_K": 2, "MODEL.MAX_TRAIN_VOXELS": 1000, "MODEL.COND.DROPOUT": 0.0,
               "MODEL.RETINA_MAPPER.SIGMA": 0.0, "LOSS.SYNC.USE": False, "OPTIMIZER.LR": 0.01,
               "OPTIMIZER.SCHEDULER.WARMUP_EPOCHS": 0}
-    # the 63 route's predictions and submission are the student's too: the teacher makes only its soup
-    # and its train-split predictions here
-    teacher_grid = shipped("mem-light.yaml", tmp_path, params, ("xvba", "soup", "teacher"))
-    student_grid = shipped("mem-light-distill.yaml", tmp_path, {**params, "LOSS.DARK.MAX_EPOCH": 2})
-    (student_params,) = [g["params"] for g in yaml.safe_load(student_grid.read_text())["groups"] if "params" in g
+    grid = shipped("mem-light-distill.yaml", tmp_path, {**params, "LOSS.DARK.MAX_EPOCH": 2})
+    (student_params,) = [g["params"] for g in yaml.safe_load(grid.read_text())["groups"] if "params" in g
                          and "LOSS.DARK.USE" in g["params"]]
     assert (student_params["LOSS.DARK.USE"], student_params["DATASET.DARK"]) == (True, TEACHER)
 
-    assert cli(*rig.options(), "submit", teacher_grid).code == 0
+    submitted = cli(*rig.options(), "submit", grid)  # no teacher predictions yet: the grid makes them
+    assert submitted.code == 0, submitted.err
     log = tmp_path / "worker.log"
     worker = rig.memq("worker", "--gpus", "none", "--slots", "2", "--name", "w", "--poll", "0.2",
                       "--retry-backoff", "0", "--grace", "1", log=log)
@@ -117,10 +115,7 @@ def test_student_is_distilled_from_the_teachers_stored_train_predictions(rig: Ri
             states = {row["state"] for row in rig.store.jobs(grid=grid)}
             return states if states <= {"succeeded", "failed"} or "failed" in states else None
 
-        assert until("the teacher", lambda: done("mem-light"), 900, step=0.5) == {"succeeded"}, log.read_text()[-3000:]
-        submitted = cli(*rig.options(), "submit", student_grid)
-        assert submitted.code == 0, submitted.err
-        assert until("the student", lambda: done("mem-light-distill"), 900, step=0.5) == {"succeeded"}, \
+        assert until("teacher and student", lambda: done("mem-light-distill"), 1500, step=0.5) == {"succeeded"}, \
             log.read_text()[-3000:]
     finally:
         worker.send_signal(signal.SIGTERM)
@@ -154,25 +149,33 @@ def test_student_is_distilled_from_the_teachers_stored_train_predictions(rig: Ri
 
 def test_submitting_the_student_before_its_teacher_is_one_line_and_exit_2(rig: Rig, tmp_path: Path,
                                                                            params: dict[str, Any], cli) -> None:
-    student_grid = shipped("mem-light-distill.yaml", tmp_path, params)
-    result = cli(*rig.options(), "submit", student_grid)
     store = Path(params["DATASET.DIR"]) / "dark" / TEACHER / "train"
-    assert result.code == 2, result
-    (line,) = result.err.strip().splitlines()
-    assert line.startswith(f"error: {student_grid}:") and f"no teacher predictions in {store}" in line, line
-    assert "the `teacher` group of grids/mem-light.yaml: submit that grid first" in line
-    assert rig.store.jobs(grid="mem-light-distill") == []
+    student = ("xvba-distill", "soup", "predict", "combine")
+    for kept in (student, ("xvba", "xvba-soup", "teacher", *student)):
+        grid = shipped("mem-light-distill.yaml", tmp_path, params, kept)
+        text = yaml.safe_load(grid.read_text())  # no teacher, or one the student does not wait for
+        next(g for g in text["groups"] if g["name"] == "xvba-distill").pop("after")
+        grid.write_text(yaml.safe_dump(text, sort_keys=False))
+        result = cli(*rig.options(), "submit", grid)
+        assert result.code == 2, result
+        (line,) = result.err.strip().splitlines()
+        line_of_student = next(i for i, text in enumerate(grid.read_text().splitlines(), 1)
+                               if text.strip() == "- name: xvba-distill")
+        assert line.startswith(f"error: {grid}:{line_of_student}: DATASET.DARK {TEACHER}: no teacher predictions in "
+                               f"{store}"), line
+        assert "the `teacher` group of grids/mem-light.yaml, run first, or one in this grid" in line
+        assert rig.store.jobs(grid="mem-light-distill") == []
 
 
-@pytest.mark.parametrize(("name", "trained", "n_jobs"), [("mem-light.yaml", "xvba", 6),
-                                                         ("mem-light-distill.yaml", "xvba-distill", 5)])
-def test_light_grids_train_the_references_one_model(name: str, trained: str, n_jobs: int, cli) -> None:
+@pytest.mark.parametrize(("name", "trained", "n_jobs"), [("mem-light.yaml", ["xvba"], 6),
+                                                         ("mem-light-distill.yaml", ["xvba", "xvba-distill"], 8)])
+def test_light_grids_train_the_references_models(name: str, trained: list[str], n_jobs: int, cli) -> None:
     result = cli("submit", REPO / "grids" / name, "--dry-run")
     assert result.code == 0, result.err
     assert f"{Path(name).stem}: {n_jobs} jobs (dry run, nothing written)" in result.out
     jobs = load_grid(REPO / "grids" / name).jobs
-    (job,) = [j for j in jobs if j.kind == "mem.train"]
-    assert (job.group, job.params.get("DATASET.ROIS")) == (trained, None)
-    assert "MODEL.TOPYNECK_PATH" not in job.params  # "nerfed": the topyneck trains along
+    models = [j for j in jobs if j.kind == "mem.train"]
+    assert [(j.group, j.params.get("DATASET.ROIS")) for j in models] == [(group, None) for group in trained]
+    assert all("MODEL.TOPYNECK_PATH" not in j.params for j in models)  # "nerfed": the topyneck trains along
     assert [j.params["split"] for j in jobs if j.kind == "mem.predict" and "dark" not in j.params] == [
         "predict", "val2"]

@@ -18,7 +18,7 @@ from jobs.mem.config import ConfigError, load_config, tiny
 from jobs.mem.dark import TeacherRows, dark_weights, publish, read_teacher
 from jobs.mem.ensemble.artifacts import write_index, write_manifest, write_subject, write_subject_rows
 from jobs.mem.train.lit import MemLit
-from jobs.mem.validate import validate_train
+from jobs.mem.validate import validate_train_grid
 from memq.job import ChecksumError, PermanentError
 
 
@@ -103,13 +103,15 @@ def _student(data_dir: Path) -> dict[str, Any]:
 def test_a_student_without_its_teacher_fails_at_submit_and_at_start(tmp_path: Path) -> None:
     (tmp_path / "data").mkdir()
     missing = f"DATASET.DARK xvbaa: no teacher predictions in {dark_dir(tmp_path / 'data', 'xvbaa', 'train')}"
-    with pytest.raises(ConfigError, match=re.escape("the `teacher` group of grids/mem-light.yaml")) as error:
-        validate_train(_student(tmp_path / "data"))
-    assert str(error.value).startswith(missing) and "\n" not in str(error.value)
+    student = {"group": "student", "kind": "mem.train", "key": "s" * 32, "params": _student(tmp_path / "data")}
+    group, problem = validate_train_grid([student], {"student": set()})
+    assert group == "student" and problem.startswith(missing) and "\n" not in problem
+    assert "the `teacher` group of grids/mem-light.yaml" in problem
     with pytest.raises(PermanentError) as error:
         check_inputs(load_config(_student(tmp_path / "data")), tmp_path)
     assert str(error.value).startswith(missing)
-    validate_train(_student(tmp_path / "elsewhere"))  # not visible at submit: the job start checks
+    elsewhere = {**student, "params": _student(tmp_path / "elsewhere")}
+    assert validate_train_grid([elsewhere], {"student": set()}) is None  # not visible at submit: the job checks
 
 
 @pytest.mark.filterwarnings("ignore:.*reference is not registered on the model yet")  # no trainer: log is a no-op
