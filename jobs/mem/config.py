@@ -8,8 +8,8 @@ misspelt section at submit time.
 ``COMPAT`` selects memq's or the reference code's behaviour for every deliberate difference
 (jobs/compat.py, jobs/mem/COMPAT.md); ``SWITCHES.<NAME>`` overrides one of them.
 
-This module imports only the standard library, pydantic and jobs.compat: ``validate_params`` runs
-in ``memq submit`` and must stay fast.
+This module imports only the standard library, pydantic, jobs.compat and jobs.mem.ablation:
+``validate_params`` runs in ``memq submit`` and must stay fast.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, create_model, model_validator
 
 from jobs import compat
+from jobs.mem.ablation import BEHAVIOUR_WIDTH, AblationConfig
 
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -255,6 +256,20 @@ class MemConfig(_Section):
     OPTIMIZER: OptimizerConfig = OptimizerConfig()
     TRAINER: TrainerConfig = TrainerConfig()
     DATALOADER: DataLoaderConfig = DataLoaderConfig()
+    ABLATION: AblationConfig = AblationConfig()  # inputs and modules taken out (jobs/mem/ablation.py)
+
+    @model_validator(mode="after")
+    def _columns_known(self) -> Self:
+        if self.ABLATION.DROP_COLUMNS and self.MODEL.COND.IN_DIM != BEHAVIOUR_WIDTH:
+            raise ValueError(f"ABLATION.DROP_COLUMNS names columns of the {BEHAVIOUR_WIDTH}-column behaviour "
+                             f"table; MODEL.COND.IN_DIM is {self.MODEL.COND.IN_DIM}")
+        return self
+
+    @property
+    def behaviour_dim(self) -> int:
+        """How many behaviour columns the model reads: COND.IN_DIM less the dropped ones."""
+        columns = self.ABLATION.columns
+        return self.MODEL.COND.IN_DIM if columns is None else len(columns)
 
     def switch(self, name: str) -> str:
         """The effective value of the training switch ``name``: SWITCHES.<name> if set, else COMPAT's."""
@@ -310,7 +325,7 @@ def _describe(problem: Mapping[str, Any]) -> str:
     # pydantic locations run into list items and union members; the dotted key is the UPPERCASE part
     key = ".".join(str(part) for part in problem["loc"] if str(part).isupper())
     if problem["type"] == "value_error":  # a cross-field check of a section: its message says it all
-        return f"{key}: {problem['ctx']['error']}"
+        return f"{key}: {problem['ctx']['error']}" if key else str(problem["ctx"]["error"])
     return f"{key}: {problem['msg']} (got {problem['input']!r})"
 
 
