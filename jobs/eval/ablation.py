@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from jobs.eval.formats import NONE, count_text, r_change_text, r_text, score_change_text
+from jobs.eval.formats import NONE, count_text, r_change_text, r_text
 from jobs.eval.paper import PAPER_ROWS, SOURCE, PaperRow
 
 METRIC = "soup_val2"
@@ -46,7 +46,7 @@ def measured_by_group(jobs: Sequence[dict[str, Any]]) -> dict[str, Measured]:
 
 
 def _flag(on: bool) -> str:
-    return "yes" if on else ""
+    return "yes" if on else "no"
 
 
 def table_rows(jobs: Sequence[dict[str, Any]]) -> list[list[str]] | None:
@@ -70,7 +70,8 @@ def table_rows(jobs: Sequence[dict[str, Any]]) -> list[list[str]] | None:
     for paper in PAPER_ROWS:
         change = None if paper is full_paper or paper.ensemble else paper.score - full_paper.score
         rows.append([paper.label, paper.group or NONE, *_inputs(paper), f"{paper.r:.3f}", f"{paper.r2:.3f}",
-                     f"{paper.score:.2f}", score_change_text(change), *our_cells(paper.group)])  # fmt: skip
+                     f"{paper.score:.2f}", NONE if change is None else f"{change:+.2f}",
+                     *our_cells(paper.group)])  # fmt: skip
     for group in groups:
         if group in measured and group not in paper_groups:
             rows.append([f"({group})", group, NONE, NONE, NONE, NONE, NONE, NONE, NONE, NONE, *our_cells(group)])
@@ -89,6 +90,6 @@ def text_table(rows: list[list[str]]) -> str:
         padded = zip(cells, widths, strict=True)
         return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(padded)).rstrip()
 
-    note = (f"paper: {SOURCE} (r, r2 private, score public; 'paper vs full' in points). "
+    note = (f"paper: {SOURCE} (r, r2 private, score public; 'paper vs full' in points, as published). "
             f"measured: mean val2 r of each run's greedy soup ({METRIC}), sd over runs.")
     return "\n".join([line(HEADER), *map(line, rows), note])
