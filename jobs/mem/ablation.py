@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict
 
 # The behaviour columns of mem-spec 1.4 in the three sets of the paper's table (C = the condition
 # vector): the reference's xdcac_ablation.py, `answer`, `memory` and `time`.
@@ -50,7 +50,8 @@ ColumnSet = Literal["answer", "memory", "time"]
 
 
 class AblationConfig(BaseModel):
-    """Inputs and modules of the full model (all on by default; see the module's table)."""
+    """Inputs and modules of the full model (all on by default; see the module's table). MemConfig
+    checks DROP_COLUMNS against the behaviour width (:func:`column_problem`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -60,14 +61,6 @@ class AblationConfig(BaseModel):
     BEHAVIOUR: bool = True
     BEHAVIOUR_PASSTHROUGH: bool = True
     DROP_COLUMNS: list[ColumnSet] = []
-
-    @model_validator(mode="after")
-    def _columns_left(self) -> AblationConfig:
-        if len(set(self.DROP_COLUMNS)) != len(self.DROP_COLUMNS):
-            raise ValueError(f"DROP_COLUMNS {self.DROP_COLUMNS} names a set twice")
-        if not behaviour_columns(self.DROP_COLUMNS):
-            raise ValueError("DROP_COLUMNS drops every behaviour column; use BEHAVIOUR: false instead")
-        return self
 
     @property
     def columns(self) -> tuple[int, ...] | None:
@@ -79,3 +72,15 @@ def behaviour_columns(dropped: list[ColumnSet] | tuple[ColumnSet, ...]) -> tuple
     """The columns of the 35 left once the named sets are dropped, in order."""
     gone = {column for name in dropped for column in COLUMN_SETS[name]}
     return tuple(c for c in range(BEHAVIOUR_WIDTH) if c not in gone)
+
+
+def column_problem(dropped: list[ColumnSet], in_dim: int) -> str | None:
+    """What is wrong with ``ABLATION.DROP_COLUMNS`` for a ``MODEL.COND.IN_DIM``-wide behaviour; None if nothing."""
+    if len(set(dropped)) != len(dropped):
+        return f"ABLATION.DROP_COLUMNS {dropped} names a column set twice"
+    if dropped and in_dim != BEHAVIOUR_WIDTH:
+        return (f"ABLATION.DROP_COLUMNS names columns of the {BEHAVIOUR_WIDTH}-column behaviour table; "
+                f"MODEL.COND.IN_DIM is {in_dim}")
+    if dropped and not behaviour_columns(dropped):
+        return "ABLATION.DROP_COLUMNS drops every behaviour column; use ABLATION.BEHAVIOUR: false"
+    return None

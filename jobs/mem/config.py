@@ -23,7 +23,7 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, create_model, model_validator
 
 from jobs import compat
-from jobs.mem.ablation import BEHAVIOUR_WIDTH, AblationConfig
+from jobs.mem.ablation import AblationConfig, column_problem
 
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -260,9 +260,9 @@ class MemConfig(_Section):
 
     @model_validator(mode="after")
     def _columns_known(self) -> Self:
-        if self.ABLATION.DROP_COLUMNS and self.MODEL.COND.IN_DIM != BEHAVIOUR_WIDTH:
-            raise ValueError(f"ABLATION.DROP_COLUMNS names columns of the {BEHAVIOUR_WIDTH}-column behaviour "
-                             f"table; MODEL.COND.IN_DIM is {self.MODEL.COND.IN_DIM}")
+        problem = column_problem(self.ABLATION.DROP_COLUMNS, self.MODEL.COND.IN_DIM)
+        if problem:
+            raise ValueError(problem)
         return self
 
     @property

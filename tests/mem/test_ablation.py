@@ -183,3 +183,21 @@ def test_grid_rows_are_the_references_rows(cli) -> None:  # type: ignore[no-unty
             assert (config.TRAINER.LIMIT_TRAIN_BATCHES, config.TRAINER.EARLY_STOP_PATIENCE) == (0.5, 30)
             assert (config.OPTIMIZER.LR, config.MODEL.COND.PASSTHROUGH_DIM, config.LOSS.SYNC.USE) == (1e-3, 16, False)
     assert {job["params"]["DATASET.DIR"] for job in by_group["after"] + by_group["before"]} == {"/data/alg23/fship-b2"}
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    ("ABLATION.DROP_COLUMNS: [tme]", "ABLATION.DROP_COLUMNS: Input should be 'answer', 'memory' or 'time' (got 'tme')"),
+    ("ABLATION.DROP_COLUMNS: [answer, memory, time]",
+     "ABLATION.DROP_COLUMNS drops every behaviour column; use ABLATION.BEHAVIOUR: false"),
+    ("ABLATION.RETINA_MAPER: false", "ABLATION.RETINA_MAPER: not a config key (free grid parameters must be "
+                                     "lower-case); did you mean ABLATION.RETINA_MAPPER?"),
+])  # fmt: skip
+def test_a_bad_switch_fails_at_submit_in_one_line(cli, tmp_path: Path, edit: str, message: str) -> None:  # type: ignore[no-untyped-def]
+    text = (GRIDS / "whole-brain.yaml").read_text()
+    line = text.splitlines().index("    params: {ABLATION.DROP_COLUMNS: [time]}") + 1
+    path = tmp_path / "bad.yaml"
+    path.write_text(text.replace("ABLATION.DROP_COLUMNS: [time]", edit))
+    random = ["--set", "MODEL.BACKBONE.WEIGHTS=random", "--set", "MODEL.BACKBONE_SMALL.WEIGHTS=random"]
+    result = cli("--root", tmp_path / "root", "submit", path, *random)
+    assert (result.code, result.out, result.err) == (2, "", f"error: {path}:{line}: {message}\n")
+    assert not (tmp_path / "root").exists()
