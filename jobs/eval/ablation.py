@@ -25,6 +25,10 @@ HEADER = ["row", "group", "frames", "M", "B", "T", "paper r", "paper r2", "paper
           "val2 r", "sd", "runs", "val2 r vs full"]  # fmt: skip
 
 
+NOTE = (f"paper: {SOURCE} (r, r2 private, score public; 'paper vs full' in points, as published). "
+        f"measured: mean val2 r of each run's greedy soup ({METRIC}), sd over runs.")
+
+
 @dataclass(frozen=True)
 class Measured:
     mean: float
@@ -90,6 +94,4 @@ def text_table(rows: list[list[str]]) -> str:
         padded = zip(cells, widths, strict=True)
         return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(padded)).rstrip()
 
-    note = (f"paper: {SOURCE} (r, r2 private, score public; 'paper vs full' in points, as published). "
-            f"measured: mean val2 r of each run's greedy soup ({METRIC}), sd over runs.")
-    return "\n".join([line(HEADER), *map(line, rows), note])
+    return "\n".join([line(HEADER), *map(line, rows), NOTE])

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.data.truth import HEMIS, HINT, synthetic_mark
-from jobs.eval.ablation import HEADER, table_rows, text_table
+from jobs.eval.ablation import HEADER, NOTE, table_rows
 from jobs.eval.formats import count_text, r_change_text, r_text, score_text
 from jobs.eval.logs import val_curve
 from jobs.eval.origin import data_text, read_prepared, truth_text
@@ -115,7 +115,7 @@ def _ablation_section(page: Page, jobs: list[dict[str, Any]]) -> None:
     if rows is None:
         return
     page.heading("Ablation table (the Mem README's rows and this grid's)")
-    page.text(text_table(rows).splitlines()[-1])
+    page.text(NOTE)
     page.table(HEADER, rows)
 
 

@@ -153,13 +153,14 @@ def test_grid_rows_are_the_references_rows(cli) -> None:  # type: ignore[no-unty
     result = cli("submit", GRIDS / "whole-brain.yaml", "--dry-run", "--json")
     assert result.code == 0, result
     jobs = json.loads(result.out)["jobs"]
-    assert len(jobs) == 35
+    assert len(jobs) == 36
     text = cli("submit", GRIDS / "whole-brain.yaml", "--dry-run")
-    assert "whole-brain: 35 jobs (dry run, nothing written)" in text.out
+    assert "whole-brain: 36 jobs (dry run, nothing written)" in text.out
     by_group: dict[str, list[dict[str, Any]]] = {}
     for job in jobs:
         by_group.setdefault(job["group"], []).append(job)
-    topyneck, (gather,) = by_group.pop("topyneck"), by_group.pop("gather")
+    topyneck, (gather,), (report,) = by_group.pop("topyneck"), by_group.pop("gather"), by_group.pop("report")
+    assert report["kind"] == "eval.report" and report["gpus"] == 0
     assert sorted(j["params"]["REGULARIZER.LAYER"] for j in topyneck) == [3e-5, 1e-4, 3e-4, 1e-3, 3e-3]
     assert all(j["kind"] == "mem.topyneck" and j["params"]["stage"] == "train" for j in topyneck)
     assert all(job_config(j["params"]).MODEL.TOPYNECK_PATH is None for j in topyneck)
@@ -194,7 +195,7 @@ def test_grid_rows_are_the_references_rows(cli) -> None:  # type: ignore[no-unty
 ])  # fmt: skip
 def test_a_bad_switch_fails_at_submit_in_one_line(cli, tmp_path: Path, edit: str, message: str) -> None:  # type: ignore[no-untyped-def]
     text = (GRIDS / "whole-brain.yaml").read_text()
-    line = text.splitlines().index("    params: {ABLATION.DROP_COLUMNS: [time]}") + 1
+    line = text.splitlines().index("    params: {<<: *row, ABLATION.DROP_COLUMNS: [time]}") + 1
     path = tmp_path / "bad.yaml"
     path.write_text(text.replace("ABLATION.DROP_COLUMNS: [time]", edit))
     random = ["--set", "MODEL.BACKBONE.WEIGHTS=random", "--set", "MODEL.BACKBONE_SMALL.WEIGHTS=random"]

@@ -21,7 +21,7 @@ import yaml
 from jobs.mem.build import build
 from jobs.mem.model import read_topyneck
 from memq.options import RootOptions
-from memq.paths import job_dir
+from memq.paths import job_dir, log_file
 from memq.root import open_store
 
 from .independent import mean_of, mean_r, split_r
@@ -45,18 +45,23 @@ README = {
 }
 
 
-def demo_grid(tmp: Path, data_dir: str) -> Path:
-    """grids/whole-brain.yaml cut to demo size: two regularisers, one run of three rows, CPU jobs,
-    its site paths under ``tmp``. Chain, kinds and settings are the file's."""
+def demo_grid(tmp: Path, data_dir: str, settings: dict[str, Any]) -> Path:
+    """grids/whole-brain.yaml cut to demo size: two regularisers, one run of two rows and the report,
+    CPU jobs, tiny models (``settings``), its site paths under ``tmp``. Chain, kinds and the rest of
+    the settings are the file's."""
     text = (REPO / "grids" / "whole-brain.yaml").read_text()
     text = text.replace("/data/alg23/whole-brain", str(tmp / "wb")).replace("/data/alg23/fship-b3", data_dir)
     grid = yaml.safe_load(text)
+    del grid["anchors"]
     grid["defaults"]["resources"] = {"gpus": 0}
-    groups = [g for g in grid["groups"] if g["name"] in ("topyneck", "gather", *ROWS)]
+    groups = [g for g in grid["groups"] if g["name"] in ("topyneck", "gather", *ROWS, "report")]
     for group in groups:
         group.pop("resources", None)
         group.pop("repeat", None)
+        if group.get("kind", "mem.train") != "eval.report":
+            group["params"] = {**group["params"], **settings}
     groups[0]["grid"]["REGULARIZER.LAYER"] = REGULARISERS
+    groups[-1]["after"] = list(ROWS)
     grid["groups"] = groups
     path = tmp / "whole-brain.yaml"
     path.write_text(yaml.safe_dump(grid, sort_keys=False))
@@ -75,9 +80,8 @@ def chain(tmp_path_factory: pytest.TempPathFactory, job_params: dict[str, Any]) 
     """The demo grid submitted and run to the end by one real worker."""
     tmp = tmp_path_factory.mktemp("whole-brain")
     root, log, scratch = tmp / "root", tmp / "log.txt", tmp / "scratch"
-    grid_file = demo_grid(tmp, job_params["DATASET.DIR"])
-    settings = [f"--set={key}={json.dumps(value)}" for key, value in {**job_params, **DEMO}.items()]
-    assert memq(root, "submit", grid_file, *settings, log=log, scratch=scratch).wait(timeout=120) == 0, log.read_text()
+    grid_file = demo_grid(tmp, job_params["DATASET.DIR"], {**job_params, **DEMO})
+    assert memq(root, "submit", grid_file, log=log, scratch=scratch).wait(timeout=120) == 0, log.read_text()
     worker = memq(root, "worker", "--gpus", "none", "--slots", "1", "--idle-exit", "5", "--poll", "0.2",
                   "--heartbeat", "1", "--retry-backoff", "0", "--name", "w", log=log, scratch=scratch)  # fmt: skip
     try:
@@ -111,7 +115,7 @@ def _result(chain: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:
 
 def test_the_chain_runs_to_the_end_through_a_worker(chain: dict[str, Any]) -> None:
     jobs = chain["jobs"]
-    assert len(jobs) == len(REGULARISERS) + 1 + len(ROWS)
+    assert len(jobs) == len(REGULARISERS) + 1 + len(ROWS) + 1
     assert {job["state"] for job in jobs.values()} == {"succeeded"}, chain["log"].read_text()[-4000:]
     (gather,) = _group(chain, "gather")
     # the gather ran after every topyneck run, each row after the gather
@@ -119,6 +123,8 @@ def test_the_chain_runs_to_the_end_through_a_worker(chain: dict[str, Any]) -> No
     started = {job["id"]: job["started_at"] for job in jobs.values()}
     assert all(finished[j["id"]] <= started[gather["id"]] for j in _group(chain, "topyneck"))
     assert all(finished[gather["id"]] <= started[j["id"]] for row in ROWS for j in _group(chain, row))
+    (report,) = _group(chain, "report")
+    assert all(finished[j["id"]] <= started[report["id"]] for row in ROWS for j in _group(chain, row))
     output = Path(gather["params"]["output"])
     parts = [torch.load(p, weights_only=True) for p in sorted((output.parent / "parts" / "subj01").glob("*.pt"))]
     assert sorted(part["regularizer"] for part in parts) == sorted(REGULARISERS)
@@ -196,4 +202,9 @@ def test_report_prints_the_papers_rows_next_to_the_measured_ones(chain: dict[str
     assert float(rows["w/o memI"][8]) == pytest.approx(62.65 - 66.80)  # the paper's difference, in points
     page = (out_dir / "index.html").read_text()
     assert "Ablation table" in page and "70.85" in page
+    # the grid's own report job printed the same table into its log and wrote its page
+    (job,) = _group(chain, "report")
+    logged = log_file(chain["root"], "whole-brain", job["id"], job["attempt"]).read_text()
+    assert _printed_rows(logged)["Full Mem"] == rows["Full Mem"]
+    assert (Path(job["params"]["out"]) / "index.html").is_file()
     assert np.isfinite(list(measured.values())).all()
