@@ -3,6 +3,8 @@
 Files in the output directory, always under these names:
 
     index.html    the page: inline CSS, no scripts, nothing fetched; it references the PNGs beside it
+    (the page)    for a grid with groups of the Mem README's ablation table (grids/whole-brain.yaml):
+                  the measured rows next to the paper's (jobs/eval/ablation.py); `memq report` prints it too
     curves.png    validation r per epoch of every job with CSV logs, one panel per group (jobs/eval/logs.py)
     schemes.png   from ENSEMBLE/scores.json: each scheme alone, and the ensemble as schemes are added
                   (val2 r minus the best single scheme's; jobs/eval/plots.py)
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.data.truth import HEMIS, HINT, synthetic_mark
+from jobs.eval.ablation import HEADER, NOTE, table_rows
 from jobs.eval.formats import count_text, r_change_text, r_text, score_text
 from jobs.eval.logs import val_curve
 from jobs.eval.origin import data_text, read_prepared, truth_text
@@ -105,6 +108,15 @@ def _curves_section(page: Page, inputs: ReportInputs) -> None:
         page.text(
             f"No CSV logs with validation r for {count_text(len(unlogged))} jobs: {'; '.join(unlogged)}.", note=True
         )
+
+
+def _ablation_section(page: Page, jobs: list[dict[str, Any]]) -> None:
+    rows = table_rows(jobs)
+    if rows is None:
+        return
+    page.heading("Ablation table (the Mem README's rows and this grid's)")
+    page.text(NOTE)
+    page.table(HEADER, rows)
 
 
 def _read_json(path: Path) -> Any:
@@ -271,6 +283,7 @@ def build_report(inputs: ReportInputs) -> Path:
     for line in origin:
         page.origin(line)
     _curves_section(page, inputs)
+    _ablation_section(page, inputs.jobs)
     page.heading("Ensemble (validation, val2)")
     if inputs.ensemble is None:
         page.text("No --ensemble given.", note=True)

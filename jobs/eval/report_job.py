@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from jobs.eval.ablation import table_rows, text_table
 from jobs.eval.report import ReportInputs, build_report
 from jobs.kinds import MEM_IMPORT, MEM_TRAIN
 from memq.job import JobContext, PermanentError
@@ -40,4 +41,8 @@ def run(ctx: JobContext) -> None:
 
     inputs = ReportInputs(grid, ctx.root, trained, Path(p["out"]), ensemble=path("ensemble"), truth=path("truth"),
                           data=path("data"))
-    print(f"wrote {build_report(inputs)}", flush=True)
+    path = build_report(inputs)
+    ablation = table_rows(trained)
+    if ablation is not None:
+        print(text_table(ablation), flush=True)
+    print(f"wrote {path}", flush=True)

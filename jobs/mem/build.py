@@ -62,7 +62,8 @@ class Built:
         """The frozen backbones' weights: setting -> "NAME sha256 HEX" (verified on load) or "random"."""
         backbones = {"MODEL.BACKBONE.WEIGHTS": self.model.current, "MODEL.BACKBONE_SMALL.WEIGHTS": self.model.previous}
         return {
-            key: "random" if (entry := branch.backbone.weights) is None else f"{entry.name} sha256 {entry.sha256}"
+            key: "not used (ABLATION.MEMORY_IMAGES false)" if branch is None
+            else "random" if (entry := branch.backbone.weights) is None else f"{entry.name} sha256 {entry.sha256}"
             for key, branch in backbones.items()
         }
 
@@ -93,6 +94,8 @@ def build(params: Mapping[str, Any], repeat: int, gpus: list[int], root: Path, *
             val_subset=config.switch("VAL_SUBSET"),
             prev_bhvs=config.switch("PREV_BHVS"),
             dark=config.dark_teacher,
+            columns=config.ABLATION.columns,
+            memory=config.ABLATION.MEMORY_IMAGES,
         )
         model = MemModel(config, data.subject_info(), weights_root=root)
     except LayoutError as error:  # retrying cannot help; `memq retry` once the data is fixed

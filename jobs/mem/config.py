@@ -8,8 +8,9 @@ misspelt section at submit time.
 ``COMPAT`` selects memq's or the reference code's behaviour for every deliberate difference
 (jobs/compat.py, jobs/mem/COMPAT.md); ``SWITCHES.<NAME>`` overrides one of them.
 
-This module imports only the standard library, pydantic and jobs.compat: ``validate_params`` runs
-in ``memq submit`` and must stay fast.
+This module imports only the standard library, pydantic, jobs.compat, jobs.data.dark (names) and
+jobs.mem.ablation: ``validate_params`` runs in ``memq submit`` and must stay fast. Over 400 lines
+on purpose: every setting is declared here, next to its default and the reason for it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from jobs import compat
 from jobs.data.dark import DARK_NAME_PATTERN
+from jobs.mem.ablation import AblationConfig, column_problem
 
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -268,6 +270,20 @@ class MemConfig(_Section):
     OPTIMIZER: OptimizerConfig = OptimizerConfig()
     TRAINER: TrainerConfig = TrainerConfig()
     DATALOADER: DataLoaderConfig = DataLoaderConfig()
+    ABLATION: AblationConfig = AblationConfig()  # inputs and modules taken out (jobs/mem/ablation.py)
+
+    @model_validator(mode="after")
+    def _columns_known(self) -> Self:
+        problem = column_problem(self.ABLATION.DROP_COLUMNS, self.MODEL.COND.IN_DIM)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+    @property
+    def behaviour_dim(self) -> int:
+        """How many behaviour columns the model reads: COND.IN_DIM less the dropped ones."""
+        columns = self.ABLATION.columns
+        return self.MODEL.COND.IN_DIM if columns is None else len(columns)
 
     @model_validator(mode="after")
     def _dark_named(self) -> Self:

@@ -94,6 +94,8 @@ class MemDataset(Dataset[dict[str, Any]]):
     ``prev_bhvs`` "local" takes the reference's rows instead (switch PREV_BHVS, mem-spec 1.5).
     With ``teacher`` (its predictions of this split), ``dark`` [n_roi_voxels] is the teacher's
     prediction of the trial (LOSS.DARK).
+    ``columns``: the behaviour columns kept, in order (None: all); without ``memory`` a sample has
+    no ``prev_img``, ``prev_feats`` or ``prev_bhvs`` and no memory feature is read (ABLATION.*).
     """
 
     def __init__(
@@ -108,6 +110,8 @@ class MemDataset(Dataset[dict[str, Any]]):
         limit: int | None = None,
         prev_bhvs: str = "global",
         teacher: SubjectPrediction | None = None,
+        columns: Sequence[int] | None = None,
+        memory: bool = True,
     ) -> None:
         if not 1 <= n_prev_frames <= N_PREV:
             raise ValueError(f"n_prev_frames must be in 1..{N_PREV}, got {n_prev_frames}")
@@ -116,7 +120,8 @@ class MemDataset(Dataset[dict[str, Any]]):
             self.subject = subject.subject
             trials = subject.split(split)
             self.indices = trials[:limit]
-            self.behavior = subject.behavior()
+            behavior = subject.behavior()
+            self.behavior = behavior if columns is None else behavior[:, list(columns)]
             memory_index = subject.memory_index()
             self.roi = roi_positions(subject, rois)
             self.has_targets = split != "predict"
@@ -129,9 +134,12 @@ class MemDataset(Dataset[dict[str, Any]]):
             rows = images.rows(memory_index[self.indices])
             self.stored_size = images.image_size
             feat_rows = rows[:, N_SLOTS - 1 - n_prev_frames : PREVIOUS][:, ::-1]
+            if not memory:  # the memory frames are not read: no features, every slot blank
+                feat_rows = np.full_like(feat_rows, BLANK)
             needed = np.unique(feat_rows[feat_rows != BLANK])
             self.features = torch.from_numpy(images.feature_rows(needed))
         self.image_size = image_size or self.stored_size
+        self.memory = memory
         self.img_rows, self.prev_img_rows = rows[:, CURRENT], rows[:, PREVIOUS]
         # memory features: positions in self.features, or BLANK
         self.feat_pos = np.where(feat_rows != BLANK, np.searchsorted(needed, feat_rows), BLANK)
@@ -176,13 +184,14 @@ class MemDataset(Dataset[dict[str, Any]]):
         g = int(self.indices[i])
         sample = {
             "img": self._image(handles.images, int(self.img_rows[i])),
-            "prev_img": self._image(handles.images, int(self.prev_img_rows[i])),
-            "prev_feats": self._memory_features(self.feat_pos[i]),
             "bhv": torch.from_numpy(self.behavior[g].copy()),
-            "prev_bhvs": torch.from_numpy(self.behavior[self.prev_bhv_rows[i]]),
             "subject": self.subject,
             "index": g,
         }
+        if self.memory:
+            sample["prev_img"] = self._image(handles.images, int(self.prev_img_rows[i]))
+            sample["prev_feats"] = self._memory_features(self.feat_pos[i])
+            sample["prev_bhvs"] = torch.from_numpy(self.behavior[self.prev_bhv_rows[i]])
         if self.has_targets:
             row = handles.subject.betas[g]
             sample["y"] = torch.from_numpy((row if self.roi is None else row[self.roi]).astype(np.float32))
@@ -231,9 +240,10 @@ class MemDataModule(L.LightningDataModule):
     ``val_fraction`` < 1 validates on a fixed random subset of each subject's val1 trials: the
     same trials every epoch and every attempt, so per-voxel r stays comparable across epochs (the
     reference validated on a fresh random 25%, mem-spec 5.10: ``val_subset`` "redrawn" does that,
-    a new random subset of all subjects' val1 trials every epoch). ``prev_bhvs``: see MemDataset.
-    ``dark`` names the teacher predictions (DIR/dark/<dark>/train/, jobs/mem/dark.py) that the
-    train split's samples carry; they are read and verified when the train split is first built.
+    a new random subset of all subjects' val1 trials every epoch). ``prev_bhvs``, ``columns``,
+    ``memory``: see MemDataset. ``dark`` names the teacher predictions (DIR/dark/<dark>/train/,
+    jobs/mem/dark.py) that the train split's samples carry; they are read and verified when the
+    train split is first built.
     """
 
     def __init__(
@@ -251,6 +261,8 @@ class MemDataModule(L.LightningDataModule):
         val_subset: str = "fixed",
         prev_bhvs: str = "global",
         dark: str | None = None,
+        columns: Sequence[int] | None = None,
+        memory: bool = True,
     ) -> None:
         super().__init__()
         self.dark = dark
@@ -260,6 +272,7 @@ class MemDataModule(L.LightningDataModule):
         self.batch_size, self.num_workers = batch_size, num_workers
         self.dataset_kwargs = {
             "n_prev_frames": n_prev_frames, "image_size": image_size, "limit": limit, "prev_bhvs": prev_bhvs,
+            "columns": columns, "memory": memory,
         }  # fmt: skip
         available = list_subjects(self.data_dir)
         unknown = sorted(set(subjects or ()) - set(available))

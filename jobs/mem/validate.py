@@ -42,7 +42,10 @@ def teacher_problems(config: MemConfig) -> list[str]:
 
 
 def validate_train(params: Mapping[str, Any], root: Path | None = None) -> None:
-    """``mem.train``: valid settings, backbone weights named (installed on ``root`` when known)."""
+    """``mem.train``: valid settings, and backbone weights named (installed on ``root`` when known);
+    ``soup_score``, if given, true or false."""
+    if not isinstance(params.get("soup_score", False), bool):
+        raise ConfigError(f"soup_score: true or false (got {params['soup_score']!r})")
     _check_weights(validate_params(params), root)
 
 
