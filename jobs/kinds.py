@@ -9,6 +9,7 @@ MEM_TRAIN = KindSpec(
     name="mem.train",
     target="jobs.mem.train.train:run",
     validate="jobs.mem.validate:validate_train",
+    validate_grid="jobs.mem.validate:validate_train_grid",
     description="train one Memory Encoding Model (whole brain or one ROI) and keep its top-k checkpoints",
 )
 MEM_TOPYNECK = KindSpec(
@@ -54,10 +55,25 @@ DATA_PREPARE_NSD = KindSpec(
     "out, subject; space, beta, fsaverage_dir, force)",
     gpus=0,
 )
+DATA_ATLAS_W = KindSpec(
+    name="data.atlas_w",
+    target="jobs.data.atlas_w:run",
+    validate="jobs.data.params:validate_atlas_w",
+    description="add the model-defined atlas W (ROIs w_1..w_9) to every subject from a whole-brain soup (params "
+    "data_dir; source_job + recipe: a mem.train job's registered soup, or soup: a file; k, seed, device, force)",
+)
 DATA_CACHE_FEATURES = KindSpec(
     name="data.cache_features",
     target="jobs.data.features:run",
     validate="jobs.data.params:validate_cache_features",
     description="cache DINOv2 ViT-L/14 CLS features of the memory images in images.h5 (params data_dir; weights: "
     "installed name, default dinov2_vitl14; alg_dir writes images.h5 from the Algonauts PNGs first if missing)",
+)
+EVAL_REPORT = KindSpec(
+    name="eval.report",
+    target="jobs.eval.report_job:run",
+    validate="jobs.eval.report_job:validate_report",
+    description="the HTML report of a grid's trained models (`memq report` as a job; params out; ensemble, truth, "
+    "data, grid: default this job's)",
+    gpus=0,
 )

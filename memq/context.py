@@ -40,9 +40,10 @@ class JobContext(JobEnv):
             self._store = open_store(RootOptions(root=str(self.root), db=self.db), create=False)
         return self._store
 
-    def jobs(self, *, ids: Iterable[int] = (), grid: str | None = None) -> list[dict[str, Any]]:
-        """Rows of jobs (``memq jobs --json`` shape): of ``ids``, of ``grid``, or all."""
-        return self._queue().jobs(ids=ids, grid=grid)
+    def jobs(self, *, ids: Iterable[int] = (), grid: str | None = None, keys: Iterable[str] = ()
+             ) -> list[dict[str, Any]]:
+        """Rows of jobs (``memq jobs --json`` shape): of ``ids``, of ``grid``, of ``keys``, or all."""
+        return self._queue().jobs(ids=ids, grid=grid, keys=keys)
 
     def checkpoints(self, job_ids: Iterable[int] = (), kind: str | None = "checkpoint") -> list[dict[str, Any]]:
         """Registered files of ``job_ids`` (default: this job), best metric first within a job."""

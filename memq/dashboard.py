@@ -29,9 +29,14 @@ def _blocked_reason(group: dict[str, Any], by_name: dict[str, dict[str, Any]]) -
             failed.append(f"{dep} has {bad} failed/cancelled")
         elif counts["queued"] + counts["running"]:
             waiting.append(dep)
+    for job in group["after_jobs"]:  # an `each:` group: the one job it follows
+        if job["state"] in ("failed", "cancelled"):
+            failed.append(f"job {job['id']} {job['state']}")
+        elif job["state"] != "succeeded":
+            waiting.append(f"job {job['id']}")
     if failed:
         return "blocked: " + "; ".join(failed) + " (memq retry --failed)"
-    return "waits for " + ", ".join(waiting or group["after"])
+    return "waits for " + ", ".join(waiting or group["after"] or [f"job {j['id']}" for j in group["after_jobs"]])
 
 
 def presumed_dead(worker: dict[str, Any], holds_jobs: bool, now: float) -> str | None:

@@ -65,8 +65,9 @@ def demo(
     from rich.table import Table
 
     from memq.dashboard import render, snapshot
-    from memq.grid import load_grid, parse_overrides
+    from memq.grid import load_grid
     from memq.options import RootOptions
+    from memq.overrides import parse_overrides
     from memq.root import open_store
 
     console = Console()

@@ -15,6 +15,8 @@
         repeat: 3                              # three jobs with the same params
         params: {subj: 1, roi: all}
         after: [rois]                          # starts when every job of `rois` succeeded
+      - name: plots
+        each: rois                             # one job per job of `rois`, after it alone (memq/each.py)
     ensemble:                    # optional: what `memq soup` / `memq ensemble` derive from it
       soup: {kind: mem.soup, params: {recipe: greedy}}
       predict: {kind: mem.predict, splits: [predict, val2]}
@@ -27,15 +29,16 @@ from __future__ import annotations
 
 import difflib
 import itertools
-import re
 from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 from memq import kinds
+from memq.each import SOURCE_PARAM, Expanded, subgroup
 from memq.errors import UserError
-from memq.spec import GridSpec, GroupSpec, JobSpec, canonical_json, scheme_name
+from memq.overrides import overrides_of
+from memq.spec import GridSpec, JobSpec, canonical_json, scheme_name
 from memq.template import RUNTIME_FIELDS, SUBMIT_FIELDS, has_stray_brace, placeholders
 from memq.yamlsource import YamlSource
 
@@ -73,6 +76,11 @@ class Group(JobFields):
     grid: dict[str, Annotated[list[JsonValue], Field(min_length=1)]] | None = None
     repeat: Annotated[int, Field(ge=1, le=100_000)] = 1
     after: list[str] = Field(default_factory=list)
+    each: Annotated[list[str], Field(min_length=1)] | str | None = None  # memq/each.py
+
+    @property
+    def each_of(self) -> list[str]:
+        return [self.each] if isinstance(self.each, str) else list(self.each or [])
 
 
 class Stage(_Strict):
@@ -102,6 +110,7 @@ class GridFile(_Strict):
     defaults: JobFields | None = None
     groups: Annotated[list[Group], Field(min_length=1)]
     ensemble: EnsembleSection | None = None
+    anchors: dict[str, JsonValue] | None = None  # YAML anchors that groups merge (`<<: *name`); not read
 
 
 _FIELD_NAMES = {
@@ -171,7 +180,16 @@ def _check_dependencies(grid: GridFile, source: YamlSource) -> None:
             if dep == group.name:
                 raise UserError(f"group {group.name!r} is after itself",
                                 where=source.where(source.line_of(("groups", i, "after", j))))
-    after = {g.name: g.after for g in grid.groups}
+    for i, group in enumerate(grid.groups):
+        for j, followed in enumerate(group.each_of):
+            loc = ("groups", i, "each", j) if isinstance(group.each, list) else ("groups", i, "each")
+            if names.get(followed, i) >= i:
+                close = difflib.get_close_matches(followed, list(names)[:i], n=1)
+                raise UserError(f"group {group.name!r}: each: {followed!r} is not a group above it",
+                                where=source.where(source.line_of(loc)),
+                                hint=f"did you mean {close[0]!r}?" if close else
+                                "each: names groups defined earlier in the file")
+    after = {g.name: [*g.after, *g.each_of] for g in grid.groups}
     state: dict[str, int] = {}  # 1 = on the current path, 2 = done
 
     def visit(name: str, path: list[str]) -> None:
@@ -253,7 +271,7 @@ def _check_group(i: int, group: Group, merged: dict[str, Any], source: YamlSourc
                         hint='an argv list, e.g. command: ["python", "train.py", "--lr", "{lr}"]')
     if spec is not None and merged["command"] is not None:
         raise UserError(f"`command` is only for kind `command`, not {kind!r}", where=where("command"))
-    names = set(merged["params"]) | set(group.grid or {})
+    names = set(merged["params"]) | set(group.grid or {}) | ({SOURCE_PARAM} if group.each is not None else set())
     overlap = set(merged["params"]) & set(group.grid or {})
     if overlap:
         raise UserError(f"parameter {sorted(overlap)[0]!r} is both fixed in params and varied in grid",
@@ -318,6 +336,36 @@ def _validate_params(
         raise UserError(str(exc), where=source.where(line)) from None
 
 
+def upstream_groups(grid: GridFile) -> dict[str, set[str]]:
+    """Group -> every group it waits for, directly or not (`after:` and `each:`)."""
+    direct = {g.name: {*g.after, *g.each_of} for g in grid.groups}
+    found: dict[str, set[str]] = {}
+
+    def visit(name: str) -> set[str]:
+        if name not in found:
+            found[name] = set()  # (cycles were refused before)
+            found[name] = {up for dep in direct[name] for up in (dep, *visit(dep))}
+        return found[name]
+
+    return {name: visit(name) for name in direct}
+
+
+def validate_grid(grid: GridFile, source: YamlSource, done: Expanded, root: Path | None) -> None:
+    """Each kind's whole-grid check (KindSpec.validate_grid) over every job of the grid, as
+    {"group", "kind", "key", "params"}; a problem is reported at its group's line."""
+    jobs = [{"group": g.name, "kind": job.kind, "key": job.key, "params": job.params}
+            for g in grid.groups for job in done.jobs[g.name]]
+    upstream = upstream_groups(grid)
+    for kind in sorted({job["kind"] for job in jobs}):
+        spec = kinds.lookup(kind)
+        check = kinds.grid_validator(spec) if spec is not None else None
+        problem = check(jobs, upstream, root) if check is not None else None
+        if problem is not None:
+            group, what = problem
+            index = next(i for i, g in enumerate(grid.groups) if g.name == group)
+            raise UserError(what, where=source.where(source.line_of(("groups", index))))
+
+
 def expand(grid: GridFile, source: YamlSource, overrides: dict[str, Any] | None = None,
            root: Path | None = None) -> GridSpec:
     """Check a parsed grid file and expand it into job specs (nothing is written). Kinds' validators
@@ -325,11 +373,13 @@ def expand(grid: GridFile, source: YamlSource, overrides: dict[str, Any] | None 
     _check_dependencies(grid, source)
     if grid.ensemble is not None:
         _check_ensemble(grid, grid.ensemble, source)
-    jobs: list[JobSpec] = []
+    done = Expanded()
+    count = 0
     warnings: list[str] = []
+    fixed = [_merged(grid.defaults, group)["params"] for group in grid.groups]
     for i, group in enumerate(grid.groups):
         merged = _merged(grid.defaults, group)
-        merged["params"].update(overrides or {})
+        merged["params"].update(overrides_of(fixed[i], fixed, overrides or {}))
         _check_group(i, group, merged, source)
         spec = kinds.lookup(merged["kind"])
         gpus = merged["resources"].get("gpus")
@@ -341,38 +391,36 @@ def expand(grid: GridFile, source: YamlSource, overrides: dict[str, Any] | None 
             raise UserError(f"a job's params take {size:,} bytes as JSON, more than {MAX_PARAMS_BYTES:,}",
                             where=source.where(source.line_of(("groups", i))),
                             hint="a job receives its params in its environment: pass big inputs as a file")
-        combos = itertools.product(*[values for _, values in axes])
-        for combo in combos:
+        if group.each is not None:
+            if SOURCE_PARAM in merged["params"] or SOURCE_PARAM in (group.grid or {}):
+                raise UserError(f"group {group.name!r} has `each:`, which sets {SOURCE_PARAM!r} itself",
+                                where=source.where(source.line_of(("groups", i, "each"))))
+            done.sources[group.name] = done.followed(group.each_of)
+        followed = done.sources.get(group.name, [None])
+        done.jobs[group.name] = []
+        for leader, combo in itertools.product(followed, itertools.product(*[values for _, values in axes])):
             params = {**merged["params"], **{name: value for (name, _), value in zip(axes, combo, strict=True)}}
+            if leader is not None:
+                params[SOURCE_PARAM] = done.root_key(leader)
             _validate_params(spec, i, params, source, root)
             for r in range(group.repeat):
-                job = JobSpec(grid=grid.name, group=group.name, kind=merged["kind"], params=params, repeat=r,
+                job = JobSpec(grid=grid.name, group=group.name if leader is None else subgroup(group.name, leader),
+                              kind=merged["kind"], params=params, repeat=r,
                               command=merged["command"], gpus=gpus, cpus=merged["resources"].get("cpus", 1),
                               mem_gb=float(merged["resources"].get("mem_gb", 0.0)),
                               priority=merged["priority"], max_attempts=merged["max_attempts"])
-                jobs.append(job)
-                if len(jobs) > MAX_JOBS:
+                done.jobs[group.name].append(job)
+                if leader is not None:
+                    done.roots[job.key] = str(params[SOURCE_PARAM])
+                count += 1
+                if count > MAX_JOBS:
                     raise UserError(f"the grid expands to more than {MAX_JOBS:,} jobs",
                                     where=source.where(source.line_of(("groups", i, "grid"))))
-    groups = tuple(GroupSpec(g.name, tuple(g.after)) for g in grid.groups)
-    return GridSpec(name=grid.name, groups=groups, jobs=tuple(jobs), source=str(source.path.absolute()),
+    validate_grid(grid, source, done, root)
+    groups = tuple(spec for g in grid.groups for spec in done.group_specs(g.name, g.after))
+    jobs = tuple(job for g in grid.groups for job in done.jobs[g.name])
+    return GridSpec(name=grid.name, groups=groups, jobs=jobs, source=str(source.path.absolute()),
                     warnings=tuple(warnings))
-
-
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``KEY=VALUE`` pairs from --set; VALUE is read as YAML (numbers, lists, strings)."""
-    import yaml
-
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.\-]*", key):
-            raise UserError(f"--set {item!r} is not KEY=VALUE", where="--set")
-        try:
-            out[key] = yaml.safe_load(value) if value else ""
-        except yaml.YAMLError:
-            out[key] = value
-    return out
 
 
 def load_grid(path: Path, overrides: dict[str, Any] | None = None, root: Path | None = None) -> GridSpec:

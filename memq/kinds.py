@@ -27,6 +27,9 @@ class KindSpec:
     name: str
     target: str
     validate: str | None = None  # "module:function(params, root) -> None", raises ValueError; root: Path | None
+    # "module:function(jobs, upstream, root) -> (group, problem) | None": a check of the kind's jobs that
+    # needs the whole grid (e.g. an input that an earlier group makes); see memq.grid.validate_grid
+    validate_grid: str | None = None
     description: str = ""
     gpus: int = 1  # the default GPU count of its jobs
 
@@ -76,6 +79,18 @@ def validator(spec: KindSpec) -> Callable[[dict[str, Any], Path | None], None] |
         return load_object(spec.validate)
     except ModuleNotFoundError as exc:
         if _absent(spec.validate, exc):
+            return None
+        raise
+
+
+def grid_validator(spec: KindSpec) -> Callable[..., tuple[str, str] | None] | None:
+    """The kind's whole-grid check, or None."""
+    if spec.validate_grid is None:
+        return None
+    try:
+        return load_object(spec.validate_grid)
+    except ModuleNotFoundError as exc:
+        if _absent(spec.validate_grid, exc):
             return None
         raise
 

@@ -46,7 +46,8 @@ class JobSpec:
 @dataclass(frozen=True)
 class GroupSpec:
     name: str
-    after: tuple[str, ...] = ()
+    after: tuple[str, ...] = ()  # groups whose every job must have succeeded
+    after_jobs: tuple[str, ...] = ()  # keys of single jobs that must have succeeded (a grid's `each:`)
 
 
 @dataclass(frozen=True)

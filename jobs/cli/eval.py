@@ -63,10 +63,16 @@ def report(
     ] = None,
     root: Annotated[str | None, typer.Option("--root", help="The memq root (default: memq --root, MEMQ_ROOT).")] = None,
 ) -> None:
-    """HTML report of a grid: validation curves, ensemble gain, and with --truth the test score on the cortex."""
+    """HTML report of a grid: validation curves, ensemble gain, with --truth the test score on the cortex; for
+    a grid with the Mem README's ablation rows (grids/whole-brain.yaml) the ablation table, printed too."""
+    from jobs.eval.ablation import table_rows, text_table
     from jobs.eval.report import ReportInputs, build_report
     from memq.job import grid_jobs
 
     memq_root, jobs = grid_jobs(ctx, grid, root)
     inputs = ReportInputs(jobs[0]["grid"], memq_root, jobs, out, ensemble=ensemble, truth=truth, data=data)
-    typer.echo(f"wrote {build_report(inputs)}")
+    path = build_report(inputs)
+    ablation = table_rows(jobs)
+    if ablation is not None:
+        typer.echo(text_table(ablation))
+    typer.echo(f"wrote {path}")

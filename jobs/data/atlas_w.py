@@ -20,12 +20,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from jobs.compat import data_switch_values
 from jobs.data.amend import rewrite
 from jobs.data.inputs import reason
 from jobs.data.layout import list_subjects, open_subject, subject_path
-from jobs.data.progress import Reporter
+from jobs.data.params import ATLAS_W_SWITCHES
+from jobs.data.progress import JobReporter, Reporter
 from jobs.weights.state_dict import read_state_dict
-from memq.job import UserError
+from memq.job import SOUP_ARTIFACT, ChecksumError, JobContext, PermanentError, UserError, soup_path, verify
 
 N_CENTROIDS = 1000
 N_ROIS = 9
@@ -213,3 +215,29 @@ def atlas_w(
             sizes = " ".join(str(r.size) for r in rois.values())
             reporter.note(f"{subject}: atlas W written (voxels per ROI: {sizes})")
     return todo
+
+
+def run(ctx: JobContext) -> None:
+    """Job kind ``data.atlas_w``: atlas W from the soup of a whole-brain job (``source_job``, by id
+    or key, and ``recipe``), its registered sha256 checked first; or from a ``soup`` file."""
+    p = ctx.params
+    soup = Path(p["soup"]) if p.get("soup") else _registered_soup(ctx, p["source_job"], p.get("recipe", "uniform"))
+    atlas_w(Path(p["data_dir"]), soup, k=int(p.get("k", N_CENTROIDS)), seed=int(p.get("seed", KMEANS_SEED)),
+            device=p.get("device"), force=bool(p.get("force", False)), reporter=JobReporter(ctx),
+            search=data_switch_values(p, ATLAS_W_SWITCHES)["W_SEARCH"])
+
+
+def _registered_soup(ctx: JobContext, source: int | str, recipe: str) -> Path:
+    rows = ctx.jobs(ids=[source]) if isinstance(source, int) else ctx.jobs(keys=[source])
+    if not rows or rows[0]["state"] != "succeeded":
+        raise PermanentError(f"source job {source} is {rows[0]['state'] if rows else 'missing'}, not succeeded")
+    job = rows[0]
+    path = soup_path(ctx.root, job["grid"], job["id"], recipe)
+    found = [row for row in ctx.checkpoints([job["id"]], kind=SOUP_ARTIFACT) if row["path"] == str(path)]
+    if not found:
+        raise PermanentError(f"job {job['id']} has no {recipe} soup (a mem.soup job makes it first)")
+    try:
+        verify(path, found[0]["size"], found[0]["sha256"])
+    except ChecksumError as exc:
+        raise PermanentError(str(exc)) from None
+    return path

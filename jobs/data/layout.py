@@ -116,6 +116,21 @@ Datasets:
                (real data: DINOv2 ViT-L/14 final-LayerNorm CLS token, F = 1024).
 
 Every non-blank id in any subject's ``memory_index`` must be present in ``ids``.
+
+dark/ (teacher predictions, optional)
+-------------------------------------
+
+    DIR/dark/<name>/<split>/   one model's predictions of one split (jobs/data/dark.py), for
+                               distillation (Mem LOSS.DARK with DATASET.DARK = <name>; the
+                               reference kept them as subjXX/dark/<space>/<g>.<name>.npy)
+        subjXX.npy       float16 [n_trials, n_model_voxels], C order: row i = trial trials[i],
+                         column j = voxel position voxels[j]
+        index.npz        subjXX.trials, subjXX.voxels (int64)
+        manifest.json    written last: source (grid, job, recipe, soup sha256), split, and the size
+                         and sha256 of every file; readers verify them before trusting a byte
+
+The format is the one of a ``mem.predict`` output directory, which ``mem.predict`` with param
+``dark: <name>`` copies here. A directory without ``manifest.json`` is incomplete.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ DEFAULT_BETA = "b3"
 # the compatibility switches (jobs/compat.py) each data job has, besides the preset ``compat``
 PREPARE_NSD_SWITCHES = ("NC_SEARCH",)
 CACHE_FEATURES_SWITCHES = ("IMAGE_JPEG",)  # for the images.h5 it writes first when alg_dir is given
+ATLAS_W_SWITCHES = ("W_SEARCH",)
 PREPARE_NSD = {"nsd_dir", "alg_dir", "out", "subject"}, {
     "space", "beta", "fsaverage_dir", "force", *data_param_keys(PREPARE_NSD_SWITCHES),
 }  # fmt: skip
@@ -70,3 +71,20 @@ def validate_cache_features(params: Mapping[str, Any], root: Path | None = None)
     _check_keys(params, CACHE_FEATURES)
     data_switch_values(params, CACHE_FEATURES_SWITCHES)
     check_setting(root, "weights", params.get("weights", FEATURE_WEIGHTS), params.get("model", FEATURE_MODEL))
+
+
+ATLAS_W = {"data_dir"}, {"soup", "source_job", "recipe", "k", "seed", "device", "force",
+                         *data_param_keys(ATLAS_W_SWITCHES)}
+
+
+def validate_atlas_w(params: Mapping[str, Any], root: Path | None = None) -> None:
+    """Known params, and exactly one of ``soup`` (a file) and ``source_job`` (the whole-brain job)."""
+    _check_keys(params, ATLAS_W)
+    if ("soup" in params) == ("source_job" in params):
+        raise ValueError("give one of soup (a state-dict file) and source_job (a whole-brain mem.train job)")
+    if params.get("recipe", "uniform") not in ("uniform", "greedy"):
+        raise ValueError(f"recipe: {params['recipe']!r} is not one of uniform, greedy")
+    for key in ("k", "seed"):
+        if key in params and (not isinstance(params[key], int) or params[key] < 1):
+            raise ValueError(f"{key}: {params[key]!r} is not a positive integer")
+    data_switch_values(params, ATLAS_W_SWITCHES)

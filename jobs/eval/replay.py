@@ -1,12 +1,12 @@
 """The memory-replay curve of `memq report`: how well each previous frame alone predicts the brain.
 
 A job is a replay job when its params set ``EXPERIMENTAL.T_IMAGE`` and turn
-``EXPERIMENTAL.USE_PREV_FRAME`` off: its model saw the frame T_IMAGE trial slots back and nothing
+``ABLATION.MEMORY_IMAGES`` off: its model saw the frame T_IMAGE trial slots back and nothing
 else (grids/replay.yaml). A grid with replay jobs gets the curve: x = T (0, -1, ...), y = each
 job's best validation r (the ``val_pearson`` it recorded: the mean over voxels of val1 r at its
 best epoch), one line per subject (``DATASET.SUBJECTS`` of the job) and their mean over the
 subjects that have a value at that T. Jobs of the grid that set ``EXPERIMENTAL.T_IMAGE`` to 0 with
-``USE_PREV_FRAME`` on saw every frame T=-32..0 at once: their r per subject, and the mean, are the
+``ABLATION.MEMORY_IMAGES`` on saw every frame T=-32..0 at once: their r per subject, and the mean, are the
 curve's upper reference level (the reference's "prev_current" runs; a dashed line); those that also
 set ``EXPERIMENTAL.SHUFFLE_IMAGES`` saw other trials' frames, the chance level ("rand"; dotted).
 The reference's plot (scripts_paper xdac) took the val2 r of each run's soup instead; its curve
@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 
 from jobs.eval.formats import r_text
 
-T_KEY, PREV_KEY, SUBJECTS_KEY = "EXPERIMENTAL.T_IMAGE", "EXPERIMENTAL.USE_PREV_FRAME", "DATASET.SUBJECTS"
+T_KEY, PREV_KEY, SUBJECTS_KEY = "EXPERIMENTAL.T_IMAGE", "ABLATION.MEMORY_IMAGES", "DATASET.SUBJECTS"
 SHUFFLE_KEY = "EXPERIMENTAL.SHUFFLE_IMAGES"
 ALL_SUBJECTS = "all subjects"  # the line of jobs without DATASET.SUBJECTS
 

@@ -3,6 +3,8 @@
 Files in the output directory, always under these names:
 
     index.html    the page: inline CSS, no scripts, nothing fetched; it references the PNGs beside it
+    (the page)    for a grid with groups of the Mem README's ablation table (grids/whole-brain.yaml):
+                  the measured rows next to the paper's (jobs/eval/ablation.py); `memq report` prints it too
     curves.png    validation r per epoch of every job with CSV logs, one panel per group (jobs/eval/logs.py)
     schemes.png   from ENSEMBLE/scores.json: each scheme alone, and the ensemble as schemes are added
                   (val2 r minus the best single scheme's; jobs/eval/plots.py)
@@ -10,7 +12,7 @@ Files in the output directory, always under these names:
                   (minus the score over all vertices; the tables give the scores themselves)
     surface.png   with --truth: the voxel-wise test score on fsaverage5, averaged over subjects
                   (jobs/eval/surface.py; vertex ids from the prepared data, --data or the jobs' DATASET.DIR)
-    replay.png    for a memory-replay grid (jobs that set EXPERIMENTAL.T_IMAGE with USE_PREV_FRAME
+    replay.png    for a memory-replay grid (jobs that set EXPERIMENTAL.T_IMAGE with ABLATION.MEMORY_IMAGES
     replay.json   off, grids/replay.yaml): best val r over the frame T per subject and their mean,
                   and the plotted values (jobs/eval/replay.py)
 
@@ -31,6 +33,7 @@ from typing import Any
 
 from jobs.data.layout import DEFAULT_SPACE
 from jobs.data.truth import HEMIS, HINT, synthetic_mark
+from jobs.eval.ablation import HEADER, NOTE, table_rows
 from jobs.eval.formats import count_text, r_change_text, r_text, score_text
 from jobs.eval.logs import val_curve
 from jobs.eval.origin import data_text, read_prepared, truth_text
@@ -130,6 +133,15 @@ def _replay_section(page: Page, inputs: ReportInputs) -> None:
     ]
     page.table(["subject", *(f"T={t}" for t in curve.frames), "every frame", "shuffled"], rows)
     page.text(f"Each model saw only the frame T trial slots back; values in {REPLAY_DATA}.")
+
+
+def _ablation_section(page: Page, jobs: list[dict[str, Any]]) -> None:
+    rows = table_rows(jobs)
+    if rows is None:
+        return
+    page.heading("Ablation table (the Mem README's rows and this grid's)")
+    page.text(NOTE)
+    page.table(HEADER, rows)
 
 
 def _read_json(path: Path) -> Any:
@@ -298,6 +310,7 @@ def build_report(inputs: ReportInputs) -> Path:
         page.origin(line)
     _curves_section(page, inputs)
     _replay_section(page, inputs)
+    _ablation_section(page, inputs.jobs)
     page.heading("Ensemble (validation, val2)")
     if inputs.ensemble is None:
         page.text("No --ensemble given.", note=True)

@@ -20,7 +20,7 @@ from jobs.data.layout import LayoutError
 from jobs.mem.config import ConfigError, MemConfig, load_config
 from jobs.mem.data import MemDataModule
 from jobs.mem.model import MemModel
-from jobs.mem.validate import weights_problems
+from jobs.mem.validate import teacher_problems, weights_problems
 from memq.job import PermanentError
 
 
@@ -35,7 +35,8 @@ def job_config(params: Mapping[str, Any]) -> MemConfig:
 
 def check_inputs(config: MemConfig, root: Path) -> None:
     """The data directory and every weight file the config names must exist (never downloaded), the
-    backbone weights installed on ``root`` (verified by sha256 when the model loads them)."""
+    backbone weights installed on ``root`` (verified by sha256 when the model loads them), and the
+    teacher predictions of LOSS.DARK."""
     data_dir = config.DATASET.DIR
     if data_dir is None:
         raise PermanentError("DATASET.DIR is not set (the prepared-data directory)")
@@ -44,7 +45,7 @@ def check_inputs(config: MemConfig, root: Path) -> None:
     topyneck = config.MODEL.TOPYNECK_PATH
     if topyneck is not None and not Path(topyneck).is_file():
         raise PermanentError(f"MODEL.TOPYNECK_PATH: file {topyneck} does not exist")
-    problems = weights_problems(config, root)
+    problems = weights_problems(config, root) + teacher_problems(config)
     if problems:
         raise PermanentError("; ".join(problems))
 
@@ -61,9 +62,9 @@ class Built:
         """The frozen backbones' weights: setting -> "NAME sha256 HEX" (verified on load) or "random"."""
         backbones = {"MODEL.BACKBONE.WEIGHTS": self.model.current, "MODEL.BACKBONE_SMALL.WEIGHTS": self.model.previous}
         return {
-            key: "random" if (entry := branch.backbone.weights) is None else f"{entry.name} sha256 {entry.sha256}"
+            key: "not used (ABLATION.MEMORY_IMAGES false)" if branch is None
+            else "random" if (entry := branch.backbone.weights) is None else f"{entry.name} sha256 {entry.sha256}"
             for key, branch in backbones.items()
-            if branch is not None  # no T=-1 branch without EXPERIMENTAL.USE_PREV_FRAME
         }
 
 
@@ -92,9 +93,11 @@ def build(params: Mapping[str, Any], repeat: int, gpus: list[int], root: Path, *
             val_fraction=val_fraction,
             val_subset=config.switch("VAL_SUBSET"),
             prev_bhvs=config.switch("PREV_BHVS"),
+            dark=config.dark_teacher,
+            columns=config.ABLATION.columns,
+            memory=config.ABLATION.MEMORY_IMAGES,
             space=dataset.FMRI_SPACE,
             t_image=config.EXPERIMENTAL.T_IMAGE,
-            prev_frames=config.EXPERIMENTAL.USE_PREV_FRAME,
             shuffle_seed=config.TRAINER.SEED + repeat if config.EXPERIMENTAL.SHUFFLE_IMAGES else None,
         )
         model = MemModel(config, data.subject_info(), weights_root=root)

@@ -8,8 +8,9 @@ misspelt section at submit time.
 ``COMPAT`` selects memq's or the reference code's behaviour for every deliberate difference
 (jobs/compat.py, jobs/mem/COMPAT.md); ``SWITCHES.<NAME>`` overrides one of them.
 
-This module imports only the standard library, pydantic and jobs.compat: ``validate_params`` runs
-in ``memq submit`` and must stay fast.
+This module imports only the standard library, pydantic, jobs.compat, jobs.data.dark (names) and
+jobs.mem.ablation: ``validate_params`` runs in ``memq submit`` and must stay fast. Over 400 lines
+on purpose: every setting is declared here, next to its default and the reason for it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, create_model, model_validator
 
 from jobs import compat
+from jobs.data.dark import DARK_NAME_PATTERN
+from jobs.mem.ablation import AblationConfig, column_problem
 
 N_SLOTS = 33  # memory window T = -32..0 (jobs.data.layout.N_SLOTS; not imported: submit-time imports stay light)
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -49,6 +52,8 @@ class DatasetConfig(_Section):
     ROIS: Annotated[list[str], Field(min_length=1)] | None = None  # None: whole brain; else their voxels, in order
     IMAGE_SIZE: PositiveInt = 224
     N_PREV_FRAMES: Annotated[int, Field(ge=2)] = 32  # T=-1 plus the cached frames T=-2..-N
+    # teacher predictions DIR/dark/<DARK>/ that LOSS.DARK trains on (the reference's DARK_POSTFIX)
+    DARK: Annotated[str, StringConstraints(pattern=DARK_NAME_PATTERN)] | None = None
 
 
 class LoraConfig(_Section):
@@ -197,9 +202,19 @@ class SyncConfig(_Section):
     LOG_SHIFT: float = 10.0  # used by UPDATE_RULE log
 
 
+class DarkConfig(_Section):
+    """Distillation (the reference's LOSS.DARK): the loss of epoch e is
+    min(e/MAX_EPOCH, 1) * loss(pred, target) + max(1 - e/MAX_EPOCH, 0) * loss(pred, teacher),
+    the teacher's predictions read from DATASET.DARK (jobs/mem/dark.py)."""
+
+    USE: bool = False
+    MAX_EPOCH: PositiveInt = 100  # the epoch from which the target alone is the loss
+
+
 class LossConfig(_Section):
     SMOOTH_L1_BETA: PositiveFloat = 0.01
     SYNC: SyncConfig = SyncConfig()
+    DARK: DarkConfig = DarkConfig()
 
 
 class RegularizerConfig(_Section):
@@ -236,16 +251,11 @@ class TrainerConfig(_Section):
 
 
 class ExperimentalConfig(_Section):
-    """The reference's EXPERIMENTAL switches of inputs and branches, as it means them (its paper's
-    analyses, e.g. memory replay: grids/replay.yaml); the defaults are the full model.
+    """The reference's EXPERIMENTAL settings that ABLATION does not cover, as it means them (its
+    memory-replay analysis: grids/replay.yaml; ABLATION.MEMORY_IMAGES off leaves the model one frame).
     T_IMAGE: the frame the T=0 branch sees, that many trial slots back (a blank slot: the blank image)."""
 
     T_IMAGE: Annotated[int, Field(ge=-(N_SLOTS - 1), le=0)] = 0
-    USE_PREV_FRAME: bool = True  # the T=-1 and memory branches; off: their features are zeros
-    USE_RETINA_MAPPER: bool = True  # off: no spatial path, the T=0 feature is the class features alone
-    USE_LAYER_SELECTOR: bool = True  # off: the class features' plain mean over the tapped layers
-    USE_BHV: bool = True  # off: every behaviour input is zeros
-    USE_BHV_PASSTHROUGH: bool = True  # off: the T=0 behaviour passthrough is zeros
     BACKBONE_NOGRAD: bool = False  # on: the ViTs' LoRA and AdaLN and their behaviour embedders are frozen
     SHUFFLE_IMAGES: bool = False  # on: trials see other trials' frames (a baseline; jobs/data/memory.py)
 
@@ -273,7 +283,32 @@ class MemConfig(_Section):
     OPTIMIZER: OptimizerConfig = OptimizerConfig()
     TRAINER: TrainerConfig = TrainerConfig()
     DATALOADER: DataLoaderConfig = DataLoaderConfig()
-    EXPERIMENTAL: ExperimentalConfig = ExperimentalConfig()
+    ABLATION: AblationConfig = AblationConfig()  # inputs and modules taken out (jobs/mem/ablation.py)
+
+    @model_validator(mode="after")
+    def _columns_known(self) -> Self:
+        problem = column_problem(self.ABLATION.DROP_COLUMNS, self.MODEL.COND.IN_DIM)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+    @property
+    def behaviour_dim(self) -> int:
+        """How many behaviour columns the model reads: COND.IN_DIM less the dropped ones."""
+        columns = self.ABLATION.columns
+        return self.MODEL.COND.IN_DIM if columns is None else len(columns)
+
+    @model_validator(mode="after")
+    def _dark_named(self) -> Self:
+        if self.LOSS.DARK.USE and self.DATASET.DARK is None:
+            raise ValueError("LOSS.DARK.USE needs DATASET.DARK: the name of the teacher predictions to distil")
+        return self
+
+    @property
+    def dark_teacher(self) -> str | None:
+        """The teacher predictions this config distils (DATASET.DARK with LOSS.DARK.USE), or None."""
+        return self.DATASET.DARK if self.LOSS.DARK.USE else None
+    EXPERIMENTAL: ExperimentalConfig = ExperimentalConfig()  # frame choice and freezing (memory replay)
 
     def switch(self, name: str) -> str:
         """The effective value of the training switch ``name``: SWITCHES.<name> if set, else COMPAT's."""
@@ -329,7 +364,7 @@ def _describe(problem: Mapping[str, Any]) -> str:
     # pydantic locations run into list items and union members; the dotted key is the UPPERCASE part
     key = ".".join(str(part) for part in problem["loc"] if str(part).isupper())
     if problem["type"] == "value_error":  # a cross-field check of a section: its message says it all
-        return f"{key}: {problem['ctx']['error']}"
+        return f"{key}: {problem['ctx']['error']}" if key else str(problem["ctx"]["error"])
     return f"{key}: {problem['msg']} (got {problem['input']!r})"
 
 

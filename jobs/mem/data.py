@@ -38,6 +38,8 @@ from jobs.data.layout import (
     subject_path,
 )
 from jobs.data.memory import local_prev_behavior_rows, prev_behavior_rows, reference_shuffle
+from jobs.mem.dark import TeacherRows, read_teacher
+from jobs.mem.ensemble.artifacts import SubjectPrediction
 from jobs.mem.subject import SubjectInfo
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
@@ -91,9 +93,12 @@ class MemDataset(Dataset[dict[str, Any]]):
     (not for the predict split), ``subject``, ``index`` (global trial g). ``limit`` keeps the
     first trials of the split; ``image_size`` resizes images stored at another size.
     ``prev_bhvs`` "local" takes the reference's rows instead (switch PREV_BHVS, mem-spec 1.5).
+    With ``teacher`` (its predictions of this split), ``dark`` [n_roi_voxels] is the teacher's
+    prediction of the trial (LOSS.DARK).
+    ``columns``: the behaviour columns kept, in order (None: all); without ``memory`` a sample has
+    no ``prev_img``, ``prev_feats`` or ``prev_bhvs`` and no memory feature is read (ABLATION.*).
     ``t_image`` < 0 makes ``img`` the frame that many trial slots back (blank slot: the blank image,
-    EXPERIMENTAL.T_IMAGE); ``prev_frames`` False leaves out every other frame: no ``prev_img``,
-    ``prev_feats`` nor ``prev_bhvs`` (EXPERIMENTAL.USE_PREV_FRAME).
+    EXPERIMENTAL.T_IMAGE).
     """
 
     def __init__(
@@ -107,21 +112,23 @@ class MemDataset(Dataset[dict[str, Any]]):
         image_size: int | None = None,
         limit: int | None = None,
         prev_bhvs: str = "global",
+        teacher: SubjectPrediction | None = None,
+        columns: Sequence[int] | None = None,
+        memory: bool = True,
         t_image: int = 0,
-        prev_frames: bool = True,
         shuffle_seed: int | None = None,
     ) -> None:
         if not 1 <= n_prev_frames <= N_PREV:
             raise ValueError(f"n_prev_frames must be in 1..{N_PREV}, got {n_prev_frames}")
         if not -N_PREV <= t_image <= 0:
             raise ValueError(f"t_image must be in -{N_PREV}..0, got {t_image}")
-        self.prev_frames = prev_frames
         self.subject_file, self.image_store = Path(subject_file), Path(image_store)
         with open_subject(self.subject_file) as subject:
             self.subject = subject.subject
             trials = subject.split(split)
             self.indices = trials[:limit]
-            self.behavior = subject.behavior()
+            behavior = subject.behavior()
+            self.behavior = behavior if columns is None else behavior[:, list(columns)]
             memory_index = subject.memory_index()
             self.roi = roi_positions(subject, rois)
             self.has_targets = split != "predict"
@@ -136,14 +143,21 @@ class MemDataset(Dataset[dict[str, Any]]):
             rows = images.rows(memory_index[self.indices])
             self.stored_size = images.image_size
             feat_rows = rows[:, N_SLOTS - 1 - n_prev_frames : PREVIOUS][:, ::-1]
-            needed = np.unique(feat_rows[feat_rows != BLANK]) if prev_frames else np.empty(0, dtype=np.int64)
+            if not memory:  # the memory frames are not read: no features, every slot blank
+                feat_rows = np.full_like(feat_rows, BLANK)
+            needed = np.unique(feat_rows[feat_rows != BLANK])
             self.features = torch.from_numpy(images.feature_rows(needed))
         self.image_size = image_size or self.stored_size
+        self.memory = memory
         self.img_rows, self.prev_img_rows = rows[:, CURRENT + t_image], rows[:, PREVIOUS]
         # memory features: positions in self.features, or BLANK
         self.feat_pos = np.where(feat_rows != BLANK, np.searchsorted(needed, feat_rows), BLANK)
         if np.any(rows[:, CURRENT] == BLANK):
             raise LayoutError(self.subject_file, "memory_index has a blank T=0 slot")
+        try:
+            self.teacher = None if teacher is None else TeacherRows.select(teacher, self.indices, self.roi)
+        except ValueError as error:
+            raise LayoutError(teacher.path if teacher else self.subject_file, str(error)) from None
         self._handles: _Handles | None = None
         self._pid: int | None = None
 
@@ -183,13 +197,15 @@ class MemDataset(Dataset[dict[str, Any]]):
             "subject": self.subject,
             "index": g,
         }
-        if self.prev_frames:
+        if self.memory:
             sample["prev_img"] = self._image(handles.images, int(self.prev_img_rows[i]))
             sample["prev_feats"] = self._memory_features(self.feat_pos[i])
             sample["prev_bhvs"] = torch.from_numpy(self.behavior[self.prev_bhv_rows[i]])
         if self.has_targets:
             row = handles.subject.betas[g]
             sample["y"] = torch.from_numpy((row if self.roi is None else row[self.roi]).astype(np.float32))
+        if self.teacher is not None:
+            sample["dark"] = torch.from_numpy(self.teacher.row(i))
         return sample
 
 
@@ -233,9 +249,11 @@ class MemDataModule(L.LightningDataModule):
     ``val_fraction`` < 1 validates on a fixed random subset of each subject's val1 trials: the
     same trials every epoch and every attempt, so per-voxel r stays comparable across epochs (the
     reference validated on a fresh random 25%, mem-spec 5.10: ``val_subset`` "redrawn" does that,
-    a new random subset of all subjects' val1 trials every epoch). ``prev_bhvs``, ``t_image``,
-    ``prev_frames`` and ``shuffle_seed``: see MemDataset. ``space``: which prepared files of
-    ``data_dir`` (DATASET.FMRI_SPACE).
+    a new random subset of all subjects' val1 trials every epoch). ``prev_bhvs``, ``columns``,
+    ``memory``, ``t_image`` and ``shuffle_seed``: see MemDataset. ``dark`` names the teacher
+    predictions (DIR/dark/<dark>/train/, jobs/mem/dark.py) that the train split's samples carry;
+    they are read and verified when the train split is first built. ``space``: which prepared files
+    of ``data_dir`` (DATASET.FMRI_SPACE).
     """
 
     def __init__(
@@ -252,19 +270,22 @@ class MemDataModule(L.LightningDataModule):
         val_fraction: float = 1.0,
         val_subset: str = "fixed",
         prev_bhvs: str = "global",
+        dark: str | None = None,
+        columns: Sequence[int] | None = None,
+        memory: bool = True,
         space: str = DEFAULT_SPACE,
         t_image: int = 0,
-        prev_frames: bool = True,
         shuffle_seed: int | None = None,
     ) -> None:
         super().__init__()
+        self.dark = dark
         self.data_dir, self.space = Path(data_dir), space
         self.val_fraction, self.val_subset = val_fraction, val_subset
         self.rois = list(rois) if rois is not None else None
         self.batch_size, self.num_workers = batch_size, num_workers
         self.dataset_kwargs = {
             "n_prev_frames": n_prev_frames, "image_size": image_size, "limit": limit, "prev_bhvs": prev_bhvs,
-            "t_image": t_image, "prev_frames": prev_frames, "shuffle_seed": shuffle_seed,
+            "columns": columns, "memory": memory, "t_image": t_image, "shuffle_seed": shuffle_seed,
         }  # fmt: skip
         available = list_subjects(self.data_dir, space)
         unknown = sorted(set(subjects or ()) - set(available))
@@ -299,6 +320,7 @@ class MemDataModule(L.LightningDataModule):
     def datasets(self, split: str) -> list[MemDataset]:
         """One dataset per subject for ``split``, built on first use."""
         if split not in self._datasets:
+            teachers = self._teachers() if split == "train" and self.dark is not None else {}
             self._datasets[split] = [
                 MemDataset(
                     subject_path(self.data_dir, name, self.space),
@@ -306,10 +328,23 @@ class MemDataModule(L.LightningDataModule):
                     self.rois,
                     self.data_dir / IMAGES_FILE,
                     **self.dataset_kwargs,
+                    teacher=teachers.get(name),
                 )
                 for name in self.subjects
             ]
         return self._datasets[split]
+
+    def _teachers(self) -> dict[str, SubjectPrediction]:
+        """The teacher's verified predictions of every modelled subject's train split."""
+        assert self.dark is not None
+        try:
+            teachers = read_teacher(self.data_dir, self.dark)
+        except FileNotFoundError as error:
+            raise LayoutError(self.data_dir, str(error)) from None
+        lacking = sorted(set(self.subjects) - set(teachers))
+        if lacking:
+            raise LayoutError(self.data_dir, f"DATASET.DARK {self.dark}: no teacher predictions of {lacking}")
+        return teachers
 
     def setup(self, stage: str) -> None:
         for split in STAGE_SPLITS[stage]:

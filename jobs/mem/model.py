@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -47,8 +47,7 @@ def _voxel_weights(config: ModelConfig, positions: Tensor, mode: CoordsMode) -> 
 
 class MemModel(nn.Module):
     """Predicts one subject's voxel responses from the current image, the previous image, the
-    cached features of older frames and the behaviour of all of them (EXPERIMENTAL switches
-    leave parts out as the reference does: jobs/mem/config.py ExperimentalConfig).
+    cached features of older frames and the behaviour of all of them.
 
     Frozen pretrained ViT weights are the installed weights ``MODEL.BACKBONE*.WEIGHTS`` names on
     ``weights_root`` (or random ones where a setting says ``random``); a frozen topyneck comes from
@@ -62,19 +61,29 @@ class MemModel(nn.Module):
     ) -> None:
         super().__init__()
         model, names, img_size = config.MODEL, list(subjects), config.DATASET.IMAGE_SIZE
-        cond, coords_mlp, x = model.COND, model.COORDS_MLP, config.EXPERIMENTAL
+        cond, coords_mlp, off = model.COND, model.COORDS_MLP, config.ABLATION
+        bhv = config.behaviour_dim
         self.chunk_size = model.CHUNK_SIZE
         self.n_voxels = {s: info.n_voxels for s, info in subjects.items()}
-        self.widths = {"prev": model.prev_width, "memory": model.merge_width, "passthrough": model.passthrough_dim}
-        self.use_bhv, self.use_prev = x.USE_BHV, x.USE_PREV_FRAME
-        self.current = CurrentFrame(model, img_size, names, weights_root, spatial=x.USE_RETINA_MAPPER)
-        # without USE_PREV_FRAME the branches of T=-1..-N are not built: their features are zeros
-        self.previous = PreviousFrame(model, img_size, names, weights_root) if self.use_prev else None
-        self.memory = MemoryBranch(model, config.DATASET.N_PREV_FRAMES - 1, names) if self.use_prev else None
-        pt_dim = model.passthrough_dim
-        self.behav_pt = BehaviourEmbed(names, cond.IN_DIM, pt_dim, cond.DROPOUT) if x.USE_BHV_PASSTHROUGH else None
-        self.behav_pt_prev = BehaviourEmbed(names, cond.IN_DIM, pt_dim, cond.DROPOUT) if self.use_prev else None
-        if x.BACKBONE_NOGRAD:  # the reference freezes each ViT with the embedder of its condition
+        self.use_behaviour = off.BEHAVIOUR
+        # Modules an ablation switches off are not built (None); their features enter the readout
+        # as zeros of their usual widths (jobs/mem/ablation.py).
+        self.zero_widths = {
+            "previous": 0 if off.MEMORY_IMAGES else model.prev_width,
+            "memory": 0 if off.MEMORY_IMAGES else model.merge_width,
+            "behav_pt": 0 if off.BEHAVIOUR_PASSTHROUGH else model.passthrough_dim,
+            "behav_pt_prev": 0 if off.MEMORY_IMAGES else model.passthrough_dim,
+        }
+        self.current = CurrentFrame(model, img_size, names, weights_root, bhv_dim=bhv, grids=off.RETINA_MAPPER)
+        self.previous = PreviousFrame(model, img_size, names, weights_root, bhv_dim=bhv) if off.MEMORY_IMAGES else None
+        self.memory = MemoryBranch(model, config.DATASET.N_PREV_FRAMES - 1, names, bhv) if off.MEMORY_IMAGES else None
+        self.behav_pt = (
+            BehaviourEmbed(names, bhv, model.passthrough_dim, cond.DROPOUT) if off.BEHAVIOUR_PASSTHROUGH else None
+        )
+        self.behav_pt_prev = (
+            BehaviourEmbed(names, bhv, model.passthrough_dim, cond.DROPOUT) if off.MEMORY_IMAGES else None
+        )
+        if config.EXPERIMENTAL.BACKBONE_NOGRAD:  # the reference freezes each ViT with its condition's embedder
             for branch in (self.current, self.previous):
                 if branch is not None:
                     branch.backbone.requires_grad_(False)
@@ -82,18 +91,16 @@ class MemModel(nn.Module):
         mode = CoordsMode.of(config)
         self.entropy_sign = -1.0 if config.switch("LAYER_ENTROPY") == "sharp" else 1.0
         positions = {s: info.positions(mode) for s, info in subjects.items()}
-        mapped = positions if x.USE_RETINA_MAPPER else {}
         self.retina_mapper = nn.ModuleDict(
             {
                 s: RetinaMapper(p, coords_mlp.WIDTH, coords_mlp.DEPTH, model.RETINA_MAPPER.SIGMA, mode)
-                for s, p in mapped.items()
+                for s, p in positions.items()
             }
-        )
+        ) if off.RETINA_MAPPER else None
         n_layers = len(model.BACKBONE.LAYERS)
-        selected = positions if x.USE_LAYER_SELECTOR else {}
         self.layer_selector = nn.ModuleDict(
-            {s: LayerSelector(p, n_layers, coords_mlp.WIDTH, coords_mlp.DEPTH, mode) for s, p in selected.items()}
-        )
+            {s: LayerSelector(p, n_layers, coords_mlp.WIDTH, coords_mlp.DEPTH, mode) for s, p in positions.items()}
+        ) if off.LAYER_SELECTOR else None
         self.readout = nn.ModuleDict({s: _voxel_weights(model, p, mode) for s, p in positions.items()})
         if model.TOPYNECK_PATH is not None:
             self.load_topyneck(read_topyneck(model.TOPYNECK_PATH), source=model.TOPYNECK_PATH)
@@ -102,8 +109,8 @@ class MemModel(nn.Module):
         """Predictions [B, n] for one subject's samples: :meth:`forward_subjects` with one subject.
 
         batch: "img", "prev_img" [B, 3, H, W] (T=0, T=-1), "prev_feats" [B, N-1, F] (T=-2..-N),
-        "bhv" [B, 35] (T=0), "prev_bhvs" [B, N, 35] (T=-1..-N); without EXPERIMENTAL.USE_PREV_FRAME
-        only "img" and "bhv". ``voxels``: positions into the
+        "bhv" [B, 35] (T=0), "prev_bhvs" [B, N, 35] (T=-1..-N); 35 or the columns ABLATION keeps,
+        and no "prev_*" without ABLATION.MEMORY_IMAGES. ``voxels``: positions into the
         subject's modelled voxels; None predicts all of them. Voxels run in CHUNK_SIZE chunks.
         """
         return self.forward_subjects({subject: batch}, {subject: voxels}).preds[subject]
@@ -121,39 +128,40 @@ class MemModel(nn.Module):
         groups = SubjectGroups(tuple(batches), tuple(len(b["img"]) for b in batches.values()))
 
         def field(key: str) -> Tensor:
-            values = torch.cat([b[key] for b in batches.values()])
-            return values if self.use_bhv or key not in ("bhv", "prev_bhvs") else torch.zeros_like(values)
+            return torch.cat([b[key] for b in batches.values()])
 
-        bhv = field("bhv")
+        bhv = field("bhv") if self.use_behaviour else torch.zeros_like(field("bhv"))
         grids, cls = self.current(field("img"), bhv, groups)
-
-        def zeros(width: str) -> Tensor:
-            return cls.new_zeros(cls.shape[0], self.widths[width])
-
-        if self.previous is not None and self.memory is not None and self.behav_pt_prev is not None:
-            prev_bhvs = field("prev_bhvs")
-            x_prev = self.previous(field("prev_img"), prev_bhvs[:, 0], groups)
-            x_mem = self.memory(field("prev_feats"), prev_bhvs[:, 1:], groups)
-            c_pt_prev = self.behav_pt_prev(prev_bhvs[:, 0], groups)
-        else:
-            x_prev, x_mem, c_pt_prev = zeros("prev"), zeros("memory"), zeros("passthrough")
-        c_pt = zeros("passthrough") if self.behav_pt is None else self.behav_pt(bhv, groups)
-        shared = torch.cat([x_prev, x_mem, c_pt, c_pt_prev], dim=-1)
+        shared = torch.cat(self._shared_features(field, bhv, groups, cls), dim=-1)
         voxels = voxels or {}
         preds, regularizers = {}, []
         for subject, rows in groups.slices():
             selected = voxels.get(subject)
             if selected is None:
                 selected = torch.arange(self.n_voxels[subject], device=cls.device)
-            selector = self.layer_selector[subject] if subject in self.layer_selector else None  # noqa: SIM401
+            selector = None if self.layer_selector is None else self.layer_selector[subject]
             layer_weights = None if selector is None else selector(selected)
             preds[subject] = self._predict(
                 [grid[rows] for grid in grids], cls[rows], shared[rows], subject, selected, layer_weights
             )
-            if selector is not None and selector.trainable:
+            if selector is not None and layer_weights is not None and selector.trainable:
                 regularizers.append(self.entropy_sign * negative_entropy(layer_weights))
         regularizer = torch.stack(regularizers).sum() if regularizers else torch.zeros((), device=cls.device)
         return MemOutput(preds, regularizer)
+
+    def _shared_features(
+        self, field: Callable[[str], Tensor], bhv: Tensor, groups: SubjectGroups, cls: Tensor
+    ) -> list[Tensor]:
+        """[x_prev, x_mem, c_pt0, c_pt1] of every sample; zeros [B, width] for a module switched off."""
+        parts = {name: cls.new_zeros(len(cls), width) for name, width in self.zero_widths.items() if width}
+        if self.previous is not None and self.memory is not None and self.behav_pt_prev is not None:
+            prev_bhvs = field("prev_bhvs") if self.use_behaviour else torch.zeros_like(field("prev_bhvs"))
+            parts["previous"] = self.previous(field("prev_img"), prev_bhvs[:, 0], groups)
+            parts["memory"] = self.memory(field("prev_feats"), prev_bhvs[:, 1:], groups)
+            parts["behav_pt_prev"] = self.behav_pt_prev(prev_bhvs[:, 0], groups)
+        if self.behav_pt is not None:
+            parts["behav_pt"] = self.behav_pt(bhv, groups)
+        return [parts[name] for name in self.zero_widths]
 
     def _predict(
         self,
@@ -165,17 +173,14 @@ class MemModel(nn.Module):
         layer_weights: Tensor | None,
     ) -> Tensor:
         """One subject's predictions [B_s, n] from its samples' features, CHUNK_SIZE voxels at a time."""
-        mapper = self.retina_mapper[subject] if subject in self.retina_mapper else None  # noqa: SIM401
-
-        def split(x: Tensor | None) -> Sequence[Tensor | None]:
-            return [None] * len(parts) if x is None else x.split(self.chunk_size)
-
-        parts = voxels.split(self.chunk_size)
-        mu = None if mapper is None else mapper(voxels)
-        chunks = [
-            apply_readout(retina_features(grids, cls, m, w, len(v)), shared, *self.readout[subject](v))
-            for v, m, w in zip(parts, split(mu), split(layer_weights), strict=True)
-        ]
+        mu = None if self.retina_mapper is None else self.retina_mapper[subject](voxels)
+        chunks = []
+        for start in range(0, len(voxels), self.chunk_size):
+            part = slice(start, start + self.chunk_size)
+            m = None if mu is None else mu[part]
+            w = None if layer_weights is None else layer_weights[part]
+            x0 = retina_features(grids, cls, m, w, len(voxels[part]))
+            chunks.append(apply_readout(x0, shared, *self.readout[subject](voxels[part])))
         return torch.cat(chunks, dim=1) if chunks else cls.new_zeros(cls.shape[0], 0)
 
     def trainable_state_dict(self) -> dict[str, Tensor]:
@@ -201,23 +206,28 @@ class MemModel(nn.Module):
         self.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
         return missing, unexpected
 
+    def _topyneck_groups(self) -> list[str]:
+        """The topyneck groups this model has (an ablation may leave one out)."""
+        return [group for group in TOPYNECK_GROUPS if getattr(self, group) is not None]
+
     def topyneck_state_dict(self) -> dict[str, Tensor]:
         """The RetinaMapper and LayerSelector weights of every subject, as a topyneck file holds them."""
         return {k: v for k, v in self.state_dict().items() if k.split(".", 1)[0] in TOPYNECK_GROUPS}
 
     def freeze_topyneck(self) -> None:
         """Stop training every subject's RetinaMapper and LayerSelector (their outputs get cached)."""
-        for group in TOPYNECK_GROUPS:
+        for group in self._topyneck_groups():
             getattr(self, group).requires_grad_(False)
 
     def load_topyneck(self, state: Mapping[str, Tensor], source: str = "topyneck state") -> None:
         """Load and freeze the RetinaMapper and LayerSelector of every subject of this model.
 
-        Keys of other subjects and other modules are ignored; a subject of this model that
-        ``state`` lacks is an error naming ``source`` (the file) and the subject.
+        Keys of other subjects and other modules (and of a module an ablation left out) are
+        ignored; a subject of this model that ``state`` lacks is an error naming ``source`` (the
+        file) and the subject.
         """
         parts = {}
-        for group in TOPYNECK_GROUPS:
+        for group in self._topyneck_groups():
             for subject in getattr(self, group):
                 prefix = f"{group}.{subject}."
                 part = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}

@@ -24,7 +24,8 @@ def submit(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Expand a grid file into jobs and enqueue the ones not already queued (idempotent)."""
-    from memq.grid import load_grid, parse_overrides
+    from memq.grid import load_grid
+    from memq.overrides import parse_overrides
 
     given = options(ctx)
     # kinds check their params against the root too (installed weights); a dry run may have none
@@ -62,7 +63,7 @@ def _print_expanded(spec, as_json: bool) -> None:  # type: ignore[no-untyped-def
     if shared and len(rows) > 1:
         console.print(f"{len(shared)} parameters shared by every job: "
                       + printable(" ".join(f"{k}={v}" for k, v in shared.items())), soft_wrap=True)
-    table = Table(title=f"{spec.name}: {len(rows)} jobs (dry run, nothing written)", title_justify="left")
+    table = Table(title=f"{spec.name}: {count(len(rows), 'job')} (dry run, nothing written)", title_justify="left")
     for col in ("#", "group", "kind", "rep", "gpus", "params", "key"):
         table.add_column(col)
     for i, r in enumerate(rows):

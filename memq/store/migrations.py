@@ -34,14 +34,21 @@ def schema_version(conn: Connection) -> int:
 
 
 def upgrade(conn: Connection) -> None:
-    """Bring a version-1 database to this schema: the job indexes that changed on every claim and
-    finish are replaced, attempts are keyed by (job, attempt). Newer versions are an error."""
+    """Bring an older database to this schema. Version 1 -> 2: the job indexes that changed on every
+    claim and finish are replaced, attempts are keyed by (job, attempt). Version 2 -> 3 adds
+    group_job_deps, which :func:`create` has made already. Newer versions are an error."""
     found = schema_version(conn)
     if found == s.SCHEMA_VERSION:
         return
-    if found != 1:
+    if found not in (1, 2):
         raise UserError(f"database schema version {found}, this memq needs {s.SCHEMA_VERSION}",
                         hint="use the memq version that created it")
+    if found == 1:
+        _indexes_and_attempts_of_v2(conn)
+    conn.execute(s.meta.update().where(s.meta.c.key == "schema_version").values(value=str(s.SCHEMA_VERSION)))
+
+
+def _indexes_and_attempts_of_v2(conn: Connection) -> None:
     for name in s.RETIRED_INDEXES:
         conn.execute(sa.text(f"DROP INDEX IF EXISTS {name}"))
     for index in s.jobs.indexes:
@@ -51,4 +58,3 @@ def upgrade(conn: Connection) -> None:
     s.attempts.create(conn)
     if rows:
         conn.execute(s.attempts.insert(), rows)
-    conn.execute(s.meta.update().where(s.meta.c.key == "schema_version").values(value=str(s.SCHEMA_VERSION)))

@@ -53,6 +53,7 @@ class QueueOps(StoreBase):
                 "crashes": 0, "cancel_requested": False, "from_scratch": False, "submitted_at": now,
             } for j in fresh]
             added = self.backend.insert_new_jobs(conn, rows)
+            _add_job_dependencies(conn, grid, group_ids)
             conn.execute(q.refresh_ready(grid_id))
             return SubmitResult(grid.name, added, len(grid.jobs) - len(fresh), edited)
 
@@ -165,9 +166,23 @@ def finish_in(conn: Connection, backend: Backend, o: Outcome, now: float) -> tup
         return False, False
     if o.metrics:
         conn.execute(q.set_metrics(o.job_id, {**(row.metrics or {}), **o.metrics}))
+    if row.state == Q.SUCCEEDED.value and row.has_job_dependants:
+        conn.execute(q.refresh_ready(row.grid_id))
+        return True, True
     if row.state == Q.SUCCEEDED.value and row.has_dependants:
         return True, _group_succeeded(conn, row.group_id)
     return True, row.state == Q.QUEUED.value
+
+
+def _add_job_dependencies(conn: Connection, grid: GridSpec, group_ids: dict[str, int]) -> None:
+    """Replace the edges of the grid's groups that wait for single jobs (named by key)."""
+    conn.execute(q.clear_job_dependencies([group_ids[g.name] for g in grid.groups]))
+    keys = sorted({key for g in grid.groups for key in g.after_jobs})
+    if not keys:
+        return
+    ids = dict(conn.execute(q.job_ids_of(keys)).all())
+    conn.execute(q.add_job_dependencies(), [{"group_id": group_ids[g.name], "after_job_id": ids[key]}
+                                            for g in grid.groups for key in g.after_jobs])
 
 
 def _group_succeeded(conn: Connection, group_id: int) -> bool:

@@ -41,10 +41,12 @@ class ReadOps(StoreBase):
         def tx(conn: Connection) -> list[dict[str, Any]]:
             rows = conn.execute(q.groups_of(grid)).all()
             names = {r.id: r.name for r in rows}
-            out = {r.id: {"name": r.name, "ready": r.ready, "after": [],
+            out = {r.id: {"name": r.name, "ready": r.ready, "after": [], "after_jobs": [],
                           "counts": dict.fromkeys(s.STATES, 0)} for r in rows}
             for gid, after in conn.execute(q.dependencies_of(list(names))):
                 out[gid]["after"].append(names[after])
+            for gid, job_id, state in conn.execute(q.job_dependencies_of(list(names))):
+                out[gid]["after_jobs"].append({"id": job_id, "state": state})
             for gid, state, n in conn.execute(q.counts_by_group(list(names))):
                 out[gid]["counts"][state] = n
             return list(out.values())
@@ -53,8 +55,8 @@ class ReadOps(StoreBase):
 
     def jobs(self, *, ids: Iterable[int] = (), grid: str | None = None, states: Sequence[str] = (),
              group: str | None = None, limit: int | None = None, newest_first: bool = False,
-             ) -> list[dict[str, Any]]:
-        query = q.jobs(q.jobs_where(ids, grid, states), group, limit, newest_first)
+             keys: Iterable[str] = ()) -> list[dict[str, Any]]:
+        query = q.jobs(q.jobs_where(ids, grid, states, keys=keys), group, limit, newest_first)
         return self._read(lambda conn: _rows(conn, query))
 
     def mean_durations(self) -> dict[str, float]:

@@ -10,7 +10,7 @@ import enum
 
 import sqlalchemy as sa
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 metadata = sa.MetaData()
 
@@ -64,6 +64,15 @@ group_deps = sa.Table(
     sa.Column("group_id", sa.ForeignKey("groups.id"), primary_key=True),
     sa.Column("after_group_id", sa.ForeignKey("groups.id"), primary_key=True),
     sa.Index("ix_group_deps_after", "after_group_id"),
+)
+
+# A group that waits for one job rather than a whole group (a grid's `each:` groups: one job per job
+# of another group, each after its own job only). Jobs are never deleted, so the reference holds.
+group_job_deps = sa.Table(
+    "group_job_deps", metadata,
+    sa.Column("group_id", sa.ForeignKey("groups.id"), primary_key=True),
+    sa.Column("after_job_id", sa.ForeignKey("jobs.id"), primary_key=True),
+    sa.Index("ix_group_job_deps_after", "after_job_id"),
 )
 
 jobs = sa.Table(

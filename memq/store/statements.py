@@ -45,12 +45,14 @@ def worker_alive(ref: WorkerRef) -> Any:
 
 
 def jobs_where(ids: Iterable[int] = (), grid: str | None = None, states: Sequence[str] = (),
-               reason: str | None = None) -> Any:
+               reason: str | None = None, keys: Iterable[str] = ()) -> Any:
     """The jobs an operator command or a listing names (every filter given must hold)."""
     cond = sa.true()
-    ids = list(ids)
+    ids, keys = list(ids), list(keys)
     if ids:
         cond &= J.c.id.in_(ids)
+    if keys:
+        cond &= J.c.key.in_(keys)
     if grid:
         cond &= J.c.grid_id == sa.select(s.grids.c.id).where(s.grids.c.name == grid).scalar_subquery()
     if states:
@@ -146,7 +148,10 @@ def finish(variant: str) -> Any:
     # unqualified group_id would name group_deps' own column.
     has_dependants = sa.literal_column(
         "EXISTS (SELECT 1 FROM group_deps AS d WHERE d.after_group_id = jobs.group_id)").label("has_dependants")
-    return J.update().where(current).values(**values).returning(J.c.group_id, J.c.state, J.c.metrics, has_dependants)
+    has_job_dependants = sa.literal_column(
+        "EXISTS (SELECT 1 FROM group_job_deps AS d WHERE d.after_job_id = jobs.id)").label("has_job_dependants")
+    return J.update().where(current).values(**values).returning(J.c.group_id, J.c.grid_id, J.c.state, J.c.metrics,
+                                                                has_dependants, has_job_dependants)
 
 
 @functools.cache
@@ -215,6 +220,20 @@ def add_dependencies() -> Any:
     return s.group_deps.insert()
 
 
+def clear_job_dependencies(groups: list[int]) -> Any:
+    return s.group_job_deps.delete().where(s.group_job_deps.c.group_id.in_(groups))
+
+
+def add_job_dependencies() -> Any:
+    """Run with one row per edge: ``group_id``, ``after_job_id``."""
+    return s.group_job_deps.insert()
+
+
+def job_ids_of(keys: list[str]) -> Any:
+    """(key, id) of the jobs with these keys."""
+    return sa.select(J.c.key, J.c.id).where(J.c.key.in_(keys))
+
+
 def job_hashes(grid: int) -> Any:
     """(key, spec_hash) of a grid's jobs."""
     return sa.select(J.c.key, J.c.spec_hash).where(J.c.grid_id == grid)
@@ -226,10 +245,12 @@ def add_new_jobs(insert: Any) -> Any:
 
 
 def refresh_ready(grid: int) -> Any:
-    """Recompute `groups.ready` for one grid: every `after` group fully succeeded."""
-    g, d = s.groups, s.group_deps
+    """Recompute `groups.ready` for one grid: every `after` group fully succeeded, every job a
+    group waits for (group_job_deps) succeeded."""
+    g, d, jd = s.groups, s.group_deps, s.group_job_deps
     unfinished = sa.exists().where(J.c.group_id == d.c.after_group_id, J.c.state != Q.SUCCEEDED.value)
-    blocked = sa.select(d.c.group_id).where(unfinished)
+    unfinished_job = sa.exists().where(J.c.id == jd.c.after_job_id, J.c.state != Q.SUCCEEDED.value)
+    blocked = sa.union(sa.select(d.c.group_id).where(unfinished), sa.select(jd.c.group_id).where(unfinished_job))
     return g.update().where(g.c.grid_id == grid).values(ready=~g.c.id.in_(blocked))
 
 
@@ -394,6 +415,13 @@ def groups_of(grid: str) -> Any:
 def dependencies_of(groups: list[int]) -> Any:
     d = s.group_deps
     return sa.select(d.c.group_id, d.c.after_group_id).where(d.c.group_id.in_(groups))
+
+
+def job_dependencies_of(groups: list[int]) -> Any:
+    """(group, job id, job state) of the single jobs these groups wait for."""
+    d = s.group_job_deps
+    return (sa.select(d.c.group_id, J.c.id, J.c.state).join(J, J.c.id == d.c.after_job_id)
+            .where(d.c.group_id.in_(groups)))
 
 
 def jobs(where: Any, group: str | None, limit: int | None, newest_first: bool) -> Any:

@@ -162,7 +162,8 @@ def test_postgres_setup_script_makes_a_database_memq_can_use(tmp_path: Path, smo
             conn.execute(sa.text("DROP DATABASE IF EXISTS memq WITH (FORCE)"))
 
 
-@pytest.mark.parametrize("grid", ["xvbc.yaml", "topyneck.yaml", "demo.yaml", "mindeye2.yaml", "prepare-nsd.yaml"])
+@pytest.mark.parametrize("grid", ["xvbc.yaml", "topyneck.yaml", "demo.yaml", "mindeye2.yaml", "prepare-nsd.yaml",
+                                  "mem-heavy.yaml", "mem-light.yaml", "mem-light-distill.yaml", "replay.yaml"])
 def test_shipped_grids_expand(grid: str) -> None:
     from memq.grid import load_grid
 

@@ -18,7 +18,7 @@ def _job(
     if t is not None:
         params["EXPERIMENTAL.T_IMAGE"] = t
     if prev is not None:
-        params["EXPERIMENTAL.USE_PREV_FRAME"] = prev
+        params["ABLATION.MEMORY_IMAGES"] = prev
     return {"params": params, "metrics": None if r is None else {"val_pearson": r}}
 
 

@@ -60,7 +60,7 @@ class Trained:
         _memq("data", "prepare-nsd", "--nsd-dir", tree.nsd_dir, "--alg-dir", tree.alg_dir, "--out", self.data,
               "--space", "fship", "--image-size", 32, root=self.rig.root, log=self.log, timeout=300)  # fmt: skip
         # the grid's switches and space, at the tiny scale of the tests
-        copied = ("EXPERIMENTAL.", "DATASET.FMRI", "TRAINER.LIMIT_")
+        copied = ("ABLATION.", "EXPERIMENTAL.", "DATASET.FMRI", "TRAINER.LIMIT_")
         replay = {k: v for k, v in _frames_group()["params"].items() if k.startswith(copied)}
         base = {**tiny(), **replay, "DATASET.DIR": str(self.data), "OPTIMIZER.LR": 0.01,
                 "OPTIMIZER.SCHEDULER.WARMUP_EPOCHS": 0, "TRAINER.BATCH_SIZE": 64, "TRAINER.MAX_EPOCHS": 2,
@@ -89,8 +89,8 @@ def test_the_grid_has_the_reference_job_count() -> None:
     assert sorted(job.params["DATASET.SUBJECTS"][0] for job in every) == [f"subj{s:02d}" for s in range(1, 9)]
     current = {j.params["DATASET.SUBJECTS"][0]: j.params for j in frames if j.params["EXPERIMENTAL.T_IMAGE"] == 0}
     shuffled = [job for job in spec.jobs if job.group == "shuffled"]
-    for group, changed in ((every, {"EXPERIMENTAL.USE_PREV_FRAME"}),
-                           (shuffled, {"EXPERIMENTAL.USE_PREV_FRAME", "EXPERIMENTAL.SHUFFLE_IMAGES"})):  # fmt: skip
+    for group, changed in ((every, {"ABLATION.MEMORY_IMAGES"}),
+                           (shuffled, {"ABLATION.MEMORY_IMAGES", "EXPERIMENTAL.SHUFFLE_IMAGES"})):  # fmt: skip
         assert len(group) == 8
         for job in group:  # the T=0 frame model of the subject, given every frame (shuffled)
             same = current[job.params["DATASET.SUBJECTS"][0]]
@@ -127,7 +127,7 @@ def test_a_batch_holds_the_frame_t_slots_back_and_nothing_else(trained: Trained)
         for (subject, t), params in trained.params.items():
             built = build(params, 0, [], trained.rig.root)
             assert built.model.previous is None and built.model.memory is None
-            assert len(built.model.retina_mapper) == 0 and len(built.model.layer_selector) == 0
+            assert built.model.retina_mapper is None and built.model.layer_selector is None
             dataset = built.data.datasets("val1")[0]
             with h5py.File(trained.data / f"{subject}.fship.h5") as f:
                 memory_index, betas = f["memory_index"][()], f["betas"]

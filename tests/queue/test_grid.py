@@ -170,6 +170,14 @@ BAD_FILES = [
                            for i in range(20)), 3, "nested more than 100 levels deep"),  # (aliases nest too)
     ("name: x\ndefaults: {command: [echo]}\ngroups:\n  - name: a\n    params: {blob: " + "x" * 70_000 + "}\n", 4,
      "a job's params take 70,011 bytes as JSON, more than 65,536"),
+    ("name: x\ndefaults: {command: [echo]}\ngroups:\n  - name: a\n    each: b\n  - name: b\n", 5,
+     "group 'a': each: 'b' is not a group above it"),
+    ("name: x\ndefaults: {command: [echo]}\ngroups:\n  - name: a\n  - name: b\n    each: [a, c]\n", 6,
+     "each: 'c' is not a group above it"),
+    ("name: x\ndefaults: {command: [echo]}\ngroups:\n  - name: a\n    after: [b]\n  - name: b\n    each: a\n",
+     None, "dependency cycle"),
+    ("name: x\ndefaults: {command: [echo]}\ngroups:\n  - name: a\n  - name: b\n    each: a\n"
+     "    params: {source_job: 3}\n", 6, "sets 'source_job' itself"),
     *[(ENSEMBLE.replace(old, new), line, words) for old, new, line, words in [
         ("splits: [predict]", "splitz: [predict]", 7, "unknown key 'splitz' in ensemble.predict (hint: did you mean "
                                                       "'splits'?)"),
@@ -260,7 +268,7 @@ def test_bad_files_enough() -> None:
 def test_missing_file_and_bad_set_are_user_errors(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="no such file"):
         load_grid(tmp_path / "nope.yaml")
-    from memq.grid import parse_overrides
+    from memq.overrides import parse_overrides
 
     with pytest.raises(UserError, match="KEY=VALUE"):
         parse_overrides(["novalue"])
@@ -271,3 +279,22 @@ def test_loading_a_grid_file_does_not_import_the_store() -> None:
     code = "import sys, memq.grid; print(sorted(m for m in sys.modules if m.startswith(('memq.store', 'sqlalchemy'))))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_the_winning_recipe_pipeline_has_the_reference_s_steps_and_counts() -> None:
+    from collections import Counter
+
+    spec = load_grid(Path(__file__).parents[2] / "grids" / "mem-heavy.yaml")
+    groups = Counter(job.group.split(".")[0] for job in spec.jobs)
+    assert len(spec.jobs) == 483
+    assert groups == {"prepare": 8, "features": 1, "topyneck": 24, "gather": 1, "wholebrain": 1, "wholebrain-soup": 1,
+                      "atlas-w": 1, "all": 3, "A": 9, "W": 9, **{f"R{i}": 9 for i in range(1, 11)}, "soup": 111,
+                      "predict": 222, "combine": 1, "report": 1}
+    trained = [job for job in spec.jobs if job.kind == "mem.train"]
+    assert len(trained) == 112 and all(j.params["MODEL.TOPYNECK_PATH"] == "/data/alg23/topyneck/topyneck.pth"
+                                       for j in trained)
+    after = {g.name: g for g in spec.groups}
+    atlas = next(j for j in spec.jobs if j.group.startswith("atlas-w."))
+    assert after["W"].after == (atlas.group,) and after[atlas.group].after_jobs[0][:10] == atlas.group[-10:]
+    soups = [j for j in spec.jobs if j.group.startswith("soup.")]
+    assert {j.params["source_job"] for j in soups} == {j.key for j in trained if j.group != "wholebrain"}

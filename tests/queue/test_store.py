@@ -387,7 +387,7 @@ def _downgrade_to_version_1(st) -> None:
         "INSERT INTO attempts_v1 (id, job_id, attempt, worker_id, started_at, ended_at, outcome, exit_code, reason) "
         "SELECT row_number() OVER (ORDER BY job_id, attempt), job_id, attempt, worker_id, started_at, ended_at, "
         "outcome, exit_code, reason FROM attempts",
-        "DROP TABLE attempts", "ALTER TABLE attempts_v1 RENAME TO attempts",
+        "DROP TABLE attempts", "ALTER TABLE attempts_v1 RENAME TO attempts", "DROP TABLE group_job_deps",
         "UPDATE meta SET value = '1' WHERE key = 'schema_version'",
     ]
     st.backend.run(lambda conn: [conn.execute(sa.text(sql)) for sql in statements])
@@ -407,15 +407,15 @@ def test_a_version_1_database_is_upgraded_when_opened(rig: Rig) -> None:
 
     upgraded = rig.store(create=False)
 
-    def shape(conn: sa.Connection) -> tuple[str, set[str], set[str], list[str]]:
+    def shape(conn: sa.Connection) -> tuple[str, set[str], set[str], list[str], bool]:
         inspector = sa.inspect(conn)
         version = conn.execute(sa.text("SELECT value FROM meta WHERE key = 'schema_version'")).scalar_one()
         return (version, {ix["name"] for ix in inspector.get_indexes("jobs")},
                 {ix["name"] for ix in inspector.get_indexes("attempts")},
-                inspector.get_pk_constraint("attempts")["constrained_columns"])
+                inspector.get_pk_constraint("attempts")["constrained_columns"], inspector.has_table("group_job_deps"))
 
-    version, job_indexes, attempt_indexes, key = upgraded.backend.run(shape, write=False)
-    assert version == "2" and key == ["job_id", "attempt"] and not attempt_indexes
+    version, job_indexes, attempt_indexes, key, job_deps = upgraded.backend.run(shape, write=False)
+    assert version == "3" and key == ["job_id", "attempt"] and not attempt_indexes and job_deps
     assert {"ix_jobs_grid", "ix_jobs_running", "ix_jobs_group_state", "ix_jobs_queued"} <= job_indexes
     assert not job_indexes & {"ix_jobs_grid_state", "ix_jobs_worker"}
     assert {job["id"]: upgraded.attempts(job["id"]) for job in upgraded.jobs()} == history

@@ -61,9 +61,30 @@ def _file_entry(path: Path) -> dict[str, Any]:
 
 def write_subject(directory: Path, subject: str, values: np.ndarray) -> dict[str, Any]:
     """Publish ``subjXX.npy`` (float16, C order: readers stream it by rows); returns its manifest entry."""
-    rows = np.ascontiguousarray(values, dtype=np.float16)
-    path = write_atomically(directory / f"{subject}.npy", lambda tmp: save_npy(tmp, rows))
-    return _file_entry(path)
+    return write_subject_rows(directory, subject, values.shape, [values])
+
+
+def write_subject_rows(directory: Path, subject: str, shape: tuple[int, ...], blocks: Iterable[np.ndarray],
+                       ) -> dict[str, Any]:
+    """:func:`write_subject` of a ``shape`` matrix given as blocks of its rows, in order, holding one
+    block at a time; the bytes are np.save's."""
+
+    def write(tmp: Path) -> None:
+        rows = 0
+        with tmp.open("wb") as fh:
+            header = {"descr": npy_format.dtype_to_descr(np.dtype(np.float16)), "fortran_order": False,
+                      "shape": tuple(shape)}
+            npy_format.write_array_header_1_0(fh, header)
+            for block in blocks:
+                block = np.ascontiguousarray(block, dtype=np.float16)
+                if block.shape[1:] != tuple(shape[1:]):
+                    raise ValueError(f"{subject}: rows of shape {block.shape[1:]}, expected {shape[1:]}")
+                fh.write(block.tobytes())
+                rows += len(block)
+        if rows != shape[0]:
+            raise ValueError(f"{subject}: {rows} rows written, expected {shape[0]}")
+
+    return _file_entry(write_atomically(directory / f"{subject}.npy", write))
 
 
 def save_npy(path: Path, values: np.ndarray) -> None:

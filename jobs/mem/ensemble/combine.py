@@ -31,6 +31,7 @@ import numpy as np
 from jobs.data.layout import N_SLOTS, open_subject, subject_path
 from jobs.eval.report import MANIFEST_FILE, SCORES_FILE
 from jobs.eval.score import pearson
+from jobs.kinds import MEM_IMPORT, MEM_TRAIN
 from jobs.mem.ensemble.artifacts import SubjectPrediction, read_predictions, remove_temporaries
 from jobs.mem.ensemble.challenge import submission, write_submission
 from jobs.mem.ensemble.schemes import schemes as find_schemes
@@ -75,6 +76,14 @@ def _jobs(ctx: JobContext, ids: Sequence[int]) -> list[dict[str, Any]]:
     if missing or unfinished:
         raise PermanentError(f"trained jobs missing {missing} or not succeeded {unfinished}")
     return rows
+
+
+TRAINED_KINDS = (MEM_TRAIN.name, MEM_IMPORT.name)
+
+
+def _trained_in_grid(grid_jobs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A pipeline's trained jobs: its succeeded jobs of a kind that makes ROI models."""
+    return [job for job in grid_jobs if job["kind"] in TRAINED_KINDS and job["state"] == "succeeded"]
 
 
 def _data_dir(jobs: Sequence[dict[str, Any]]) -> Path:
@@ -164,13 +173,16 @@ def run(ctx: JobContext) -> None:
     out = Path(params.out)
     (out / MANIFEST_FILE).unlink(missing_ok=True)  # present again only once every file below is rewritten
     remove_temporaries(out)
-    jobs = _jobs(ctx, params.jobs)
+    grid = params.grid or ctx.grid
+    grid_jobs = ctx.jobs(grid=grid)
+    jobs = _jobs(ctx, params.jobs) if params.jobs is not None else _trained_in_grid(grid_jobs)
     try:
-        schemes = select(find_schemes(jobs, ctx.jobs(grid=params.grid)), params.schemes, partial=params.partial)
+        schemes = select(find_schemes(jobs, grid_jobs), params.schemes, partial=params.partial)
     except ValueError as exc:
         raise PermanentError(str(exc)) from None
+    jobs = [job for job in jobs if any(job["id"] in ids for ids in schemes.values())]
     data_dir = _data_dir(jobs)
-    parts = _parts(ctx.root, params.grid, params.recipe, [job for ids in schemes.values() for job in ids])
+    parts = _parts(ctx.root, grid, params.recipe, [job for ids in schemes.values() for job in ids])
     subjects = _subjects(data_dir, parts)
     skipped = {name: "no succeeded jobs" for name in params.schemes or () if name not in schemes}  # partial
     skipped |= {name: problem for name, ids in schemes.items() if (problem := _problem(ids, parts, subjects))}
@@ -191,7 +203,7 @@ def run(ctx: JobContext) -> None:
         "cumulative": [{"schemes": names[: k + 1], **c.json()} for k, c in enumerate(cumulative)],
     }
     write_text_atomically(out / SCORES_FILE, json.dumps(scores, indent=2) + "\n")
-    manifest = {"grid": params.grid, "recipe": params.recipe, "split": SUBMISSION_SPLIT, "score_split": SCORE_SPLIT,
+    manifest = {"grid": grid, "recipe": params.recipe, "split": SUBMISSION_SPLIT, "score_split": SCORE_SPLIT,
                 "subjects": [s.name for s in subjects], "schemes": schemes, "skipped": skipped}
     write_text_atomically(out / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")
     final = scores["cumulative"][-1]["mean"]

@@ -2,14 +2,22 @@
 
 Output: ``<root>/predictions/<grid>/<job>/<recipe>/<split>/`` (see jobs/mem/ensemble/artifacts.py): one
 float16 file per subject, the trial and voxel index, and the manifest, written last. Idempotent:
-a directory whose manifest names the current soup and whose files verify is kept.
+a directory whose manifest names the current soup and whose files verify is kept. With ``dark:
+NAME`` the directory is then copied to the teacher-prediction store DATASET.DIR/dark/NAME/<split>/
+(jobs/mem/dark.py), where a student with LOSS.DARK reads it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 
-from jobs.mem.build import build
+from jobs.mem.build import Built, build
+from jobs.mem.dark import publish
+from jobs.mem.data import MemDataset
 from jobs.mem.ensemble.artifacts import (
     MANIFEST,
     read_manifest,
@@ -17,7 +25,7 @@ from jobs.mem.ensemble.artifacts import (
     verified,
     write_index,
     write_manifest,
-    write_subject,
+    write_subject_rows,
 )
 from jobs.mem.ensemble.source import registered, stage_params, trained_job
 from jobs.mem.ensemble.stage_params import PredictParams
@@ -36,7 +44,18 @@ def run(ctx: JobContext) -> None:
     manifest = read_manifest(directory)
     if manifest is not None and manifest["soup_sha256"] == soup["sha256"] and verified(directory, manifest):
         print(f"{directory}: up to date", flush=True)
-        return
+    else:
+        _predict(ctx, params, source, soup, directory)
+    if params.dark is not None:
+        data_dir = source["params"].get("DATASET.DIR")
+        if not data_dir:
+            raise PermanentError(f"dark: job {source['id']} has no DATASET.DIR to publish teacher predictions in")
+        target = publish(directory, data_dir, params.dark, params.split)
+        print(f"teacher predictions {params.dark}: {params.split} -> {target}", flush=True)
+
+
+def _predict(ctx: JobContext, params: PredictParams, source: dict[str, Any], soup: dict[str, Any],
+             directory: Path) -> None:
     (directory / MANIFEST).unlink(missing_ok=True)  # the files below are about to change
     remove_temporaries(directory)
     built = build(source["params"], source["repeat"], ctx.gpus, ctx.root)
@@ -45,15 +64,8 @@ def run(ctx: JobContext) -> None:
     entries, index = {}, {}
     for dataset in built.data.datasets(params.split):
         subject = dataset.subject
-        values = np.empty((len(dataset), built.model.n_voxels[subject]), dtype=np.float16)
-        row = 0
-        for samples, preds in subject_batches(built, dataset):
-            if not np.array_equal(samples["index"].cpu().numpy(), dataset.indices[row : row + len(preds)]):
-                raise RuntimeError(f"{subject}: batches out of split order at row {row}")
-            values[row : row + len(preds)] = preds.cpu().numpy()
-            row += len(preds)
-            ctx.report_progress(subject=subject, trials=row)
-        entries[subject] = write_subject(directory, subject, values)
+        shape = (len(dataset), built.model.n_voxels[subject])
+        entries[subject] = write_subject_rows(directory, subject, shape, _rows(ctx, built, dataset))
         voxels = infos[subject].voxels
         index[subject] = (dataset.indices, np.arange(infos[subject].n_voxels) if voxels is None else voxels)
     write_manifest(directory, {"source_job": source["id"], "grid": source["grid"], "recipe": params.recipe,
@@ -61,3 +73,15 @@ def run(ctx: JobContext) -> None:
                                "index": write_index(directory, index), "subjects": entries})
     print(f"job {source['id']} {params.recipe} soup: {params.split} predictions of {len(entries)} subjects "
           f"-> {directory}", flush=True)
+
+
+def _rows(ctx: JobContext, built: Built, dataset: MemDataset) -> Iterator[np.ndarray]:
+    """The predictions of ``dataset``'s trials in split order, a batch at a time: the train split of a
+    real subject (~18 GB of float16) is never held in memory at once."""
+    row = 0
+    for samples, preds in subject_batches(built, dataset):
+        if not np.array_equal(samples["index"].cpu().numpy(), dataset.indices[row : row + len(preds)]):
+            raise RuntimeError(f"{dataset.subject}: batches out of split order at row {row}")
+        yield preds.cpu().numpy()
+        row += len(preds)
+        ctx.report_progress(subject=dataset.subject, trials=row)

@@ -18,13 +18,13 @@ def stage_params(cls: type[P], ctx: JobContext) -> P:
         raise PermanentError(str(error)) from None
 
 
-def trained_job(ctx: JobContext, job_id: int) -> dict[str, Any]:
-    """The store's row of a succeeded training job."""
-    rows = ctx.jobs(ids=[job_id])
+def trained_job(ctx: JobContext, source: int | str) -> dict[str, Any]:
+    """The store's row of a succeeded training job, named by id or (a grid's ``each:``) by key."""
+    rows = ctx.jobs(ids=[source]) if isinstance(source, int) else ctx.jobs(keys=[source])
     if not rows:
-        raise PermanentError(f"source job {job_id} does not exist")
+        raise PermanentError(f"source job {source} does not exist")
     if rows[0]["state"] != "succeeded":
-        raise PermanentError(f"source job {job_id} is {rows[0]['state']}, not succeeded")
+        raise PermanentError(f"source job {source} (#{rows[0]['id']}) is {rows[0]['state']}, not succeeded")
     return rows[0]
 
 

@@ -15,12 +15,15 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from jobs.data.dark import DARK_NAME_PATTERN
 from jobs.data.layout import SPLITS
 from jobs.mem.validate import validate_train
 
 Recipe = Literal["uniform", "greedy"]
 Split = Literal[SPLITS]  # type: ignore[valid-type]  # the prepared layout's split names
 JobId = Annotated[int, Field(ge=1)]
+# A job named by its key: what a grid's `each:` group gives its jobs (memq/each.py).
+JobRef = JobId | Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
 SUBMISSION_SPLIT, SCORE_SPLIT = "predict", "val2"  # the Algonauts test sessions; held-out with betas
 
 
@@ -40,27 +43,38 @@ class StageParams(BaseModel):
 class SoupParams(StageParams):
     """mem.soup params"""
 
-    source_job: JobId
+    source_job: JobRef
     recipe: Recipe = "uniform"
 
 
 class PredictParams(StageParams):
     """mem.predict params"""
 
-    source_job: JobId
+    source_job: JobRef
     recipe: Recipe = "uniform"
     split: Split
+    # also publish the predictions as teacher predictions DATASET.DIR/dark/<dark>/<split>/ (the
+    # reference's xvbaa --save_name), for a student with LOSS.DARK and DATASET.DARK = <dark>
+    dark: Annotated[str, Field(pattern=DARK_NAME_PATTERN)] | None = None
 
 
 class EnsembleParams(StageParams):
     """mem.ensemble params"""
 
-    grid: str
     out: str
-    jobs: Annotated[list[JobId], Field(min_length=1)]
+    # `memq ensemble` names the trained jobs and their grid; in a pipeline grid (a combine group after
+    # its `each:` predictions) they are left out: this job's grid, its trained jobs in `schemes`
+    grid: str | None = None
+    jobs: Annotated[list[JobId], Field(min_length=1)] | None = None
     recipe: Recipe = "uniform"
     schemes: Annotated[list[str], Field(min_length=1)] | None = None  # None: every scheme, in grid order
     partial: bool = False  # leave out schemes that do not cover every voxel, instead of failing
+
+    @model_validator(mode="after")
+    def _jobs_or_schemes(self) -> Self:
+        if self.jobs is None and self.schemes is None:
+            raise ValueError("name the trained jobs (jobs) or the schemes to average (schemes)")
+        return self
 
 
 class ImportParams(StageParams):

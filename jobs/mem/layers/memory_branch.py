@@ -43,13 +43,15 @@ class MemoryBranch(nn.Module):
     shared Mlp.
     """
 
-    def __init__(self, config: ModelConfig, n_frames: int, subjects: Sequence[str]) -> None:
+    def __init__(
+        self, config: ModelConfig, n_frames: int, subjects: Sequence[str], bhv_dim: int | None = None
+    ) -> None:
         super().__init__()
         cond, small = config.COND, config.BACKBONE_SMALL
         frame_dim = config.PREV_FEAT.DIM + cond.DIM + small.T_DIM
         hidden = 4 * config.merge_width
         self.n_frames = n_frames
-        self.behav_embed = BehaviourEmbed(subjects, cond.IN_DIM, cond.DIM, cond.DROPOUT)
+        self.behav_embed = BehaviourEmbed(subjects, bhv_dim or cond.IN_DIM, cond.DIM, cond.DROPOUT)
         self.time_embed = SubjectTimeEmbed(subjects, small.T_DIM)
         self.frame_mlp = Mlp(frame_dim, out_features=config.prev_width)
         self.compress = nn.ModuleDict(

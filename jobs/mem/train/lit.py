@@ -14,6 +14,7 @@ from timm.scheduler import CosineLRScheduler
 from torch import Tensor
 
 from jobs.mem.config import MemConfig
+from jobs.mem.dark import dark_weights
 from jobs.mem.model import MemModel
 from jobs.mem.pearson import PearsonSums
 from jobs.mem.train.loss_weights import SyncWeights
@@ -65,17 +66,41 @@ class MemLit(L.LightningModule):
         weights = self.sync.weight(subject, device)
         return weights if weights is None or voxels is None else weights[voxels]
 
+    def _voxel_loss(self, subject: str, pred: Tensor, samples: Mapping[str, Tensor], selected: Tensor | None,
+                    ) -> Tensor:
+        """Per-voxel SmoothL1 of one subject's samples [B, n] on the ``selected`` voxels; with
+        LOSS.DARK, blended with the loss against the teacher as the epoch says (jobs/mem/dark.py).
+        The epoch means of both losses and of the blend are logged as TRAIN/dark/<subject>/..."""
+
+        def loss(target: Tensor) -> Tensor:
+            target = target if selected is None else target[:, selected]
+            return F.smooth_l1_loss(pred, target, beta=self.config.LOSS.SMOOTH_L1_BETA, reduction="none")
+
+        y = samples["y"]
+        dark = self.config.LOSS.DARK
+        if not dark.USE:
+            return loss(y)
+        teacher = samples["dark"]
+        blank = (teacher == 0).all(dim=1)  # the reference's stand-in for a missing teacher file
+        if bool(blank.any()):
+            log.warning("%d teacher predictions are all 0: the target stands in for them", int(blank.sum()))
+            teacher = torch.where(blank[:, None], y, teacher)
+        target_weight, teacher_weight = dark_weights(self.current_epoch, dark.MAX_EPOCH)
+        target_loss, teacher_loss = loss(y), loss(teacher)
+        blend = target_loss * target_weight + teacher_loss * teacher_weight
+        for name, value in (("target", target_loss), ("teacher", teacher_loss), ("blend", blend)):
+            self.log(f"TRAIN/dark/{subject}/{name}", value.detach().mean(), on_step=False, on_epoch=True,
+                     batch_size=len(y))
+        return blend
+
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
         device = next(iter(batch.values()))["y"].device
         voxels = {subject: self._sample_voxels(subject, device) for subject in batch}
         out = self.model.forward_subjects(batch, voxels)
         sums, count = [], 0
         for subject, samples in batch.items():
-            y, selected = samples["y"], voxels[subject]
-            target = y if selected is None else y[:, selected]
-            voxel_loss = F.smooth_l1_loss(
-                out.preds[subject].float(), target, beta=self.config.LOSS.SMOOTH_L1_BETA, reduction="none"
-            )
+            selected = voxels[subject]
+            voxel_loss = self._voxel_loss(subject, out.preds[subject].float(), samples, selected)
             weights = self._voxel_weights(subject, selected, device)
             if weights is not None:
                 voxel_loss = voxel_loss * weights

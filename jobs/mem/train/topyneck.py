@@ -22,12 +22,11 @@ from typing import Any
 
 import torch
 
-from jobs.mem.build import Built, build
-from jobs.mem.ensemble.soup import greedy_soup
 from jobs.mem.evaluate import pearson_by_subject
 from jobs.mem.files import save_atomically
 from jobs.mem.model import TOPYNECK_GROUPS
 from jobs.mem.train.fit import finish, fit, job_config, write_result
+from jobs.mem.train.own_soup import own_soup
 from memq.job import JobContext, PermanentError
 
 STAGES = ("train", "gather")
@@ -53,26 +52,13 @@ def run(ctx: JobContext) -> None:
         gather(ctx)
 
 
-def _soup(ctx: JobContext) -> tuple[Built, dict[str, Any]]:
-    """The greedy soup of this run's registered checkpoints, loaded into a freshly built model,
-    and its summary (members, the selection split's score and val2)."""
-    rows = ctx.checkpoints()
-    if not rows:
-        raise RuntimeError("the run left no checkpoint to make the topyneck soup from")
-    built = build(ctx.params, ctx.repeat, ctx.gpus, ctx.root)
-    result, split = greedy_soup(ctx, rows, built)
-    built.model.load_trainable_state_dict(result.state)
-    return built, {"members": result.members, "selection_split": split, split: result.selection_score,
-                   "val2": result.reported_score}
-
-
 def train(ctx: JobContext) -> None:
     config = job_config(ctx.params)
     if config.MODEL.TOPYNECK_PATH is not None:
         raise PermanentError("mem.topyneck stage train: MODEL.TOPYNECK_PATH must be unset (it trains the topyneck)")
     parts_dir = _param(ctx, "parts_dir")
     fitted = fit(ctx)
-    built, soup = _soup(ctx)
+    built, soup = own_soup(ctx)
     val, test = pearson_by_subject(built, "val1"), pearson_by_subject(built, "val2")
     topyneck = built.model.topyneck_state_dict()
     parts = {}
