@@ -149,7 +149,7 @@ def test_a_batch_holds_the_frame_t_slots_back_and_nothing_else(trained: Trained)
         random.Random("5:val1").shuffle(table)  # rows copied through views: some repeat, as in the reference
         assert len(np.unique(table, axis=0)) < len(table)
         dataset = MemDataset(trained.data / "subj01.fship.h5", "val1", None, trained.data / "images.h5",
-                             prev_frames=False, shuffle_seed=5)  # fmt: skip
+                             memory=False, shuffle_seed=5)  # fmt: skip
         for i in (0, 5):
             sample = dataset[i]
             g = sample["index"]
