@@ -76,7 +76,11 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     return Trained(tmp_path_factory.mktemp("replay"))
 
 
-def test_the_grid_has_the_reference_job_count() -> None:
+def test_the_grid_has_the_reference_job_count(tmp_path: Path) -> None:
+    random_weights = ["--set", "MODEL.BACKBONE.WEIGHTS=random", "--set", "MODEL.BACKBONE_SMALL.WEIGHTS=random"]
+    argv = [sys.executable, "-m", "memq", "--root", str(tmp_path / "root"), "submit", "grids/replay.yaml", "--dry-run"]
+    dry = subprocess.run([*argv, *random_weights], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert dry.returncode == 0 and "replay: 280 jobs (dry run, nothing written)" in dry.stdout, dry.stderr
     spec = load_grid(REPO / "grids/replay.yaml")
     frames = [job for job in spec.jobs if job.group == "frames"]
     assert len(spec.jobs) == 280 and len(frames) == 32 * 8  # + 8 + 8 = xdaa's 272 training jobs, + 8 to prepare
