@@ -77,3 +77,5 @@ EVAL_REPORT = KindSpec(
     "data, grid: default this job's)",
     gpus=0,
 )
+# the kinds whose jobs are trained ROI models: what an ensemble stitches and a report shows
+TRAINED_KINDS = (MEM_TRAIN.name, MEM_IMPORT.name)

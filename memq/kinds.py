@@ -71,28 +71,26 @@ def lookup(name: str) -> KindSpec | None:
     return registry()[name]
 
 
-def validator(spec: KindSpec) -> Callable[[dict[str, Any], Path | None], None] | None:
-    """The kind's submit-time parameter check, or None if it has none (or is not installed yet)."""
-    if spec.validate is None:
+def _optional(ref: str | None) -> Any:
+    """The object ``ref`` names, or None when there is none or its module is not installed yet."""
+    if ref is None:
         return None
     try:
-        return load_object(spec.validate)
+        return load_object(ref)
     except ModuleNotFoundError as exc:
-        if _absent(spec.validate, exc):
+        if _absent(ref, exc):
             return None
         raise
+
+
+def validator(spec: KindSpec) -> Callable[[dict[str, Any], Path | None], None] | None:
+    """The kind's submit-time parameter check, or None if it has none (or is not installed yet)."""
+    return _optional(spec.validate)
 
 
 def grid_validator(spec: KindSpec) -> Callable[..., tuple[str, str] | None] | None:
     """The kind's whole-grid check, or None."""
-    if spec.validate_grid is None:
-        return None
-    try:
-        return load_object(spec.validate_grid)
-    except ModuleNotFoundError as exc:
-        if _absent(spec.validate_grid, exc):
-            return None
-        raise
+    return _optional(spec.validate_grid)
 
 
 def entry_function(spec: KindSpec) -> Callable[..., Any]:

@@ -13,7 +13,7 @@ from typing import Any
 
 from jobs.eval.ablation import table_rows, text_table
 from jobs.eval.report import ReportInputs, build_report
-from jobs.kinds import MEM_IMPORT, MEM_TRAIN
+from jobs.kinds import TRAINED_KINDS
 from memq.job import JobContext, PermanentError
 
 REQUIRED, OPTIONAL = {"out"}, {"grid", "ensemble", "truth", "data"}
@@ -32,7 +32,7 @@ def validate_report(params: Mapping[str, Any], root: Path | None = None) -> None
 def run(ctx: JobContext) -> None:
     p = ctx.params
     grid = p.get("grid") or ctx.grid
-    trained = [job for job in ctx.jobs(grid=grid) if job["kind"] in (MEM_TRAIN.name, MEM_IMPORT.name)]
+    trained = [job for job in ctx.jobs(grid=grid) if job["kind"] in TRAINED_KINDS]
     if not trained:
         raise PermanentError(f"grid {grid!r} has no mem.train or mem.import jobs to report on")
 

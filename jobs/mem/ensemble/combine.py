@@ -31,7 +31,7 @@ import numpy as np
 from jobs.data.layout import N_SLOTS, open_subject, subject_path
 from jobs.eval.report import MANIFEST_FILE, SCORES_FILE
 from jobs.eval.score import pearson
-from jobs.kinds import MEM_IMPORT, MEM_TRAIN
+from jobs.kinds import TRAINED_KINDS
 from jobs.mem.ensemble.artifacts import SubjectPrediction, read_predictions, remove_temporaries
 from jobs.mem.ensemble.challenge import submission, write_submission
 from jobs.mem.ensemble.schemes import schemes as find_schemes
@@ -76,9 +76,6 @@ def _jobs(ctx: JobContext, ids: Sequence[int]) -> list[dict[str, Any]]:
     if missing or unfinished:
         raise PermanentError(f"trained jobs missing {missing} or not succeeded {unfinished}")
     return rows
-
-
-TRAINED_KINDS = (MEM_TRAIN.name, MEM_IMPORT.name)
 
 
 def _trained_in_grid(grid_jobs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
