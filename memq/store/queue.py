@@ -167,7 +167,9 @@ def finish_in(conn: Connection, backend: Backend, o: Outcome, now: float) -> tup
     if o.metrics:
         conn.execute(q.set_metrics(o.job_id, {**(row.metrics or {}), **o.metrics}))
     if row.state == Q.SUCCEEDED.value and row.has_job_dependants:
-        conn.execute(q.refresh_ready(row.grid_id))
+        conn.execute(q.refresh_followers(o.job_id))
+        if row.has_dependants:
+            _group_succeeded(conn, row.group_id)
         return True, True
     if row.state == Q.SUCCEEDED.value and row.has_dependants:
         return True, _group_succeeded(conn, row.group_id)

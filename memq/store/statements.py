@@ -150,7 +150,7 @@ def finish(variant: str) -> Any:
         "EXISTS (SELECT 1 FROM group_deps AS d WHERE d.after_group_id = jobs.group_id)").label("has_dependants")
     has_job_dependants = sa.literal_column(
         "EXISTS (SELECT 1 FROM group_job_deps AS d WHERE d.after_job_id = jobs.id)").label("has_job_dependants")
-    return J.update().where(current).values(**values).returning(J.c.group_id, J.c.grid_id, J.c.state, J.c.metrics,
+    return J.update().where(current).values(**values).returning(J.c.group_id, J.c.state, J.c.metrics,
                                                                 has_dependants, has_job_dependants)
 
 
@@ -244,14 +244,29 @@ def add_new_jobs(insert: Any) -> Any:
     return insert(J).on_conflict_do_nothing(index_elements=["key"]).returning(J.c.id)
 
 
-def refresh_ready(grid: int) -> Any:
-    """Recompute `groups.ready` for one grid: every `after` group fully succeeded, every job a
-    group waits for (group_job_deps) succeeded."""
-    g, d, jd = s.groups, s.group_deps, s.group_job_deps
+def _blocked_groups() -> Any:
+    """Groups with an `after` group not fully succeeded, or a job they wait for (group_job_deps) not succeeded."""
+    d, jd = s.group_deps, s.group_job_deps
     unfinished = sa.exists().where(J.c.group_id == d.c.after_group_id, J.c.state != Q.SUCCEEDED.value)
     unfinished_job = sa.exists().where(J.c.id == jd.c.after_job_id, J.c.state != Q.SUCCEEDED.value)
-    blocked = sa.union(sa.select(d.c.group_id).where(unfinished), sa.select(jd.c.group_id).where(unfinished_job))
-    return g.update().where(g.c.grid_id == grid).values(ready=~g.c.id.in_(blocked))
+    return sa.union(sa.select(d.c.group_id).where(unfinished), sa.select(jd.c.group_id).where(unfinished_job))
+
+
+def refresh_ready(grid: int) -> Any:
+    """Recompute `groups.ready` for one grid."""
+    g = s.groups
+    return g.update().where(g.c.grid_id == grid).values(ready=~g.c.id.in_(_blocked_groups()))
+
+
+def refresh_followers(job: int) -> Any:
+    """Recompute `groups.ready` for the groups that wait for job ``job`` only (a finish on the
+    worker's path: not every group of a grid of many `each:` groups)."""
+    g, d, jd = s.groups, s.group_deps, s.group_job_deps
+    followers = sa.select(jd.c.group_id).where(jd.c.after_job_id == job)
+    waits = sa.exists().where(d.c.group_id == g.c.id, J.c.group_id == d.c.after_group_id,
+                              J.c.state != Q.SUCCEEDED.value)
+    waits_job = sa.exists().where(jd.c.group_id == g.c.id, J.c.id == jd.c.after_job_id, J.c.state != Q.SUCCEEDED.value)
+    return g.update().where(g.c.id.in_(followers)).values(ready=~(waits | waits_job))
 
 
 def grid_of_group(group: int) -> Any:
