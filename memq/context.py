@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from memq.checkpoints import sha256_file
-from memq.errors import Fenced
+from memq.errors import Fenced, PermanentError
 from memq.jobenv import JobEnv
 from memq.paths import sibling_attempt_dir
 from memq.sync import SyncReport, sync
@@ -44,6 +44,16 @@ class JobContext(JobEnv):
              ) -> list[dict[str, Any]]:
         """Rows of jobs (``memq jobs --json`` shape): of ``ids``, of ``grid``, of ``keys``, or all."""
         return self._queue().jobs(ids=ids, grid=grid, keys=keys)
+
+    def succeeded_job(self, source: int | str) -> dict[str, Any]:
+        """The row of a succeeded job this one builds on, named by id or (a grid's ``each:``) by
+        key; PermanentError when it is missing or has not succeeded (a retry cannot change that)."""
+        rows = self.jobs(ids=[source]) if isinstance(source, int) else self.jobs(keys=[source])
+        if not rows:
+            raise PermanentError(f"source job {source} does not exist")
+        if rows[0]["state"] != "succeeded":
+            raise PermanentError(f"source job {source} (#{rows[0]['id']}) is {rows[0]['state']}, not succeeded")
+        return rows[0]
 
     def checkpoints(self, job_ids: Iterable[int] = (), kind: str | None = "checkpoint") -> list[dict[str, Any]]:
         """Registered files of ``job_ids`` (default: this job), best metric first within a job."""

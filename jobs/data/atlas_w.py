@@ -228,10 +228,7 @@ def run(ctx: JobContext) -> None:
 
 
 def _registered_soup(ctx: JobContext, source: int | str, recipe: str) -> Path:
-    rows = ctx.jobs(ids=[source]) if isinstance(source, int) else ctx.jobs(keys=[source])
-    if not rows or rows[0]["state"] != "succeeded":
-        raise PermanentError(f"source job {source} is {rows[0]['state'] if rows else 'missing'}, not succeeded")
-    job = rows[0]
+    job = ctx.succeeded_job(source)
     path = soup_path(ctx.root, job["grid"], job["id"], recipe)
     found = [row for row in ctx.checkpoints([job["id"]], kind=SOUP_ARTIFACT) if row["path"] == str(path)]
     if not found:

@@ -27,7 +27,7 @@ from jobs.mem.ensemble.artifacts import (
     write_manifest,
     write_subject_rows,
 )
-from jobs.mem.ensemble.source import registered, stage_params, trained_job
+from jobs.mem.ensemble.source import registered, stage_params
 from jobs.mem.ensemble.stage_params import PredictParams
 from jobs.mem.evaluate import subject_batches
 from memq.job import SOUP_ARTIFACT, JobContext, PermanentError, load_verified, prediction_dir, soup_path
@@ -35,7 +35,7 @@ from memq.job import SOUP_ARTIFACT, JobContext, PermanentError, load_verified, p
 
 def run(ctx: JobContext) -> None:
     params = stage_params(PredictParams, ctx)
-    source = trained_job(ctx, params.source_job)
+    source = ctx.succeeded_job(params.source_job)
     path = soup_path(ctx.root, source["grid"], source["id"], params.recipe)
     soup = registered(ctx, source["id"], SOUP_ARTIFACT, str(path))
     if soup is None:

@@ -24,7 +24,7 @@ import torch
 from jobs.mem.build import Built, build
 from jobs.mem.ensemble import soup_recipes as soups
 from jobs.mem.ensemble.artifacts import remove_temporaries
-from jobs.mem.ensemble.source import registered, stage_params, trained_job
+from jobs.mem.ensemble.source import registered, stage_params
 from jobs.mem.ensemble.stage_params import SoupParams
 from jobs.mem.evaluate import mean_pearson
 from jobs.mem.files import save_atomically
@@ -119,7 +119,7 @@ def _make_verified(ctx: JobContext, job_id: int, rows: list[dict[str, Any]], rec
 
 def run(ctx: JobContext) -> None:
     params = stage_params(SoupParams, ctx)
-    source = trained_job(ctx, params.source_job)
+    source = ctx.succeeded_job(params.source_job)
     path = soup_path(ctx.root, source["grid"], source["id"], params.recipe)
     rows = _checkpoints(ctx, source["id"], recheck=False)
     summary = _current(path, registered(ctx, source["id"], SOUP_ARTIFACT, str(path)), rows)
