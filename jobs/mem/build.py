@@ -99,6 +99,7 @@ def build(params: Mapping[str, Any], repeat: int, gpus: list[int], root: Path, *
             space=dataset.FMRI_SPACE,
             t_image=config.EXPERIMENTAL.T_IMAGE,
             shuffle_seed=config.TRAINER.SEED + repeat if config.EXPERIMENTAL.SHUFFLE_IMAGES else None,
+            seed=config.TRAINER.SEED + repeat,
         )
         model = MemModel(config, data.subject_info(), weights_root=root)
     except LayoutError as error:  # retrying cannot help; `memq retry` once the data is fixed

@@ -254,6 +254,11 @@ class MemDataModule(L.LightningDataModule):
     predictions (DIR/dark/<dark>/train/, jobs/mem/dark.py) that the train split's samples carry;
     they are read and verified when the train split is first built. ``space``: which prepared files
     of ``data_dir`` (DATASET.FMRI_SPACE).
+
+    ``seed`` starts the generator of the train split's order, which only that split draws from
+    and which the resume file holds (``state_dict``): a resumed run's first epoch draws the order
+    the uninterrupted run drew (Lightning draws it before the epoch's hooks, where the global
+    generators are set back: jobs/mem/train/randomness.py).
     """
 
     def __init__(
@@ -276,9 +281,11 @@ class MemDataModule(L.LightningDataModule):
         space: str = DEFAULT_SPACE,
         t_image: int = 0,
         shuffle_seed: int | None = None,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         self.dark = dark
+        self.train_order = torch.Generator().manual_seed(seed)
         self.data_dir, self.space = Path(data_dir), space
         self.val_fraction, self.val_subset = val_fraction, val_subset
         self.rois = list(rois) if rois is not None else None
@@ -377,7 +384,14 @@ class MemDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             collate_fn=collate_by_subject,
+            generator=self.train_order if split == "train" else None,
         )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"train_order": self.train_order.get_state()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.train_order.set_state(state_dict["train_order"])
 
     def train_dataloader(self) -> DataLoader[Any]:
         return self._loader("train", shuffle=True)

@@ -25,7 +25,10 @@ import yaml
 
 from jobs.data.atlas_w import SOURCE_ATTR
 from jobs.data.synth import synthesize
+from jobs.mem.train.topk import RESUME_FILE
+from memq.paths import job_dir
 
+from ..mem.jobs_helpers import val_rows
 from ..waiting import until
 from .rig import REPO, Rig
 from .test_kill_rerun import files, job_pid
@@ -91,6 +94,15 @@ def running(rig: Rig, group: str, *, fresh: bool) -> tuple[int, int] | None:
     return None
 
 
+def mid_training(rig: Rig, group: str) -> tuple[int, int] | None:
+    """(id, pid) of a running training job of ``group`` that has written its resume file."""
+    for row in rig.store.jobs(grid=GRID, states=["running"]):
+        resume = job_dir(rig.root, GRID, row["id"], row["attempt"]) / RESUME_FILE
+        if row["group"].split(".")[0] == group and resume.is_file() and (pid := job_pid(row["id"])):
+            return row["id"], pid
+    return None
+
+
 def test_the_winning_recipe_runs_as_one_pipeline_and_killed_workers_change_no_byte(
         tmp_path: Path, params: dict[str, Any], processes) -> None:
     reference = pipeline_rig(tmp_path / "reference", params)
@@ -112,9 +124,9 @@ def test_the_winning_recipe_runs_as_one_pipeline_and_killed_workers_change_no_by
                                    stderr=subprocess.STDOUT)
 
     workers = {name: worker(name) for name in ("a", "b")}
-    # a job process killed as it starts (the job is retried from scratch; one killed mid-training
-    # resumes from its last checkpoint, which does not always give the same bits: issue 17's note) ...
-    killed, pid = until("a topyneck job starting", lambda: running(rig, "topyneck", fresh=True), TIMEOUT)
+    # a job process killed mid-training (the next attempt resumes from its last epoch) ...
+    killed, pid = until("a topyneck job past its first epoch", lambda: mid_training(rig, "topyneck"), TIMEOUT,
+                        step=0.1)
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
     # ... a worker killed with its job (requeued as lost when it comes back under its name) ...
@@ -141,6 +153,9 @@ def test_the_winning_recipe_runs_as_one_pipeline_and_killed_workers_change_no_by
         outcomes = [a["outcome"] for a in rig.store.attempts(job_id)]
         assert outcomes[0] == "failed" and outcomes[-1] == "succeeded", (job_id, outcomes)
     assert next(a["outcome"] for a in rig.store.attempts(lost)) == "lost"
+    resumed = job_dir(rig.root, GRID, killed, len(rig.store.attempts(killed)))
+    # it resumed: epoch 0 came from the resume file (no log at all: the kill came after the last epoch)
+    assert not (resumed / "logs").exists() or [row["epoch"] for row in val_rows(resumed)] == [1.0]
 
     got, want = files(rig.tmp / "submission"), files(reference.tmp / "submission")
     assert sorted(got) == sorted(want) == ["ensemble.json", "scores.json", "subj01/lh_pred_test.npy",

@@ -20,6 +20,7 @@ from jobs.mem.config import MemConfig
 from jobs.mem.data import MemDataModule
 from jobs.mem.train.lit import VAL_METRIC, MemLit
 from jobs.mem.train.progress import JobProgress
+from jobs.mem.train.randomness import ResumableRandomness
 from jobs.mem.train.topk import RESUME_FILE, TopKCheckpoints
 from memq.job import JobContext, write_atomically
 
@@ -71,6 +72,7 @@ def fit(ctx: JobContext) -> Fitted:
     lit = MemLit(config, model, data.roi_columns())
     topk = TopKCheckpoints(ctx, config.TRAINER.SAVE_TOP_K, VAL_METRIC, config.TRAINER.RESUME_EVERY_S)
     callbacks: list[Callback] = [
+        ResumableRandomness(),  # first: sets the generators back before anything draws
         # checked where the resume file is written: at the end of each epoch, after its validation
         EarlyStopping(
             VAL_METRIC, mode="max", patience=config.TRAINER.EARLY_STOP_PATIENCE, check_on_train_epoch_end=True
