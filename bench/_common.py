@@ -27,6 +27,14 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def percentile(values: Sequence[float], q: int) -> float:
+    """The q-th percentile, interpolated between the samples as the median is (so p50 is the
+    median and p90 is never below it); a single sample is every percentile."""
+    if len(values) < 2:
+        return values[0] if values else float("nan")
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+
+
 def load1() -> float:
     return os.getloadavg()[0]
 
