@@ -111,7 +111,8 @@ def matches_of(i: int, group: Group, own: set[str], done: Expanded, source: Yaml
                 raise UserError(f"group {group.name!r} matches {param!r}, which is not a parameter of group "
                                 f"{missing[0]!r}", where=source.where(source.line_of(("groups", i, "after", j,
                                                                                        "match", k))),
-                                hint=_did_you_mean(param, sorted(own & theirs), "match params both groups have"))
+                                hint=_did_you_mean(param, sorted(own & theirs), "params of both: "
+                                                   + (", ".join(sorted(own & theirs)) or "none")))
         found.append((j, Match.of(item.group, item.match, jobs)))
     return found
 

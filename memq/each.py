@@ -97,9 +97,10 @@ class Expanded:
         """The store groups a grid-file group became."""
         return list(self.splits[name]) if name in self.splits else [name]
 
-    def group_specs(self, name: str, after: list[str]) -> list[GroupSpec]:
-        """The grid-file group's store groups, its plain ``after`` resolved to store groups."""
-        waits = tuple(g for dep in after for g in self.store_groups(dep))
+    def group_specs(self, name: str, after: Sequence[object]) -> list[GroupSpec]:
+        """The grid-file group's store groups; the group names in its ``after`` (its matches are job
+        dependencies, placed already) resolved to store groups."""
+        waits = tuple(g for dep in after if isinstance(dep, str) for g in self.store_groups(dep))
         if name not in self.splits:
             return [GroupSpec(name, waits)]
         return [GroupSpec(group, waits, keys) for group, keys in self.splits[name].items()]

@@ -35,7 +35,7 @@ import itertools
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, JsonValue, Tag, ValidationError
 
 from memq import kinds
 from memq.after import check_dependencies, matched, matches_of, upstream_groups
@@ -76,18 +76,23 @@ class JobFields(_Strict):
 
 
 class AfterMatch(_Strict):
-    """An `after:` item that waits, for each job, only for the jobs of `group` whose params in
-    `match` equal the job's own (memq/each.py)."""
+    """`after: [{group: G, match: [params]}]`: a job waits for the jobs of G with its values of params."""
 
     group: str
     match: Annotated[list[str], Field(min_length=1)]
+
+
+# A mapping is an AfterMatch, anything else a group name: one error, for the form meant (see _plain).
+AFTER_TAGS = ("after-name", "after-match")
+AfterItem = Annotated[Annotated[str, Tag(AFTER_TAGS[0])] | Annotated[AfterMatch, Tag(AFTER_TAGS[1])],
+                      Discriminator(lambda value: AFTER_TAGS[isinstance(value, dict | AfterMatch)])]
 
 
 class Group(JobFields):
     name: Name
     grid: dict[str, Annotated[list[JsonValue], Field(min_length=1)]] | None = None
     repeat: Annotated[int, Field(ge=1, le=100_000)] = 1
-    after: list[str | AfterMatch] = Field(default_factory=list)  # memq/after.py
+    after: list[AfterItem] = Field(default_factory=list)  # memq/after.py
     each: Annotated[list[str], Field(min_length=1)] | str | None = None  # memq/each.py
 
     @property
@@ -98,12 +103,6 @@ class Group(JobFields):
     def after_names(self) -> list[str]:
         """Every group named in `after`, matched or not."""
         return [item if isinstance(item, str) else item.group for item in self.after]
-
-    @property
-    def after_whole(self) -> list[str]:
-        """The groups in `after` whose every job is waited for."""
-        return [item for item in self.after if isinstance(item, str)]
-
 
 class Stage(_Strict):
     """One stage of the ensemble section: a Python kind and what its jobs get besides the
@@ -144,6 +143,7 @@ _FIELD_NAMES = {
     "soup": set(Stage.model_fields),
     "predict": set(PredictStage.model_fields),
     "combine": set(Stage.model_fields),
+    "after": set(AfterMatch.model_fields),
 }
 
 
@@ -154,9 +154,15 @@ def _loc_text(loc: tuple[str | int, ...]) -> str:
     return out
 
 
+def _plain(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
+    """A pydantic error location without the parts that are not in the file (validators, union tags)."""
+    return tuple(p for p in loc
+                 if not (isinstance(p, str) and (p.startswith(("function-", "json-")) or p in AFTER_TAGS)))
+
+
 def _friendly(err: dict[str, Any]) -> tuple[str, str | None]:
     """A pydantic error as (what, hint)."""
-    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-", "json-"))))
+    loc = _plain(err["loc"])
     kind, where = err["type"], _loc_text(loc)
     if kind == "extra_forbidden":
         key = str(loc[-1])
@@ -181,7 +187,7 @@ def load_grid_file(path: Path) -> tuple[GridFile, YamlSource]:
         # An unknown key is usually a typo that also explains a "missing" error: report it first.
         first = min(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
         what, hint = _friendly(first)  # type: ignore[arg-type]
-        raise UserError(what, where=source.where(source.line_of(first["loc"])), hint=hint) from None
+        raise UserError(what, where=source.where(source.line_of(_plain(first["loc"]))), hint=hint) from None
 
 
 def _argv(command: list[str | int | float] | None) -> list[str] | None:
@@ -370,8 +376,7 @@ def expand(grid: GridFile, source: YamlSource, overrides: dict[str, Any] | None 
             _validate_params(spec, i, params, source, root)
             store_group = done.place(group.name, leader, matched(i, group, matches, params, source))
             for r in range(group.repeat):
-                job = JobSpec(grid=grid.name, group=store_group,
-                              kind=merged["kind"], params=params, repeat=r,
+                job = JobSpec(grid=grid.name, group=store_group, kind=merged["kind"], params=params, repeat=r,
                               command=merged["command"], gpus=gpus, cpus=merged["resources"].get("cpus", 1),
                               mem_gb=float(merged["resources"].get("mem_gb", 0.0)),
                               priority=merged["priority"], max_attempts=merged["max_attempts"])
@@ -383,7 +388,7 @@ def expand(grid: GridFile, source: YamlSource, overrides: dict[str, Any] | None 
                     raise UserError(f"the grid expands to more than {MAX_JOBS:,} jobs",
                                     where=source.where(source.line_of(("groups", i, "grid"))))
     validate_grid(grid, source, done, root)
-    groups = tuple(spec for g in grid.groups for spec in done.group_specs(g.name, g.after_whole))
+    groups = tuple(spec for g in grid.groups for spec in done.group_specs(g.name, g.after))
     jobs = tuple(job for g in grid.groups for job in done.jobs[g.name])
     return GridSpec(name=grid.name, groups=groups, jobs=jobs, source=str(source.path.absolute()),
                     warnings=tuple(warnings))
