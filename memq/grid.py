@@ -83,9 +83,9 @@ class AfterMatch(_Strict):
 
 
 # A mapping is an AfterMatch, anything else a group name: one error, for the form meant (see _plain).
-AFTER_TAGS = ("after-name", "after-match")
-AfterItem = Annotated[Annotated[str, Tag(AFTER_TAGS[0])] | Annotated[AfterMatch, Tag(AFTER_TAGS[1])],
-                      Discriminator(lambda value: AFTER_TAGS[isinstance(value, dict | AfterMatch)])]
+AFTER_TAGS = (_NAMED, _MATCHED) = ("after-name", "after-match")
+AfterItem = Annotated[Annotated[str, Tag(_NAMED)] | Annotated[AfterMatch, Tag(_MATCHED)],
+                      Discriminator(lambda value: _MATCHED if isinstance(value, dict | AfterMatch) else _NAMED)]
 
 
 class Group(JobFields):
@@ -103,6 +103,7 @@ class Group(JobFields):
     def after_names(self) -> list[str]:
         """Every group named in `after`, matched or not."""
         return [item if isinstance(item, str) else item.group for item in self.after]
+
 
 class Stage(_Strict):
     """One stage of the ensemble section: a Python kind and what its jobs get besides the
@@ -156,8 +157,7 @@ def _loc_text(loc: tuple[str | int, ...]) -> str:
 
 def _plain(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
     """A pydantic error location without the parts that are not in the file (validators, union tags)."""
-    return tuple(p for p in loc
-                 if not (isinstance(p, str) and (p.startswith(("function-", "json-")) or p in AFTER_TAGS)))
+    return tuple(p for p in loc if not (p in AFTER_TAGS or str(p).startswith(("function-", "json-"))))
 
 
 def _friendly(err: dict[str, Any]) -> tuple[str, str | None]:

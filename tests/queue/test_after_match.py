@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from memq.grid import load_grid
+from memq.grid import load_grid, load_grid_file, upstream_groups
 from memq.spec import GridSpec
 from memq.store.types import Outcome
 
@@ -64,6 +64,8 @@ def test_match_expands_to_one_sub_group_per_matched_values_waiting_for_those_job
     # `after: [finetune]` waits for every sub-group of finetune
     assert sorted(groups["report"].after) == sorted({j.group for j in finetune})
     assert set(groups) == {"prepare", "pretrain", "report", *(j.group for j in finetune + infer)}
+    upstream = upstream_groups(load_grid_file(write(tmp_path, MIND))[0])
+    assert (upstream["finetune"], upstream["infer"]) == ({"pretrain"}, {"prepare", "finetune", "pretrain"})
     again = load_grid(write(tmp_path, MIND, "copy.yaml"))  # names and keys are a function of the grid
     assert again.jobs == spec.jobs and again.groups == spec.groups
 
