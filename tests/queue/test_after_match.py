@@ -85,11 +85,10 @@ def test_each_and_match_together_make_a_sub_group_per_followed_job_and_matched_v
         leader = next(f for f in finetune if f.key == job.params["source_job"])
         wanted = {leader.key, *(p.key for p in pretrain if p.params["subj"] == job.params["subj"])}
         assert set(groups[job.group].after_jobs) == wanted and len(groups[job.group].after_jobs) == 3
-    # pure each: groups keep their `<name>.<first 10 hex of the followed key>` names
-    plain = load_grid(write(tmp_path, text.replace("    after: [{group: pretrain, match: [subj]}]\n", "")
-                            .replace("    grid: {subj: [1, 2]}\n  ", "  ", 1), "each.yaml"))
+    # without a match, `each:` sub-groups keep their `<name>.<first 10 hex of the followed key>` names
+    plain = load_grid(write(tmp_path, MIND + "  - name: score\n    each: finetune\n", "each.yaml"))
     followed = _of(plain, "finetune")
-    assert sorted({j.group for j in _of(plain, "score")}) == sorted(f"score.{f.key[:10]}" for f in followed)
+    assert [j.group for j in _of(plain, "score")] == [f"score.{f.key[:10]}" for f in followed]
 
 
 def _claimable(st, me) -> list:
