@@ -17,6 +17,9 @@
         after: [rois]                          # starts when every job of `rois` succeeded
       - name: plots
         each: rois                             # one job per job of `rois`, after it alone (memq/each.py)
+      - name: maps
+        grid: {subj: [1, 2]}
+        after: [{group: rois, match: [subj]}]  # subj=2 waits for the jobs of `rois` with subj=2 only
     ensemble:                    # optional: what `memq soup` / `memq ensemble` derive from it
       soup: {kind: mem.soup, params: {recipe: greedy}}
       predict: {kind: mem.predict, splits: [predict, val2]}
@@ -32,10 +35,11 @@ import itertools
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, JsonValue, Tag, ValidationError
 
 from memq import kinds
-from memq.each import SOURCE_PARAM, Expanded, subgroup
+from memq.after import check_dependencies, matched, matches_of, upstream_groups
+from memq.each import SOURCE_PARAM, Expanded
 from memq.errors import UserError
 from memq.overrides import overrides_of
 from memq.spec import GridSpec, JobSpec, canonical_json, scheme_name
@@ -71,16 +75,34 @@ class JobFields(_Strict):
     params: Params | None = None
 
 
+class AfterMatch(_Strict):
+    """`after: [{group: G, match: [params]}]`: a job waits for the jobs of G with its values of params."""
+
+    group: str
+    match: Annotated[list[str], Field(min_length=1)]
+
+
+# A mapping is an AfterMatch, anything else a group name: one error, for the form meant (see _plain).
+AFTER_TAGS = (_NAMED, _MATCHED) = ("after-name", "after-match")
+AfterItem = Annotated[Annotated[str, Tag(_NAMED)] | Annotated[AfterMatch, Tag(_MATCHED)],
+                      Discriminator(lambda value: _MATCHED if isinstance(value, dict | AfterMatch) else _NAMED)]
+
+
 class Group(JobFields):
     name: Name
     grid: dict[str, Annotated[list[JsonValue], Field(min_length=1)]] | None = None
     repeat: Annotated[int, Field(ge=1, le=100_000)] = 1
-    after: list[str] = Field(default_factory=list)
+    after: list[AfterItem] = Field(default_factory=list)  # memq/after.py
     each: Annotated[list[str], Field(min_length=1)] | str | None = None  # memq/each.py
 
     @property
     def each_of(self) -> list[str]:
         return [self.each] if isinstance(self.each, str) else list(self.each or [])
+
+    @property
+    def after_names(self) -> list[str]:
+        """Every group named in `after`, matched or not."""
+        return [item if isinstance(item, str) else item.group for item in self.after]
 
 
 class Stage(_Strict):
@@ -122,6 +144,7 @@ _FIELD_NAMES = {
     "soup": set(Stage.model_fields),
     "predict": set(PredictStage.model_fields),
     "combine": set(Stage.model_fields),
+    "after": set(AfterMatch.model_fields),
 }
 
 
@@ -132,9 +155,14 @@ def _loc_text(loc: tuple[str | int, ...]) -> str:
     return out
 
 
+def _plain(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
+    """A pydantic error location without the parts that are not in the file (validators, union tags)."""
+    return tuple(p for p in loc if not (p in AFTER_TAGS or str(p).startswith(("function-", "json-"))))
+
+
 def _friendly(err: dict[str, Any]) -> tuple[str, str | None]:
     """A pydantic error as (what, hint)."""
-    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-", "json-"))))
+    loc = _plain(err["loc"])
     kind, where = err["type"], _loc_text(loc)
     if kind == "extra_forbidden":
         key = str(loc[-1])
@@ -159,53 +187,7 @@ def load_grid_file(path: Path) -> tuple[GridFile, YamlSource]:
         # An unknown key is usually a typo that also explains a "missing" error: report it first.
         first = min(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
         what, hint = _friendly(first)  # type: ignore[arg-type]
-        raise UserError(what, where=source.where(source.line_of(first["loc"])), hint=hint) from None
-
-
-def _check_dependencies(grid: GridFile, source: YamlSource) -> None:
-    names: dict[str, int] = {}
-    for i, group in enumerate(grid.groups):
-        if group.name in names:
-            raise UserError(f"duplicate group name {group.name!r}",
-                            where=source.where(source.line_of(("groups", i, "name"))),
-                            hint=f"group {names[group.name]} already has it")
-        names[group.name] = i
-    for i, group in enumerate(grid.groups):
-        for j, dep in enumerate(group.after):
-            if dep not in names:
-                close = difflib.get_close_matches(dep, list(names), n=1)
-                raise UserError(f"group {group.name!r} is after unknown group {dep!r}",
-                                where=source.where(source.line_of(("groups", i, "after", j))),
-                                hint=f"did you mean {close[0]!r}?" if close else f"groups: {', '.join(names)}")
-            if dep == group.name:
-                raise UserError(f"group {group.name!r} is after itself",
-                                where=source.where(source.line_of(("groups", i, "after", j))))
-    for i, group in enumerate(grid.groups):
-        for j, followed in enumerate(group.each_of):
-            loc = ("groups", i, "each", j) if isinstance(group.each, list) else ("groups", i, "each")
-            if names.get(followed, i) >= i:
-                close = difflib.get_close_matches(followed, list(names)[:i], n=1)
-                raise UserError(f"group {group.name!r}: each: {followed!r} is not a group above it",
-                                where=source.where(source.line_of(loc)),
-                                hint=f"did you mean {close[0]!r}?" if close else
-                                "each: names groups defined earlier in the file")
-    after = {g.name: [*g.after, *g.each_of] for g in grid.groups}
-    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
-
-    def visit(name: str, path: list[str]) -> None:
-        state[name] = 1
-        for dep in after[name]:
-            if state.get(dep) == 1:
-                cycle = [*path[path.index(dep):], dep] if dep in path else [name, dep]
-                raise UserError("dependency cycle: " + " -> ".join(cycle),
-                                where=source.where(source.line_of(("groups", names[name], "after"))))
-            if dep not in state:
-                visit(dep, [*path, dep])
-        state[name] = 2
-
-    for group in grid.groups:
-        if group.name not in state:
-            visit(group.name, [group.name])
+        raise UserError(what, where=source.where(source.line_of(_plain(first["loc"]))), hint=hint) from None
 
 
 def _argv(command: list[str | int | float] | None) -> list[str] | None:
@@ -271,7 +253,7 @@ def _check_group(i: int, group: Group, merged: dict[str, Any], source: YamlSourc
                         hint='an argv list, e.g. command: ["python", "train.py", "--lr", "{lr}"]')
     if spec is not None and merged["command"] is not None:
         raise UserError(f"`command` is only for kind `command`, not {kind!r}", where=where("command"))
-    names = set(merged["params"]) | set(group.grid or {}) | ({SOURCE_PARAM} if group.each is not None else set())
+    names = _param_names(group, merged)
     overlap = set(merged["params"]) & set(group.grid or {})
     if overlap:
         raise UserError(f"parameter {sorted(overlap)[0]!r} is both fixed in params and varied in grid",
@@ -290,6 +272,10 @@ def _check_group(i: int, group: Group, merged: dict[str, Any], source: YamlSourc
             raise UserError(f"command uses {{{name}}}, which is not a parameter of group {group.name!r}",
                             where=source.where(source.line_of(command_loc)),
                             hint=f"did you mean {{{close[0]}}}?" if close else "define it in params or grid")
+
+
+def _param_names(group: Group, merged: dict[str, Any]) -> set[str]:
+    return set(merged["params"]) | set(group.grid or {}) | ({SOURCE_PARAM} if group.each is not None else set())
 
 
 def _distinct(i: int, name: str, values: list[Any], source: YamlSource, warnings: list[str]) -> list[Any]:
@@ -336,20 +322,6 @@ def _validate_params(
         raise UserError(str(exc), where=source.where(line)) from None
 
 
-def upstream_groups(grid: GridFile) -> dict[str, set[str]]:
-    """Group -> every group it waits for, directly or not (`after:` and `each:`)."""
-    direct = {g.name: {*g.after, *g.each_of} for g in grid.groups}
-    found: dict[str, set[str]] = {}
-
-    def visit(name: str) -> set[str]:
-        if name not in found:
-            found[name] = set()  # (cycles were refused before)
-            found[name] = {up for dep in direct[name] for up in (dep, *visit(dep))}
-        return found[name]
-
-    return {name: visit(name) for name in direct}
-
-
 def validate_grid(grid: GridFile, source: YamlSource, done: Expanded, root: Path | None) -> None:
     """Each kind's whole-grid check (KindSpec.validate_grid) over every job of the grid, as
     {"group", "kind", "key", "params"}; a problem is reported at its group's line."""
@@ -370,7 +342,7 @@ def expand(grid: GridFile, source: YamlSource, overrides: dict[str, Any] | None 
            root: Path | None = None) -> GridSpec:
     """Check a parsed grid file and expand it into job specs (nothing is written). Kinds' validators
     also get the memq ``root`` the jobs are for, None when it is not known (a dry run without one)."""
-    _check_dependencies(grid, source)
+    check_dependencies(grid, source)
     if grid.ensemble is not None:
         _check_ensemble(grid, grid.ensemble, source)
     done = Expanded()
@@ -391,21 +363,20 @@ def expand(grid: GridFile, source: YamlSource, overrides: dict[str, Any] | None 
             raise UserError(f"a job's params take {size:,} bytes as JSON, more than {MAX_PARAMS_BYTES:,}",
                             where=source.where(source.line_of(("groups", i))),
                             hint="a job receives its params in its environment: pass big inputs as a file")
-        if group.each is not None:
-            if SOURCE_PARAM in merged["params"] or SOURCE_PARAM in (group.grid or {}):
-                raise UserError(f"group {group.name!r} has `each:`, which sets {SOURCE_PARAM!r} itself",
-                                where=source.where(source.line_of(("groups", i, "each"))))
-            done.sources[group.name] = done.followed(group.each_of)
-        followed = done.sources.get(group.name, [None])
+        if group.each is not None and (SOURCE_PARAM in merged["params"] or SOURCE_PARAM in (group.grid or {})):
+            raise UserError(f"group {group.name!r} has `each:`, which sets {SOURCE_PARAM!r} itself",
+                            where=source.where(source.line_of(("groups", i, "each"))))
+        followed = done.followed(group.each_of) if group.each is not None else [None]
+        matches = matches_of(i, group, _param_names(group, merged), done, source)
         done.jobs[group.name] = []
         for leader, combo in itertools.product(followed, itertools.product(*[values for _, values in axes])):
             params = {**merged["params"], **{name: value for (name, _), value in zip(axes, combo, strict=True)}}
             if leader is not None:
                 params[SOURCE_PARAM] = done.root_key(leader)
             _validate_params(spec, i, params, source, root)
+            store_group = done.place(group.name, leader, matched(i, group, matches, params, source))
             for r in range(group.repeat):
-                job = JobSpec(grid=grid.name, group=group.name if leader is None else subgroup(group.name, leader),
-                              kind=merged["kind"], params=params, repeat=r,
+                job = JobSpec(grid=grid.name, group=store_group, kind=merged["kind"], params=params, repeat=r,
                               command=merged["command"], gpus=gpus, cpus=merged["resources"].get("cpus", 1),
                               mem_gb=float(merged["resources"].get("mem_gb", 0.0)),
                               priority=merged["priority"], max_attempts=merged["max_attempts"])
