@@ -79,3 +79,11 @@ EVAL_REPORT = KindSpec(
 )
 # the kinds whose jobs are trained ROI models: what an ensemble stitches and a report shows
 TRAINED_KINDS = (MEM_TRAIN.name, MEM_IMPORT.name)
+MINDEYE2_RUN = KindSpec(
+    name="mindeye2.run",
+    target="jobs.mindeye2.run:run",
+    validate="jobs.mindeye2.params:validate",
+    description="run one MindEye2 notebook (params repo, notebook, args) as its README and .slurm files do: "
+    "converted with jupyter nbconvert into the job's directory, Train through accelerate launch (DeepSpeed "
+    "stage 2 on several GPUs) with accel.slurm's environment and a port of its own",
+)
