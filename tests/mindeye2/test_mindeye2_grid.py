@@ -22,6 +22,7 @@ from memq.errors import PermanentError
 from memq.options import RootOptions
 from memq.root import open_store
 
+from ..conftest import Processes
 from .checkout import make_checkout, records
 
 REPO = Path(__file__).parents[2]
@@ -66,15 +67,15 @@ def ran(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     submitted = subprocess.run([*memq, "submit", str(REPO / "grids/mindeye2.yaml"), "--set",
                                 f"repo={tmp / 'MindEyeV2'}"], capture_output=True, text=True, env=env, cwd=REPO)
     assert submitted.returncode == 0, submitted.stderr
-    with (tmp / "worker.log").open("wb") as log:
-        worker = subprocess.Popen([*memq, "worker", "--gpus", ",".join(map(str, range(16))), "--poll", "0.2",
-                                   "--heartbeat", "1", "--idle-exit", "5", "--retry-backoff", "0"],
-                                  env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            assert worker.wait(timeout=600) == 0
-        finally:
-            if worker.poll() is None:
-                worker.kill()
+    started = Processes()
+    try:
+        with (tmp / "worker.log").open("wb") as log:
+            worker = started.start([*memq, "worker", "--gpus", ",".join(map(str, range(16))), "--poll", "0.2",
+                                    "--heartbeat", "1", "--idle-exit", "5", "--retry-backoff", "0"],
+                                   env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        assert worker.wait(timeout=600) == 0, (tmp / "worker.log").read_text()[-3000:]
+    finally:
+        started.reap()
     store = open_store(RootOptions(root=str(root)), create=False)
     jobs = store.jobs(grid="mindeye2")
     return {"src": src, "jobs": jobs, "records": records(tmp / "record.jsonl"), "store": store,
