@@ -346,7 +346,8 @@ class Worker:
     def _held(self, capacity: Capacity, free: list[int]) -> Capacity:
         """``capacity`` less its GPUs while a waiting multi-GPU job needs more than are free
         (--hold-for-multi-gpu, memq.worker.pools.hold_for)."""
-        held = hold_for(self.store, self.pools, free, capacity) if self.cfg.hold_for_multi_gpu else None
+        held = (hold_for(self.store, self.pools, free, set(free) | self._busy_gpus(), capacity)
+                if self.cfg.hold_for_multi_gpu else None)
         if held != self.held_for:
             self.log(f"holding free GPUs for a waiting {held}-GPU job" if held else "no longer holding GPUs")
             self.held_for = held

@@ -38,10 +38,10 @@ class GpuPools:
                             hint="give it 2 GPUs or more, e.g. 0-3")
         return cls(tuple(multi), tuple(g for g in gpus if g not in multi))
 
-    @property
-    def largest(self) -> int:
-        """The most GPUs a job may ask for to run on this worker at all."""
-        return max(len(self.multi), len(self.general))
+    def largest(self, usable: set[int]) -> int:
+        """The most GPUs a job may ask for to run on the ``usable`` GPUs (all but those that something
+        else uses) once this worker's jobs have ended."""
+        return max(len(usable.intersection(self.multi)), len(usable.intersection(self.general)))
 
     def capacity(self, free: list[int], slots: int, grids: tuple[str, ...]) -> Capacity:
         """What fits ``free`` GPUs now: from 1 GPU (2 when only the multi-GPU pool has room) up to
@@ -70,11 +70,14 @@ def _block(room: list[int], n: int) -> list[int]:
     return list(range(start, start + n)) if start is not None else room[:n]
 
 
-def hold_for(store: WaitingGpus, pools: GpuPools, free: list[int], capacity: Capacity) -> int | None:
+def hold_for(store: WaitingGpus, pools: GpuPools, free: list[int], usable: set[int],
+             capacity: Capacity) -> int | None:
     """The hold against starvation: while the first GPU job in claim order that this worker could
-    run at all asks for 2 or more GPUs and does not fit the free ones, the worker claims no GPU job
-    (smaller ones would keep taking each GPU that frees). Returns the GPUs it waits for, or None."""
-    if capacity.gpus == 0 or len(free) == len(pools.multi) + len(pools.general):
+    run once its own jobs end (on its ``usable`` GPUs: free or running its jobs; a GPU that something
+    else uses is not waited for) asks for 2 or more GPUs and does not fit the ``free`` ones, the
+    worker claims no GPU job: smaller ones would keep taking each GPU that frees. Returns the GPUs
+    it waits for, or None."""
+    if capacity.gpus == 0 or len(free) == len(usable):
         return None  # nothing could be claimed anyway, or every job it could run fits
-    need = store.waiting_gpus(pools.largest, capacity.grids)
+    need = store.waiting_gpus(pools.largest(usable), capacity.grids)
     return need if need is not None and need >= 2 and not capacity.fits(need) else None

@@ -5,6 +5,9 @@ NVML here: a worker takes `--gpus` on trust), and the two store statements they 
 
 from __future__ import annotations
 
+import os
+import shlex
+import subprocess
 import time
 from pathlib import Path
 
@@ -151,3 +154,14 @@ def test_bad_gpu_options_say_one_line_and_exit_2(args: list[str], said: str, tmp
     run = memq("--root", tmp_path / "root", "worker", *args, env={"MEMQ_SCRATCH": str(tmp_path)})
     assert run.returncode == 2 and run.stderr.startswith(said) and run.stderr.count("\n") == 1, run.stderr
     assert not (tmp_path / "root").exists()  # nothing written
+
+
+def test_the_slurm_script_passes_the_multi_gpu_pool(tmp_path: Path) -> None:
+    """deploy/slurm/memq-worker.sbatch: MEMQ_MULTI_GPU becomes `--multi-gpu`, before the extra args."""
+    script = tw.REPO / "deploy" / "slurm" / "memq-worker.sbatch"
+    env = {**os.environ, "MEMQ_ROOT": str(tmp_path), "MEMQ_DRY_RUN": "1"}
+    argv = shlex.split(subprocess.run(["bash", str(script), "--slots", "4"], env={**env, "MEMQ_MULTI_GPU": "0-3"},
+                                      capture_output=True, text=True, check=True).stdout)
+    assert argv[-4:] == ["--multi-gpu", "0-3", "--slots", "4"]
+    plain = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, check=True).stdout
+    assert "--multi-gpu" not in plain
