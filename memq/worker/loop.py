@@ -341,6 +341,8 @@ class Worker:
         self.claimed += len(claims)
         self.ahead.extend(claims)
         self._start_ahead()
+        if claims and len(claims) == want and not self.ahead:
+            self.claim_at = time.monotonic()  # more may fit: the end of a multi-GPU job frees several GPUs
         return len(claims)
 
     def _held(self, capacity: Capacity, free: list[int]) -> Capacity:

@@ -102,7 +102,9 @@ def test_a_waiting_4_gpu_job_is_not_starved_by_1_gpu_jobs(hold: bool, tmp_path: 
     waits until all of them have started."""
     rig = Rig("local", [tmp_path / "root"])
     store = rig.store()
-    jobs = (tw.jobs_of("g", "a", out, [1.0] * 4, gpus=1) + tw.jobs_of("g", "b", out, [1.0], gpus=4)
+    # the first four end 0.3 s apart, and so do those that follow them on each GPU: never are all four
+    # GPUs free at one claim by chance, which would start the 4-GPU job without the hold
+    jobs = (tw.jobs_of("g", "a", out, [1.0, 1.3, 1.6, 1.9], gpus=1) + tw.jobs_of("g", "b", out, [1.0], gpus=4)
             + tw.jobs_of("g", "c", out, [1.0] * 6, gpus=1))
     store.submit(GridSpec("g", (GroupSpec("a"), GroupSpec("b"), GroupSpec("c")), tuple(jobs)))
     w = tw.start_worker(processes, rig, 0, "w", tmp_path, "--gpus", "0-3", "--slots", "0",
@@ -117,6 +119,22 @@ def test_a_waiting_4_gpu_job_is_not_starved_by_1_gpu_jobs(hold: bool, tmp_path: 
         assert "holding free GPUs for a waiting 4-GPU job" in tw.log_of(tmp_path, "w")
     else:
         assert starts[5] > max(later)
+
+
+def test_the_gpus_a_multi_gpu_job_frees_are_all_filled_at_once(tmp_path: Path, out: Path,
+                                                               processes: Processes) -> None:
+    """A 4-GPU job ends: four waiting 1-GPU jobs start together, not one per job end."""
+    rig = Rig("local", [tmp_path / "root"])
+    store = rig.store()
+    jobs = tw.jobs_of("g", "a", out, [0.5], gpus=4) + tw.jobs_of("g", "b", out, [tw.GATED] * 4, "gate", gpus=1)
+    store.submit(GridSpec("g", (GroupSpec("a"), GroupSpec("b")), tuple(jobs)))
+    w = tw.start_worker(processes, rig, 0, "w", tmp_path, "--gpus", "0-3", "--slots", "0")
+    assert tw.wait_until(lambda: {(j, 1) for j in range(1, 6)} <= set(tw.started(out)), 60)
+    assert sorted(gpus_of(out, j) for j in range(2, 6)) == ["0", "1", "2", "3"]
+    for job in range(2, 6):
+        tw.open_gate(out, job)
+    assert tw.wait_until(lambda: store.counts()["g"]["succeeded"] == 5, 60)
+    assert tw.stop([w], tmp_path) == [0]
 
 
 def test_a_worker_stops_holding_once_another_worker_takes_the_waiting_job(
