@@ -56,7 +56,7 @@ class Nvml:
 def parse_indices(spec: str, option: str) -> list[int]:
     """``0-3,6`` -> [0, 1, 2, 3, 6]: GPU indices and ranges of them, each index once."""
     wanted: set[int] = set()
-    for part in (p.strip() for p in spec.split(",")):
+    for part in (p.strip() for p in spec.split(",") if p.strip()):
         first, dash, last = part.partition("-")
         try:
             lo, hi = int(first), int(last if dash else first)

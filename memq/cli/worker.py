@@ -18,7 +18,7 @@ def worker(
     gpus: Annotated[str, typer.Option(help="auto (NVML), none, or indices and ranges like 0,1,3 or 0-7.")] = "auto",
     multi_gpu: Annotated[str | None, typer.Option(
         help="A part of --gpus (like 0-3) that runs only jobs asking for 2 or more GPUs; the other GPUs run "
-             "any GPU job. A job never spans the two pools. Default: one pool of all GPUs.")] = None,
+             "any GPU job. A job never spans the two pools. Default: one pool of all GPUs (deploy/README.md).")] = None,
     hold_for_multi_gpu: Annotated[bool, typer.Option(
         help="While the first GPU job in queue order that this worker could run asks for 2+ GPUs and they "
              "are not free, claim no GPU job, so that 1-GPU jobs cannot starve it (CPU slots go on).")] = True,
