@@ -53,8 +53,24 @@ class Nvml:
                         int(mem.used // 2**20), int(mem.total // 2**20))
 
 
+def parse_indices(spec: str, option: str) -> list[int]:
+    """``0-3,6`` -> [0, 1, 2, 3, 6]: GPU indices and ranges of them, each index once."""
+    wanted: set[int] = set()
+    for part in (p.strip() for p in spec.split(",") if p.strip()):
+        first, dash, last = part.partition("-")
+        try:
+            lo, hi = int(first), int(last if dash else first)
+        except ValueError:
+            raise UserError(f"{spec!r} is not a list of GPU indices like 0,1,3 or 0-3",
+                            where=option) from None
+        if lo < 0 or hi < lo:
+            raise UserError(f"{part!r} is not a GPU index or a range low-high", where=option)
+        wanted.update(range(lo, hi + 1))
+    return sorted(wanted)
+
+
 def parse_gpus(spec: str, nvml: Nvml) -> tuple[list[int], str]:
-    """`auto`, `none` or `0,1,3` -> (GPU indices, a sentence saying what was decided)."""
+    """`auto`, `none`, or indices like `0,1,3` / `0-7` -> (GPU indices, a sentence saying what was decided)."""
     spec = spec.strip().lower()
     if spec in ("none", ""):
         return [], "GPUs: none (CPU jobs only)"
@@ -63,10 +79,7 @@ def parse_gpus(spec: str, nvml: Nvml) -> tuple[list[int], str]:
             return [], f"GPUs: none found (no NVIDIA driver: {nvml.reason}); running CPU jobs only"
         found = list(range(nvml.count()))
         return found, f"GPUs: {','.join(map(str, found)) or 'none'} (NVML)"
-    try:
-        wanted = sorted({int(part) for part in spec.split(",") if part.strip()})
-    except ValueError:
-        raise UserError(f"--gpus {spec!r} is not auto, none or a list like 0,1,3", where="--gpus") from None
+    wanted = parse_indices(spec, "--gpus")
     if nvml.available:
         missing = [i for i in wanted if i >= nvml.count()]
         if missing:

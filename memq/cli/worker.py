@@ -15,7 +15,13 @@ from memq.cli.common import store
 
 def worker(
     ctx: typer.Context,
-    gpus: Annotated[str, typer.Option(help="auto (NVML), none, or a list like 0,1,3.")] = "auto",
+    gpus: Annotated[str, typer.Option(help="auto (NVML), none, or indices and ranges like 0,1,3 or 0-7.")] = "auto",
+    multi_gpu: Annotated[str | None, typer.Option(
+        help="A part of --gpus (like 0-3) that runs only jobs asking for 2 or more GPUs; the other GPUs run "
+             "any GPU job. A job never spans the two pools. Default: one pool of all GPUs (deploy/README.md).")] = None,
+    hold_for_multi_gpu: Annotated[bool, typer.Option(
+        help="While the first GPU job in queue order that this worker could run asks for 2+ GPUs and they "
+             "are not free, claim no GPU job, so that 1-GPU jobs cannot starve it (CPU slots go on).")] = True,
     slots: Annotated[int, typer.Option(help="How many CPU-only jobs (gpus: 0) may run at once.")] = 1,
     max_jobs: Annotated[int | None, typer.Option(help="Exit after claiming this many jobs.")] = None,
     idle_exit: Annotated[float | None, typer.Option(help="Exit after this many seconds with nothing to run.")] = None,
@@ -42,17 +48,20 @@ def worker(
              "(their ends are recorded together, at most this late); 0: one job at a time.")] = 1.0,
 ) -> None:
     """Run jobs on this node until stopped: claim, run, heartbeat, recover."""
-    from memq.gpus import Nvml, healthy, parse_gpus
+    from memq.gpus import Nvml, healthy, parse_gpus, parse_indices
     from memq.worker.config import WorkerConfig, default_scratch
     from memq.worker.loop import Worker
 
     nvml = Nvml()
     gpu_list, said = parse_gpus(gpus, nvml)
-    config = WorkerConfig(name=name or socket.gethostname(), gpus=gpu_list, slots=slots, max_jobs=max_jobs,
+    multi = parse_indices(multi_gpu, "--multi-gpu") if multi_gpu is not None else []
+    config = WorkerConfig(name=name or socket.gethostname(), gpus=gpu_list, multi_gpu=multi,
+                          hold_for_multi_gpu=hold_for_multi_gpu, slots=slots, max_jobs=max_jobs,
                           idle_exit=idle_exit, poll=poll, heartbeat=heartbeat, lease=lease, grids=tuple(grid or ()),
                           scratch=scratch or default_scratch(), term_grace=grace, retry_backoff=retry_backoff,
                           quarantine_after=quarantine_after, sync_checkpoints=sync_checkpoints,
                           claim_ahead=claim_ahead)
+    config.check()  # before the store: bad options write nothing
     st = store(ctx, create=True)
     typer.echo(f"memq worker {config.name}: {said}; queue {st.backend.display_url()}", err=True)
     run = Worker(st, config, gpu_filter=lambda free: healthy(free, nvml, max_gpu_util, max_gpu_mem)).run()

@@ -102,7 +102,8 @@ class QueueOps(StoreBase):
     def _claim_one(self, conn: Connection, worker: WorkerRef, cap: Capacity, now: float, *,
                    beat: bool) -> Claim | None:
         params: dict[str, Any] = {"p_wid": worker.id, "p_inc": worker.incarnation, "p_free_gpus": cap.gpus,
-                                  "p_free_slots": cap.slots, "p_now": now, "p_horizon": now + MAX_BACKOFF}
+                                  "p_min_gpus": cap.min_gpus, "p_free_slots": cap.slots, "p_now": now,
+                                  "p_horizon": now + MAX_BACKOFF}
         if cap.grids:
             params["p_grids"] = list(cap.grids)
         row = self.backend.claim(conn, params, in_grids=bool(cap.grids))
@@ -119,6 +120,15 @@ class QueueOps(StoreBase):
                      group=self._name(conn, "groups", row.group_id),
                      kind=row.kind, params=row.params, repeat=row.repeat, command=row.command,
                      gpus=row.gpus, cpus=row.cpus, mem_gb=row.mem_gb, from_scratch=row.from_scratch)
+
+    def waiting_gpus(self, most: int, grids: tuple[str, ...] = ()) -> int | None:
+        """How many GPUs the first GPU job in claim order asks for, of those asking for at most
+        ``most`` (of ``grids``, if given); None when no such job can be claimed."""
+        now = time.time()
+        params: dict[str, Any] = {"p_most_gpus": most, "p_now": now, "p_horizon": now + MAX_BACKOFF}
+        if grids:
+            params["p_grids"] = list(grids)
+        return self._read(lambda conn: conn.execute(q.first_gpu_job(bool(grids)), params).scalar())
 
     def _name(self, conn: Connection, table: str, row_id: int) -> str:
         key = (table, row_id)

@@ -66,32 +66,45 @@ def jobs_where(ids: Iterable[int] = (), grid: str | None = None, states: Sequenc
 
 # -- the worker's hot path ------------------------------------------------------------------------
 
-@functools.cache
-def claim(in_grids: bool, skip_locked: bool = False) -> Any:
-    """Take the next job that fits (``p_free_gpus``, ``p_free_slots``) for worker ``p_wid``, if its
-    incarnation ``p_inc`` is alive: highest priority first, then submission order, only ready groups
-    of unpaused grids, only jobs past their back-off. ``in_grids``: only the grids ``p_grids``;
-    ``skip_locked``: pass over jobs that a concurrent claim has locked (databases with row locks)."""
+def _in_claim_order(fits: Any, in_grids: bool, column: Any = J.c.id) -> Any:
+    """``column`` (the id) of the first queued job that ``fits`` admits, in claim order: highest
+    priority first, then submission order; only ready groups of unpaused grids (only the grids
+    ``p_grids`` when ``in_grids``), only jobs past their back-off."""
     g, gr = s.groups, s.grids
-    alive = sa.exists().where(W.c.id == bp("p_wid"), W.c.incarnation == bp("p_inc"),
-                              W.c.state != _lit(WS.DEAD.value), W.c.state != _lit(WS.STOPPED.value))
-    fits = sa.or_(sa.and_(J.c.gpus > _lit(0), J.c.gpus <= bp("p_free_gpus")),
-                  sa.and_(J.c.gpus == _lit(0), bp("p_free_slots") > _lit(0)))
     # A not_before beyond the horizon was written by a skewed clock: it does not hold the job back.
     due = sa.or_(J.c.not_before.is_(None), J.c.not_before <= bp("p_now"), J.c.not_before > bp("p_horizon"))
-    cand = (sa.select(J.c.id).select_from(J.join(g, g.c.id == J.c.group_id).join(gr, gr.c.id == J.c.grid_id))
-            .where(J.c.state == _lit(Q.QUEUED.value), g.c.ready.is_(True), gr.c.paused.is_(False), fits, due, alive)
+    cand = (sa.select(column).select_from(J.join(g, g.c.id == J.c.group_id).join(gr, gr.c.id == J.c.grid_id))
+            .where(J.c.state == _lit(Q.QUEUED.value), g.c.ready.is_(True), gr.c.paused.is_(False), fits, due)
             .order_by(J.c.priority.desc(), J.c.id).limit(_lit(1)))
+    return cand.where(gr.c.name.in_(bp("p_grids", expanding=True))) if in_grids else cand
+
+
+@functools.cache
+def claim(in_grids: bool, skip_locked: bool = False) -> Any:
+    """Take the next job that fits (``p_min_gpus`` to ``p_free_gpus`` GPUs, or a CPU job when
+    ``p_free_slots``) for worker ``p_wid``, if its incarnation ``p_inc`` is alive, in claim order
+    (:func:`_in_claim_order`). ``skip_locked``: pass over jobs that a concurrent claim has locked
+    (databases with row locks)."""
+    alive = sa.exists().where(W.c.id == bp("p_wid"), W.c.incarnation == bp("p_inc"),
+                              W.c.state != _lit(WS.DEAD.value), W.c.state != _lit(WS.STOPPED.value))
+    fits = sa.or_(sa.and_(J.c.gpus > _lit(0), J.c.gpus >= bp("p_min_gpus"), J.c.gpus <= bp("p_free_gpus")),
+                  sa.and_(J.c.gpus == _lit(0), bp("p_free_slots") > _lit(0)))
+    cand = _in_claim_order(fits, in_grids).where(alive)
     if skip_locked:
         cand = cand.with_for_update(skip_locked=True, of=J)
-    if in_grids:
-        cand = cand.where(gr.c.name.in_(bp("p_grids", expanding=True)))
     return (J.update().where(J.c.id == cand.scalar_subquery())
             .values(state=_lit(Q.RUNNING.value), attempt=J.c.attempt + _lit(1), worker_id=bp("p_wid"),
                     started_at=bp("p_now"), finished_at=sa.null(), progress=sa.null(), exit_code=sa.null(),
                     reason=sa.null())
             .returning(J.c.id, J.c.attempt, J.c.key, J.c.grid_id, J.c.group_id, J.c.kind, J.c.params,
                        J.c.repeat, J.c.command, J.c.gpus, J.c.cpus, J.c.mem_gb, J.c.from_scratch))
+
+
+@functools.cache
+def first_gpu_job(in_grids: bool) -> Any:
+    """How many GPUs the first GPU job in claim order asks for, of the jobs asking for at most
+    ``p_most_gpus`` (a worker's hold for a waiting multi-GPU job: memq.worker.pools.hold_for)."""
+    return _in_claim_order(sa.and_(J.c.gpus > _lit(0), J.c.gpus <= bp("p_most_gpus")), in_grids, J.c.gpus)
 
 
 @functools.cache

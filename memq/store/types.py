@@ -16,11 +16,13 @@ class SubmitResult:
 
 @dataclass(frozen=True)
 class Capacity:
-    """What a worker can take now: free GPUs, free CPU-job slots, and which grids."""
+    """What a worker can take now: GPU jobs of ``min_gpus`` to ``gpus`` GPUs (a worker with a
+    multi-GPU pool, `memq worker --multi-gpu`), free CPU-job slots, and which grids."""
 
     gpus: int = 0
     slots: int = 0
     grids: tuple[str, ...] = ()
+    min_gpus: int = 1
 
     @property
     def empty(self) -> bool:
@@ -28,7 +30,7 @@ class Capacity:
 
     def fits(self, gpus: int) -> bool:
         """Whether a job asking for ``gpus`` GPUs could start (the claim statement's rule)."""
-        return gpus <= self.gpus if gpus > 0 else self.slots > 0
+        return self.min_gpus <= gpus <= self.gpus if gpus > 0 else self.slots > 0
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from memq.claim_ahead import WINDOW
 from memq.errors import UserError
+from memq.worker.pools import GpuPools
 
 
 def default_scratch() -> Path:
@@ -26,6 +27,8 @@ def default_scratch() -> Path:
 class WorkerConfig:
     name: str
     gpus: list[int] = field(default_factory=list)
+    multi_gpu: list[int] = field(default_factory=list)  # the pool for jobs of 2+ GPUs (memq.worker.pools)
+    hold_for_multi_gpu: bool = True  # claim no GPU job while a multi-GPU one waits for GPUs to free
     slots: int = 1
     max_jobs: int | None = None
     idle_exit: float | None = None
@@ -48,5 +51,6 @@ class WorkerConfig:
                             hint="the lease must cover at least four heartbeats")
         if self.slots < 0 or (not self.gpus and self.slots == 0):
             raise UserError("this worker could run nothing", where="--slots", hint="give --slots N or GPUs")
+        GpuPools.of(self.gpus, self.multi_gpu)  # --multi-gpu must be a part of --gpus
         if self.claim_ahead < 0:
             raise UserError("--claim-ahead must be 0 or more seconds", hint="0 claims one job at a time")

@@ -20,7 +20,7 @@ supervisors still fence their jobs once the lease has not been renewed for half 
 
 (Over 400 lines on purpose: the loop and the state it keeps - running jobs, claimed-ahead jobs,
 unrecorded outcomes, the claim timer - change together; what can be judged apart already lives
-apart: launch, supervisor protocol, outcome policy, reaper, wake-ups, claim-ahead pacing.)
+apart: launch, supervisor protocol, outcome policy, reaper, wake-ups, claim-ahead pacing, GPU pools.)
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -45,6 +45,7 @@ from memq.store.types import Capacity, Claim, Outcome, Running, WorkerRef
 from memq.worker.config import WorkerConfig
 from memq.worker.launch import ActiveJob, start_job
 from memq.worker.outcome import OutcomePolicy
+from memq.worker.pools import GpuPools, hold_for
 from memq.worker.protocol import Renew, Stop
 from memq.worker.reaper import Reaper
 from memq.worker.wakeup import Wakeup
@@ -74,6 +75,8 @@ class Worker:
         self.cfg = config
         self.out = out
         self.gpu_filter = gpu_filter  # callable(free GPU list) -> usable GPUs
+        self.pools = GpuPools.of(config.gpus, config.multi_gpu)
+        self.held_for: int | None = None  # GPUs of the waiting job this worker holds its GPUs for
         self.jobs: dict[int, ActiveJob] = {}
         self.unrecorded: list[Outcome] = []  # ended attempts the store has not taken yet
         self.unrecorded_since: float | None = None  # when the oldest of them ended (monotonic)
@@ -99,7 +102,8 @@ class Worker:
     def run(self) -> int:
         cfg = self.cfg
         self._register()
-        self.log(f"started (pid {os.getpid()}, GPUs {','.join(map(str, cfg.gpus)) or 'none'}, "
+        multi = f", multi-GPU pool {','.join(map(str, cfg.multi_gpu))}" if cfg.multi_gpu else ""
+        self.log(f"started (pid {os.getpid()}, GPUs {','.join(map(str, cfg.gpus)) or 'none'}{multi}, "
                  f"{cfg.slots} CPU slots, lease {cfg.lease:g}s)")
         pause = 1.0
         with self.wakeup.signals(self._on_signal):
@@ -260,7 +264,7 @@ class Worker:
         if free and self.gpu_filter is not None:
             free = self.gpu_filter(free)
         slots = self.cfg.slots - sum(1 for job in self.jobs.values() if not job.gpus)
-        return Capacity(gpus=len(free), slots=max(slots, 0), grids=self.cfg.grids), free
+        return self.pools.capacity(free, max(slots, 0), self.cfg.grids), free
 
     def _may_claim(self) -> bool:
         if not self._may_start():
@@ -283,6 +287,8 @@ class Worker:
         """A claim found nothing this worker may run: claim again when the first backed-off job is
         due (the store's answer to that very claim), else after the safety period."""
         due = self.store.retry_in if self.store.retry_in is not None else self.cfg.safety_poll
+        if self.held_for:  # look again soon (see _held)
+            due = min(due, self.cfg.heartbeat)
         self.claim_at = time.monotonic() + self._jittered(min(due, self.cfg.safety_poll))
 
     def _jittered(self, seconds: float) -> float:
@@ -313,8 +319,11 @@ class Worker:
     def _exchange(self) -> int:
         """One transaction: record every ended attempt and claim what fits the free capacity (several
         jobs when recent jobs were short); start what can start. Returns how many were claimed."""
-        capacity, _ = self._capacity()
+        capacity, free = self._capacity()
         want = self._claim_limit() if self._may_claim() and not capacity.empty else 0
+        if want:
+            capacity = self._held(capacity, free)
+            want = 0 if capacity.empty else want
         if not want and not self.unrecorded:
             return 0
         accepted, claims = self.store.claim_many(self.ref, capacity, self.unrecorded, want)
@@ -332,7 +341,23 @@ class Worker:
         self.claimed += len(claims)
         self.ahead.extend(claims)
         self._start_ahead()
+        if claims and len(claims) == want and not self.ahead:
+            self.claim_at = time.monotonic()  # more may fit: the end of a multi-GPU job frees several GPUs
         return len(claims)
+
+    def _held(self, capacity: Capacity, free: list[int]) -> Capacity:
+        """``capacity`` less its GPUs while a waiting multi-GPU job needs more than are free
+        (--hold-for-multi-gpu, memq.worker.pools.hold_for)."""
+        held = (hold_for(self.store, self.pools, free, set(free) | self._busy_gpus(), capacity)
+                if self.cfg.hold_for_multi_gpu else None)
+        if held != self.held_for:
+            self.log(f"holding free GPUs for a waiting {held}-GPU job" if held else "no longer holding GPUs")
+            self.held_for = held
+        if not held:
+            return capacity
+        # look again within a heartbeat: another worker may take the job this one holds its GPUs for
+        self.claim_at = min(self.claim_at, time.monotonic() + self._jittered(self.cfg.heartbeat))
+        return replace(capacity, gpus=0)
 
     def _start_ahead(self) -> None:
         """Start the claimed jobs that fit now. Those that cannot start go back uncharged: all of them
@@ -343,7 +368,7 @@ class Worker:
                 break
             if capacity.fits(claim.gpus):
                 self.ahead.remove(claim)
-                self._start(claim, free[:claim.gpus])
+                self._start(claim, self.pools.pick(free, claim.gpus) if claim.gpus else [])
         if self.ahead and (not self._may_start() or not self.jobs):
             why = "worker stopped before starting it" if not self._may_start() else "its GPUs were taken here"
             for claim in self.ahead:
