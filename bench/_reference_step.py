@@ -20,6 +20,9 @@ updates and AdamW parameter groups. What the bench changes, and why:
   ends are outside the timed steps anyway).
 - Settings: ``mem/configs/xvba.yaml`` (the base of xvbc) overridden with memq's config through
   :func:`reference_overrides`, so both models have the same widths, voxels and batch.
+
+Importing the reference's config.py rewrites DIR/mem/config.pyi (its yacs-stubgen call; the same
+content as the committed file): the only write into DIR.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from types import SimpleNamespace
 from typing import Any, NoReturn
 
 import numpy as np
+import timm
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -110,8 +114,6 @@ def import_reference(directory: str) -> SimpleNamespace:
 
 def vit_shape(config: BackboneConfig, img_size: int) -> dict[str, Any]:
     """Width, depth, heads, patch and MLP ratio of the timm ViT memq builds from ``config``."""
-    import timm
-
     with torch.device("meta"):
         vit = timm.create_model(config.NAME, pretrained=False, num_classes=0, img_size=img_size, **config.KWARGS)
     block = vit.blocks[0]
@@ -289,10 +291,10 @@ def print_projection(ref: SimpleNamespace, memq_sps: float, ref_sps: float, epoc
     hours = {}
     for name, sps in (("memq", memq_sps), ("reference", ref_sps)):
         hours[name] = XVBC_JOBS * epochs * samples / sps / 3600
-        print(f"  {name:9s} {XVBC_JOBS} jobs x {epochs} epochs x {samples:,} samples / {sps:.1f} samples/s / 3600 "
+        print(f"  {name:9s} {XVBC_JOBS} jobs x {epochs} epochs x {samples:,} samples / {sps:.4g} samples/s / 3600 "
               f"= {hours[name]:,.0f} GPU-hours")
     print(f"  memq / reference = {hours['memq'] / hours['reference']:.2f}; the reference README states ~1000 "
-          f"GPU-hours for xvbc, which at {ref_sps:.1f} samples/s means "
+          f"GPU-hours for xvbc, which at {ref_sps:.4g} samples/s means "
           f"{1000 * 3600 * ref_sps / (XVBC_JOBS * samples):.0f} epochs per job")
 
 

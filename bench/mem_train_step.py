@@ -23,9 +23,9 @@ samples/s, ms/step, peak GPU memory (torch.cuda.max_memory_allocated; n/a on a C
 ``--reference DIR`` (a clone of huzeyann/MemoryEncodingModel, never part of memq) also times the
 reference's own LightningModule per row on the same batch, widths, precision and Lightning settings
 (bench/_reference_step.py: what it changes to run on PL 2 with nothing downloaded) and prints both
-samples/s, the ratio, both peaks and the projected xvbc GPU-hours of both. Its packages are in
-bench/requirements.txt. The full GPU comparison takes about 5 minutes on one H100; --tiny on 2 CPU
-cores about 5 minutes too (2 warm-up + 6 timed steps per row).
+samples/s, the ratio, both peaks and the projected xvbc GPU-hours of both; its packages are in
+bench/requirements.txt. Full GPU comparison (16 timed rows): about 5 minutes on one H100 (an
+estimate, not yet run on a GPU); --tiny (2 + 6 steps a row): 40 s on 2 free CPU cores, 5 min busy.
 """
 
 from __future__ import annotations
@@ -300,7 +300,7 @@ def run_logged(
         return None
     print(
         f"  {who} {precision} subjects={n_subjects} topyneck={mode}: {r['samples_per_s']:.1f} samples/s, "
-        f"{r['ms_per_step']:.1f} ms/step, peak {refstep.peak(r)} GiB, built in {r['build_s']:.1f} s",
+        f"{r['ms_per_step']:.1f} ms/step, peak {refstep.peak(r)} GiB, {r['trainable_params']:,} trainable params",
         flush=True,
     )
     return r
