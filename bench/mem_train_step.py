@@ -15,9 +15,17 @@ grid runs it.
     python bench/mem_train_step.py                    # on a GPU: fp16 and bf16, 1 and 8 subjects
     python bench/mem_train_step.py --tiny             # CPU smoke check with jobs.mem.config.tiny()
     python bench/mem_train_step.py --profile          # also a torch.profiler table of a few steps
+    python bench/mem_train_step.py --reference DIR    # and the reference's step, side by side
 
 Prints one table row per configuration: device, precision, subjects, topyneck, batch,
-samples/s, ms/step, peak GPU memory (torch.cuda.max_memory_allocated).
+samples/s, ms/step, peak GPU memory (torch.cuda.max_memory_allocated; n/a on a CPU).
+
+``--reference DIR`` (a clone of huzeyann/MemoryEncodingModel, never part of memq) also times the
+reference's own LightningModule per row on the same batch, widths, precision and Lightning settings
+(bench/_reference_step.py: what it changes to run on PL 2 with nothing downloaded) and prints both
+samples/s, the ratio, both peaks and the projected xvbc GPU-hours of both; its packages are in
+bench/requirements.txt. Full GPU comparison (16 timed rows): about 5 minutes on one H100 (an
+estimate, not yet run on a GPU); --tiny (2 + 6 steps a row): 40 s on 2 free CPU cores, 5 min busy.
 """
 
 from __future__ import annotations
@@ -46,6 +54,8 @@ import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
+from bench import _reference_step as refstep  # noqa: E402
+from bench._common import table  # noqa: E402
 from jobs.mem.config import RANDOM_BACKBONES, MemConfig, load_config, tiny  # noqa: E402
 from jobs.mem.model import MemModel  # noqa: E402
 from jobs.mem.subject import SubjectInfo  # noqa: E402
@@ -104,9 +114,7 @@ class StepTimer(L.Callback):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def on_train_batch_end(
-        self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
+    def on_train_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         if batch_idx == self.warmup - 1:
             self._sync()
             self.t0 = time.perf_counter()
@@ -184,14 +192,10 @@ class ForwardBreakdown:
 
 
 def run_one(
-    args: argparse.Namespace,
-    device: torch.device,
-    precision: str,
-    n_subjects: int,
-    frozen: bool,
-    profile: bool = False,
-    breakdown: bool = False,
+    args: argparse.Namespace, device: torch.device, precision: str, n_subjects: int, frozen: bool,
+    profile: bool = False, breakdown: bool = False, ref: Any = None,
 ) -> dict[str, Any]:
+    """Time memq's training step for one configuration, or the reference's (``ref``) on the same batch."""
     overrides: dict[str, Any] = dict(tiny()) if args.tiny else dict(RANDOM_BACKBONES)  # speed: weights irrelevant
     overrides["TRAINER.PRECISION"] = precision
     config = load_config(overrides)
@@ -202,58 +206,56 @@ def run_one(
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     subjects = [f"subj{i + 1:02d}" for i in range(n_subjects)]
-    infos = {s: SubjectInfo(rng.normal(size=(n_voxels, 3)).astype(np.float32) * 50) for s in subjects}
-    t_build = time.perf_counter()
-    model = MemModel(config, infos)
-    if frozen:
-        model.freeze_topyneck()
-    lit = MemLit(config, model)
-    t_build = time.perf_counter() - t_build
+    positions = {s: rng.normal(size=(n_voxels, 3)).astype(np.float32) * 50 for s in subjects}
     gen = torch.Generator().manual_seed(1)
-    batch = make_batch(config, subjects, batch_size, n_voxels, device, gen)
+    batch: Any = make_batch(config, subjects, batch_size, n_voxels, device, gen)
+    t_build = time.perf_counter()
+    if ref is None:
+        pl: Any = L
+        model = MemModel(config, {s: SubjectInfo(p) for s, p in positions.items()})
+        if frozen:
+            model.freeze_topyneck()
+        lit = MemLit(config, model)
+    else:
+        import pytorch_lightning as pl  # the reference's Lightning package
+
+        lit = refstep.build(ref, config, positions, batch_size, frozen, args.tiny)
+        model, batch = lit.model, refstep.reference_batch(batch)
+    t_build = time.perf_counter() - t_build
     warmup, steps = args.warmup, (args.profile_steps if profile else args.steps)
-    timer = StepTimer(warmup, steps, device, profile_steps=steps if profile else 0)
+    timer_class = StepTimer if pl is L else type("RefStepTimer", (StepTimer, pl.Callback), {})
+    timer = timer_class(warmup, steps, device, profile_steps=steps if profile else 0)
     loader = DataLoader(SameBatch(batch, warmup + steps), batch_size=None, num_workers=0)
     parts = ForwardBreakdown(model, device) if breakdown else None
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     with tempfile.TemporaryDirectory() as root:
-        trainer = L.Trainer(
-            accelerator="gpu" if device.type == "cuda" else "cpu",
-            devices=1,
-            precision=precision,
+        trainer = pl.Trainer(  # memq's and the reference's step: the same Lightning settings
+            accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, precision=precision,
             gradient_clip_val=config.TRAINER.GRADIENT_CLIP_VAL,
-            accumulate_grad_batches=config.TRAINER.ACCUMULATE_GRAD_BATCHES,
-            max_epochs=1,
-            limit_val_batches=0,
-            num_sanity_val_steps=0,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            default_root_dir=root,
-            callbacks=[timer],
+            accumulate_grad_batches=config.TRAINER.ACCUMULATE_GRAD_BATCHES, max_epochs=1, limit_val_batches=0,
+            num_sanity_val_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False, default_root_dir=root, callbacks=[timer],
         )
         trainer.fit(lit, train_dataloaders=loader)
     seconds = timer.t1 - timer.t0
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     result: dict[str, Any] = {
-        "device": device_name(device),
-        "precision": precision,
+        "model": "memq" if ref is None else "reference", "device": device_name(device), "precision": precision,
         "matmul_precision": config.TRAINER.MATMUL_PRECISION if device.type == "cuda" else "n/a (CPU)",
         "subjects": n_subjects,
         "voxels_per_subject": n_voxels,
         "sampled_voxels": min(n_voxels, config.MODEL.MAX_TRAIN_VOXELS),
         "topyneck": "frozen" if frozen else "trainable",
         "batch": batch_size,
-        "warmup": warmup,
-        "steps": steps,
+        "warmup": warmup, "steps": steps,
         "samples_per_s": batch_size * steps / seconds,
         "ms_per_step": 1000 * seconds / steps,
         "build_s": t_build,
         "trainable_params": trainable,
         "total_params": sum(p.numel() for p in model.parameters()),
+        **({} if ref is None else {"attention": ref.attention}),
     }
     if device.type == "cuda":
         result["peak_alloc_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
@@ -277,69 +279,64 @@ def device_name(device: torch.device) -> str:
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    head = [
-        "device",
-        "precision",
-        "subj",
-        "topyneck",
-        "batch",
-        "samples/s",
-        "ms/step",
-        "peak alloc GiB",
-        "trainable params",
-    ]
-    lines = [head]
-    for r in rows:
-        peak = f"{r['peak_alloc_gib']:.2f}" if "peak_alloc_gib" in r else "-"
-        lines.append(
-            [
-                r["device"],
-                r["precision"],
-                str(r["subjects"]),
-                r["topyneck"],
-                str(r["batch"]),
-                f"{r['samples_per_s']:.1f}",
-                f"{r['ms_per_step']:.1f}",
-                peak,
-                f"{r['trainable_params']:,}",
-            ]
-        )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
-    for k, line in enumerate(lines):
-        print(
-            "  ".join(
-                cell.rjust(w) if i >= 4 else cell.ljust(w) for i, (cell, w) in enumerate(zip(line, widths, strict=True))
-            )
-        )
-        if k == 0:
-            print("  ".join("-" * w for w in widths))
+    head = ["device", "precision", "subj", "topyneck", "batch", "samples/s", "ms/step", "peak alloc GiB",
+            "trainable params"]
+    lines = [[r["device"], r["precision"], r["subjects"], r["topyneck"], r["batch"], f"{r['samples_per_s']:.1f}",
+              f"{r['ms_per_step']:.1f}", refstep.peak(r), f"{r['trainable_params']:,}"] for r in rows]
+    print(table(head, lines))
+
+
+def run_logged(
+    args: argparse.Namespace, device: torch.device, precision: str, n_subjects: int, frozen: bool, ref: Any = None
+) -> dict[str, Any] | None:
+    """run_one with a progress line; None (and the error printed) when the row failed, e.g. out of memory."""
+    who, mode = "memq" if ref is None else "reference", "frozen" if frozen else "trainable"
+    try:
+        r = run_one(args, device, precision, n_subjects, frozen, ref=ref)
+    except Exception as error:  # report it and go on with the next row
+        print(f"  {who} {precision} subjects={n_subjects} topyneck={mode}: FAILED {type(error).__name__}: {error}")
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        return None
+    print(
+        f"  {who} {precision} subjects={n_subjects} topyneck={mode}: {r['samples_per_s']:.1f} samples/s, "
+        f"{r['ms_per_step']:.1f} ms/step, peak {refstep.peak(r)} GiB, {r['trainable_params']:,} trainable params",
+        flush=True,
+    )
+    return r
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="jobs.mem.config.tiny() model (CPU smoke check)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument(
-        "--precision", default=None, help="comma list; default 16-mixed,bf16-mixed on a GPU, 32-true on a CPU"
-    )
+    parser.add_argument("--precision", help="comma list; default 16-mixed,bf16-mixed on a GPU, 32-true on a CPU")
     parser.add_argument("--subjects", default="1,8", help="comma list of subject counts per batch")
     parser.add_argument("--topyneck", default="trainable,frozen", help="comma list: trainable, frozen")
     parser.add_argument("--voxels", type=int, default=0, help="voxels per subject (default 40000; tiny 300)")
     parser.add_argument("--batch", type=int, default=0, help="batch size (default TRAINER.BATCH_SIZE)")
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=None, help="warm-up steps per row (5; tiny 2)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per row (20; tiny 6)")
+    parser.add_argument("--reference", metavar="DIR", help="a clone of huzeyann/MemoryEncodingModel: its step too")
     parser.add_argument(
-        "--profile",
-        action="store_true",
-        help="after the table: torch.profiler of the first configuration + forward breakdown",
+        "--ref-attention", default="auto", choices=["auto", "plain"],
+        help="reference DINOv2 attention without xformers: auto = SDPA stand-in, plain = dinov2's own fallback",
     )
+    parser.add_argument("--xvbc-epochs", type=int, default=None, help="epochs per xvbc job (default MAX_EPOCHS)")
+    parser.add_argument("--profile", action="store_true",
+                        help="after the table: torch.profiler of the first configuration + forward breakdown")
     parser.add_argument("--profile-steps", type=int, default=3)
     parser.add_argument("--out", default=os.environ.get("OUT"), help="folder for results JSON / profile")
     args = parser.parse_args()
+    args.warmup = (2 if args.tiny else 5) if args.warmup is None else args.warmup
+    args.steps = (6 if args.tiny else 20) if args.steps is None else args.steps
 
-    logging.getLogger("lightning").setLevel(logging.ERROR)
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    for name in ("lightning", "lightning.pytorch", "pytorch_lightning", "dinov2"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
+    ref = refstep.import_reference(args.reference) if args.reference else None  # fails first, in one line
+    if ref:
+        refstep.set_attention(ref, args.ref_attention)
     cuda = torch.cuda.is_available() and args.device != "cpu"
     if args.device == "cuda" and not cuda:
         sys.exit("no CUDA device")
@@ -353,41 +350,33 @@ def main() -> None:
         + (f", CUDA {torch.version.cuda}, capability {torch.cuda.get_device_capability(device)}" if cuda else "")
     )
     model = "tiny() overrides" if args.tiny else "jobs.mem.config defaults (ViT-B/14 + ViT-S/14, random init)"
-    print(
-        f"model: {model}; "
-        f"warm-up {args.warmup} + timed {args.steps} optimiser steps per row; batch already on the device",
-        flush=True,
-    )
+    steps = f"warm-up {args.warmup} + timed {args.steps} optimiser steps per row; batch already on the device"
+    print(f"model: {model}; {steps}", flush=True)
 
-    rows = []
+    rows: list[dict[str, Any]] = []
+    refs: list[dict[str, Any] | None] = []
     for precision, n_subjects, frozen in itertools.product(precisions, subject_counts, frozen_modes):
-        try:
-            result = run_one(args, device, precision, n_subjects, frozen)
-        except Exception as error:  # e.g. out of memory: report it and go on with the next row
-            print(f"  {precision} subjects={n_subjects} frozen={frozen}: FAILED {type(error).__name__}: {error}")
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+        result = run_logged(args, device, precision, n_subjects, frozen)
+        if result is None:
             continue
         rows.append(result)
-        print(
-            f"  {precision} subjects={n_subjects} topyneck={result['topyneck']}: "
-            f"{result['samples_per_s']:.1f} samples/s, {result['ms_per_step']:.1f} ms/step"
-            + (f", peak {result['peak_alloc_gib']:.2f} GiB" if "peak_alloc_gib" in result else ""),
-            flush=True,
-        )
+        if ref is not None:
+            refs.append(run_logged(args, device, precision, n_subjects, frozen, ref))
     print()
-    print_table(rows)
+    if ref is None:
+        print_table(rows)
+    else:
+        refstep.print_comparison(rows, refs)
+        refstep.project(ref, rows, refs, args.xvbc_epochs, args.tiny)
     out = Path(args.out) if args.out else None
     if out:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "mem_train_step.json").write_text(json.dumps(rows, indent=2))
+        (out / "mem_train_step.json").write_text(json.dumps(rows + [r for r in refs if r], indent=2))
 
     if args.profile:
         precision, n_subjects, frozen = precisions[0], subject_counts[0], frozen_modes[-1]
-        print(
-            f"\nforward breakdown ({precision}, {n_subjects} subject(s), topyneck "
-            f"{'frozen' if frozen else 'trainable'}; forward only, ms per step):"
-        )
+        mode = "frozen" if frozen else "trainable"
+        print(f"\nforward breakdown ({precision}, {n_subjects} subject(s), topyneck {mode}; forward only, ms/step):")
         result = run_one(args, device, precision, n_subjects, frozen, breakdown=True)
         for name, ms in sorted(result["forward_ms"].items(), key=lambda kv: -kv[1]):
             print(f"  {name:28s} {ms:8.2f}")
@@ -396,14 +385,14 @@ def main() -> None:
         prof = result.pop("profiler")
         key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
         try:
-            table = prof.key_averages().table(sort_by=key, row_limit=25, max_name_column_width=60)
+            report = prof.key_averages().table(sort_by=key, row_limit=25, max_name_column_width=60)
         except (AttributeError, KeyError):
             key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-            table = prof.key_averages().table(sort_by=key, row_limit=25, max_name_column_width=60)
+            report = prof.key_averages().table(sort_by=key, row_limit=25, max_name_column_width=60)
         print(f"\ntorch.profiler, {args.profile_steps} steps, sorted by {key}:")
-        print(table)
+        print(report)
         if out:
-            (out / "mem_train_step_profile.txt").write_text(table)
+            (out / "mem_train_step_profile.txt").write_text(report)
 
 
 if __name__ == "__main__":
