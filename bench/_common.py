@@ -35,6 +35,17 @@ def percentile(values: Sequence[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
+def start_together() -> None:
+    """Wait until every process of a group is ready (``MEMQ_BENCH_BARRIER``: a folder shared by
+    ``MEMQ_BENCH_PEERS`` processes), so that their timed parts run at the same time; no-op when unset."""
+    folder, peers = os.environ.get("MEMQ_BENCH_BARRIER"), int(os.environ.get("MEMQ_BENCH_PEERS", "1"))
+    if not folder:
+        return
+    Path(folder, f"ready.{os.getpid()}").touch()
+    while len(list(Path(folder).glob("ready.*"))) < peers:
+        time.sleep(0.01)
+
+
 def load1() -> float:
     return os.getloadavg()[0]
 

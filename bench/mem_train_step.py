@@ -55,7 +55,7 @@ from torch import Tensor  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
 from bench import _reference_step as refstep  # noqa: E402
-from bench._common import table  # noqa: E402
+from bench._common import start_together, table  # noqa: E402
 from jobs.mem.config import RANDOM_BACKBONES, MemConfig, load_config, tiny  # noqa: E402
 from jobs.mem.model import MemModel  # noqa: E402
 from jobs.mem.subject import SubjectInfo  # noqa: E402
@@ -117,6 +117,7 @@ class StepTimer(L.Callback):
     def on_train_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         if batch_idx == self.warmup - 1:
             self._sync()
+            start_together()  # bench/mem_shared_gpu.py: jobs sharing a GPU time the same seconds
             self.t0 = time.perf_counter()
             if self.profile_steps:
                 activities = [torch.profiler.ProfilerActivity.CPU]
