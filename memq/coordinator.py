@@ -23,7 +23,7 @@ from typing import Any
 
 from memq import kinds
 from memq.errors import UserError
-from memq.grid import EnsembleSection, GridFile, Stage, expand, load_grid_file
+from memq.grid import EnsembleSection, GridFile, Resources, Stage, expand, load_grid_file
 from memq.spec import GridSpec, GroupSpec, JobSpec
 from memq.store.store import Store
 from memq.yamlsource import YamlSource
@@ -107,10 +107,8 @@ def _job(section: Section, stage: str, group: str, grid: str, params: dict[str, 
         except ValueError as exc:
             where = section.source.where(section.source.line_of(("ensemble", stage)))
             raise UserError(str(exc), where=where) from None
-    resources = config.resources
-    gpus = resources.gpus if resources is not None and resources.gpus is not None else spec.gpus
-    return JobSpec(grid=grid, group=group, kind=config.kind, params=merged, gpus=gpus,
-                   cpus=resources.cpus if resources else 1, mem_gb=resources.mem_gb if resources else 0.0,
+    resources = (config.resources or Resources()).placement(spec.gpus)
+    return JobSpec(grid=grid, group=group, kind=config.kind, params=merged, **resources,
                    priority=config.priority or 0, max_attempts=config.max_attempts or 3)
 
 
