@@ -35,14 +35,16 @@ import itertools
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, JsonValue, Tag, ValidationError
+from pydantic import Discriminator, Field, JsonValue, Tag, ValidationError
 
 from memq import kinds
 from memq.after import check_dependencies, matched, matches_of, upstream_groups
 from memq.each import SOURCE_PARAM, Expanded
 from memq.errors import UserError
 from memq.overrides import overrides_of
-from memq.spec import GridSpec, JobSpec, canonical_json, scheme_name, split_gpus
+from memq.resources import Resources
+from memq.resources import Strict as _Strict
+from memq.spec import GridSpec, JobSpec, canonical_json, scheme_name
 from memq.template import RUNTIME_FIELDS, SUBMIT_FIELDS, has_stray_brace, placeholders
 from memq.yamlsource import YamlSource
 
@@ -54,30 +56,6 @@ MAX_PARAMS_BYTES = 65_536
 
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 Params = dict[str, JsonValue]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-
-def _gpu_count(gpus: float | None) -> float | None:
-    if gpus is not None:
-        split_gpus(gpus)  # its ValueError is the user's error
-    return gpus
-
-
-class Resources(_Strict):
-    # whole GPUs, or a share 1/k of one GPU (0.5, 0.25, ...) that jobs pack onto: memq/worker/sharing.py
-    gpus: Annotated[float | None, Field(ge=0, le=64), AfterValidator(_gpu_count)] = None
-    cpus: Annotated[int, Field(ge=1, le=4096)] = 1
-    mem_gb: Annotated[float, Field(ge=0)] = 0.0
-    gpu_mem_gb: Annotated[float, Field(ge=0)] = 0.0  # GPU memory per GPU the job declares it needs
-
-    def placement(self, default_gpus: int) -> dict[str, Any]:
-        """The JobSpec fields these resources set: gpus, gpu_share, cpus, mem_gb, gpu_mem_gb."""
-        gpus, share = split_gpus(default_gpus if self.gpus is None else self.gpus)
-        return {"gpus": gpus, "gpu_share": share, "cpus": self.cpus, "mem_gb": self.mem_gb,
-                "gpu_mem_gb": self.gpu_mem_gb}
 
 
 class JobFields(_Strict):
@@ -368,10 +346,10 @@ def expand(grid: GridFile, source: YamlSource, overrides: dict[str, Any] | None 
         merged["params"].update(overrides_of(fixed[i], fixed, overrides or {}))
         _check_group(i, group, merged, source)
         spec = kinds.lookup(merged["kind"])
-        resources = Resources.model_validate(merged["resources"]).placement(spec.gpus if spec is not None else 0)
-        if resources["gpu_mem_gb"] and not (resources["gpus"] or resources["gpu_share"]):
-            raise UserError("resources.gpu_mem_gb is GPU memory, for a job with GPUs; this one has gpus: 0",
-                            where=source.where(source.line_of(("groups", i))))
+        try:
+            resources = Resources.model_validate(merged["resources"]).placement(spec.gpus if spec is not None else 0)
+        except ValueError as exc:
+            raise UserError(str(exc), where=source.where(source.line_of(("groups", i)))) from None
         axes = [(name, _distinct(i, name, values, source, warnings)) for name, values in (group.grid or {}).items()]
         size = _largest_params(merged["params"], axes)
         if size > MAX_PARAMS_BYTES:

@@ -20,7 +20,8 @@ supervisors still fence their jobs once the lease has not been renewed for half 
 
 (Over 400 lines on purpose: the loop and the state it keeps - running jobs, claimed-ahead jobs,
 unrecorded outcomes, the claim timer - change together; what can be judged apart already lives
-apart: launch, supervisor protocol, outcome policy, reaper, wake-ups, claim-ahead pacing, GPU pools.)
+apart: launch, supervisor protocol, outcome policy, reaper, wake-ups, claim-ahead pacing, GPU pools,
+GPU sharing.)
 """
 
 from __future__ import annotations

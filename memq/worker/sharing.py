@@ -83,6 +83,10 @@ class Sharing:
         state = self.nvml.state(gpu)
         return (state.memory_total_mb - state.memory_used_mb) / 1024
 
+    def _whole(self, gpu: int) -> float:
+        """The memory (GB) a job may count on on a free GPU."""
+        return min(self.total(gpu), self._free_now(gpu))
+
     def _room(self, gpu: int, use: GpuUse) -> tuple[float, float]:
         """(free share, free memory in GB) of a partly shared GPU."""
         return 1.0 - use.share, min(self.total(gpu) - use.mem, self._free_now(gpu))
@@ -96,7 +100,7 @@ class Sharing:
         """``capacity`` (whole GPUs ``free``) with GPU memory and the room for shared jobs added."""
         gpu = self.candidate(use)
         share, share_mem = self._room(gpu, use[gpu]) if gpu is not None else (0.0, NO_GPU_MEM_LIMIT)
-        return replace(capacity, gpu_mem=min((self.total(g) for g in free), default=NO_GPU_MEM_LIMIT),
+        return replace(capacity, gpu_mem=min((self._whole(g) for g in free), default=NO_GPU_MEM_LIMIT),
                        share=max(share, 0.0), share_mem=share_mem,
                        whole_share=capacity.gpus > 0 and any(g in self.pools.general for g in free))
 
@@ -109,7 +113,7 @@ class Sharing:
             if claim.gpu_share <= share + SHARE_SLACK and claim.gpu_mem_gb <= mem:
                 return [gpu]
         general = [g for g in free if g in self.pools.general]
-        fits = [g for g in general if claim.gpu_mem_gb <= min(self.total(g), self._free_now(g))]
+        fits = [g for g in general if claim.gpu_mem_gb <= self._whole(g)]
         return self.pools.pick(fits, 1) if fits else None
 
 

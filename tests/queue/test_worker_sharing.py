@@ -171,6 +171,12 @@ def test_a_share_of_one_gpu_is_a_fraction_that_divides_it(gpus: float, share: fl
     assert (job.gpus, job.gpu_share, job.gpu_mem_gb) == ((0, pytest.approx(share)) if share else (gpus, 0.0)) + (8,)
 
 
+def test_a_dry_run_shows_the_share(tmp_path: Path, cli: Callable[..., CliResult]) -> None:
+    run = cli("submit", grid_file(tmp_path, "{gpus: 0.25, gpu_mem_gb: 16}"), "--dry-run", "--json")
+    assert run.code == 0, run.err
+    assert [(j["gpus"], j["gpu_mem_gb"]) for j in json.loads(run.out)["jobs"]] == [(0.25, 16.0)]
+
+
 def grid_file(tmp: Path, resources: str) -> Path:
     grid = tmp / "g.yaml"
     grid.write_text(f"name: g\ngroups:\n  - name: a\n    command: [\"true\"]\n    resources: {resources}\n")
