@@ -49,7 +49,7 @@ from memq.worker.outcome import OutcomePolicy
 from memq.worker.pools import GpuPools, hold_for
 from memq.worker.protocol import Renew, Stop
 from memq.worker.reaper import Reaper
-from memq.worker.sharing import Sharing, shared_use, sharing_view
+from memq.worker.sharing import GpuUse, Sharing, shared_use, sharing_view
 from memq.worker.wakeup import Wakeup
 
 MAX_OUTAGE_PAUSE = 10.0
@@ -272,7 +272,7 @@ class Worker:
         capacity = self.pools.capacity(free, max(slots, 0), self.cfg.grids)
         return self.sharing.capacity(capacity, free, self._shared()), free
 
-    def _shared(self) -> dict:
+    def _shared(self) -> dict[int, GpuUse]:
         return shared_use((job.claim, job.gpus) for job in self.jobs.values())
 
     def _show_sharing(self) -> None:
@@ -373,7 +373,7 @@ class Worker:
             return capacity
         # look again within a heartbeat: another worker may take the job this one holds its GPUs for
         self.claim_at = min(self.claim_at, time.monotonic() + self._jittered(self.cfg.heartbeat))
-        return replace(capacity, gpus=0, whole_share=False)
+        return replace(capacity, gpus=0, share=0.0, whole_share=False)  # shares too: they would keep a GPU busy
 
     def _start_ahead(self) -> None:
         """Start the claimed jobs that fit now. Those that cannot start go back uncharged: all of them

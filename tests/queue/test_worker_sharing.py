@@ -108,6 +108,28 @@ def test_a_shared_job_out_of_gpu_memory_is_requeued_uncharged_once_then_runs_alo
     assert tw.stop([w], tmp_path) == [0]
 
 
+def test_shares_wait_behind_a_waiting_multi_gpu_job(tmp_path: Path, out: Path, processes: Processes) -> None:
+    """The hold for a waiting multi-GPU job holds shares too: with half of GPU 0 shared and GPU 1
+    busy, a 2-GPU job waits, and the 0.5 job behind it does not pack onto GPU 0 (it would keep
+    GPU 0 busy for ever while such jobs keep coming)."""
+    rig = Rig("local", [tmp_path / "root"])
+    store = rig.store()
+    jobs = (tw.jobs_of("g", "a", out, [tw.GATED], "gate", gpu_share=0.5)
+            + tw.jobs_of("g", "b", out, [tw.GATED], "gate", gpus=1) + tw.jobs_of("g", "c", out, [0.2], gpus=2)
+            + tw.jobs_of("g", "d", out, [0.2], gpu_share=0.5))
+    store.submit(GridSpec("g", tuple(GroupSpec(n) for n in "abcd"), tuple(jobs)))
+    w = tw.start_worker(processes, rig, 0, "w", tmp_path, "--gpus", "0,1", "--slots", "0", "--claim-ahead", "0")
+    assert tw.wait_until(lambda: "holding free GPUs for a waiting 2-GPU job" in tw.log_of(tmp_path, "w"), 60)
+    assert tw.wait_until(lambda: {(1, 1), (2, 1)} <= set(tw.started(out)), 60)
+    assert (4, 1) not in tw.started(out)  # (it would have been claimed with the claim that started the hold)
+    tw.open_gate(out, 1)
+    tw.open_gate(out, 2)
+    assert tw.wait_until(lambda: store.counts()["g"]["succeeded"] == 4, 60)
+    starts = {job: record["start"] for (job, _), record in tw.started(out).items()}
+    assert starts[4] > json.loads((out / "3.1.end").read_text())["end"] and gpus_of(out, 3) == "0,1"
+    assert tw.stop([w], tmp_path) == [0]
+
+
 def test_the_claim_packs_shares_and_checks_gpu_memory(rig: Rig) -> None:
     """The claim statement on every backend: a share fits the partly shared GPU's free share and
     memory, or a whole free GPU; whole-GPU jobs need the GPU memory they declare; a CPU slot takes
