@@ -24,6 +24,7 @@ from typing import Any
 from memq import kinds
 from memq.errors import UserError
 from memq.grid import EnsembleSection, GridFile, Stage, expand, load_grid_file
+from memq.resources import Resources
 from memq.spec import GridSpec, GroupSpec, JobSpec
 from memq.store.store import Store
 from memq.yamlsource import YamlSource
@@ -95,22 +96,20 @@ def resolve_recipe(section: Section, recipe: str | None) -> str:
 
 
 def _job(section: Section, stage: str, group: str, grid: str, params: dict[str, Any]) -> JobSpec:
-    """A derived job of ``stage``, its params checked by its kind's validator."""
+    """A derived job of ``stage``, its params checked by its kind's validator (and its resources)."""
     config: Stage = getattr(section.ensemble, stage)
     spec = kinds.lookup(config.kind)
     assert spec is not None  # the section check refuses `command`
     merged = {**(config.params or {}), **params}
     check = kinds.validator(spec)
-    if check is not None:
-        try:
+    try:
+        if check is not None:
             check(merged)
-        except ValueError as exc:
-            where = section.source.where(section.source.line_of(("ensemble", stage)))
-            raise UserError(str(exc), where=where) from None
-    resources = config.resources
-    gpus = resources.gpus if resources is not None and resources.gpus is not None else spec.gpus
-    return JobSpec(grid=grid, group=group, kind=config.kind, params=merged, gpus=gpus,
-                   cpus=resources.cpus if resources else 1, mem_gb=resources.mem_gb if resources else 0.0,
+        resources = (config.resources or Resources()).placement(spec.gpus)
+    except ValueError as exc:
+        where = section.source.where(section.source.line_of(("ensemble", stage)))
+        raise UserError(str(exc), where=where) from None
+    return JobSpec(grid=grid, group=group, kind=config.kind, params=merged, **resources,
                    priority=config.priority or 0, max_attempts=config.max_attempts or 3)
 
 

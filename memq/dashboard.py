@@ -103,6 +103,8 @@ def snapshot(store: Store, *, with_groups: bool = True) -> dict[str, Any]:
             "heartbeat_age_s": round(now - w["heartbeat_at"], 1) if w["heartbeat_at"] else None,
             "presumed_dead": presumed_dead(w, w["id"] in running, now),
             "running": running.get(w["id"], []),
+            # {GPU: [shared jobs, share used]} (memq/worker/sharing.py); only while it may run jobs
+            "sharing": w["sharing"] if w["state"] in LIVE_STATES else None,
         })
     for grid, note in _unrunnable(store, workers).items():
         next(g for g in grids if g["name"] == grid)["unrunnable"] = note
@@ -186,8 +188,9 @@ def render(snap: dict[str, Any]) -> Any:
                              for j in w["running"]) or "-"
             style = "red" if w["presumed_dead"] else {"quarantined": "red", "dead": "dim", "stopped": "dim"}.get(
                 w["state"], "")
-            workers.add_row(w["name"], w["host"], Text(state, style=style), ",".join(map(str, w["gpus"] or [])) or "-",
-                            _age(w["heartbeat_age_s"]), jobs)
+            gpus = ",".join(map(str, w["gpus"] or [])) or "-"
+            gpus += "".join(f"\nGPU {g}: {n} jobs, {used:g} used" for g, (n, used) in (w["sharing"] or {}).items())
+            workers.add_row(w["name"], w["host"], Text(state, style=style), gpus, _age(w["heartbeat_age_s"]), jobs)
         parts.append(workers)
     if snap["recent_failures"]:
         failures = Table(title="recent failures", title_justify="left")

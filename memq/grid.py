@@ -35,13 +35,15 @@ import itertools
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, JsonValue, Tag, ValidationError
+from pydantic import Discriminator, Field, JsonValue, Tag, ValidationError
 
 from memq import kinds
 from memq.after import check_dependencies, matched, matches_of, upstream_groups
 from memq.each import SOURCE_PARAM, Expanded
 from memq.errors import UserError
 from memq.overrides import overrides_of
+from memq.resources import Resources
+from memq.resources import Strict as _Strict
 from memq.spec import GridSpec, JobSpec, canonical_json, scheme_name
 from memq.template import RUNTIME_FIELDS, SUBMIT_FIELDS, has_stray_brace, placeholders
 from memq.yamlsource import YamlSource
@@ -54,16 +56,6 @@ MAX_PARAMS_BYTES = 65_536
 
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 Params = dict[str, JsonValue]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-
-class Resources(_Strict):
-    gpus: Annotated[int, Field(ge=0, le=64)] | None = None
-    cpus: Annotated[int, Field(ge=1, le=4096)] = 1
-    mem_gb: Annotated[float, Field(ge=0)] = 0.0
 
 
 class JobFields(_Strict):
@@ -354,9 +346,10 @@ def expand(grid: GridFile, source: YamlSource, overrides: dict[str, Any] | None 
         merged["params"].update(overrides_of(fixed[i], fixed, overrides or {}))
         _check_group(i, group, merged, source)
         spec = kinds.lookup(merged["kind"])
-        gpus = merged["resources"].get("gpus")
-        if gpus is None:
-            gpus = spec.gpus if spec is not None else 0
+        try:
+            resources = Resources.model_validate(merged["resources"]).placement(spec.gpus if spec is not None else 0)
+        except ValueError as exc:
+            raise UserError(str(exc), where=source.where(source.line_of(("groups", i)))) from None
         axes = [(name, _distinct(i, name, values, source, warnings)) for name, values in (group.grid or {}).items()]
         size = _largest_params(merged["params"], axes)
         if size > MAX_PARAMS_BYTES:
@@ -377,8 +370,7 @@ def expand(grid: GridFile, source: YamlSource, overrides: dict[str, Any] | None 
             store_group = done.place(group.name, leader, matched(i, group, matches, params, source))
             for r in range(group.repeat):
                 job = JobSpec(grid=grid.name, group=store_group, kind=merged["kind"], params=params, repeat=r,
-                              command=merged["command"], gpus=gpus, cpus=merged["resources"].get("cpus", 1),
-                              mem_gb=float(merged["resources"].get("mem_gb", 0.0)),
+                              command=merged["command"], **resources,
                               priority=merged["priority"], max_attempts=merged["max_attempts"])
                 done.jobs[group.name].append(job)
                 if leader is not None:

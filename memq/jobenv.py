@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 EXIT_FENCED = 75  # the job learnt that a newer attempt replaced it, and stopped
 EXIT_PERMANENT = 78  # retrying cannot help (unknown kind, bad parameters, missing input): fail at once
+EXIT_GPU_OOM = 76  # out of GPU memory: a job sharing its GPU goes back to the queue to run alone
 
 # Numerical libraries start one thread per core each; a job gets the CPU threads it asked for
 # (resources.cpus): two CPU jobs spinning on two cores ran >10x slower.

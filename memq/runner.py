@@ -1,8 +1,9 @@
 """`python -m memq.runner`: the job process of a Python job kind.
 
 It builds the JobContext from the MEMQ_* environment the worker set, resolves the kind by name
-and calls it. Exit codes: 0 done, 1 the job raised, 75 fenced, 78 the kind cannot run here
-(not implemented, bad parameters): retrying would not help.
+and calls it. Exit codes: 0 done, 1 the job raised, 75 fenced, 76 out of GPU memory (torch's
+OutOfMemoryError, known by name: memq does not import torch), 78 the kind cannot run here (not
+implemented, bad parameters): retrying would not help.
 """
 
 from __future__ import annotations
@@ -14,12 +15,18 @@ from typing import TYPE_CHECKING
 # Jobs raise memq.runner.PermanentError; it lives in memq.errors so that it is the same class
 # when this module runs as __main__ (python -m memq.runner).
 from memq.errors import PermanentError
-from memq.jobenv import EXIT_FENCED, EXIT_PERMANENT
+from memq.jobenv import EXIT_FENCED, EXIT_GPU_OOM, EXIT_PERMANENT
 
 if TYPE_CHECKING:
     from memq.context import JobContext
 
-__all__ = ["EXIT_FENCED", "EXIT_PERMANENT", "PermanentError", "main"]
+__all__ = ["EXIT_FENCED", "EXIT_GPU_OOM", "EXIT_PERMANENT", "PermanentError", "main"]
+
+
+def out_of_gpu_memory(exc: BaseException) -> bool:
+    """torch.OutOfMemoryError (torch.cuda.OutOfMemoryError), recognised without importing torch."""
+    return any(cls.__name__ == "OutOfMemoryError" and cls.__module__.startswith("torch")
+               for cls in type(exc).__mro__)
 
 
 def _sync_own_checkpoints(ctx: JobContext) -> None:
@@ -55,9 +62,9 @@ def main() -> int:
         message = exc.line() if isinstance(exc, UserError) else f"error: {exc}"
         print(f"memq: {message} (not retried)", file=sys.stderr, flush=True)
         return EXIT_PERMANENT
-    except Exception:
+    except Exception as exc:
         traceback.print_exc()
-        return 1
+        return EXIT_GPU_OOM if out_of_gpu_memory(exc) else 1
     return 0
 
 

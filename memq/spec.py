@@ -30,6 +30,8 @@ class JobSpec:
     mem_gb: float = 0.0
     priority: int = 0
     max_attempts: int = 3
+    gpu_share: float = 0.0  # a fraction 1/k of one GPU (then gpus is 0): memq/worker/sharing.py
+    gpu_mem_gb: float = 0.0  # GPU memory it declares it needs, per GPU (0: not declared)
 
     @property
     def key(self) -> str:
@@ -39,8 +41,25 @@ class JobSpec:
     @property
     def spec_hash(self) -> str:
         """Hash of what the job would run; a resubmitted job whose hash differs was edited."""
-        what = [self.command, self.gpus, self.cpus, self.mem_gb, self.priority, self.max_attempts]
+        what: list[Any] = [self.command, self.gpus, self.cpus, self.mem_gb, self.priority, self.max_attempts]
+        if self.gpu_share or self.gpu_mem_gb:  # only then: the hashes of jobs submitted before stay
+            what.append([self.gpu_share, self.gpu_mem_gb])
         return hashlib.sha256(canonical_json(what).encode()).hexdigest()[:16]
+
+
+MAX_SHARES = 16  # the smallest share of a GPU is 1/16
+
+
+def split_gpus(gpus: float) -> tuple[int, float]:
+    """``resources.gpus`` as (whole GPUs, share of one GPU): 2 -> (2, 0.0), 0.25 -> (0, 0.25). A share
+    is a fraction 1/k of one GPU (k = 2 to MAX_SHARES, within 1e-6), else ValueError."""
+    if abs(gpus - round(gpus)) <= 1e-6:
+        return round(gpus), 0.0
+    k = round(1 / gpus) if 0 < gpus < 1 else 0
+    if not 2 <= k <= MAX_SHARES or abs(gpus - 1 / k) > 1e-6:
+        raise ValueError(f"{gpus:g} GPUs is neither a whole number nor a share 1/k of one GPU "
+                         f"(1/2, 1/3, ... 1/{MAX_SHARES})")
+    return 0, 1 / k
 
 
 @dataclass(frozen=True)

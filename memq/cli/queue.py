@@ -49,7 +49,8 @@ def submit(
 
 def _print_expanded(spec, as_json: bool) -> None:  # type: ignore[no-untyped-def]
     rows = [{"key": j.key, "group": j.group, "kind": j.kind, "repeat": j.repeat, "params": j.params,
-             "gpus": j.gpus, "priority": j.priority, "max_attempts": j.max_attempts, "command": j.command}
+             "gpus": j.gpus or j.gpu_share, "gpu_mem_gb": j.gpu_mem_gb, "priority": j.priority,
+             "max_attempts": j.max_attempts, "command": j.command}
             for j in spec.jobs]
     if as_json:
         print_json({"grid": spec.name, "jobs": rows})
@@ -68,7 +69,8 @@ def _print_expanded(spec, as_json: bool) -> None:  # type: ignore[no-untyped-def
         table.add_column(col)
     for i, r in enumerate(rows):
         params = " ".join(f"{k}={v}" for k, v in r["params"].items() if k not in shared or len(rows) == 1)
-        table.add_row(str(i), r["group"], r["kind"], str(r["repeat"]), str(r["gpus"]), printable(params), r["key"][:12])
+        table.add_row(str(i), r["group"], r["kind"], str(r["repeat"]), f"{r['gpus']:.4g}", printable(params),
+                      r["key"][:12])
     console.print(table)
 
 

@@ -23,6 +23,9 @@ def worker(
         help="While the first GPU job in queue order that this worker could run asks for 2+ GPUs and they "
              "are not free, claim no GPU job, so that 1-GPU jobs cannot starve it (CPU slots go on).")] = True,
     slots: Annotated[int, typer.Option(help="How many CPU-only jobs (gpus: 0) may run at once.")] = 1,
+    gpu_mem_gb: Annotated[float | None, typer.Option(
+        help="Each GPU's memory in GB, for jobs that share a GPU (resources.gpu_mem_gb); default: NVML's "
+             "total, and without NVML GPU memory is not checked.")] = None,
     max_jobs: Annotated[int | None, typer.Option(help="Exit after claiming this many jobs.")] = None,
     idle_exit: Annotated[float | None, typer.Option(help="Exit after this many seconds with nothing to run.")] = None,
     poll: Annotated[float, typer.Option(help="Seconds between looks at the queue's version file.")] = 1.0,
@@ -56,7 +59,7 @@ def worker(
     gpu_list, said = parse_gpus(gpus, nvml)
     multi = parse_indices(multi_gpu, "--multi-gpu") if multi_gpu is not None else []
     config = WorkerConfig(name=name or socket.gethostname(), gpus=gpu_list, multi_gpu=multi,
-                          hold_for_multi_gpu=hold_for_multi_gpu, slots=slots, max_jobs=max_jobs,
+                          hold_for_multi_gpu=hold_for_multi_gpu, slots=slots, gpu_mem_gb=gpu_mem_gb, max_jobs=max_jobs,
                           idle_exit=idle_exit, poll=poll, heartbeat=heartbeat, lease=lease, grids=tuple(grid or ()),
                           scratch=scratch or default_scratch(), term_grace=grace, retry_backoff=retry_backoff,
                           quarantine_after=quarantine_after, sync_checkpoints=sync_checkpoints,
@@ -64,7 +67,7 @@ def worker(
     config.check()  # before the store: bad options write nothing
     st = store(ctx, create=True)
     typer.echo(f"memq worker {config.name}: {said}; queue {st.backend.display_url()}", err=True)
-    run = Worker(st, config, gpu_filter=lambda free: healthy(free, nvml, max_gpu_util, max_gpu_mem)).run()
+    run = Worker(st, config, gpu_filter=lambda free: healthy(free, nvml, max_gpu_util, max_gpu_mem), nvml=nvml).run()
     raise typer.Exit(run)
 
 

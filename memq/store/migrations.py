@@ -36,16 +36,29 @@ def schema_version(conn: Connection) -> int:
 def upgrade(conn: Connection) -> None:
     """Bring an older database to this schema. Version 1 -> 2: the job indexes that changed on every
     claim and finish are replaced, attempts are keyed by (job, attempt). Version 2 -> 3 adds
-    group_job_deps, which :func:`create` has made already. Newer versions are an error."""
+    group_job_deps, which :func:`create` has made already. Version 3 -> 4 adds the columns of GPU
+    sharing (:data:`V4_COLUMNS`). Newer versions are an error."""
     found = schema_version(conn)
     if found == s.SCHEMA_VERSION:
         return
-    if found not in (1, 2):
+    if found not in (1, 2, 3):
         raise UserError(f"database schema version {found}, this memq needs {s.SCHEMA_VERSION}",
                         hint="use the memq version that created it")
     if found == 1:
         _indexes_and_attempts_of_v2(conn)
+    for table, column in V4_COLUMNS:
+        _add_column(conn, s.metadata.tables[table].c[column])
     conn.execute(s.meta.update().where(s.meta.c.key == "schema_version").values(value=str(s.SCHEMA_VERSION)))
+
+
+V4_COLUMNS = (("jobs", "gpu_share"), ("jobs", "gpu_mem_gb"), ("workers", "sharing"))
+
+
+def _add_column(conn: Connection, column: sa.Column) -> None:
+    """Add ``column`` as the schema has it (NOT NULL ones with their default as the server's)."""
+    kind = column.type.compile(dialect=conn.dialect)
+    default = f" NOT NULL DEFAULT {column.default.arg}" if not column.nullable else ""
+    conn.execute(sa.text(f"ALTER TABLE {column.table.name} ADD COLUMN {column.name} {kind}{default}"))
 
 
 def _indexes_and_attempts_of_v2(conn: Connection) -> None:

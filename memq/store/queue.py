@@ -48,7 +48,8 @@ class QueueOps(StoreBase):
             rows = [{
                 "key": j.key, "grid_id": grid_id, "group_id": group_ids[j.group], "kind": j.kind,
                 "params": j.params, "repeat": j.repeat, "command": j.command, "spec_hash": j.spec_hash,
-                "gpus": j.gpus, "cpus": j.cpus, "mem_gb": j.mem_gb, "priority": j.priority,
+                "gpus": j.gpus, "gpu_share": j.gpu_share, "gpu_mem_gb": j.gpu_mem_gb, "cpus": j.cpus,
+                "mem_gb": j.mem_gb, "priority": j.priority,
                 "max_attempts": j.max_attempts, "state": Q.QUEUED.value, "attempt": 0, "failures": 0,
                 "crashes": 0, "cancel_requested": False, "from_scratch": False, "submitted_at": now,
             } for j in fresh]
@@ -103,7 +104,7 @@ class QueueOps(StoreBase):
                    beat: bool) -> Claim | None:
         params: dict[str, Any] = {"p_wid": worker.id, "p_inc": worker.incarnation, "p_free_gpus": cap.gpus,
                                   "p_min_gpus": cap.min_gpus, "p_free_slots": cap.slots, "p_now": now,
-                                  "p_horizon": now + MAX_BACKOFF}
+                                  "p_horizon": now + MAX_BACKOFF, **cap.sharing_params()}
         if cap.grids:
             params["p_grids"] = list(cap.grids)
         row = self.backend.claim(conn, params, in_grids=bool(cap.grids))
@@ -119,7 +120,8 @@ class QueueOps(StoreBase):
         return Claim(job_id=row.id, attempt=row.attempt, key=row.key, grid=self._name(conn, "grids", row.grid_id),
                      group=self._name(conn, "groups", row.group_id),
                      kind=row.kind, params=row.params, repeat=row.repeat, command=row.command,
-                     gpus=row.gpus, cpus=row.cpus, mem_gb=row.mem_gb, from_scratch=row.from_scratch)
+                     gpus=row.gpus, cpus=row.cpus, mem_gb=row.mem_gb, from_scratch=row.from_scratch,
+                     gpu_share=row.gpu_share, gpu_mem_gb=row.gpu_mem_gb)
 
     def waiting_gpus(self, most: int, grids: tuple[str, ...] = ()) -> int | None:
         """How many GPUs the first GPU job in claim order asks for, of those asking for at most
@@ -168,8 +170,9 @@ class QueueOps(StoreBase):
 
 def finish_in(conn: Connection, backend: Backend, o: Outcome, now: float) -> tuple[bool, bool]:
     """Apply an outcome; returns (accepted, whether some job may have become claimable)."""
-    variant = o.state if o.state in ("failed", "failed_final", "lost", "requeued") else "ended"
-    params = {"p_job": o.job_id, "p_attempt": o.attempt, "p_now": now, "p_state": o.state.removesuffix("_final"),
+    variant = o.state if o.state in ("failed", "failed_final", "lost", "requeued", "requeued_alone") else "ended"
+    state = o.state.removesuffix("_final").removesuffix("_alone")
+    params = {"p_job": o.job_id, "p_attempt": o.attempt, "p_now": now, "p_state": state,
               "p_exit_code": o.exit_code, "p_reason": o.reason, "p_retry_at": now + min(o.backoff, MAX_BACKOFF)}
     row = backend.finish(conn, variant, params)
     if row is None:

@@ -10,7 +10,7 @@ import enum
 
 import sqlalchemy as sa
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 metadata = sa.MetaData()
 
@@ -89,6 +89,10 @@ jobs = sa.Table(
     sa.Column("gpus", sa.Integer, nullable=False, default=0),
     sa.Column("cpus", sa.Integer, nullable=False, default=1),
     sa.Column("mem_gb", sa.Float, nullable=False, default=0.0),
+    # A share 1/k of one GPU (gpus is 0 then) and the GPU memory a job declares, per GPU (version 4;
+    # memq/worker/sharing.py). A shared job that ran out of GPU memory is set to gpus 1, share 0.
+    sa.Column("gpu_share", sa.Float, nullable=False, default=0.0),
+    sa.Column("gpu_mem_gb", sa.Float, nullable=False, default=0.0),
     sa.Column("priority", sa.Integer, nullable=False, default=0),
     sa.Column("max_attempts", sa.Integer, nullable=False, default=3),
     sa.Column("state", sa.String(16), nullable=False, default=JobState.QUEUED.value),
@@ -156,6 +160,8 @@ workers = sa.Table(
     sa.Column("lease", sa.Float, nullable=False),
     sa.Column("drain", sa.Boolean, nullable=False, default=False),
     sa.Column("started_at", sa.Float, nullable=False),
+    # {GPU: [shared jobs, share used]} of its GPUs that run shared jobs, for `memq status` (version 4)
+    sa.Column("sharing", sa.JSON(none_as_null=True)),
 )
 
 checkpoints = sa.Table(

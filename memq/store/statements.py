@@ -81,14 +81,20 @@ def _in_claim_order(fits: Any, in_grids: bool, column: Any = J.c.id) -> Any:
 
 @functools.cache
 def claim(in_grids: bool, skip_locked: bool = False) -> Any:
-    """Take the next job that fits (``p_min_gpus`` to ``p_free_gpus`` GPUs, or a CPU job when
-    ``p_free_slots``) for worker ``p_wid``, if its incarnation ``p_inc`` is alive, in claim order
+    """Take the next job that fits (``p_min_gpus`` to ``p_free_gpus`` GPUs of ``p_gpu_mem`` GB each,
+    a CPU job when ``p_free_slots``, or a share of a GPU: at most ``p_share`` and ``p_share_mem`` GB
+    of the worker's partly shared GPU, or a whole free GPU's when ``p_whole_share``) for worker
+    ``p_wid``, if its incarnation ``p_inc`` is alive, in claim order
     (:func:`_in_claim_order`). ``skip_locked``: pass over jobs that a concurrent claim has locked
     (databases with row locks)."""
     alive = sa.exists().where(W.c.id == bp("p_wid"), W.c.incarnation == bp("p_inc"),
                               W.c.state != _lit(WS.DEAD.value), W.c.state != _lit(WS.STOPPED.value))
-    fits = sa.or_(sa.and_(J.c.gpus > _lit(0), J.c.gpus >= bp("p_min_gpus"), J.c.gpus <= bp("p_free_gpus")),
-                  sa.and_(J.c.gpus == _lit(0), bp("p_free_slots") > _lit(0)))
+    fits = sa.or_(sa.and_(J.c.gpus > _lit(0), J.c.gpus >= bp("p_min_gpus"), J.c.gpus <= bp("p_free_gpus"),
+                          J.c.gpu_mem_gb <= bp("p_gpu_mem")),
+                  sa.and_(J.c.gpus == _lit(0), J.c.gpu_share == _lit(0), bp("p_free_slots") > _lit(0)),
+                  sa.and_(J.c.gpu_share > _lit(0), sa.or_(
+                      sa.and_(J.c.gpu_share <= bp("p_share"), J.c.gpu_mem_gb <= bp("p_share_mem")),
+                      sa.and_(bp("p_whole_share") > _lit(0), J.c.gpu_mem_gb <= bp("p_gpu_mem")))))
     cand = _in_claim_order(fits, in_grids).where(alive)
     if skip_locked:
         cand = cand.with_for_update(skip_locked=True, of=J)
@@ -97,7 +103,8 @@ def claim(in_grids: bool, skip_locked: bool = False) -> Any:
                     started_at=bp("p_now"), finished_at=sa.null(), progress=sa.null(), exit_code=sa.null(),
                     reason=sa.null())
             .returning(J.c.id, J.c.attempt, J.c.key, J.c.grid_id, J.c.group_id, J.c.kind, J.c.params,
-                       J.c.repeat, J.c.command, J.c.gpus, J.c.cpus, J.c.mem_gb, J.c.from_scratch))
+                       J.c.repeat, J.c.command, J.c.gpus, J.c.cpus, J.c.mem_gb, J.c.from_scratch,
+                       J.c.gpu_share, J.c.gpu_mem_gb))
 
 
 @functools.cache
@@ -137,7 +144,8 @@ def finish(variant: str) -> Any:
     """End attempt (``p_job``, ``p_attempt``) if it is still the job's running one (else no row).
 
     ``failed``/``lost``: charged to the job's failures/crashes, requeued with a back-off until its
-    budget is spent; ``failed_final``: failed now; ``requeued``: back to the queue, not charged;
+    budget is spent; ``failed_final``: failed now; ``requeued``: back to the queue, not charged
+    (``requeued_alone``: and from now on on a GPU of its own);
     ``ended``: the state ``p_state`` as reported. Returns the job's group, its new state, its
     metrics and whether other groups wait for its group.
     """
@@ -151,6 +159,8 @@ def finish(variant: str) -> Any:
                   "finished_at": sa.case((final, bp("p_now")), else_=None)}
     elif variant == "requeued":  # drained or interrupted by us: not the job's fault, not charged
         values = {"state": Q.QUEUED.value, "not_before": None, "finished_at": None}
+    elif variant == "requeued_alone":  # out of GPU memory beside other jobs: not charged, a GPU of its own
+        values = {"state": Q.QUEUED.value, "not_before": None, "finished_at": None, "gpus": 1, "gpu_share": 0.0}
     elif variant == "ended":
         values = {"state": bp("p_state"), "finished_at": bp("p_now"), "not_before": sa.null()}
     else:
@@ -349,6 +359,10 @@ def declare_dead(worker_id: int, seen_heartbeat: int, reason: str) -> Any:
             .values(state=WS.DEAD.value, reason=reason))
 
 
+def set_sharing(worker_id: int, sharing: dict[str, Any] | None) -> Any:
+    return W.update().where(W.c.id == worker_id).values(sharing=sharing)
+
+
 def set_worker_state(worker_id: int, state: str, reason: str | None) -> Any:
     return W.update().where(W.c.id == worker_id).values(state=state, reason=reason)
 
@@ -458,7 +472,8 @@ def jobs(where: Any, group: str | None, limit: int | None, newest_first: bool) -
         where &= s.groups.c.name == group
     columns = [J.c.id, J.c.key, s.grids.c.name.label("grid"), s.groups.c.name.label("group"), J.c.kind,
                J.c.params, J.c.repeat, J.c.state, J.c.attempt, J.c.failures, J.c.crashes, J.c.reason,
-               J.c.exit_code, J.c.priority, J.c.gpus, J.c.cpus, J.c.mem_gb, J.c.max_attempts,
+               J.c.exit_code, J.c.priority, J.c.gpus, J.c.gpu_share, J.c.gpu_mem_gb, J.c.cpus, J.c.mem_gb,
+               J.c.max_attempts,
                J.c.submitted_at, J.c.started_at, J.c.finished_at, J.c.progress, J.c.metrics,
                J.c.worker_id, J.c.command, J.c.cancel_requested]
     return (sa.select(*columns)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy.engine import Connection
 
@@ -35,7 +36,7 @@ class WorkerOps(StoreBase):
             old = conn.execute(q.worker_by_name(name)).first()
             values = {"host": host, "pid": pid, "boot": boot, "gpus": gpus, "slots": slots, "lease": lease,
                       "state": WS.ACTIVE.value, "reason": None, "drain": False,
-                      "heartbeat_at": now, "started_at": now}
+                      "heartbeat_at": now, "started_at": now, "sharing": None}
             if old is None:
                 return WorkerRef(conn.execute(q.add_worker(name, values)).scalar_one(), 1), False
             if (old.state not in (WS.DEAD.value, WS.STOPPED.value) and old.pid != pid
@@ -100,6 +101,10 @@ class WorkerOps(StoreBase):
             return _requeue_worker_jobs(conn, self.backend, worker_id, now) if hit else []
 
         return self._write(tx)
+
+    def set_sharing(self, worker_id: int, sharing: dict[str, Any] | None) -> None:
+        """How the worker's GPUs are shared now ({GPU: [jobs, share used]}), for `memq status`."""
+        self.backend.run(lambda conn: conn.execute(q.set_sharing(worker_id, sharing)), write=True)
 
     def set_worker_state(self, worker_id: int, state: str, reason: str | None = None) -> None:
         self.backend.run(lambda conn: conn.execute(q.set_worker_state(worker_id, state, reason)), write=True)

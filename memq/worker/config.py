@@ -30,6 +30,7 @@ class WorkerConfig:
     multi_gpu: list[int] = field(default_factory=list)  # the pool for jobs of 2+ GPUs (memq.worker.pools)
     hold_for_multi_gpu: bool = True  # claim no GPU job while a multi-GPU one waits for GPUs to free
     slots: int = 1
+    gpu_mem_gb: float | None = None  # each GPU's memory, declared by hand (else NVML's): memq.worker.sharing
     max_jobs: int | None = None
     idle_exit: float | None = None
     poll: float = 1.0
@@ -52,5 +53,7 @@ class WorkerConfig:
         if self.slots < 0 or (not self.gpus and self.slots == 0):
             raise UserError("this worker could run nothing", where="--slots", hint="give --slots N or GPUs")
         GpuPools.of(self.gpus, self.multi_gpu)  # --multi-gpu must be a part of --gpus
+        if self.gpu_mem_gb is not None and self.gpu_mem_gb <= 0:
+            raise UserError(f"--gpu-mem-gb {self.gpu_mem_gb:g}: a GPU's memory is more than 0 GB")
         if self.claim_ahead < 0:
             raise UserError("--claim-ahead must be 0 or more seconds", hint="0 claims one job at a time")

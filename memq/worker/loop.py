@@ -20,7 +20,8 @@ supervisors still fence their jobs once the lease has not been renewed for half 
 
 (Over 400 lines on purpose: the loop and the state it keeps - running jobs, claimed-ahead jobs,
 unrecorded outcomes, the claim timer - change together; what can be judged apart already lives
-apart: launch, supervisor protocol, outcome policy, reaper, wake-ups, claim-ahead pacing, GPU pools.)
+apart: launch, supervisor protocol, outcome policy, reaper, wake-ups, claim-ahead pacing, GPU pools,
+GPU sharing.)
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from memq.worker.outcome import OutcomePolicy
 from memq.worker.pools import GpuPools, hold_for
 from memq.worker.protocol import Renew, Stop
 from memq.worker.reaper import Reaper
+from memq.worker.sharing import GpuUse, Sharing, shared_use, sharing_view
 from memq.worker.wakeup import Wakeup
 
 MAX_OUTAGE_PAUSE = 10.0
@@ -68,7 +70,7 @@ class Timers:
 
 
 class Worker:
-    def __init__(self, store: Store, config: WorkerConfig, *, gpu_filter: Any = None,
+    def __init__(self, store: Store, config: WorkerConfig, *, gpu_filter: Any = None, nvml: Any = None,
                  out: TextIO = sys.stderr) -> None:
         config.check()
         self.store = store
@@ -76,6 +78,8 @@ class Worker:
         self.out = out
         self.gpu_filter = gpu_filter  # callable(free GPU list) -> usable GPUs
         self.pools = GpuPools.of(config.gpus, config.multi_gpu)
+        self.sharing = Sharing(self.pools, config.gpu_mem_gb, nvml)
+        self.shown_sharing: Any = None  # what `memq status` was last told of this worker's shared GPUs
         self.held_for: int | None = None  # GPUs of the waiting job this worker holds its GPUs for
         self.jobs: dict[int, ActiveJob] = {}
         self.unrecorded: list[Outcome] = []  # ended attempts the store has not taken yet
@@ -170,6 +174,7 @@ class Worker:
                 self.claim_at = time.monotonic() + self._jittered(self.cfg.safety_poll)
                 if self._claim_all():
                     timers.idle_since = time.monotonic()
+            self._show_sharing()
             code = self._exit_code(timers)
             if code is not None:
                 return code
@@ -264,7 +269,18 @@ class Worker:
         if free and self.gpu_filter is not None:
             free = self.gpu_filter(free)
         slots = self.cfg.slots - sum(1 for job in self.jobs.values() if not job.gpus)
-        return self.pools.capacity(free, max(slots, 0), self.cfg.grids), free
+        capacity = self.pools.capacity(free, max(slots, 0), self.cfg.grids)
+        return self.sharing.capacity(capacity, free, self._shared()), free
+
+    def _shared(self) -> dict[int, GpuUse]:
+        return shared_use((job.claim, job.gpus) for job in self.jobs.values())
+
+    def _show_sharing(self) -> None:
+        """Tell the store (for `memq status`) how this worker's GPUs are shared, when that changed."""
+        view = sharing_view(self._shared())
+        if view != self.shown_sharing:
+            self.store.set_sharing(self.ref.id, view)
+            self.shown_sharing = view
 
     def _may_claim(self) -> bool:
         if not self._may_start():
@@ -357,7 +373,7 @@ class Worker:
             return capacity
         # look again within a heartbeat: another worker may take the job this one holds its GPUs for
         self.claim_at = min(self.claim_at, time.monotonic() + self._jittered(self.cfg.heartbeat))
-        return replace(capacity, gpus=0)
+        return replace(capacity, gpus=0, share=0.0, whole_share=False)  # shares too: they would keep a GPU busy
 
     def _start_ahead(self) -> None:
         """Start the claimed jobs that fit now. Those that cannot start go back uncharged: all of them
@@ -366,9 +382,15 @@ class Worker:
             capacity, free = self._capacity()
             if capacity.empty or not self._may_start():
                 break
-            if capacity.fits(claim.gpus):
+            if not capacity.fits(claim.gpus, claim.gpu_share, claim.gpu_mem_gb):
+                continue
+            if claim.gpu_share:
+                gpus = self.sharing.place(claim, free, self._shared())
+            else:
+                gpus = self.pools.pick(free, claim.gpus) if claim.gpus else []
+            if gpus is not None:
                 self.ahead.remove(claim)
-                self._start(claim, self.pools.pick(free, claim.gpus) if claim.gpus else [])
+                self._start(claim, gpus)
         if self.ahead and (not self._may_start() or not self.jobs):
             why = "worker stopped before starting it" if not self._may_start() else "its GPUs were taken here"
             for claim in self.ahead:

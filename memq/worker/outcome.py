@@ -1,6 +1,7 @@
 """How an attempt's end is recorded: success, a requeue that charges nothing, a retry after a
-back-off that doubles with each attempt, a final failure (exit code 78), and when a worker whose
-jobs keep failing quarantines itself (a broken GPU must not drain the queue)."""
+back-off that doubles with each attempt, a final failure (exit code 78), a shared job out of GPU
+memory (requeued uncharged to run alone: memq/worker/sharing.py), and when a worker whose jobs keep
+failing quarantines itself (a broken GPU must not drain the queue)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 from memq.jobenv import EXIT_PERMANENT
 from memq.store.types import Claim, Outcome
 from memq.worker.protocol import Exited, Fenced, Killed, Unstartable
+from memq.worker.sharing import ran_out_of_gpu_memory
 
 MAX_DOUBLINGS = 6
 
@@ -63,6 +65,10 @@ class OutcomePolicy:
             return Verdict(Outcome(c.job_id, c.attempt, "succeeded", exit_code=0),
                            f"{name}: succeeded in {elapsed:.1f}s")
         reason = failure_reason(result)
+        if c.gpu_share > 0 and ran_out_of_gpu_memory(code, log):  # a neighbour's doing as much as its own
+            why = f"out of GPU memory on a shared GPU ({reason}): runs on a GPU of its own next"
+            return Verdict(Outcome(c.job_id, c.attempt, "requeued_alone", exit_code=code, reason=why),
+                           f"{name}: {why}; log: {log}")
         self.failures_in_a_row += 1
         quarantine = None
         if self.failures_in_a_row >= self.quarantine_after and not self.quarantined:

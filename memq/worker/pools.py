@@ -75,9 +75,9 @@ def hold_for(store: WaitingGpus, pools: GpuPools, free: list[int], usable: set[i
     """The hold against starvation: while the first GPU job in claim order that this worker could
     run once its own jobs end (on its ``usable`` GPUs: free or running its jobs; a GPU that something
     else uses is not waited for) asks for 2 or more GPUs and does not fit the ``free`` ones, the
-    worker claims no GPU job: smaller ones would keep taking each GPU that frees. Returns the GPUs
-    it waits for, or None."""
-    if capacity.gpus == 0 or len(free) == len(usable):
+    worker claims no GPU job, shares of a GPU included: smaller ones would keep taking each GPU that
+    frees. Returns the GPUs it waits for, or None."""
+    if (capacity.gpus == 0 and capacity.share <= 0) or len(free) == len(usable):
         return None  # nothing could be claimed anyway, or every job it could run fits
     need = store.waiting_gpus(pools.largest(usable), capacity.grids)
     return need if need is not None and need >= 2 and not capacity.fits(need) else None

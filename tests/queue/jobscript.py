@@ -10,6 +10,7 @@ in JOB.ATTEMPT.start and, when it ends on its own, JOB.ATTEMPT.end. Modes:
 * ``gate``: run until OUTDIR/JOB.go or OUTDIR/JOB.ATTEMPT.go exists (SECONDS is then only a cap),
   so a test decides when the job ends instead of guessing how long its worker takes;
 * ``fail``: exit 7 every time; ``failfirst``: on attempt 1 only; ``permanent``: exit 78;
+* ``oom``: say "CUDA out of memory" as PyTorch does and exit 1; ``oomfirst``: on attempt 1 only;
 * ``child``: also leave a grandchild `sleep` whose pid it records, to prove no job process
   outlives its worker.
 """
@@ -54,6 +55,9 @@ else:
     time.sleep(seconds)
 if "permanent" in modes:
     sys.exit(78)
+if "oom" in modes or ("oomfirst" in modes and attempt == "1"):
+    print("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB", file=sys.stderr)
+    sys.exit(1)
 if "fail" in modes or ("failfirst" in modes and attempt == "1"):
     sys.exit(7)
 write(f"{job}.{attempt}.end", {"end": time.time()})
