@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 
@@ -31,12 +32,14 @@ class JobSpec:
     priority: int = 0
     max_attempts: int = 3
 
-    @property
+    # Both hashes are computed once per job (expansion checks the keys, submit needs both): a job's
+    # fields are not changed after it is built.
+    @cached_property
     def key(self) -> str:
         identity = [self.grid, self.group, self.kind, self.params, self.repeat]
         return hashlib.sha256(canonical_json(identity).encode()).hexdigest()[:32]
 
-    @property
+    @cached_property
     def spec_hash(self) -> str:
         """Hash of what the job would run; a resubmitted job whose hash differs was edited."""
         what = [self.command, self.gpus, self.cpus, self.mem_gb, self.priority, self.max_attempts]

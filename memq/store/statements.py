@@ -197,8 +197,10 @@ def add_grid(insert: Any, name: str, source: str | None, now: float) -> Any:
             .on_conflict_do_nothing(index_elements=["name"]))
 
 
-def grid_id(name: str) -> Any:
-    return sa.select(s.grids.c.id).where(s.grids.c.name == name)
+def lock_grid(name: str) -> Any:
+    """The grid's id, its row locked until commit where the database locks rows (SQLite: its
+    writers are serialised anyway) - concurrent submits of one grid take turns."""
+    return sa.select(s.grids.c.id).where(s.grids.c.name == name).with_for_update()
 
 
 def add_groups(insert: Any) -> Any:
@@ -239,9 +241,10 @@ def job_hashes(grid: int) -> Any:
     return sa.select(J.c.key, J.c.spec_hash).where(J.c.grid_id == grid)
 
 
-def add_new_jobs(insert: Any) -> Any:
-    """Run with job rows; inserts the keys not yet present and returns their ids."""
-    return insert(J).on_conflict_do_nothing(index_elements=["key"]).returning(J.c.id)
+@functools.cache
+def add_new_jobs(insert: Any, columns: tuple[str, ...]) -> Any:
+    """Job rows of ``columns`` (bound in the table's column order); keys already present are left."""
+    return insert(J).values({c: bp(c) for c in columns}).on_conflict_do_nothing(index_elements=["key"])
 
 
 def _blocked_groups() -> Any:
