@@ -317,8 +317,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backends", default="local,shared,postgres", help="local, shared, postgres, twohost")
     ap.add_argument("--jobs", type=int, default=100_000, help="size of the big grid (default 100000)")
-    ap.add_argument("--submit-repeat", type=int, default=5, help="submits of the 111-job grid (fresh queue each; 0: none; it needs "
-                    "the dinov2 weights installed on the root, see `memq data weights`)")
+    ap.add_argument("--submit-repeat", type=int, default=5,
+                    help="submits of the 111-job grid (fresh queue each; 0: none; it needs the dinov2 weights "
+                    "installed on the root, see `memq data weights`)")
     ap.add_argument("--big-repeat", type=int, default=2, help="submits of the big grid (fresh queue each)")
     ap.add_argument("--repeat", type=int, default=7, help="repetitions of each query and of --help")
     ap.add_argument("--claims", type=int, default=200, help="jobs claimed for the claim latency")

@@ -49,14 +49,16 @@ class QueueOps(StoreBase):
             fresh: list[JobSpec] = []
             taken: set[str] = set()  # (a key twice in one grid goes in once)
             edited = 0
+            runs = _WhatRuns()
             for job in grid.jobs:
                 seen = known.get(job.key)
                 if seen is None and job.key not in taken:
                     fresh.append(job)
                     taken.add(job.key)
-                elif seen is not None and seen != job.spec_hash:
+                elif seen is not None and seen != runs.of(job)[1]:
                     edited += 1
-            added = self.backend.insert_new_jobs(conn, NEW_JOB_COLUMNS, _new_job_rows(fresh, grid_id, group_ids, now))
+            rows = _new_job_rows(fresh, grid_id, group_ids, now, runs)
+            added = self.backend.insert_new_jobs(conn, NEW_JOB_COLUMNS, rows)
             _add_job_dependencies(conn, grid, group_ids)
             conn.execute(q.refresh_ready(grid_id))
             return SubmitResult(grid.name, added, len(grid.jobs) - len(fresh), edited)
@@ -164,14 +166,33 @@ NEW_JOB_COLUMNS = ("key", "grid_id", "group_id", "kind", "params", "repeat", "co
                    "cancel_requested", "from_scratch", "submitted_at")
 
 
-def _new_job_rows(jobs: Sequence[JobSpec], grid_id: int, group_ids: dict[str, int], now: float,
+class _WhatRuns:
+    """A job's command as JSON text and its spec hash, worked out once per group rather than per job:
+    a group's jobs share one command list and their resources (keyed by the list's identity, which
+    the grid keeps alive meanwhile; an equal list elsewhere only misses the memo)."""
+
+    def __init__(self) -> None:
+        self._memo: dict[tuple[Any, ...], tuple[str | None, str]] = {}
+
+    def of(self, j: JobSpec) -> tuple[str | None, str]:
+        what = (id(j.command), j.gpus, j.cpus, j.mem_gb, j.priority, j.max_attempts)
+        found = self._memo.get(what)
+        if found is None:
+            found = self._memo[what] = (None if j.command is None else json.dumps(j.command), j.spec_hash)
+        return found
+
+
+def _new_job_rows(jobs: Sequence[JobSpec], grid_id: int, group_ids: dict[str, int], now: float, runs: _WhatRuns,
                   ) -> list[tuple[Any, ...]]:
     """Driver-ready rows of new jobs (JSON columns as JSON text, or None for SQL NULL): a bulk insert
     of 100,000 jobs spent most of its time in SQLAlchemy's per-value processing."""
     queued = Q.QUEUED.value
-    return [(j.key, grid_id, group_ids[j.group], j.kind, json.dumps(j.params), j.repeat,
-             None if j.command is None else json.dumps(j.command), j.spec_hash, j.gpus, j.cpus, j.mem_gb, j.priority,
-             j.max_attempts, queued, 0, 0, 0, False, False, now) for j in jobs]
+    rows = []
+    for j in jobs:
+        command, spec_hash = runs.of(j)
+        rows.append((j.key, grid_id, group_ids[j.group], j.kind, json.dumps(j.params), j.repeat, command, spec_hash,
+                     j.gpus, j.cpus, j.mem_gb, j.priority, j.max_attempts, queued, 0, 0, 0, False, False, now))
+    return rows
 
 
 # -- steps of a transaction -----------------------------------------------------------------------
