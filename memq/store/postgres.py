@@ -19,6 +19,7 @@ from sqlalchemy.engine import Connection
 from memq.store import statements as q
 from memq.store.backend import Backend
 
+_PLANNED_COLUMNS = ("id", "state", "priority", "gpus", "not_before", "grid_id", "group_id", "worker_id")
 _SCHEMA_LOCK = 7405321  # the advisory lock key under which the schema is created or upgraded
 
 
@@ -72,7 +73,9 @@ class Postgres(Backend):
         with self.driver_cursor(conn, "COPY jobs") as cursor, cursor.copy(copy_sql) as copy:
             for row in rows:
                 copy.write_row(row)
-        conn.execute(sa.text("ANALYZE jobs"))  # fresh statistics, or claims plan a full scan
+        # Fresh statistics, or claims plan a full scan; of the columns the claims and the status
+        # filter, group and order by (all of them, JSON included, took 2.5x as long at 100,000 jobs).
+        conn.execute(sa.text(f"ANALYZE jobs ({', '.join(_PLANNED_COLUMNS)})"))
         return len(rows)
 
     def claim(self, conn: Connection, params: dict[str, Any], *, in_grids: bool) -> Any:
