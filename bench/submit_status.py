@@ -50,6 +50,7 @@ from _common import (
 XVBC = REPO / "grids" / "xvbc.yaml"
 TARGETS = {"submit": 10.0, "counts": 0.2, "snapshot": 0.2, "status --json": 1.0, "--help": 0.5}
 WORKERS = 1000  # registered workers on the status table (issue 20)
+STATUS_IMPORTS = "import memq.cli, memq.dashboard, memq.root, memq.store.sqlite, rich.console, rich.table"
 
 
 def big_grid(path: Path, n: int) -> Path:
@@ -339,6 +340,11 @@ def main() -> None:
     rows.append(["-", "memq --help", len(helps), f"{median(helps):.3f}", f"{min(helps):.3f}-{max(helps):.3f}",
                  f"< {TARGETS['--help']:g}", "yes" if median(helps) < TARGETS["--help"] else "NO", ""])
     print(f"  memq --help median {median(helps):.3f}s", flush=True)
+    # the floor under any `memq status`: the interpreter and the modules the command imports
+    floor = [timed([sys.executable, "-c", STATUS_IMPORTS], cwd=REPO)[0] for _ in range(args.repeat)]
+    rows.append(["-", "python + the imports of memq status", len(floor), f"{median(floor):.3f}",
+                 f"{min(floor):.3f}-{max(floor):.3f}", "", "", "no query: the CLI's floor"])
+    print(f"  python + the imports of memq status median {median(floor):.3f}s", flush=True)
     for kind in backends:
         try:
             bench_backend(kind, args, rows, goals)
