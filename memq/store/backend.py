@@ -154,6 +154,14 @@ class Backend:
                 conn.invalidate(exc)
             raise sa.exc.DBAPIError.instance(sql, None, exc, error) from exc
 
+    def all_rows(self, conn: Connection, stmt: Any) -> list[tuple[Any, ...]]:
+        """Every row of ``stmt`` as the driver's tuples, its values written into the SQL (no JSON
+        or other typed columns): SQLAlchemy's per-row work was 40% of reading 100,000 job keys."""
+        sql = str(stmt.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+        with self.driver_cursor(conn, sql) as cursor:
+            cursor.execute(sql)
+            return cursor.fetchall()
+
     def integrity_problems(self, conn: Connection) -> list[str]:
         """What the database's own consistency check reports ([] when it finds nothing, or the
         server keeps its files consistent itself)."""

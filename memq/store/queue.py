@@ -45,7 +45,7 @@ class QueueOps(StoreBase):
                      for g in grid.groups for a in g.after]
             if edges:
                 conn.execute(q.add_dependencies(), edges)
-            known = dict(conn.execute(q.job_hashes(grid_id)).all())
+            known = dict(self.backend.all_rows(conn, q.job_hashes(grid_id)))
             fresh: list[JobSpec] = []
             taken: set[str] = set()  # (a key twice in one grid goes in once)
             edited = 0
