@@ -15,6 +15,7 @@ from memq.store.schema import STATES
 from memq.store.store import Store
 
 LIVE_STATES = ("active", "draining", "quarantined")  # worker states that may still hold jobs
+IDLE_LISTED = 20  # plainly idle workers the table lists one by one; more are counted in one line
 STATE_STYLES = {"queued": "cyan", "running": "yellow", "succeeded": "green", "failed": "red", "cancelled": "dim"}
 
 
@@ -54,12 +55,15 @@ def presumed_dead(worker: dict[str, Any], holds_jobs: bool, now: float) -> str |
     return None
 
 
-def _unrunnable(store: Store, workers: list[dict[str, Any]]) -> dict[str, str]:
+def _unrunnable(gpu_needs: dict[str, dict[int, int]], workers: list[dict[str, Any]]) -> dict[str, str]:
     """grid -> why some of its queued jobs can run on no worker registered now (too many GPUs)."""
     live = [w for w in workers if w["state"] in LIVE_STATES and not w["presumed_dead"]]
     most = max((len(w["gpus"] or []) for w in live), default=0)
     notes = {}
-    for grid, needs in store.queued_needing_gpus(most).items():
+    for grid, all_needs in gpu_needs.items():
+        needs = {gpus: n for gpus, n in all_needs.items() if gpus > most}
+        if not needs:
+            continue
         jobs = sum(needs.values())
         notes[grid] = (f"{jobs} queued job{'s' if jobs != 1 else ''} need{'s' if jobs == 1 else ''} "
                        f"{max(needs)} GPU{'s' if max(needs) != 1 else ''}; no live worker has more than {most}")
@@ -67,34 +71,33 @@ def _unrunnable(store: Store, workers: list[dict[str, Any]]) -> dict[str, str]:
 
 
 def snapshot(store: Store, *, with_groups: bool = True) -> dict[str, Any]:
-    """Everything `memq status` shows, as JSON-ready values."""
+    """Everything `memq status` shows, as JSON-ready values (one read of the store)."""
     now = time.time()
-    counts = store.counts()
-    grids_meta = {g["name"]: g for g in store.grids()}
+    view = store.overview(with_groups=with_groups)
     total = dict.fromkeys(STATES, 0)
     grids = []
-    durations = store.mean_durations()
-    for name, per_state in counts.items():
+    durations = view["durations"]
+    for grid in view["grids"]:
+        name, per_state = grid["name"], grid["counts"]
         for state, n in per_state.items():
             total[state] += n
         remaining = per_state["queued"] + per_state["running"]
-        entry: dict[str, Any] = {"name": name, "paused": bool(grids_meta[name]["paused"]), "counts": per_state,
+        entry: dict[str, Any] = {"name": name, "paused": bool(grid["paused"]), "counts": per_state,
                                  "total": sum(per_state.values()), "done": remaining == 0}
         if name in durations and remaining:
             entry["eta_s"] = round(remaining * durations[name] / max(per_state["running"], 1), 1)
         if with_groups:
-            groups = store.groups(name)
+            groups = grid["groups"]
             by_name = {g["name"]: g for g in groups}
             for g in groups:
                 g["blocked"] = _blocked_reason(g, by_name)
             entry["groups"] = groups
         grids.append(entry)
-    running = {}
-    for job in store.jobs(states=["running"]):
-        running.setdefault(job["worker_id"], []).append(
-            {"id": job["id"], "grid": job["grid"], "attempt": job["attempt"], "progress": job["progress"]})
+    running: dict[int, list[dict[str, Any]]] = {}
+    for job in view["running"]:
+        running.setdefault(job.pop("worker_id"), []).append(job)
     workers = []
-    for w in store.workers():
+    for w in view["workers"]:
         if w["state"] in ("dead", "stopped") and now - (w["heartbeat_at"] or 0) > 3600:
             continue
         workers.append({
@@ -106,9 +109,9 @@ def snapshot(store: Store, *, with_groups: bool = True) -> dict[str, Any]:
             # {GPU: [shared jobs, share used]} (memq/worker/sharing.py); only while it may run jobs
             "sharing": w["sharing"] if w["state"] in LIVE_STATES else None,
         })
-    for grid, note in _unrunnable(store, workers).items():
-        next(g for g in grids if g["name"] == grid)["unrunnable"] = note
-    failures = store.recent_failures()
+    for grid_name, note in _unrunnable(view["gpu_needs"], workers).items():
+        next(g for g in grids if g["name"] == grid_name)["unrunnable"] = note
+    failures = view["failures"]
     for f in failures:
         f["permanent"] = f["exit_code"] == EXIT_PERMANENT
         f["age_s"] = round(now - f["ended_at"], 1) if f["ended_at"] else None
@@ -143,8 +146,15 @@ def _progress_text(progress: dict[str, Any] | None) -> str:
     return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in progress.items())
 
 
+def _plainly_idle(worker: dict[str, Any]) -> bool:
+    """Active, running nothing, nothing said against it: the row a big pool has hundreds of."""
+    return (worker["state"] == "active" and not worker["running"] and not worker["drain"]
+            and not worker["presumed_dead"])
+
+
 def render(snap: dict[str, Any]) -> Any:
-    """The dashboard as one rich renderable."""
+    """The dashboard as one rich renderable. Plainly idle workers are listed one per row up to
+    IDLE_LISTED, beyond that counted in one line (a table of 1,000 workers took rich 3 s to draw)."""
     from rich.console import Group
     from rich.progress_bar import ProgressBar
     from rich.table import Table
@@ -176,11 +186,13 @@ def render(snap: dict[str, Any]) -> Any:
         if len(waiting) > len(shown):
             parts.append(Text(f"  {g['name']}: {len(waiting) - len(shown)} more groups wait for their "
                               "dependencies (memq status --json lists them)", style="dim"))
-    if snap["workers"]:
+    idle = [w for w in snap["workers"] if _plainly_idle(w)]
+    listed = snap["workers"] if len(idle) <= IDLE_LISTED else [w for w in snap["workers"] if not _plainly_idle(w)]
+    if listed:
         workers = Table(title="workers", title_justify="left")
         for col in ("worker", "host", "state", "gpus", "heartbeat", "running"):
             workers.add_column(col)
-        for w in snap["workers"]:
+        for w in listed:
             state = w["state"] + (f": {w['reason']}" if w["reason"] else "") + (" (draining)" if w["drain"] else "")
             if w["presumed_dead"]:
                 state += f" - {w['presumed_dead']}"
@@ -192,6 +204,10 @@ def render(snap: dict[str, Any]) -> Any:
             gpus += "".join(f"\nGPU {g}: {n} jobs, {used:g} used" for g, (n, used) in (w["sharing"] or {}).items())
             workers.add_row(w["name"], w["host"], Text(state, style=style), gpus, _age(w["heartbeat_age_s"]), jobs)
         parts.append(workers)
+    if len(listed) < len(snap["workers"]):
+        hosts = len({w["host"] for w in idle})
+        parts.append(Text(f"{len(idle)} idle workers on {hosts} host{'s' if hosts != 1 else ''} "
+                          "(memq status --json lists them)", style="dim"))
     if snap["recent_failures"]:
         failures = Table(title="recent failures", title_justify="left")
         for col in ("job", "grid/group", "attempt", "when", "outcome", "exit", "reason"):

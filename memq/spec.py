@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 
@@ -33,12 +34,14 @@ class JobSpec:
     gpu_share: float = 0.0  # a fraction 1/k of one GPU (then gpus is 0): memq/worker/sharing.py
     gpu_mem_gb: float = 0.0  # GPU memory it declares it needs, per GPU (0: not declared)
 
-    @property
+    # Both hashes are computed once per job (expansion checks the keys, submit needs both): a job's
+    # fields are not changed after it is built.
+    @cached_property
     def key(self) -> str:
         identity = [self.grid, self.group, self.kind, self.params, self.repeat]
         return hashlib.sha256(canonical_json(identity).encode()).hexdigest()[:32]
 
-    @property
+    @cached_property
     def spec_hash(self) -> str:
         """Hash of what the job would run; a resubmitted job whose hash differs was edited."""
         what: list[Any] = [self.command, self.gpus, self.cpus, self.mem_gb, self.priority, self.max_attempts]

@@ -13,7 +13,26 @@ from memq.store.base import StoreBase
 
 
 def _rows(conn: Connection, query: Any) -> list[dict[str, Any]]:
-    return [dict(r._mapping) for r in conn.execute(query)]
+    result = conn.execute(query)
+    keys = list(result.keys())  # (once: a row's own mapping costs more than its values, 1,000 workers)
+    return [dict(zip(keys, row, strict=True)) for row in result]
+
+
+def _group_views(conn: Connection, rows: Sequence[Any], ids: list[int] | None,
+                 counts: Iterable[tuple[int, str, int]] | None = None) -> dict[int, dict[str, Any]]:
+    """Group id -> its name, readiness, the groups and single jobs it is after, and its counts by
+    state; ``rows`` (id, name, ready) are the groups of ``ids`` (None: every group), ``counts`` their
+    (group, state, jobs) when already read."""
+    names = {r.id: r.name for r in rows}
+    out = {r.id: {"name": r.name, "ready": r.ready, "after": [], "after_jobs": [],
+                  "counts": dict.fromkeys(s.STATES, 0)} for r in rows}
+    for gid, after in conn.execute(q.dependencies_of(ids)):
+        out[gid]["after"].append(names[after])
+    for gid, job_id, state in conn.execute(q.job_dependencies_of(ids)):
+        out[gid]["after_jobs"].append({"id": job_id, "state": state})
+    for gid, state, n in conn.execute(q.counts_by_group(ids)) if counts is None else counts:
+        out[gid]["counts"][state] = n
+    return out
 
 
 class ReadOps(StoreBase):
@@ -40,16 +59,44 @@ class ReadOps(StoreBase):
 
         def tx(conn: Connection) -> list[dict[str, Any]]:
             rows = conn.execute(q.groups_of(grid)).all()
-            names = {r.id: r.name for r in rows}
-            out = {r.id: {"name": r.name, "ready": r.ready, "after": [], "after_jobs": [],
-                          "counts": dict.fromkeys(s.STATES, 0)} for r in rows}
-            for gid, after in conn.execute(q.dependencies_of(list(names))):
-                out[gid]["after"].append(names[after])
-            for gid, job_id, state in conn.execute(q.job_dependencies_of(list(names))):
-                out[gid]["after_jobs"].append({"id": job_id, "state": state})
-            for gid, state, n in conn.execute(q.counts_by_group(list(names))):
-                out[gid]["counts"][state] = n
-            return list(out.values())
+            return list(_group_views(conn, rows, [r.id for r in rows]).values())
+
+        return self._read(tx)
+
+    def overview(self, *, with_groups: bool = True) -> dict[str, Any]:
+        """What `memq status` shows, read in one transaction with one query per kind of thing:
+        ``grids`` (id, name, paused, counts by state, and with ``with_groups`` their groups as
+        :meth:`groups` gives them), ``durations`` (grid -> mean run time), ``running`` (running
+        jobs, by index), ``workers`` (rows), ``failures`` (:meth:`recent_failures`) and
+        ``gpu_needs`` (grid -> GPUs needed -> queued jobs that need GPUs)."""
+
+        def tx(conn: Connection) -> dict[str, Any]:
+            grids = {r.id: {"id": r.id, "name": r.name, "paused": r.paused, "counts": dict.fromkeys(s.STATES, 0)}
+                     for r in conn.execute(q.grids())}
+            groups = conn.execute(q.all_groups()).all()
+            grid_of = {r.id: r.grid_id for r in groups}
+            by_group = conn.execute(q.counts_by_group()).all()
+            for group_id, state, n in by_group:
+                grids[grid_of[group_id]]["counts"][state] += n
+            if with_groups:
+                views = _group_views(conn, groups, None, by_group)
+                for grid in grids.values():
+                    grid["groups"] = []
+                for r in groups:
+                    grids[r.grid_id]["groups"].append(views[r.id])
+            name = {i: g["name"] for i, g in grids.items()}
+            gpu_needs: dict[str, dict[int, int]] = {}
+            for grid_id, need, n in conn.execute(q.queued_gpu_jobs()):
+                gpu_needs.setdefault(name[grid_id], {})[need] = n
+            return {
+                "grids": list(grids.values()),
+                "durations": {name[i]: float(avg) for i, avg in conn.execute(q.mean_durations()) if avg is not None},
+                "running": [{"id": r.id, "grid": name[r.grid_id], "attempt": r.attempt, "progress": r.progress,
+                             "worker_id": r.worker_id} for r in conn.execute(q.running_jobs())],
+                "workers": _rows(conn, q.workers()),
+                "failures": _rows(conn, q.recent_failures(5)),
+                "gpu_needs": gpu_needs,
+            }
 
         return self._read(tx)
 
@@ -61,18 +108,15 @@ class ReadOps(StoreBase):
 
     def mean_durations(self) -> dict[str, float]:
         """grid name -> mean run time of its succeeded jobs' last attempts (for an ETA)."""
-        return self._read(lambda conn: {name: float(avg) for name, avg in conn.execute(q.mean_durations())
-                                        if avg is not None})
+
+        def tx(conn: Connection) -> dict[str, float]:
+            names = dict(conn.execute(q.grid_names()).all())
+            return {names[i]: float(avg) for i, avg in conn.execute(q.mean_durations()) if avg is not None}
+
+        return self._read(tx)
 
     def recent_failures(self, limit: int = 5) -> list[dict[str, Any]]:
         return self._read(lambda conn: _rows(conn, q.recent_failures(limit)))
-
-    def queued_needing_gpus(self, gpus: int) -> dict[str, dict[int, int]]:
-        """grid -> GPUs needed -> queued jobs, for the queued jobs that need more than ``gpus``."""
-        out: dict[str, dict[int, int]] = {}
-        for grid, need, n in self._read(lambda conn: conn.execute(q.queued_needing_gpus(), {"p_gpus": gpus}).all()):
-            out.setdefault(grid, {})[need] = n
-        return out
 
     def attempts(self, job_id: int) -> list[dict[str, Any]]:
         return self._read(lambda conn: _rows(conn, q.attempts(job_id)))

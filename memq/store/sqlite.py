@@ -14,7 +14,7 @@ import contextlib
 import functools
 import sqlite3
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,6 @@ LOCK_FILE = "queue.db.lock"
 MODE_FILE = "queue.mode"
 MODES = ("local", "shared")
 _JOURNAL = {"local": "WAL", "shared": "DELETE"}
-_CHUNK = 2000  # rows per INSERT (SQLite limits the bound parameters of one statement)
 
 
 def recorded_mode(path: Path) -> str | None:
@@ -122,6 +121,15 @@ def _engine(path: Path, *, shared: bool) -> Engine:
     return sa.create_engine("sqlite://", creator=connect, poolclass=NullPool if shared else QueuePool)
 
 
+@functools.cache
+def _insert_jobs_sql(columns: tuple[str, ...]) -> str:
+    """sqlite3's SQL of statements.add_new_jobs, its values positional in ``columns``' order."""
+    compiled = q.add_new_jobs(sqlite.insert, columns).compile(dialect=sqlite.dialect())
+    if compiled.positiontup != list(columns):
+        raise ValueError(f"job columns not in the table's order: {columns}")
+    return str(compiled)
+
+
 class _SQLite(Backend):
     """What both SQLite modes share: the dialect's statements and its integrity check."""
 
@@ -141,9 +149,11 @@ class _SQLite(Backend):
     def insert(self, table: sa.Table) -> Any:
         return sqlite.insert(table)
 
-    def insert_new_jobs(self, conn: Connection, rows: list[dict[str, Any]]) -> int:
-        insert = q.add_new_jobs(sqlite.insert)
-        return sum(len(conn.execute(insert, rows[i:i + _CHUNK]).all()) for i in range(0, len(rows), _CHUNK))
+    def insert_new_jobs(self, conn: Connection, columns: Sequence[str], rows: list[tuple[Any, ...]]) -> int:
+        sql = _insert_jobs_sql(tuple(columns))
+        with self.driver_cursor(conn, sql) as cursor:
+            cursor.executemany(sql, rows)
+            return max(cursor.rowcount, 0)
 
     def integrity_problems(self, conn: Connection) -> list[str]:
         result = [r[0] for r in conn.exec_driver_sql("PRAGMA integrity_check")]

@@ -220,8 +220,10 @@ def add_grid(insert: Any, name: str, source: str | None, now: float) -> Any:
             .on_conflict_do_nothing(index_elements=["name"]))
 
 
-def grid_id(name: str) -> Any:
-    return sa.select(s.grids.c.id).where(s.grids.c.name == name)
+def lock_grid(name: str) -> Any:
+    """The grid's id, its row locked until commit where the database locks rows (SQLite: its
+    writers are serialised anyway) - concurrent submits of one grid take turns."""
+    return sa.select(s.grids.c.id).where(s.grids.c.name == name).with_for_update()
 
 
 def add_groups(insert: Any) -> Any:
@@ -262,9 +264,10 @@ def job_hashes(grid: int) -> Any:
     return sa.select(J.c.key, J.c.spec_hash).where(J.c.grid_id == grid)
 
 
-def add_new_jobs(insert: Any) -> Any:
-    """Run with job rows; inserts the keys not yet present and returns their ids."""
-    return insert(J).on_conflict_do_nothing(index_elements=["key"]).returning(J.c.id)
+@functools.cache
+def add_new_jobs(insert: Any, columns: tuple[str, ...]) -> Any:
+    """Job rows of ``columns`` (bound in the table's column order); keys already present are left."""
+    return insert(J).values({c: bp(c) for c in columns}).on_conflict_do_nothing(index_elements=["key"])
 
 
 def _blocked_groups() -> Any:
@@ -454,16 +457,23 @@ def groups_of(grid: str) -> Any:
             .where(gr.c.name == grid).order_by(g.c.id))
 
 
-def dependencies_of(groups: list[int]) -> Any:
+def all_groups() -> Any:
+    g = s.groups
+    return sa.select(g.c.id, g.c.grid_id, g.c.name, g.c.ready).order_by(g.c.id)
+
+
+def dependencies_of(groups: list[int] | None) -> Any:
+    """(group, group it is after) of these groups (None: of every group)."""
     d = s.group_deps
-    return sa.select(d.c.group_id, d.c.after_group_id).where(d.c.group_id.in_(groups))
+    query = sa.select(d.c.group_id, d.c.after_group_id)
+    return query if groups is None else query.where(d.c.group_id.in_(groups))
 
 
-def job_dependencies_of(groups: list[int]) -> Any:
-    """(group, job id, job state) of the single jobs these groups wait for."""
+def job_dependencies_of(groups: list[int] | None) -> Any:
+    """(group, job id, job state) of the single jobs these groups wait for (None: every group)."""
     d = s.group_job_deps
-    return (sa.select(d.c.group_id, J.c.id, J.c.state).join(J, J.c.id == d.c.after_job_id)
-            .where(d.c.group_id.in_(groups)))
+    query = sa.select(d.c.group_id, J.c.id, J.c.state).join(J, J.c.id == d.c.after_job_id)
+    return query if groups is None else query.where(d.c.group_id.in_(groups))
 
 
 def jobs(where: Any, group: str | None, limit: int | None, newest_first: bool) -> Any:
@@ -482,10 +492,24 @@ def jobs(where: Any, group: str | None, limit: int | None, newest_first: bool) -
 
 
 def mean_durations() -> Any:
-    """(grid name, mean run time of its succeeded jobs' last attempts)."""
-    gr = s.grids
-    return (sa.select(gr.c.name, sa.func.avg(J.c.finished_at - J.c.started_at))
-            .join(gr, gr.c.id == J.c.grid_id).where(J.c.state == Q.SUCCEEDED.value).group_by(gr.c.name))
+    """(grid id, mean run time of its succeeded jobs' last attempts); one scan, no join (names are
+    the caller's: joining grids per row doubled the time on 100,000 jobs)."""
+    return (sa.select(J.c.grid_id, sa.func.avg(J.c.finished_at - J.c.started_at))
+            .where(J.c.state == _lit(Q.SUCCEEDED.value)).group_by(J.c.grid_id))
+
+
+def running_jobs() -> Any:
+    """(id, grid id, attempt, progress, worker) of the running jobs, from their index."""
+    return (sa.select(J.c.id, J.c.grid_id, J.c.attempt, J.c.progress, J.c.worker_id)
+            .where(RUNNING_ON_A_WORKER, J.c.state == _lit(Q.RUNNING.value)).order_by(J.c.id))
+
+
+def queued_gpu_jobs() -> Any:
+    """(grid id, GPUs needed, queued jobs) of the queued jobs that need GPUs. Grouped by GPUs first:
+    grouped by grid first, SQLite scanned every job in the grids' index instead of the queued ones."""
+    return (sa.select(J.c.grid_id, J.c.gpus, sa.func.count()).where(J.c.state == _lit(Q.QUEUED.value),
+                                                                     J.c.gpus > _lit(0))
+            .group_by(J.c.gpus, J.c.grid_id))
 
 
 def recent_failures(limit: int) -> Any:
@@ -496,13 +520,6 @@ def recent_failures(limit: int) -> Any:
             .select_from(A.join(J, J.c.id == A.c.job_id).join(g, g.c.id == J.c.group_id)
                          .join(gr, gr.c.id == g.c.grid_id))
             .where(A.c.outcome.in_(["failed", "lost"])).order_by(A.c.ended_at.desc(), A.c.job_id.desc()).limit(limit))
-
-
-def queued_needing_gpus() -> Any:
-    """(grid, GPUs needed, queued jobs) for the queued jobs that need more than ``p_gpus`` GPUs."""
-    gr = s.grids
-    return (sa.select(gr.c.name, J.c.gpus, sa.func.count()).select_from(J.join(gr, gr.c.id == J.c.grid_id))
-            .where(J.c.state == _lit(Q.QUEUED.value), J.c.gpus > bp("p_gpus")).group_by(gr.c.name, J.c.gpus))
 
 
 def attempts(job_id: int) -> Any:

@@ -144,3 +144,24 @@ def test_status_watch_redraws_what_changes_until_interrupted(tmp_path: Path, pro
         assert "Traceback" not in read()
     finally:
         os.close(terminal)
+
+
+def test_many_idle_workers_are_counted_in_one_line_and_busy_ones_listed(tmp_path: Path, cli) -> None:
+    """A big pool: the table lists the workers that run something and counts the plainly idle ones
+    (up to IDLE_LISTED it lists them too); --json lists every worker."""
+    from memq.dashboard import IDLE_LISTED
+
+    rig = Rig("local", [tmp_path / "root"])
+    store = rig.store()
+    store.submit(GridSpec("m", (GroupSpec("g"),), (JobSpec("m", "g", "command", {"i": 1}, command=["true"]),)))
+    busy = store.register_worker("busy", "far.example", 7, "boot", [], 1, 600.0)
+    assert store.claim(busy, Capacity(slots=1))[1] is not None
+    for i in range(IDLE_LISTED):
+        store.register_worker(f"idle{i}", f"node{i % 3}.example", 100 + i, "boot", [], 1, 600.0)
+    assert "idle workers" not in cli(*rig.cli_args(), "status").out
+    assert "idle0 " in cli(*rig.cli_args(), "status").out
+    store.register_worker("one-more", "node9.example", 99, "boot", [], 1, 600.0)
+    out = cli(*rig.cli_args(), "status").out
+    assert f"{IDLE_LISTED + 1} idle workers on 4 hosts" in out
+    assert "busy" in out and "idle0 " not in out and "one-more" not in out
+    assert len(_status(cli, rig)["workers"]) == IDLE_LISTED + 2

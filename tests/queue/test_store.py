@@ -54,6 +54,9 @@ def test_submit_is_idempotent_and_edits_add_only_new_jobs(rig: Rig) -> None:
     assert st.counts() == {"g": {"queued": 5, "running": 0, "succeeded": 0, "failed": 0, "cancelled": 0}}
     if rig.hosts > 1:  # the other host sees the same table
         assert rig.store(1, create=False).counts()["g"]["queued"] == 5
+    twice = grid("d", n=2)
+    twice = GridSpec("d", twice.groups, twice.jobs * 2)  # a key twice in one grid goes in once
+    assert (st.submit(twice).added, st.counts()["d"]["queued"]) == (2, 2)
 
 
 def test_params_and_commands_come_back_as_submitted(rig: Rig) -> None:
