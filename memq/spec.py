@@ -41,12 +41,18 @@ class JobSpec:
         identity = [self.grid, self.group, self.kind, self.params, self.repeat]
         return hashlib.sha256(canonical_json(identity).encode()).hexdigest()[:32]
 
+    @property
+    def run_fields(self) -> tuple[Any, ...]:
+        """What the job runs with besides its command: the spec hash's other inputs."""
+        return self.gpus, self.cpus, self.mem_gb, self.priority, self.max_attempts, self.gpu_share, self.gpu_mem_gb
+
     @cached_property
     def spec_hash(self) -> str:
         """Hash of what the job would run; a resubmitted job whose hash differs was edited."""
-        what: list[Any] = [self.command, self.gpus, self.cpus, self.mem_gb, self.priority, self.max_attempts]
-        if self.gpu_share or self.gpu_mem_gb:  # only then: the hashes of jobs submitted before stay
-            what.append([self.gpu_share, self.gpu_mem_gb])
+        *before_sharing, gpu_share, gpu_mem_gb = self.run_fields
+        what: list[Any] = [self.command, *before_sharing]
+        if gpu_share or gpu_mem_gb:  # only then: the hashes of jobs submitted before stay
+            what.append([gpu_share, gpu_mem_gb])
         return hashlib.sha256(canonical_json(what).encode()).hexdigest()[:16]
 
 

@@ -186,7 +186,7 @@ class _WhatRuns:
         self._memo: dict[tuple[Any, ...], tuple[str | None, str]] = {}
 
     def of(self, j: JobSpec) -> tuple[str | None, str]:
-        what = (id(j.command), j.gpus, j.gpu_share, j.gpu_mem_gb, j.cpus, j.mem_gb, j.priority, j.max_attempts)
+        what = (id(j.command), *j.run_fields)
         found = self._memo.get(what)
         if found is None:
             found = self._memo[what] = (None if j.command is None else json.dumps(j.command), j.spec_hash)
