@@ -18,6 +18,11 @@ def _rows(conn: Connection, query: Any) -> list[dict[str, Any]]:
     return [dict(zip(keys, row, strict=True)) for row in result]
 
 
+def _durations(conn: Connection, names: dict[int, str]) -> dict[str, float]:
+    """grid name (``names``: by grid id) -> mean run time of its succeeded jobs' last attempts."""
+    return {names[i]: float(avg) for i, avg in conn.execute(q.mean_durations()) if avg is not None}
+
+
 def _group_views(conn: Connection, rows: Sequence[Any], ids: list[int] | None,
                  counts: Iterable[tuple[int, str, int]] | None = None) -> dict[int, dict[str, Any]]:
     """Group id -> its name, readiness, the groups and single jobs it is after, and its counts by
@@ -67,7 +72,7 @@ class ReadOps(StoreBase):
         """What `memq status` shows, read in one transaction with one query per kind of thing:
         ``grids`` (id, name, paused, counts by state, and with ``with_groups`` their groups as
         :meth:`groups` gives them), ``durations`` (grid -> mean run time), ``running`` (running
-        jobs, by index), ``workers`` (rows), ``failures`` (:meth:`recent_failures`) and
+        jobs, by index), ``workers`` (rows), ``failures`` (the 5 latest failed or lost attempts) and
         ``gpu_needs`` (grid -> GPUs needed -> queued jobs that need GPUs)."""
 
         def tx(conn: Connection) -> dict[str, Any]:
@@ -90,7 +95,7 @@ class ReadOps(StoreBase):
                 gpu_needs.setdefault(name[grid_id], {})[need] = n
             return {
                 "grids": list(grids.values()),
-                "durations": {name[i]: float(avg) for i, avg in conn.execute(q.mean_durations()) if avg is not None},
+                "durations": _durations(conn, name),
                 "running": [{"id": r.id, "grid": name[r.grid_id], "attempt": r.attempt, "progress": r.progress,
                              "worker_id": r.worker_id} for r in conn.execute(q.running_jobs())],
                 "workers": _rows(conn, q.workers()),
@@ -109,14 +114,7 @@ class ReadOps(StoreBase):
     def mean_durations(self) -> dict[str, float]:
         """grid name -> mean run time of its succeeded jobs' last attempts (for an ETA)."""
 
-        def tx(conn: Connection) -> dict[str, float]:
-            names = dict(conn.execute(q.grid_names()).all())
-            return {names[i]: float(avg) for i, avg in conn.execute(q.mean_durations()) if avg is not None}
-
-        return self._read(tx)
-
-    def recent_failures(self, limit: int = 5) -> list[dict[str, Any]]:
-        return self._read(lambda conn: _rows(conn, q.recent_failures(limit)))
+        return self._read(lambda conn: _durations(conn, dict(conn.execute(q.grid_names()).all())))
 
     def attempts(self, job_id: int) -> list[dict[str, Any]]:
         return self._read(lambda conn: _rows(conn, q.attempts(job_id)))
