@@ -57,7 +57,7 @@ def read_prepared(data_dir: Path, space: str = DEFAULT_SPACE) -> PreparedData:
             ceiling = f.file.attrs.get(CEILING_ATTR)
             subjects.append(PreparedSubject(f.space, f.n_voxels, None if ceiling is None else float(ceiling)))
     if not subjects:
-        files = "subjXX.h5" if space == DEFAULT_SPACE else f"subjXX.{space}.h5"
+        files = subject_path("", "subjXX", space).name
         raise UserError(f"no {files} files", where=str(data_dir), hint="see jobs/data/FORMAT.md")
     return PreparedData(subjects)
 

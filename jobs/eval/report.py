@@ -123,8 +123,8 @@ def _replay_section(page: Page, inputs: ReportInputs) -> None:
         return
     page.heading("Memory replay")
     page.image(save(replay_figure(curve), inputs.out / REPLAY).name, "best val r of each frame's model")
-    (inputs.out / REPLAY_DATA).write_text(json.dumps(curve.as_json(), indent=2) + "\n")
     summary = curve.as_json()
+    (inputs.out / REPLAY_DATA).write_text(json.dumps(summary, indent=2) + "\n")
     every = {**curve.all_frames, "mean": summary["all_frames_mean"]}
     shuffled = {**curve.shuffled, "mean": summary["shuffled_mean"]}
     rows = [

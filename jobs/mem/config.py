@@ -284,6 +284,7 @@ class MemConfig(_Section):
     TRAINER: TrainerConfig = TrainerConfig()
     DATALOADER: DataLoaderConfig = DataLoaderConfig()
     ABLATION: AblationConfig = AblationConfig()  # inputs and modules taken out (jobs/mem/ablation.py)
+    EXPERIMENTAL: ExperimentalConfig = ExperimentalConfig()  # frame choice and freezing (memory replay)
 
     @model_validator(mode="after")
     def _columns_known(self) -> Self:
@@ -308,7 +309,6 @@ class MemConfig(_Section):
     def dark_teacher(self) -> str | None:
         """The teacher predictions this config distils (DATASET.DARK with LOSS.DARK.USE), or None."""
         return self.DATASET.DARK if self.LOSS.DARK.USE else None
-    EXPERIMENTAL: ExperimentalConfig = ExperimentalConfig()  # frame choice and freezing (memory replay)
 
     def switch(self, name: str) -> str:
         """The effective value of the training switch ``name``: SWITCHES.<name> if set, else COMPAT's."""

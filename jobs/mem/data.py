@@ -298,7 +298,7 @@ class MemDataModule(L.LightningDataModule):
         unknown = sorted(set(subjects or ()) - set(available))
         if not available or unknown:
             missing = ", ".join(unknown) or "any subject"
-            of_space = "" if space == DEFAULT_SPACE else f" of space {space} (subjXX.{space}.h5)"
+            of_space = "" if space == DEFAULT_SPACE else f" of space {space} ({subject_path('', 'subjXX', space).name})"
             found = ", ".join(available) or "none"
             raise LayoutError(self.data_dir, f"no subject file{of_space} for {missing}; found {found}")
         self._info: dict[str, SubjectInfo] = {}
