@@ -11,9 +11,11 @@ b  idle transactions: N idle workers, nothing changes, for --window seconds afte
    Counted three ways: every store transaction of each worker (bench/_counting_worker.py wraps
    Backend.run before the CLI starts; memq is not modified), PostgreSQL's xact_commit+xact_rollback
    of the worker database (pg_stat_database, read from another database) next to the same count of
-   an empty control database created with it (the server's autovacuum launcher visits every database,
-   about 2 transactions a minute, clients or not), and on shared-mode SQLite the lock acquisitions
-   seen by `strace -f -e trace=symlink` (one per transaction). Target: 0.
+   a control database with the same schema and no client (the server's autovacuum launcher visits
+   every database, about 2 transactions a minute, clients or not, so these two differ by its
+   timing), PostgreSQL's own count of the rows memq's tables gave out or took (pg_stat_user_tables:
+   scans, inserts, updates, deletes; autovacuum counts none of them), and on shared-mode SQLite the
+   lock acquisitions seen by `strace -f -e trace=symlink` (one per transaction). Target: 0.
    --busy K: K of the N workers run a long job (`sleep`) through the window, the others idle: what
    watching a busy worker costs (each idle worker reads the heartbeats every lease/4).
 c  GPU idle gap: one worker with one GPU (`--gpus 0`: an explicit list is trusted without NVML; on a GPU
@@ -67,6 +69,8 @@ class Queue:
         self.root = self.dir / "root"
         self.db = pg_database(cleanup) if kind == "postgres" else None
         self.control = pg_database(cleanup, "memq_control") if kind == "postgres" else None  # (see part b)
+        if self.control:  # the same schema: a database nobody ever used is not on autovacuum's list
+            open_store(RootOptions(root=str(self.dir / "control"), db=self.control), create=True).backend.dispose()
         mode = kind if kind in ("local", "shared") else None
         self.cli = ["--root", str(self.root)] + (["--db", self.db] if self.db else []) + (
             ["--db-mode", mode] if mode else [])
@@ -185,6 +189,22 @@ def pg_xacts(db_url: str) -> int:
         engine.dispose()
 
 
+def pg_table_ops(db_url: str) -> int:
+    """Scans, inserts, updates and deletes on the database's tables, as the server counts them (its
+    own read of them is a transaction in that database: read it outside the counted window)."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(sa.text(
+                "SELECT coalesce(sum(seq_scan + coalesce(idx_scan, 0) + n_tup_ins + n_tup_upd + n_tup_del), 0) "
+                "FROM pg_stat_user_tables")).scalar_one())
+    finally:
+        engine.dispose()
+        time.sleep(1.0)  # its backend's statistics reach the server as it exits
+
+
 def rss_mb(pids: list[int]) -> list[float]:
     out = []
     for pid in pids:
@@ -261,6 +281,7 @@ def part_idle(kind: str, n: int, args: argparse.Namespace, rows: list[list[Any]]
         up = time.monotonic() - t_start
         busy = busy_workers(q, args.busy) if args.busy else set()
         time.sleep(args.settle)
+        ops0 = pg_table_ops(q.db) if q.db else None
         x0 = (pg_xacts(q.db), pg_xacts(q.control)) if q.db and q.control else None
         w0 = time.time()
         time.sleep(args.window / 2)
@@ -268,6 +289,7 @@ def part_idle(kind: str, n: int, args: argparse.Namespace, rows: list[list[Any]]
         time.sleep(args.window / 2)
         w1 = time.time()
         x1 = (pg_xacts(q.db), pg_xacts(q.control)) if q.db and q.control else None
+        ops = pg_table_ops(q.db) - ops0 if q.db and ops0 is not None else None
         idle = [i for i in range(n) if i not in busy]
         tx = q.transactions(w0, w1, idle)
         total = sum(tx.values())
@@ -278,9 +300,9 @@ def part_idle(kind: str, n: int, args: argparse.Namespace, rows: list[list[Any]]
         pg = "" if x0 is None or x1 is None else f"{x1[0] - x0[0]} / {x1[1] - x0[1]}"
         per_min = total / max(len(idle), 1) / args.window * 60
         rows.append([kind, f"{len(idle)}+{len(busy)}", f"{up:.0f}", before, args.settle, args.window, total,
-                     f"{per_min:.2f}", busy_tx, pg, "" if locks is None else locks,
+                     f"{per_min:.2f}", busy_tx, pg, "" if ops is None else ops, "" if locks is None else locks,
                      f"{median(mem):.0f}" if mem else "", by_op or "-"])
-        extra = (f"; pg xacts (worker db / control db) {pg}" if pg else "") + (
+        extra = (f"; pg xacts (worker db / control db) {pg}, table ops {ops}" if pg else "") + (
             f"; lock acquisitions {locks}" if strace else "")
         print(f"  idle {kind:8s} x{len(idle)} (+{len(busy)} busy): {total} transactions of idle workers in "
               f"{args.window:.0f}s ({by_op or 'none'}); busy workers {busy_tx}{extra}", flush=True)
@@ -379,11 +401,13 @@ def main() -> None:
         print()
     if idle_rows:
         print(table(["backend", "idle+busy", "start s", "start tx", "settle s", "window s", "tx", "tx/worker/min",
-                     "busy tx", "pg xacts", "lock acq", "RSS MB/worker", "transactions of idle workers"], idle_rows,
+                     "busy tx", "pg xacts", "pg table ops", "lock acq", "RSS MB/worker",
+                     "transactions of idle workers"], idle_rows,
                     title="b/d. idle workers, nothing changing (target 0 transactions)"))
         print("\n  tx: store transactions logged by the idle workers in the window (busy tx: by the busy ones);\n"
               "  pg xacts: pg_stat_database delta of the worker database / of an empty control database (the\n"
-              "  server's own autovacuum visits); lock acq: symlink() lock acquisitions seen by strace (shared "
+              "  server's own autovacuum visits); pg table ops: pg_stat_user_tables scans + rows written;"
+              "\n  lock acq: symlink() lock acquisitions seen by strace (shared "
               "mode);\n  start s: until all workers registered; start tx: transactions before the window "
               "(start-up, busy jobs)")
     print(f"\nload average now {' '.join(f'{x:.2f}' for x in os.getloadavg())}")

@@ -81,7 +81,7 @@ class StoreBase:
 
 
 def _fingerprint(path: Path) -> tuple[int, int, int] | None:
-    """Inode, mtime and size: a bump renames a new file into place, so the inode changes every time."""
+    """Inode, mtime and size: a bump renames a new file into place (a new inode, a later mtime)."""
     try:
         st = path.stat()
     except FileNotFoundError:
