@@ -18,6 +18,8 @@ b  idle transactions: N idle workers, nothing changes, for --window seconds afte
    lock acquisitions seen by `strace -f -e trace=symlink` (one per transaction). Target: 0.
    --busy K: K of the N workers run a long job (`sleep`) through the window, the others idle: what
    watching a busy worker costs (each idle worker reads the heartbeats every lease/4).
+   --wakes K: the version file is bumped K times in the window (evenly, no transaction): what one
+   wake-up with nothing to claim costs each idle worker (as after a drain request or a resubmit).
 c  GPU idle gap: one worker with one GPU (`--gpus 0`: an explicit list is trusted without NVML; on a GPU
    node `--gpu-spec auto` adds NVML discovery and the per-claim health check), or with one CPU slot; a
    chain of short jobs (`sleep 0.3`) that write their start and end times; gap = start(next) -
@@ -284,9 +286,13 @@ def part_idle(kind: str, n: int, args: argparse.Namespace, rows: list[list[Any]]
         ops0 = pg_table_ops(q.db) if q.db else None
         x0 = (pg_xacts(q.db), pg_xacts(q.control)) if q.db and q.control else None
         w0 = time.time()
-        time.sleep(args.window / 2)
-        mem = rss_mb(q.worker_pids())
-        time.sleep(args.window / 2)
+        mem = []
+        for _ in range(max(args.wakes, 1)):
+            time.sleep(args.window / 2 / max(args.wakes, 1))
+            if args.wakes:
+                q.store.bump_version()
+            mem = mem or rss_mb(q.worker_pids())
+            time.sleep(args.window / 2 / max(args.wakes, 1))
         w1 = time.time()
         x1 = (pg_xacts(q.db), pg_xacts(q.control)) if q.db and q.control else None
         ops = pg_table_ops(q.db) - ops0 if q.db and ops0 is not None else None
@@ -304,8 +310,9 @@ def part_idle(kind: str, n: int, args: argparse.Namespace, rows: list[list[Any]]
                      f"{median(mem):.0f}" if mem else "", by_op or "-"])
         extra = (f"; pg xacts (worker db / control db) {pg}, table ops {ops}" if pg else "") + (
             f"; lock acquisitions {locks}" if strace else "")
+        wakes = f" with {args.wakes} version bumps" if args.wakes else ""
         print(f"  idle {kind:8s} x{len(idle)} (+{len(busy)} busy): {total} transactions of idle workers in "
-              f"{args.window:.0f}s ({by_op or 'none'}); busy workers {busy_tx}{extra}", flush=True)
+              f"{args.window:.0f}s{wakes} ({by_op or 'none'}); busy workers {busy_tx}{extra}", flush=True)
     finally:
         cleanup.run()
 
@@ -353,6 +360,7 @@ def main() -> None:
     ap.add_argument("--idle-workers", type=int, default=8, help="b: idle workers")
     ap.add_argument("--many", type=int, default=64, help="d: idle workers on one SQLite root")
     ap.add_argument("--busy", type=int, default=0, help="b/d: of the workers, how many run a long job")
+    ap.add_argument("--wakes", type=int, default=0, help="b/d: bumps of the version file in the window")
     ap.add_argument("--settle", type=float, default=20.0, help="b/d: seconds after the last worker registered")
     ap.add_argument("--window", type=float, default=30.0, help="b/d: seconds counted")
     ap.add_argument("--no-strace", action="store_true", help="b: do not count lock acquisitions with strace")
@@ -405,7 +413,7 @@ def main() -> None:
                      "transactions of idle workers"], idle_rows,
                     title="b/d. idle workers, nothing changing (target 0 transactions)"))
         print("\n  tx: store transactions logged by the idle workers in the window (busy tx: by the busy ones);\n"
-              "  pg xacts: pg_stat_database delta of the worker database / of an empty control database (the\n"
+              "  pg xacts: pg_stat_database delta of the worker database / of an unused control database (the\n"
               "  server's own autovacuum visits); pg table ops: pg_stat_user_tables scans + rows written;"
               "\n  lock acq: symlink() lock acquisitions seen by strace (shared "
               "mode);\n  start s: until all workers registered; start tx: transactions before the window "
