@@ -9,7 +9,7 @@ Idle workers make no database transaction while nothing changes; they stat two f
   (memq.worker.reaper), so that a worker that dies with jobs is declared dead even when nothing else
   changes. Claims do not bump the version file: that would wake every idle worker to claim.
 
-Both are hints: a writer killed between its commit and the bump loses one; the worker's safety
+Both are hints: a writer killed or interrupted between its commit and the bump loses one; the worker's safety
 poll (WorkerConfig.safety_poll) claims and looks at the others anyway, once per period.
 """
 
@@ -47,12 +47,10 @@ class StoreBase:
         self.retry_in: float | None = None
 
     def _write(self, fn: Callable[[Connection], T]) -> T:
-        """Run a write transaction, then tell idle readers something changed (also when the
-        transaction raised: an interrupt after its commit must not lose the bump)."""
-        try:
-            return self.backend.run(fn, write=True)
-        finally:
-            self.bump_version()
+        """Run a write transaction, then tell idle readers something changed."""
+        result = self.backend.run(fn, write=True)
+        self.bump_version()
+        return result
 
     def _read(self, fn: Callable[[Connection], T]) -> T:
         return self.backend.run(fn, write=False)
