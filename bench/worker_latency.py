@@ -15,7 +15,9 @@ b  idle transactions: N idle workers, nothing changes, for --window seconds afte
    every database, about 2 transactions a minute, clients or not, so these two differ by its
    timing), PostgreSQL's own count of the rows memq's tables gave out or took (pg_stat_user_tables:
    scans, inserts, updates, deletes; autovacuum counts none of them), and on shared-mode SQLite the
-   lock acquisitions seen by `strace -f -e trace=symlink` (one per transaction). Target: 0.
+   lock acquisitions seen by `strace -f -e trace=symlink` (one per transaction). Target: 0. (An idle
+   backend hands its counts to the server up to ~10 s late: transactions at the window's end can be
+   missing from the pg columns.)
    --busy K: K of the N workers run a long job (`sleep`) through the window, the others idle: what
    watching a busy worker costs (each idle worker reads the heartbeats every lease/4).
    --wakes K: the version file is bumped K times in the window (evenly, no transaction): what one
