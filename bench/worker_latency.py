@@ -10,8 +10,18 @@ a  submit -> start: K idle workers (`memq worker --poll 1`) wait; jobs are submi
 b  idle transactions: N idle workers, nothing changes, for --window seconds after --settle seconds.
    Counted three ways: every store transaction of each worker (bench/_counting_worker.py wraps
    Backend.run before the CLI starts; memq is not modified), PostgreSQL's xact_commit+xact_rollback
-   of the worker database (pg_stat_database, read from another database), and on shared-mode SQLite
-   the lock acquisitions seen by `strace -f -e trace=symlink` (one per transaction). Target: ~0.
+   of the worker database (pg_stat_database, read from another database) next to the same count of
+   a control database with the same schema and no client (the server's autovacuum launcher visits
+   every database, about 2 transactions a minute, clients or not, so these two differ by its
+   timing), PostgreSQL's own count of the rows memq's tables gave out or took (pg_stat_user_tables:
+   scans, inserts, updates, deletes; autovacuum counts none of them), and on shared-mode SQLite the
+   lock acquisitions seen by `strace -f -e trace=symlink` (one per transaction). Target: 0. (An idle
+   backend hands its counts to the server up to ~10 s late: transactions at the window's end can be
+   missing from the pg columns.)
+   --busy K: K of the N workers run a long job (`sleep`) through the window, the others idle: what
+   watching a busy worker costs (each idle worker reads the heartbeats every lease/4).
+   --wakes K: the version file is bumped K times in the window (evenly, no transaction): what one
+   wake-up with nothing to claim costs each idle worker (as after a drain request or a resubmit).
 c  GPU idle gap: one worker with one GPU (`--gpus 0`: an explicit list is trusted without NVML; on a GPU
    node `--gpu-spec auto` adds NVML discovery and the per-claim health check), or with one CPU slot; a
    chain of short jobs (`sleep 0.3`) that write their start and end times; gap = start(next) -
@@ -62,6 +72,9 @@ class Queue:
         self.dir = local_dir(tmp, f"bench-worker-{kind}-", cleanup)
         self.root = self.dir / "root"
         self.db = pg_database(cleanup) if kind == "postgres" else None
+        self.control = pg_database(cleanup, "memq_control") if kind == "postgres" else None  # (see part b)
+        if self.control:  # the same schema: a database nobody ever used is not on autovacuum's list
+            open_store(RootOptions(root=str(self.dir / "control"), db=self.control), create=True).backend.dispose()
         mode = kind if kind in ("local", "shared") else None
         self.cli = ["--root", str(self.root)] + (["--db", self.db] if self.db else []) + (
             ["--db-mode", mode] if mode else [])
@@ -145,10 +158,11 @@ class Queue:
                 p.kill()
                 p.wait()
 
-    def transactions(self, t0: float, t1: float) -> Counter[str]:
-        """Store transactions of all counting workers with a timestamp in [t0, t1), by function."""
+    def transactions(self, t0: float, t1: float, workers: list[int] | None = None) -> Counter[str]:
+        """Store transactions of the counting workers (all, or these indexes) with a timestamp in
+        [t0, t1), by function."""
         found: Counter[str] = Counter()
-        for log in self.txlogs:
+        for log in self.txlogs if workers is None else [self.txlogs[i] for i in workers]:
             for line in log.read_text().splitlines():
                 stamp, _rw, name = line.split(" ", 2)
                 if t0 <= float(stamp) < t1:
@@ -177,6 +191,22 @@ def pg_xacts(db_url: str) -> int:
                                             "WHERE datname = :n"), {"n": name}).scalar_one())
     finally:
         engine.dispose()
+
+
+def pg_table_ops(db_url: str) -> int:
+    """Scans, inserts, updates and deletes on the database's tables, as the server counts them (its
+    own read of them is a transaction in that database: read it outside the counted window)."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(sa.text(
+                "SELECT coalesce(sum(seq_scan + coalesce(idx_scan, 0) + n_tup_ins + n_tup_upd + n_tup_del), 0) "
+                "FROM pg_stat_user_tables")).scalar_one())
+    finally:
+        engine.dispose()
+        time.sleep(1.0)  # its backend's statistics reach the server as it exits
 
 
 def rss_mb(pids: list[int]) -> list[float]:
@@ -231,6 +261,19 @@ def part_a(kind: str, args: argparse.Namespace, rows: list[list[Any]]) -> None:
 # -- b / d: idle transactions ---------------------------------------------------------------------
 
 
+def busy_workers(q: Queue, k: int) -> set[int]:
+    """Submit k long jobs; once each runs, the indexes of the workers that run them."""
+    from memq.spec import JobSpec
+
+    q.submit("busy", [JobSpec("busy", "g", "command", {"i": i}, command=["sleep", "3600"]) for i in range(k)])
+    deadline = time.monotonic() + 120
+    while len(running := [j for j in q.store.jobs(grid="busy") if j["state"] == "running"]) < k:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {len(running)} of {k} busy jobs started")
+        time.sleep(0.2)
+    return {int(q.store.attempts(j["id"])[-1]["worker"].removeprefix("w")) for j in running}
+
+
 def part_idle(kind: str, n: int, args: argparse.Namespace, rows: list[list[Any]], *, strace: bool) -> None:
     cleanup = Cleanup()
     try:
@@ -240,26 +283,38 @@ def part_idle(kind: str, n: int, args: argparse.Namespace, rows: list[list[Any]]
                         strace=strace)
         q.wait_registered(n)
         up = time.monotonic() - t_start
+        busy = busy_workers(q, args.busy) if args.busy else set()
         time.sleep(args.settle)
-        x0 = pg_xacts(q.db) if q.db else None
+        ops0 = pg_table_ops(q.db) if q.db else None
+        x0 = (pg_xacts(q.db), pg_xacts(q.control)) if q.db and q.control else None
         w0 = time.time()
-        time.sleep(args.window / 2)
-        mem = rss_mb(q.worker_pids())
-        time.sleep(args.window / 2)
+        mem = []
+        for _ in range(max(args.wakes, 1)):
+            time.sleep(args.window / 2 / max(args.wakes, 1))
+            if args.wakes:
+                q.store.bump_version()
+            mem = mem or rss_mb(q.worker_pids())
+            time.sleep(args.window / 2 / max(args.wakes, 1))
         w1 = time.time()
-        x1 = pg_xacts(q.db) if q.db else None
-        tx = q.transactions(w0, w1)
+        x1 = (pg_xacts(q.db), pg_xacts(q.control)) if q.db and q.control else None
+        ops = pg_table_ops(q.db) - ops0 if q.db and ops0 is not None else None
+        idle = [i for i in range(n) if i not in busy]
+        tx = q.transactions(w0, w1, idle)
         total = sum(tx.values())
+        busy_tx = sum(q.transactions(w0, w1, sorted(busy)).values())
         before = sum(q.transactions(0.0, w0).values())  # start-up and settling: registrations wake everyone
         locks = q.lock_acquisitions(w0, w1) if strace else None
         by_op = ", ".join(f"{k.rpartition('.')[2]} {v}" for k, v in tx.most_common())  # (method names)
-        rows.append([kind, n, f"{up:.0f}", before, args.settle, args.window, total, f"{total / args.window:.2f}",
-                     "" if x0 is None else x1 - x0, "" if locks is None else locks,
+        pg = "" if x0 is None or x1 is None else f"{x1[0] - x0[0]} / {x1[1] - x0[1]}"
+        per_min = total / max(len(idle), 1) / args.window * 60
+        rows.append([kind, f"{len(idle)}+{len(busy)}", f"{up:.0f}", before, args.settle, args.window, total,
+                     f"{per_min:.2f}", busy_tx, pg, "" if ops is None else ops, "" if locks is None else locks,
                      f"{median(mem):.0f}" if mem else "", by_op or "-"])
-        extra = (f"; pg xacts {x1 - x0}" if x0 is not None else "") + (
+        extra = (f"; pg xacts (worker db / control db) {pg}, table ops {ops}" if pg else "") + (
             f"; lock acquisitions {locks}" if strace else "")
-        print(f"  idle {kind:8s} x{n}: {total} transactions in {args.window:.0f}s ({by_op or 'none'}){extra}",
-              flush=True)
+        wakes = f" with {args.wakes} version bumps" if args.wakes else ""
+        print(f"  idle {kind:8s} x{len(idle)} (+{len(busy)} busy): {total} transactions of idle workers in "
+              f"{args.window:.0f}s{wakes} ({by_op or 'none'}); busy workers {busy_tx}{extra}", flush=True)
     finally:
         cleanup.run()
 
@@ -306,6 +361,8 @@ def main() -> None:
     ap.add_argument("--idle-first", type=float, default=5.0, help="a: seconds the workers idle before the first job")
     ap.add_argument("--idle-workers", type=int, default=8, help="b: idle workers")
     ap.add_argument("--many", type=int, default=64, help="d: idle workers on one SQLite root")
+    ap.add_argument("--busy", type=int, default=0, help="b/d: of the workers, how many run a long job")
+    ap.add_argument("--wakes", type=int, default=0, help="b/d: bumps of the version file in the window")
     ap.add_argument("--settle", type=float, default=20.0, help="b/d: seconds after the last worker registered")
     ap.add_argument("--window", type=float, default=30.0, help="b/d: seconds counted")
     ap.add_argument("--no-strace", action="store_true", help="b: do not count lock acquisitions with strace")
@@ -353,14 +410,16 @@ def main() -> None:
                     title=f"c. idle gap between consecutive jobs on one slot (jobs sleep {args.job_seconds:g} s)"))
         print()
     if idle_rows:
-        print(table(["backend", "workers", "start s", "start tx", "settle s", "window s", "tx", "tx/s", "pg xacts",
-                     "lock acq",
-                     "RSS MB/worker", "transactions by operation"], idle_rows,
-                    title="b/d. idle workers, nothing changing (target ~0 transactions)"))
-        print("\n  tx: store transactions logged by the workers in the window; pg xacts: pg_stat_database delta; "
-              "lock acq: symlink()\n  lock acquisitions seen by strace (shared mode); start s: until all "
-              "workers registered; start tx:\n  transactions before the window (each registration bumps the "
-              "version file, which wakes every idle worker)")
+        print(table(["backend", "idle+busy", "start s", "start tx", "settle s", "window s", "tx", "tx/worker/min",
+                     "busy tx", "pg xacts", "pg table ops", "lock acq", "RSS MB/worker",
+                     "transactions of idle workers"], idle_rows,
+                    title="b/d. idle workers, nothing changing (target 0 transactions)"))
+        print("\n  tx: store transactions logged by the idle workers in the window (busy tx: by the busy ones);\n"
+              "  pg xacts: pg_stat_database delta of the worker database / of an unused control database (the\n"
+              "  server's own autovacuum visits); pg table ops: pg_stat_user_tables scans + rows written;"
+              "\n  lock acq: symlink() lock acquisitions seen by strace (shared "
+              "mode);\n  start s: until all workers registered; start tx: transactions before the window "
+              "(start-up, busy jobs)")
     print(f"\nload average now {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

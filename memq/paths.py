@@ -1,6 +1,7 @@
 """Where everything of a job lives: the one place that spells the root's and the scratch's layout.
 
     <root>/queue.db, queue.db.lock, queue.version      the queue (memq.store.backends)
+    <root>/queue.busy                                  idle workers' hint to watch (memq.store.base)
     <root>/jobs/<grid>/<job>/attempt-<k>/               an attempt's own directory (MEMQ_JOB_DIR)
     <root>/jobs/<grid>/<job>/attempt-<k>/log.txt        what the job process printed
     <root>/checkpoints/<grid>/<job>/attempt-<k>/<name>  a checkpoint's verified copy (memq sync)

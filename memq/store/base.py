@@ -1,4 +1,17 @@
-"""What every part of the Store stands on: its backend, its root, and the version file."""
+"""What every part of the Store stands on: its backend, its root, and the two hint files.
+
+Idle workers make no database transaction while nothing changes; they stat two files instead:
+
+* the version file, bumped after every write that may make a job claimable (a submit, a requeue, a
+  drain request): an idle worker that sees it change learns its own state (a heartbeat) and claims;
+* the busy file, bumped when a worker starts running jobs after holding none (memq.worker.loop):
+  an idle worker that sees it change watches the other workers' heartbeats again
+  (memq.worker.reaper), so that a worker that dies with jobs is declared dead even when nothing else
+  changes. Claims do not bump the version file: that would wake every idle worker to claim.
+
+Both are hints: a writer killed or interrupted between its commit and the bump loses one; the worker's safety
+poll (WorkerConfig.safety_poll) claims and looks at the others anyway, once per period.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +28,7 @@ from memq.store.backend import Backend
 T = TypeVar("T")
 
 VERSION_FILE = "queue.version"
+BUSY_FILE = "queue.busy"
 MAX_BACKOFF = 3600.0  # a not_before further ahead than this is a skewed clock: ignore it
 
 
@@ -25,6 +39,7 @@ class StoreBase:
         self.backend = backend
         self.root = root
         self.version_path = root / VERSION_FILE
+        self.busy_path = root / BUSY_FILE
         # Grid and group names by id (immutable once created), for claims.
         self._names: dict[tuple[str, int], str] = {}
         # Seconds until the first backed-off job is due, as the last empty claim saw it (None:
@@ -47,13 +62,26 @@ class StoreBase:
 
     def version(self) -> tuple[int, int, int] | None:
         """A cheap fingerprint of the version file; changes whenever the store changed."""
-        try:
-            st = self.version_path.stat()
-        except FileNotFoundError:
-            return None
-        return (st.st_ino, st.st_mtime_ns, st.st_size)
+        return _fingerprint(self.version_path)
+
+    def announce_busy(self) -> None:
+        """Tell idle workers that a worker started running jobs: they watch its heartbeat."""
+        write_text_atomically(self.busy_path, secrets.token_hex(8), durable=False)
+
+    def busy_version(self) -> tuple[int, int, int] | None:
+        """A cheap fingerprint of the busy file; changes whenever a worker went from idle to busy."""
+        return _fingerprint(self.busy_path)
 
     def job_env(self) -> dict[str, str]:
         """What a job process needs in its environment, besides MEMQ_ROOT, to open this store;
         never a password in a URL (see the backend's job_env)."""
         return self.backend.job_env()
+
+
+def _fingerprint(path: Path) -> tuple[int, int, int] | None:
+    """Inode, mtime and size: a bump renames a new file into place (a new inode, a later mtime)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)

@@ -42,7 +42,9 @@ class WorkerConfig:
     kill_grace: float = 10.0  # SIGTERM to a job's process group -> SIGKILL
     retry_backoff: float = 30.0
     quarantine_after: int = 5
-    safety_poll: float = 600.0  # claim anyway this often: a version bump is a hint and can be missed
+    # claim, and look at the other workers, anyway this often: a writer killed between its commit and
+    # the bump of the version or busy file (memq/store/base.py) leaves that bump out
+    safety_poll: float = 600.0
     sync_checkpoints: bool = True  # jobs copy their checkpoints to the shared store when they succeed
     claim_ahead: float = WINDOW  # seconds of short jobs one transaction may claim (0: one job at a time)
 

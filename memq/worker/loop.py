@@ -8,11 +8,16 @@ and wakes for
   claims several and records their ends together (memq/claim_ahead.py);
 * the heartbeat timer (only while it runs jobs) -> one write renews all its leases, then every
   supervisor is told to renew; the reply says what was fenced, cancelled, or drained;
-* the poll timer -> stat the version file; claim only when it changed or a capped back-off
-  expired, so idle workers cause no database transactions. Every claim that finds nothing it may
-  run (wherever in the loop it happens) sets the claim timer to when the first backed-off job is
-  due: a retry starts on time on any worker with room, whatever woke whom before;
-* the reaper timer (memq/worker/reaper.py).
+* the poll timer -> stat the version and busy files (memq/store/base.py); heartbeat (to learn a
+  drain request) and claim only when the version changed or a capped back-off expired, so idle
+  workers cause no database transactions while nothing changes. Every claim that finds nothing it
+  may run (wherever in the loop it happens) sets the claim timer to when the first backed-off job
+  is due: a retry starts on time on any worker with room, whatever woke whom before;
+* the reaper timer (memq/worker/reaper.py), while this worker or another runs jobs: a worker that
+  starts running jobs after holding none bumps the busy file, which puts every idle worker back on
+  watch (a version change alone does not: whoever claims what it announced bumps the busy file).
+  A claim on the timer while idle (the safety poll, a retry due) looks at the others too: both
+  files are hints that a writer killed between its commit and its bump leaves unbumped.
 
 A database that cannot be reached (a PostgreSQL restart, an NFS error) does not stop the worker:
 its jobs go on, what they ended with waits in memory, and the loop tries again after a pause. The
@@ -66,6 +71,8 @@ class Timers:
     poll: float
     idle_since: float
     version: Any = None
+    busy: Any = None
+    woken: bool = False  # the version file changed since the last claim
     announced_drain: bool = False
 
 
@@ -170,6 +177,9 @@ class Worker:
             if not self._keep_leases(now, timers):
                 return None
             if self._may_claim() and now >= self.claim_at:
+                if not (self.jobs or timers.woken):  # a claim on the timer: a hint may have been missed
+                    self.reaper.others_busy = True
+                timers.woken = False
                 # when full, the next claim comes with the end of a job; a dry claim moves this up
                 self.claim_at = time.monotonic() + self._jittered(self.cfg.safety_poll)
                 if self._claim_all():
@@ -218,11 +228,15 @@ class Worker:
             timers.reap = now + cfg.lease / 4
         if now >= timers.poll:
             timers.poll = now + cfg.poll
+            busy = self.store.busy_version()
+            if busy != timers.busy:
+                timers.busy = busy
+                self.reaper.others_busy = True
             current = self.store.version()
-            if current != timers.version:
+            if current != timers.version:  # (whoever claims a job from it bumps the busy file)
                 timers.version = current
                 self.claim_at = now
-                self.reaper.others_busy = True
+                timers.woken = True
                 return self._heartbeat()
         return True
 
@@ -342,7 +356,11 @@ class Worker:
             want = 0 if capacity.empty else want
         if not want and not self.unrecorded:
             return 0
+        # from idle: no job held (one that just ended was heartbeating, so the others watch already)
+        was_idle = not (self.jobs or self.ahead or self.unrecorded)
         accepted, claims = self.store.claim_many(self.ref, capacity, self.unrecorded, want)
+        if claims and was_idle:
+            self.store.announce_busy()
         if len(claims) < want:
             self._ran_dry()
         for done, ok in zip(self.unrecorded, accepted, strict=True):
