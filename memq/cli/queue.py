@@ -22,11 +22,21 @@ def submit(
     set_: Annotated[list[str] | None, typer.Option(
         "--set", help="KEY=VALUE added to every job's params (e.g. DATASET.DIR=/data/prepared).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Expand and validate the file even if it is unchanged since the grid's last submit.")] = False,
 ) -> None:
-    """Expand a grid file into jobs and enqueue the ones not already queued (idempotent)."""
+    """Expand a grid file into jobs and enqueue the ones not already queued (idempotent).
+
+    A file unchanged since the grid's last submit (same bytes, same --set values, same installed
+    packages) with all its jobs still queued is not expanded again, so its kinds' validators do not
+    run again either; --force expands and validates it anyway."""
     from memq.grid import load_grid
     from memq.overrides import parse_overrides
+    from memq.store.fingerprint import fingerprint
 
+    digest = fingerprint(grid_file, set_ or []) if grid_file.is_file() else None
+    if digest and not (force or dry_run) and _unchanged(ctx, digest, as_json):
+        return
     given = options(ctx)
     # kinds check their params against the root too (installed weights); a dry run may have none
     root = given.resolve_root() if not dry_run or given.root or os.environ.get("MEMQ_ROOT") else None
@@ -36,15 +46,31 @@ def submit(
     if dry_run:
         _print_expanded(spec, as_json)
         return
-    result = store(ctx, create=True).submit(spec)
+    result = store(ctx, create=True).submit(spec, digest)
     if as_json:
-        print_json({"grid": result.grid, "added": result.added, "existing": result.existing, "edited": result.edited})
+        print_json({"grid": result.grid, "added": result.added, "existing": result.existing, "edited": result.edited,
+                    "unchanged": False})
         return
     typer.echo(f"{result.grid}: {count(result.added, 'job')} added, {result.existing} already queued")
     if result.edited:
         verb = "differs" if result.edited == 1 else "differ"
         typer.echo(f"note: {count(result.edited, 'queued job')} {verb} from the file (command, resources, priority "
                    "or attempts); they keep what they were submitted with. Cancel and resubmit to change them.")
+
+
+def _unchanged(ctx: typer.Context, digest: str, as_json: bool) -> bool:
+    """Say so and return True if the grid was last submitted with this fingerprint and still has
+    all its jobs (memq.cli.lean answers this first where it can read the store itself)."""
+    from memq.cli.lean import print_unchanged
+    from memq.errors import UserError
+
+    try:
+        found = store(ctx).unchanged(digest)
+    except UserError:  # no queue here yet
+        return False
+    if found is not None:
+        print_unchanged(found, as_json)
+    return found is not None
 
 
 def _print_expanded(spec, as_json: bool) -> None:  # type: ignore[no-untyped-def]

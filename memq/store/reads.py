@@ -13,6 +13,7 @@ from sqlalchemy.engine import Connection
 from memq.store import overview
 from memq.store import statements as q
 from memq.store.base import StoreBase
+from memq.store.fingerprint import unchanged as submitted
 
 T = TypeVar("T")
 
@@ -56,6 +57,11 @@ class ReadOps(StoreBase):
 
     def attempts(self, job_id: int) -> list[dict[str, Any]]:
         return self._read(lambda conn: _rows(conn, q.attempts(job_id)))
+
+    def unchanged(self, fingerprint: str) -> str | None:
+        """The grid last submitted with this fingerprint, if all its jobs are still there
+        (memq.store.fingerprint.unchanged)."""
+        return self._plain(lambda cursor: submitted(cursor, fingerprint))
 
     def workers(self) -> list[dict[str, Any]]:
         return self._plain(overview.workers)

@@ -220,6 +220,11 @@ def add_grid(insert: Any, name: str, source: str | None, now: float) -> Any:
             .on_conflict_do_nothing(index_elements=["name"]))
 
 
+def set_fingerprint(grid: int, fingerprint: str | None, jobs: int) -> Any:
+    """What the grid's last submit expanded (memq.store.fingerprint), and how many jobs it had then."""
+    return s.grids.update().where(s.grids.c.id == grid).values(fingerprint=fingerprint, fingerprint_jobs=jobs)
+
+
 def lock_grid(name: str) -> Any:
     """The grid's id, its row locked until commit where the database locks rows (SQLite: its
     writers are serialised anyway) - concurrent submits of one grid take turns."""

@@ -40,7 +40,7 @@ def test_smoke_example_as_written(tmp_path: Path, smoke_file: Path) -> None:
 def test_cli_commands_on_every_backend(rig: Rig, cli, smoke_file: Path) -> None:
     base = rig.cli_args()
     added = json.loads(cli(*base, "submit", "--json", smoke_file).out)
-    assert added == {"grid": "smoke", "added": 9, "existing": 0, "edited": 0}
+    assert added == {"grid": "smoke", "added": 9, "existing": 0, "edited": 0, "unchanged": False}
     jobs = json.loads(cli(*base, "jobs", "--json").out)
     assert len(jobs) == 9
     first = jobs[0]
@@ -230,7 +230,8 @@ def test_a_damaged_database_is_one_line_and_nothing_is_written(tmp_path: Path, c
         data[offset:offset + length] = random.Random(offset).randbytes(length)
         db.write_bytes(data)
         damaged = (db.read_bytes(), version.read_bytes())
-        for args in (["submit", smoke_file], ["status"], ["jobs"], ["retry", "--failed"]):
+        # (--force: an unchanged file's resubmit reads the grid's row and the grids' index of jobs only)
+        for args in (["submit", "--force", smoke_file], ["status"], ["jobs"], ["retry", "--failed"]):
             result = cli("--root", root, *args)
             assert result.code == 2 and result.out == "", result
             assert result.err == f"error: {db}: the database is damaged ({detail}); nothing was written " \

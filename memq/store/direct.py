@@ -1,0 +1,90 @@
+"""Reading the store without SQLAlchemy, on a driver connection of its own (sqlite3, or psycopg for
+PostgreSQL): for the commands whose start-up SQLAlchemy's import would dominate (memq.cli.lean).
+
+Only the plain case is read this way: a local-mode SQLite database on a local filesystem, or a
+PostgreSQL database, at this schema version. Anything else - no root, shared mode (its reads go
+under memq's lease lock), an older schema (the Store upgrades it), a database that cannot be
+reached or read - gives None, and the caller takes the Store's way, which says what is wrong.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from memq.errors import UserError
+from memq.files import apply_root_umask
+from memq.options import RootOptions
+from memq.store.names import SCHEMA_VERSION
+
+T = TypeVar("T")
+
+VERSION = "SELECT value FROM meta WHERE key = 'schema_version'"
+_PG_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg")
+
+
+def read(options: RootOptions, fn: Callable[[Any], T]) -> T | None:
+    """``fn`` of a cursor in one read transaction of the root's store; None where only the Store
+    may read it (see above), or the read failed."""
+    try:
+        root = options.resolve_root()
+    except UserError:
+        return None
+    url = options.db_url()
+    if not root.is_dir():
+        return None
+    if url:
+        return _postgres(url, fn)
+    if options.db_mode not in (None, "local"):
+        return None
+    return _sqlite(root, fn)
+
+
+def _current(cursor: Any) -> bool:
+    cursor.execute(VERSION)
+    row = cursor.fetchone()
+    return row is not None and row[0] == str(SCHEMA_VERSION)
+
+
+def _sqlite(root: Path, fn: Callable[[Any], T]) -> T | None:
+    import sqlite3
+
+    from memq.fsinfo import is_local
+    from memq.store.sqlite_file import DB_FILE, connect, recorded_mode
+
+    path = root / DB_FILE
+    try:
+        if not path.stat().st_size or recorded_mode(path) != "local" or not is_local(root):
+            return None
+    except (OSError, UserError):
+        return None
+    apply_root_umask(root)  # (a read may create the WAL's files)
+    try:
+        with contextlib.closing(connect(path, shared=False)) as conn:
+            conn.isolation_level = None
+            cursor = conn.cursor()
+            cursor.execute("BEGIN")
+            try:
+                return fn(cursor) if _current(cursor) else None
+            finally:
+                cursor.execute("ROLLBACK")
+    except sqlite3.Error:
+        return None
+
+
+def _postgres(url: str, fn: Callable[[Any], T]) -> T | None:
+    scheme, sep, rest = url.partition("://")
+    if scheme not in _PG_SCHEMES or not sep:
+        return None
+    import psycopg
+
+    try:
+        with psycopg.connect(f"postgresql://{rest}") as conn:
+            with conn.cursor() as cursor:
+                found = fn(cursor) if _current(cursor) else None
+            conn.rollback()
+            return found
+    except (psycopg.Error, ValueError):
+        return None
