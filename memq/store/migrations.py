@@ -38,7 +38,7 @@ def upgrade(conn: Connection) -> None:
     claim and finish are replaced, attempts are keyed by (job, attempt). Version 2 -> 3 adds
     group_job_deps, which :func:`create` has made already. Version 3 -> 4 adds the columns of GPU
     sharing (:data:`V4_COLUMNS`); 4 -> 5 the grids' submit fingerprints (:data:`V5_COLUMNS`) and the
-    run times in :data:`V5_INDEX`. Newer versions are an error."""
+    GPUs and run times in :data:`V5_INDEX`. Newer versions are an error."""
     found = schema_version(conn)
     if found == s.SCHEMA_VERSION:
         return
@@ -49,7 +49,7 @@ def upgrade(conn: Connection) -> None:
         _indexes_and_attempts_of_v2(conn)
     for table, column in (V4_COLUMNS if found < 4 else ()) + V5_COLUMNS:
         _add_column(conn, s.metadata.tables[table].c[column])
-    conn.execute(sa.text(f"DROP INDEX {V5_INDEX}"))  # (version 5 added two columns to it)
+    conn.execute(sa.text(f"DROP INDEX {V5_INDEX}"))  # (version 5 added columns to it)
     next(ix for ix in s.jobs.indexes if ix.name == V5_INDEX).create(conn)
     conn.execute(s.meta.update().where(s.meta.c.key == "schema_version").values(value=str(s.SCHEMA_VERSION)))
 

@@ -104,9 +104,9 @@ jobs = sa.Table(
     # group, dependencies); grids are found by id alone; a job has a worker exactly while it runs,
     # so the workers' index holds running jobs only (and `worker_id = x` implies its condition).
     sa.Index("ix_jobs_grid", "grid_id"),
-    # (version 5: with the two times, which change with state, so that `memq status` reads run times
-    # from the index alone)
-    sa.Index("ix_jobs_group_state", "group_id", "state", "started_at", "finished_at"),
+    # (version 5: with the GPUs and the two times, which change with state or not at all, so that
+    # `memq status` reads GPU needs and run times from the index alone)
+    sa.Index("ix_jobs_group_state", "group_id", "state", "gpus", "started_at", "finished_at"),
     sa.Index("ix_jobs_running", "worker_id", sqlite_where=sa.text("worker_id IS NOT NULL"),
              postgresql_where=sa.text("worker_id IS NOT NULL")),
 )
