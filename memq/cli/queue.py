@@ -30,13 +30,14 @@ def submit(
     A file unchanged since the grid's last submit (same bytes, same --set values, same installed
     packages) with all its jobs still queued is not expanded again, so its kinds' validators do not
     run again either; --force expands and validates it anyway."""
-    from memq.grid import load_grid
-    from memq.overrides import parse_overrides
     from memq.store.fingerprint import fingerprint
 
     digest = fingerprint(grid_file, set_ or []) if grid_file.is_file() else None
     if digest and not (force or dry_run) and _unchanged(ctx, digest, as_json):
         return
+    from memq.grid import load_grid
+    from memq.overrides import parse_overrides
+
     given = options(ctx)
     # kinds check their params against the root too (installed weights); a dry run may have none
     root = given.resolve_root() if not dry_run or given.root or os.environ.get("MEMQ_ROOT") else None
