@@ -1,5 +1,6 @@
-"""Reading the store without SQLAlchemy, on a driver connection of its own (sqlite3, or psycopg for
-PostgreSQL): for the commands whose start-up SQLAlchemy's import would dominate (memq.cli.lean).
+"""Reading the store without SQLAlchemy, on a connection of its own (sqlite3, or libpq itself for
+PostgreSQL: memq.store.libpq): for the commands whose start-up SQLAlchemy's and psycopg's imports
+would dominate (memq.cli.lean).
 
 Only the plain case is read this way: a local-mode SQLite database on a local filesystem, or a
 PostgreSQL database, at this schema version. Anything else - no root, shared mode (its reads go
@@ -75,16 +76,21 @@ def _sqlite(root: Path, fn: Callable[[Any], T]) -> T | None:
 
 
 def _postgres(url: str, fn: Callable[[Any], T]) -> T | None:
+    """Through libpq itself (memq.store.libpq); None where that fails, so the Store (psycopg) reads it
+    and reports what is wrong."""
+    from memq.store.libpq import Connection, LibpqError
+
     scheme, sep, rest = url.partition("://")
     if scheme not in _PG_SCHEMES or not sep:
         return None
-    import psycopg
-
     try:
-        with psycopg.connect(f"postgresql://{rest}") as conn:
-            with conn.cursor() as cursor:
-                found = fn(cursor) if _current(cursor) else None
-            conn.rollback()
-            return found
-    except (psycopg.Error, ValueError):
+        conn = Connection(f"postgresql://{rest}")
+    except LibpqError:
         return None
+    try:
+        conn.execute("BEGIN READ ONLY")
+        return fn(conn) if _current(conn) else None
+    except LibpqError:
+        return None
+    finally:
+        conn.close()

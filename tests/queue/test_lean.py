@@ -23,9 +23,9 @@ LEAN_RIGS = ("local", "postgres")  # where memq.store.direct reads the store its
 
 def _imported(rig: Rig, *args: str, cwd: Path | None = None) -> tuple[str, set[str]]:
     """stdout of `memq ARGS` run through the real entry point in a fresh interpreter, and which of
-    SQLAlchemy, Typer, PyYAML and memq.grid it imported."""
+    SQLAlchemy, Typer, psycopg, PyYAML and memq.grid it imported."""
     code = ("import sys\nfrom memq.cli import main\nsys.argv = ['memq', *sys.argv[1:]]\ntry:\n    main()\n"
-            "finally:\n    print(sorted({m for m in sys.modules if m.split('.')[0] in ('sqlalchemy', 'typer', 'yaml')"
+            "finally:\n    print(sorted({m for m in sys.modules if m.split('.')[0] in ('sqlalchemy', 'typer', 'psycopg', 'yaml')"
             " or m == 'memq.grid'}), file=sys.stderr)\n")
     done = subprocess.run([sys.executable, "-c", code, *rig.cli_args(), *args], capture_output=True, text=True,
                           timeout=60, cwd=cwd)
@@ -96,7 +96,7 @@ def test_status_without_sqlalchemy_shows_what_the_store_holds(rig: Rig, cli) -> 
 
     out, imported = _imported(rig, "status", "--json")
     assert json.loads(out)["counts"] == shown["counts"]
-    assert imported == (set() if rig.kind in LEAN_RIGS else {"sqlalchemy", "typer"})
+    assert imported == (set() if rig.kind in LEAN_RIGS else {"sqlalchemy", "typer"})  # (PostgreSQL: libpq itself)
 
 
 GRID = """\
