@@ -24,9 +24,10 @@ LEAN_RIGS = ("local", "postgres")  # where memq.store.direct reads the store its
 def _imported(rig: Rig, *args: str, cwd: Path | None = None) -> tuple[str, set[str]]:
     """stdout of `memq ARGS` run through the real entry point in a fresh interpreter, and which of
     SQLAlchemy, Typer, psycopg, PyYAML and memq.grid it imported."""
+    heavy = "('sqlalchemy', 'typer', 'psycopg', 'yaml')"
     code = ("import sys\nfrom memq.cli import main\nsys.argv = ['memq', *sys.argv[1:]]\ntry:\n    main()\n"
-            "finally:\n    print(sorted({m for m in sys.modules if m.split('.')[0] in ('sqlalchemy', 'typer', 'psycopg', 'yaml')"
-            " or m == 'memq.grid'}), file=sys.stderr)\n")
+            f"finally:\n    print(sorted({{m for m in sys.modules if m.split('.')[0] in {heavy} or m == 'memq.grid'}}),"
+            " file=sys.stderr)\n")
     done = subprocess.run([sys.executable, "-c", code, *rig.cli_args(), *args], capture_output=True, text=True,
                           timeout=60, cwd=cwd)
     assert done.returncode == 0, done.stderr
