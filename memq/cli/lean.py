@@ -6,15 +6,27 @@ Only the plain forms are taken here - ``[--root R] [--db URL] [--db-mode M] [--d
 and only where memq.store.direct can read the store. Everything else (other options, --help,
 --watch, an option's error, a store only the Store may open, a file that changed) returns False,
 and the Typer app (memq.cli.commands) runs the command as it always does.
+
+The submit fingerprint (:func:`fingerprint`) covers the grid file's bytes, the --set values as
+given, memq's version, and when each directory of installed packages (site-packages) last changed:
+a package installed, upgraded or removed there (a plugin's job kinds, say) changes it. It cannot
+see a kind's validator that would now judge otherwise (weights removed from the root) or code
+edited in place without a version bump: `memq submit --force` expands and validates anyway.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import memq
+from memq.errors import UserError
 from memq.options import RootOptions
+
+T = TypeVar("T")
 
 _QUEUE_OPTIONS = {"--root": "root", "--db": "db", "--db-mode": "db_mode"}
 _FLAGS = {"status": {"--json"}, "submit": {"--json"}}
@@ -76,11 +88,37 @@ def run(argv: list[str]) -> bool:
     return _unchanged_submit(options, Path(parsed.arguments[0]), parsed.sets, "--json" in parsed.flags)
 
 
+def fingerprint(grid_file: Path, overrides: Sequence[str]) -> str:
+    """What expanding ``grid_file`` with these --set values (raw, in order) here depends on, hashed
+    (see above). Raises OSError when the file cannot be read."""
+    import hashlib
+
+    h = hashlib.sha256()
+    installed = [f"{p}:{os.stat(p).st_mtime_ns}" for p in sys.path if p.endswith("site-packages") and os.path.isdir(p)]
+    for part in ("memq-submit/1", memq.__version__, *installed, *overrides):
+        h.update(part.encode("utf-8", "surrogateescape") + b"\0")
+    h.update(b"\0" + grid_file.read_bytes())
+    return h.hexdigest()
+
+
+def _read(options: RootOptions, fn: Callable[[Any], T]) -> T | None:
+    """memq.store.direct.read of the queue these options name; None where the Store must read it."""
+    from memq.fsinfo import is_local
+    from memq.store import direct
+
+    try:
+        root = options.resolve_root()
+    except UserError:
+        return None
+    url = options.db_url()
+    return direct.read(root, url, options.db_mode, fn, fs_local=bool(url) or (root.is_dir() and is_local(root)))
+
+
 def _status(options: RootOptions, as_json: bool) -> bool:
     from memq.dashboard import snapshot_of
-    from memq.store import direct, overview
+    from memq.store import overview
 
-    view = direct.read(options, overview.read)
+    view = _read(options, overview.read)
     if view is None:
         return False
     print_status(snapshot_of(view), as_json)
@@ -105,14 +143,13 @@ def print_status(snap: dict[str, Any], as_json: bool) -> None:
 def _unchanged_submit(options: RootOptions, grid_file: Path, sets: list[str], as_json: bool) -> bool:
     """Say so and return True when the file is unchanged since the grid's last submit (with these
     --set values) and every job that submit left is still there."""
-    from memq.store import direct
-    from memq.store.fingerprint import fingerprint, unchanged
+    from memq.store.fingerprint import unchanged
 
     try:
         digest = fingerprint(grid_file, sets)
     except OSError:
         return False
-    found = direct.read(options, lambda cursor: unchanged(cursor, digest))
+    found = _read(options, lambda cursor: unchanged(cursor, digest))
     if found is None:
         return False
     print_unchanged(found, as_json)

@@ -30,7 +30,7 @@ def submit(
     A file unchanged since the grid's last submit (same bytes, same --set values, same installed
     packages) with all its jobs still queued is not expanded again, so its kinds' validators do not
     run again either; --force expands and validates it anyway."""
-    from memq.store.fingerprint import fingerprint
+    from memq.cli.lean import fingerprint
 
     digest = fingerprint(grid_file, set_ or []) if grid_file.is_file() else None
     if digest and not (force or dry_run) and _unchanged(ctx, digest, as_json):

@@ -17,7 +17,6 @@ from typing import Any, TypeVar
 
 from memq.errors import UserError
 from memq.files import apply_root_umask
-from memq.options import RootOptions
 from memq.store.names import SCHEMA_VERSION
 
 T = TypeVar("T")
@@ -26,19 +25,15 @@ VERSION = "SELECT value FROM meta WHERE key = 'schema_version'"
 _PG_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg")
 
 
-def read(options: RootOptions, fn: Callable[[Any], T]) -> T | None:
-    """``fn`` of a cursor in one read transaction of the root's store; None where only the Store
-    may read it (see above), or the read failed."""
-    try:
-        root = options.resolve_root()
-    except UserError:
-        return None
-    url = options.db_url()
+def read(root: Path, url: str | None, db_mode: str | None, fn: Callable[[Any], T], *, fs_local: bool) -> T | None:
+    """``fn`` of a cursor in one read transaction of the store of ``root`` (``url``: in PostgreSQL;
+    ``fs_local``: the root is on a local filesystem); None where only the Store may read it (see
+    above), or the read failed."""
     if not root.is_dir():
         return None
     if url:
         return _postgres(url, fn)
-    if options.db_mode not in (None, "local"):
+    if db_mode not in (None, "local") or not fs_local:
         return None
     return _sqlite(root, fn)
 
@@ -52,12 +47,11 @@ def _current(cursor: Any) -> bool:
 def _sqlite(root: Path, fn: Callable[[Any], T]) -> T | None:
     import sqlite3
 
-    from memq.fsinfo import is_local
     from memq.store.sqlite_file import DB_FILE, connect, recorded_mode
 
     path = root / DB_FILE
     try:
-        if not path.stat().st_size or recorded_mode(path) != "local" or not is_local(root):
+        if not path.stat().st_size or recorded_mode(path) != "local":
             return None
     except (OSError, UserError):
         return None

@@ -29,7 +29,7 @@ class QueueOps(StoreBase):
 
     def submit(self, grid: GridSpec, fingerprint: str | None = None) -> SubmitResult:
         """Insert the grid's jobs; keys already present are left as they are (idempotent).
-        ``fingerprint``: of what was expanded into ``grid`` (memq.store.fingerprint), kept on the
+        ``fingerprint``: of what was expanded into ``grid`` (memq.cli.lean.fingerprint), kept on the
         grid's row with its job count when no queued job differs from the file (else none is kept:
         the next submit expands the file again, and says so again)."""
         now = time.time()

@@ -221,7 +221,7 @@ def add_grid(insert: Any, name: str, source: str | None, now: float) -> Any:
 
 
 def set_fingerprint(grid: int, fingerprint: str | None, jobs: int) -> Any:
-    """What the grid's last submit expanded (memq.store.fingerprint), and how many jobs it had then."""
+    """What the grid's last submit expanded (memq.cli.lean.fingerprint), and how many jobs it had then."""
     return s.grids.update().where(s.grids.c.id == grid).values(fingerprint=fingerprint, fingerprint_jobs=jobs)
 
 
