@@ -153,3 +153,19 @@ def test_an_unchanged_resubmit_is_not_expanded_and_writes_nothing(rig: Rig, cli,
     bad = cli(*base, "submit", path)
     assert bad.code == 2 and bad.out == "" and bad.err.startswith(f"error: {path}:5:")
     assert (store.version(), store.jobs()) == before
+
+
+def test_text_and_empty_values_come_back_as_written(rig: Rig, cli) -> None:
+    """What PostgreSQL's COPY text escapes (tab, newline, backslash) and what it writes for NULL (\\N)
+    and for '' are read back as they were written (memq.store.libpq), as by the Store's driver."""
+    store = rig.store()
+    store.submit(GridSpec("t", (GroupSpec("g"),), (JobSpec("t", "g", "command", {}, command=["true"]),)))
+    odd = "exit 1:\ttab, \\N, back\\slash\nnew line é ✓"
+    for name, reason in (("w-odd", odd), ("w-empty", ""), ("w-none", None)):
+        store.set_worker_state(worker(store, name).id, "quarantined", reason)
+    store.set_sharing(worker(store, "w-shares", gpus=[0]).id, {"0": [2, 0.5]})
+    shown = json.loads(cli(*rig.cli_args(), "status", "--json").out)
+    assert [(w["name"], w["reason"]) for w in shown["workers"]] == [
+        ("w-odd", odd), ("w-empty", ""), ("w-none", None), ("w-shares", None)]
+    assert shown["workers"][3]["sharing"] == {"0": [2, 0.5]} and shown["workers"][3]["gpus"] == [0]
+    assert _without_ages(shown) == _without_ages(json.loads(json.dumps(snapshot(store))))
