@@ -377,8 +377,9 @@ def test_a_claim_whose_reply_was_lost_goes_back_to_the_queue_at_the_next_heartbe
 
 DROP_V4_COLUMNS = ("ALTER TABLE jobs DROP COLUMN gpu_share", "ALTER TABLE jobs DROP COLUMN gpu_mem_gb",
                    "ALTER TABLE workers DROP COLUMN sharing")  # schema version 4: GPU sharing
-DROP_V5_COLUMNS = ("ALTER TABLE grids DROP COLUMN fingerprint",
-                   "ALTER TABLE grids DROP COLUMN fingerprint_jobs")  # schema version 5: submit fingerprints
+DROP_V5_COLUMNS = ("ALTER TABLE grids DROP COLUMN fingerprint", "ALTER TABLE grids DROP COLUMN fingerprint_jobs",
+                   "DROP INDEX ix_jobs_group_state", "CREATE INDEX ix_jobs_group_state ON jobs (group_id, state)",
+                   )  # schema version 5: submit fingerprints, GPUs and run times in the (group, state) index
 
 
 def _downgrade_to_version_1(st) -> None:
@@ -419,6 +420,9 @@ def test_a_version_1_database_is_upgraded_when_opened(rig: Rig) -> None:
     def shape(conn: sa.Connection) -> tuple[str, set[str], set[str], list[str], bool]:
         inspector = sa.inspect(conn)
         version = conn.execute(sa.text("SELECT value FROM meta WHERE key = 'schema_version'")).scalar_one()
+        by_state = next(ix for ix in inspector.get_indexes("jobs") if ix["name"] == "ix_jobs_group_state")
+        assert by_state["column_names"] == ["group_id", "state", "gpus", "started_at", "finished_at"]
+        assert {"fingerprint", "fingerprint_jobs"} <= {c["name"] for c in inspector.get_columns("grids")}
         return (version, {ix["name"] for ix in inspector.get_indexes("jobs")},
                 {ix["name"] for ix in inspector.get_indexes("attempts")},
                 inspector.get_pk_constraint("attempts")["constrained_columns"], inspector.has_table("group_job_deps"))
