@@ -29,6 +29,7 @@ from memq.options import RootOptions
 T = TypeVar("T")
 
 _QUEUE_OPTIONS = {"--root": "root", "--db": "db", "--db-mode": "db_mode"}
+# per command: its flags, its options that take a value, and how many arguments it takes
 _FLAGS = {"status": {"--json"}, "submit": {"--json"}}
 _VALUED = {"status": set(), "submit": {"--set"}}
 _ARGUMENTS = {"status": 0, "submit": 1}
@@ -65,7 +66,7 @@ def _parse(argv: list[str]) -> _Parsed | None:
             pass
         elif command and arg in _FLAGS[command]:
             out.flags.add(arg)
-        elif arg.startswith("-") or (command is None and arg not in _FLAGS):
+        elif arg.startswith("-") or (command is None and arg not in _ARGUMENTS):
             return None  # (before the command: only the queue's options and --debug)
         elif command is None:
             out.command = arg
