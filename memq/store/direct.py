@@ -23,6 +23,7 @@ T = TypeVar("T")
 
 VERSION = "SELECT value FROM meta WHERE key = 'schema_version'"
 _PG_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg")
+_CONNECT_TIMEOUT = 5  # seconds
 
 
 def read(root: Path, url: str | None, db_mode: str | None, fn: Callable[[Any], T], *, fs_local: bool) -> T | None:
@@ -77,6 +78,9 @@ def _postgres(url: str, fn: Callable[[Any], T]) -> T | None:
     scheme, sep, rest = url.partition("://")
     if scheme not in _PG_SCHEMES or not sep:
         return None
+    # (bounded: where the server cannot be reached, the Store tries again and says so)
+    if "connect_timeout=" not in rest:
+        rest += ("&" if "?" in rest else "?") + f"connect_timeout={_CONNECT_TIMEOUT}"
     try:
         conn = Connection(f"postgresql://{rest}")
     except LibpqError:
