@@ -116,18 +116,16 @@ def status(
                         where="--interval")
 
     st = store(ctx)
-    if as_json:
-        print_json(snapshot(st))
+    if as_json or not watch:
+        from memq.cli.lean import print_status
+
+        print_status(snapshot(st), as_json)
         return
     from rich.console import Console
+    from rich.live import Live
 
     # What workers and jobs wrote (names, reasons, progress) is shown as text: no [markup], no escapes.
     console = Console(markup=False)
-    if not watch:
-        console.print(render(printable(snapshot(st))))
-        return
-    from rich.live import Live
-
     with Live(render(printable(snapshot(st))), console=console, refresh_per_second=4, screen=False) as live:
         try:
             while True:
