@@ -9,7 +9,8 @@ For each backend (a fresh root, or a fresh PostgreSQL database, per submit):
 * submit 111: `memq submit grids/xvbc.yaml` end to end (interpreter start-up included), and the store
   call alone (`Store.submit` of the already parsed grid, in this process); parsing (`load_grid`) apart;
 * submit 100k: the same for a generated 1000 x 100 command grid; then the same file submitted again
-  (idempotent: nothing added), end to end and `Store.submit` alone;
+  (idempotent: nothing added), end to end - unchanged since the last submit, so not expanded again
+  (memq.cli.lean) - and with --force (expanded and validated again), and `Store.submit` alone;
 * the bare-insert baseline: one transaction that inserts the same 100k job rows into a fresh queue's
   jobs table (SQLite: sqlite3 executemany; PostgreSQL: psycopg COPY), no memq logic: the rows' values,
   JSON included, are serialised inside the timed transaction, keys are precomputed;
@@ -50,7 +51,8 @@ from _common import (
 XVBC = REPO / "grids" / "xvbc.yaml"
 TARGETS = {"submit": 10.0, "counts": 0.2, "snapshot": 0.2, "status --json": 1.0, "--help": 0.5}
 WORKERS = 1000  # registered workers on the status table (issue 20)
-STATUS_IMPORTS = "import memq.cli, memq.dashboard, memq.root, memq.store.sqlite, rich.console, rich.table"
+# what `memq status` imports on its lean path (memq.cli.lean; the table adds rich)
+STATUS_IMPORTS = "import memq.cli.lean, memq.dashboard, memq.store.direct, memq.store.overview, sqlite3"
 
 
 def big_grid(path: Path, n: int) -> Path:
@@ -136,8 +138,9 @@ def job_rows(spec: Any, grid_id: int, group_id: int) -> list[dict[str, Any]]:
     """The rows Store.submit inserts for ``spec`` (one group), keys computed beforehand."""
     return [{"key": j.key, "grid_id": grid_id, "group_id": group_id, "kind": j.kind, "params": j.params,
              "repeat": j.repeat, "command": j.command, "spec_hash": j.spec_hash, "gpus": j.gpus, "cpus": j.cpus,
-             "mem_gb": j.mem_gb, "priority": j.priority, "max_attempts": j.max_attempts, "state": "queued",
-             "attempt": 0, "failures": 0, "crashes": 0, "cancel_requested": False, "from_scratch": False,
+             "mem_gb": j.mem_gb, "gpu_share": j.gpu_share, "gpu_mem_gb": j.gpu_mem_gb, "priority": j.priority,
+             "max_attempts": j.max_attempts, "state": "queued", "attempt": 0, "failures": 0, "crashes": 0,
+             "cancel_requested": False, "from_scratch": False,
              "submitted_at": time.time()} for j in spec.jobs]
 
 
@@ -190,6 +193,7 @@ def bare_insert(store: Any, spec: Any) -> float:
 
 
 def bench_backend(kind: str, args: argparse.Namespace, rows: list[list[Any]], goals: list[list[Any]]) -> None:
+    from memq.cli.lean import fingerprint
     from memq.dashboard import snapshot
     from memq.grid import load_grid
     from memq.root import open_store
@@ -247,16 +251,21 @@ def bench_backend(kind: str, args: argparse.Namespace, rows: list[list[Any]], go
         # the big table: submitted once more (idempotent), then populated and queried
         cli_args, opts = where.fresh()
         timed([*MEMQ, *cli_args, "submit", str(big)], cwd=REPO)
-        again, again_store = [], []
+        again, forced, again_store = [], [], []
         store = open_store(opts, create=False)
+        digest = fingerprint(big, [])  # (what the CLI keeps: Store.submit without it would clear it)
         for _ in range(args.big_repeat):
             seconds, proc = timed([*MEMQ, *cli_args, "submit", str(big)], cwd=REPO)
-            assert "0 jobs added" in proc.stdout, proc.stdout
+            assert "unchanged since the last submit" in proc.stdout, proc.stdout
             again.append(seconds)
+            seconds, proc = timed([*MEMQ, *cli_args, "submit", "--force", str(big)], cwd=REPO)
+            assert "0 jobs added" in proc.stdout, proc.stdout
+            forced.append(seconds)
             t0 = time.perf_counter()
-            assert store.submit(spec).added == 0
+            assert store.submit(spec, digest).added == 0
             again_store.append(time.perf_counter() - t0)
-        add(f"resubmit {args.jobs:,} (nothing new): CLI", again)
+        add(f"resubmit {args.jobs:,} (nothing new): CLI", again, note="unchanged: not expanded")
+        add(f"resubmit {args.jobs:,} --force: CLI", forced, note="expanded and validated again")
         add(f"resubmit {args.jobs:,} (nothing new): Store.submit", again_store)
         populate(store)
         counts, snaps, status, status_rich = [], [], [], []

@@ -7,12 +7,14 @@ only; liveness decisions never use them (design.md 5).
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from memq.host import runs_here
 from memq.jobenv import EXIT_PERMANENT
-from memq.store.schema import STATES
-from memq.store.store import Store
+from memq.store.names import STATES
+
+if TYPE_CHECKING:
+    from memq.store.store import Store
 
 LIVE_STATES = ("active", "draining", "quarantined")  # worker states that may still hold jobs
 IDLE_LISTED = 20  # plainly idle workers the table lists one by one; more are counted in one line
@@ -72,8 +74,12 @@ def _unrunnable(gpu_needs: dict[str, dict[int, int]], workers: list[dict[str, An
 
 def snapshot(store: Store, *, with_groups: bool = True) -> dict[str, Any]:
     """Everything `memq status` shows, as JSON-ready values (one read of the store)."""
+    return snapshot_of(store.overview(with_groups=with_groups))
+
+
+def snapshot_of(view: dict[str, Any]) -> dict[str, Any]:
+    """:func:`snapshot` of what memq.store.overview.read returned."""
     now = time.time()
-    view = store.overview(with_groups=with_groups)
     total = dict.fromkeys(STATES, 0)
     grids = []
     durations = view["durations"]
@@ -86,7 +92,7 @@ def snapshot(store: Store, *, with_groups: bool = True) -> dict[str, Any]:
                                  "total": sum(per_state.values()), "done": remaining == 0}
         if name in durations and remaining:
             entry["eta_s"] = round(remaining * durations[name] / max(per_state["running"], 1), 1)
-        if with_groups:
+        if "groups" in grid:
             groups = grid["groups"]
             by_name = {g["name"]: g for g in groups}
             for g in groups:

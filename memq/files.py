@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -52,3 +53,9 @@ def write_atomically(path: str | os.PathLike[str], write: Callable[[Path], Any],
 
 def write_text_atomically(path: str | os.PathLike[str], text: str, *, durable: bool = True) -> Path:
     return write_atomically(path, lambda tmp: tmp.write_text(text), durable=durable)
+
+
+def apply_root_umask(root: Path) -> None:
+    """New files get at most the root's permission bits (never group-writable unless it is)."""
+    mode = stat.S_IMODE(root.stat().st_mode)
+    os.umask(~mode & 0o077)

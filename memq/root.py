@@ -7,21 +7,14 @@ Files take the root's own permission bits: group-writable only where the root is
 
 from __future__ import annotations
 
-import os
-import stat
 from pathlib import Path
 
 from memq.errors import UserError
+from memq.files import apply_root_umask
 from memq.options import RootOptions
 from memq.store.backends import DB_FILE, open_backend
 from memq.store.base import VERSION_FILE
 from memq.store.store import Store
-
-
-def apply_root_umask(root: Path) -> None:
-    """New files get at most the root's permission bits (never group-writable unless it is)."""
-    mode = stat.S_IMODE(root.stat().st_mode)
-    os.umask(~mode & 0o077)
 
 
 def _refuse_lost_queue(root: Path) -> None:

@@ -22,8 +22,19 @@ def submit(
     set_: Annotated[list[str] | None, typer.Option(
         "--set", help="KEY=VALUE added to every job's params (e.g. DATASET.DIR=/data/prepared).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Expand and validate the file even if it is unchanged since the grid's last submit.")] = False,
 ) -> None:
-    """Expand a grid file into jobs and enqueue the ones not already queued (idempotent)."""
+    """Expand a grid file into jobs and enqueue the ones not already queued (idempotent).
+
+    A file unchanged since the grid's last submit (same bytes, same --set values, same installed
+    packages) with all its jobs still queued is not expanded again, so its kinds' validators do not
+    run again either; --force expands and validates it anyway."""
+    from memq.cli.lean import fingerprint
+
+    digest = fingerprint(grid_file, set_ or []) if grid_file.is_file() else None
+    if digest and not (force or dry_run) and _unchanged(ctx, digest, as_json):
+        return
     from memq.grid import load_grid
     from memq.overrides import parse_overrides
 
@@ -36,15 +47,31 @@ def submit(
     if dry_run:
         _print_expanded(spec, as_json)
         return
-    result = store(ctx, create=True).submit(spec)
+    result = store(ctx, create=True).submit(spec, digest)
     if as_json:
-        print_json({"grid": result.grid, "added": result.added, "existing": result.existing, "edited": result.edited})
+        print_json({"grid": result.grid, "added": result.added, "existing": result.existing, "edited": result.edited,
+                    "unchanged": False})
         return
     typer.echo(f"{result.grid}: {count(result.added, 'job')} added, {result.existing} already queued")
     if result.edited:
         verb = "differs" if result.edited == 1 else "differ"
         typer.echo(f"note: {count(result.edited, 'queued job')} {verb} from the file (command, resources, priority "
                    "or attempts); they keep what they were submitted with. Cancel and resubmit to change them.")
+
+
+def _unchanged(ctx: typer.Context, digest: str, as_json: bool) -> bool:
+    """Say so and return True if the grid was last submitted with this fingerprint and still has
+    all its jobs (memq.cli.lean answers this first where it can read the store itself)."""
+    from memq.cli.lean import print_unchanged
+    from memq.errors import UserError
+
+    try:
+        found = store(ctx).unchanged(digest)
+    except UserError:  # no queue here yet
+        return False
+    if found is not None:
+        print_unchanged(found, as_json)
+    return found is not None
 
 
 def _print_expanded(spec, as_json: bool) -> None:  # type: ignore[no-untyped-def]
@@ -89,18 +116,16 @@ def status(
                         where="--interval")
 
     st = store(ctx)
-    if as_json:
-        print_json(snapshot(st))
+    if as_json or not watch:
+        from memq.cli.lean import print_status
+
+        print_status(snapshot(st), as_json)
         return
     from rich.console import Console
+    from rich.live import Live
 
     # What workers and jobs wrote (names, reasons, progress) is shown as text: no [markup], no escapes.
     console = Console(markup=False)
-    if not watch:
-        console.print(render(printable(snapshot(st))))
-        return
-    from rich.live import Live
-
     with Live(render(printable(snapshot(st))), console=console, refresh_per_second=4, screen=False) as live:
         try:
             while True:

@@ -14,7 +14,8 @@ import sqlalchemy as sa
 from memq.errors import UserError
 from memq.store.backend import Backend
 from memq.store.postgres import Postgres
-from memq.store.sqlite import DB_FILE, LocalSQLite, SharedSQLite, record_mode, recorded_mode
+from memq.store.sqlite import LocalSQLite, SharedSQLite, record_mode
+from memq.store.sqlite_file import DB_FILE, recorded_mode
 
 
 def _precreate(path: Path) -> bool:

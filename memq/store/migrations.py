@@ -37,21 +37,26 @@ def upgrade(conn: Connection) -> None:
     """Bring an older database to this schema. Version 1 -> 2: the job indexes that changed on every
     claim and finish are replaced, attempts are keyed by (job, attempt). Version 2 -> 3 adds
     group_job_deps, which :func:`create` has made already. Version 3 -> 4 adds the columns of GPU
-    sharing (:data:`V4_COLUMNS`). Newer versions are an error."""
+    sharing (:data:`V4_COLUMNS`); 4 -> 5 the grids' submit fingerprints (:data:`V5_COLUMNS`) and the
+    GPUs and run times in :data:`V5_INDEX`. Newer versions are an error."""
     found = schema_version(conn)
     if found == s.SCHEMA_VERSION:
         return
-    if found not in (1, 2, 3):
+    if found not in (1, 2, 3, 4):
         raise UserError(f"database schema version {found}, this memq needs {s.SCHEMA_VERSION}",
                         hint="use the memq version that created it")
     if found == 1:
         _indexes_and_attempts_of_v2(conn)
-    for table, column in V4_COLUMNS:
+    for table, column in (V4_COLUMNS if found < 4 else ()) + V5_COLUMNS:
         _add_column(conn, s.metadata.tables[table].c[column])
+    conn.execute(sa.text(f"DROP INDEX {V5_INDEX}"))  # (version 5 added columns to it)
+    next(ix for ix in s.jobs.indexes if ix.name == V5_INDEX).create(conn)
     conn.execute(s.meta.update().where(s.meta.c.key == "schema_version").values(value=str(s.SCHEMA_VERSION)))
 
 
 V4_COLUMNS = (("jobs", "gpu_share"), ("jobs", "gpu_mem_gb"), ("workers", "sharing"))
+V5_COLUMNS = (("grids", "fingerprint"), ("grids", "fingerprint_jobs"))
+V5_INDEX = "ix_jobs_group_state"
 
 
 def _add_column(conn: Connection, column: sa.Column) -> None:

@@ -27,8 +27,11 @@ Q = s.JobState
 class QueueOps(StoreBase):
     """Submitting grids, and the worker's hot path: claim and finish."""
 
-    def submit(self, grid: GridSpec) -> SubmitResult:
-        """Insert the grid's jobs; keys already present are left as they are (idempotent)."""
+    def submit(self, grid: GridSpec, fingerprint: str | None = None) -> SubmitResult:
+        """Insert the grid's jobs; keys already present are left as they are (idempotent).
+        ``fingerprint``: of what was expanded into ``grid`` (memq.cli.lean.fingerprint), kept on the
+        grid's row with its job count when no queued job differs from the file (else none is kept:
+        the next submit expands the file again, and says so again)."""
         now = time.time()
         insert = self.backend.insert
 
@@ -61,6 +64,7 @@ class QueueOps(StoreBase):
             added = self.backend.insert_new_jobs(conn, NEW_JOB_COLUMNS, rows)
             _add_job_dependencies(conn, grid, group_ids)
             conn.execute(q.refresh_ready(grid_id))
+            conn.execute(q.set_fingerprint(grid_id, None if edited else fingerprint, len(known) + added))
             return SubmitResult(grid.name, added, len(grid.jobs) - len(fresh), edited)
 
         return self._write(tx)

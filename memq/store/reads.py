@@ -1,15 +1,21 @@
-"""Reads for display (status, jobs, workers, the dashboard) and the integrity check: plain row dicts."""
+"""Reads for display (status, jobs, workers, the dashboard) and the integrity check: plain row dicts.
+
+What `memq status` reads is plain SQL in memq.store.overview (also read without SQLAlchemy, by
+memq.cli.lean); it runs here on the driver's cursor, in the store's transaction."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
 
 from sqlalchemy.engine import Connection
 
-from memq.store import schema as s
+from memq.store import overview
 from memq.store import statements as q
 from memq.store.base import StoreBase
+from memq.store.fingerprint import unchanged as submitted
+
+T = TypeVar("T")
 
 
 def _rows(conn: Connection, query: Any) -> list[dict[str, Any]]:
@@ -18,92 +24,25 @@ def _rows(conn: Connection, query: Any) -> list[dict[str, Any]]:
     return [dict(zip(keys, row, strict=True)) for row in result]
 
 
-def _durations(conn: Connection, names: dict[int, str]) -> dict[str, float]:
-    """grid name (``names``: by grid id) -> mean run time of its succeeded jobs' last attempts."""
-    return {names[i]: float(avg) for i, avg in conn.execute(q.mean_durations()) if avg is not None}
-
-
-def _group_views(conn: Connection, rows: Sequence[Any], ids: list[int] | None,
-                 counts: Iterable[tuple[int, str, int]] | None = None) -> dict[int, dict[str, Any]]:
-    """Group id -> its name, readiness, the groups and single jobs it is after, and its counts by
-    state; ``rows`` (id, name, ready) are the groups of ``ids`` (None: every group), ``counts`` their
-    (group, state, jobs) when already read."""
-    names = {r.id: r.name for r in rows}
-    out = {r.id: {"name": r.name, "ready": r.ready, "after": [], "after_jobs": [],
-                  "counts": dict.fromkeys(s.STATES, 0)} for r in rows}
-    for gid, after in conn.execute(q.dependencies_of(ids)):
-        out[gid]["after"].append(names[after])
-    for gid, job_id, state in conn.execute(q.job_dependencies_of(ids)):
-        out[gid]["after_jobs"].append({"id": job_id, "state": state})
-    for gid, state, n in conn.execute(q.counts_by_group(ids)) if counts is None else counts:
-        out[gid]["counts"][state] = n
-    return out
-
-
 class ReadOps(StoreBase):
     """What `memq status`, `memq jobs`, `memq workers`, the dashboard and `memq db check` show."""
 
     def counts(self) -> dict[str, dict[str, int]]:
         """grid name -> state -> number of jobs (every state present, zeros included)."""
-
-        def tx(conn: Connection) -> dict[str, dict[str, int]]:
-            names = dict(conn.execute(q.grid_names()).all())
-            grid_of = dict(conn.execute(q.group_grids()).all())
-            out = {name: dict.fromkeys(s.STATES, 0) for name in names.values()}
-            for group_id, state, n in conn.execute(q.counts_by_group()):
-                out[names[grid_of[group_id]]][state] += n
-            return out
-
-        return self._read(tx)
+        grids = self._plain(lambda cursor: overview.grids(cursor, with_groups=False))
+        return {g["name"]: g["counts"] for g in grids.values()}
 
     def grids(self) -> list[dict[str, Any]]:
         return self._read(lambda conn: _rows(conn, q.grids()))
 
     def groups(self, grid: str) -> list[dict[str, Any]]:
         """Groups of a grid with their dependencies and per-state counts (for blocked reasons)."""
-
-        def tx(conn: Connection) -> list[dict[str, Any]]:
-            rows = conn.execute(q.groups_of(grid)).all()
-            return list(_group_views(conn, rows, [r.id for r in rows]).values())
-
-        return self._read(tx)
+        grids = self._plain(overview.grids)
+        return next((g["groups"] for g in grids.values() if g["name"] == grid), [])
 
     def overview(self, *, with_groups: bool = True) -> dict[str, Any]:
-        """What `memq status` shows, read in one transaction with one query per kind of thing:
-        ``grids`` (id, name, paused, counts by state, and with ``with_groups`` their groups as
-        :meth:`groups` gives them), ``durations`` (grid -> mean run time), ``running`` (running
-        jobs, by index), ``workers`` (rows), ``failures`` (the 5 latest failed or lost attempts) and
-        ``gpu_needs`` (grid -> GPUs needed -> queued jobs that need GPUs)."""
-
-        def tx(conn: Connection) -> dict[str, Any]:
-            grids = {r.id: {"id": r.id, "name": r.name, "paused": r.paused, "counts": dict.fromkeys(s.STATES, 0)}
-                     for r in conn.execute(q.grids())}
-            groups = conn.execute(q.all_groups()).all()
-            grid_of = {r.id: r.grid_id for r in groups}
-            by_group = conn.execute(q.counts_by_group()).all()
-            for group_id, state, n in by_group:
-                grids[grid_of[group_id]]["counts"][state] += n
-            if with_groups:
-                views = _group_views(conn, groups, None, by_group)
-                for grid in grids.values():
-                    grid["groups"] = []
-                for r in groups:
-                    grids[r.grid_id]["groups"].append(views[r.id])
-            name = {i: g["name"] for i, g in grids.items()}
-            gpu_needs: dict[str, dict[int, int]] = {}
-            for grid_id, need, n in conn.execute(q.queued_gpu_jobs()):
-                gpu_needs.setdefault(name[grid_id], {})[need] = n
-            return {
-                "grids": list(grids.values()),
-                "durations": _durations(conn, name),
-                "running": [{"id": r.id, "grid": name[r.grid_id], "attempt": r.attempt, "progress": r.progress,
-                             "worker_id": r.worker_id} for r in conn.execute(q.running_jobs())],
-                "workers": _rows(conn, q.workers()),
-                "failures": _rows(conn, q.recent_failures(5)),
-                "gpu_needs": gpu_needs,
-            }
-
-        return self._read(tx)
+        """What `memq status` shows, read in one transaction (memq.store.overview.read)."""
+        return self._plain(lambda cursor: overview.read(cursor, with_groups=with_groups))
 
     def jobs(self, *, ids: Iterable[int] = (), grid: str | None = None, states: Sequence[str] = (),
              group: str | None = None, limit: int | None = None, newest_first: bool = False,
@@ -113,14 +52,28 @@ class ReadOps(StoreBase):
 
     def mean_durations(self) -> dict[str, float]:
         """grid name -> mean run time of its succeeded jobs' last attempts (for an ETA)."""
-
-        return self._read(lambda conn: _durations(conn, dict(conn.execute(q.grid_names()).all())))
+        return self._plain(lambda cursor: overview.durations(cursor, {
+            gid: g["name"] for g in overview.grids(cursor, with_groups=False).values() for gid in g["group_ids"]}))
 
     def attempts(self, job_id: int) -> list[dict[str, Any]]:
         return self._read(lambda conn: _rows(conn, q.attempts(job_id)))
 
+    def unchanged(self, fingerprint: str) -> str | None:
+        """The grid last submitted with this fingerprint, if all its jobs are still there
+        (memq.store.fingerprint.unchanged)."""
+        return self._plain(lambda cursor: submitted(cursor, fingerprint))
+
     def workers(self) -> list[dict[str, Any]]:
-        return self._read(lambda conn: _rows(conn, q.workers()))
+        return self._plain(overview.workers)
+
+    def _plain(self, fn: Callable[[Any], T]) -> T:
+        """``fn`` of a driver cursor in one read transaction (memq.store.overview's plain SQL)."""
+
+        def tx(conn: Connection) -> T:
+            with self.backend.driver_cursor(conn, getattr(fn, "__qualname__", "overview")) as cursor:
+                return fn(cursor)
+
+        return self._read(tx)
 
     def integrity(self) -> list[str]:
         """Problems found by the database's own check plus memq's invariants; [] when healthy."""

@@ -6,33 +6,13 @@ depends on two hosts' clocks agreeing (liveness uses heartbeat counters, design.
 
 from __future__ import annotations
 
-import enum
-
 import sqlalchemy as sa
 
-SCHEMA_VERSION = 4
+from memq.store.names import SCHEMA_VERSION as SCHEMA_VERSION
+from memq.store.names import STATES as STATES
+from memq.store.names import JobState, WorkerState
 
 metadata = sa.MetaData()
-
-
-class JobState(enum.StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-STATES = tuple(s.value for s in JobState)
-
-
-class WorkerState(enum.StrEnum):
-    ACTIVE = "active"
-    DRAINING = "draining"
-    QUARANTINED = "quarantined"
-    STOPPED = "stopped"
-    DEAD = "dead"
-
 
 meta = sa.Table(
     "meta", metadata,
@@ -47,6 +27,10 @@ grids = sa.Table(
     sa.Column("paused", sa.Boolean, nullable=False, default=False),
     sa.Column("source", sa.Text),
     sa.Column("created_at", sa.Float, nullable=False),
+    # What the last submit expanded (memq.cli.lean.fingerprint) and how many jobs the grid had after
+    # it (version 5): the same fingerprint with as many jobs still there is not expanded again.
+    sa.Column("fingerprint", sa.String(64)),
+    sa.Column("fingerprint_jobs", sa.Integer),
 )
 
 groups = sa.Table(
@@ -120,7 +104,9 @@ jobs = sa.Table(
     # group, dependencies); grids are found by id alone; a job has a worker exactly while it runs,
     # so the workers' index holds running jobs only (and `worker_id = x` implies its condition).
     sa.Index("ix_jobs_grid", "grid_id"),
-    sa.Index("ix_jobs_group_state", "group_id", "state"),
+    # (version 5: with the GPUs and the two times, which change with state or not at all, so that
+    # `memq status` reads GPU needs and run times from the index alone)
+    sa.Index("ix_jobs_group_state", "group_id", "state", "gpus", "started_at", "finished_at"),
     sa.Index("ix_jobs_running", "worker_id", sqlite_where=sa.text("worker_id IS NOT NULL"),
              postgresql_where=sa.text("worker_id IS NOT NULL")),
 )

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import sqlite3
-import urllib.parse
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,29 +27,11 @@ from memq.files import write_text_atomically
 from memq.lock import LeaseLock
 from memq.store import statements as q
 from memq.store.backend import Backend
+from memq.store.sqlite_file import DB_FILE as DB_FILE
+from memq.store.sqlite_file import MODE_FILE, MODES, connect
 
-DB_FILE = "queue.db"
 LOCK_FILE = "queue.db.lock"
-MODE_FILE = "queue.mode"
-MODES = ("local", "shared")
 _JOURNAL = {"local": "WAL", "shared": "DELETE"}
-
-
-def recorded_mode(path: Path) -> str | None:
-    """The SQLite mode a database was created in ('local' or 'shared'); None if it is new.
-
-    Kept in a side file: reading the database file's own header would mean opening and closing
-    it, and closing any descriptor of a file drops every POSIX lock this process holds on it -
-    SQLite's included (sqlite.org/howtocorrupt.html, 2.2).
-    """
-    mode_file = path.with_name(MODE_FILE)
-    try:
-        mode = mode_file.read_text().strip()
-    except FileNotFoundError:
-        return None
-    if mode not in MODES:
-        raise UserError(f"unknown mode {mode!r}", where=str(mode_file), hint="local or shared")
-    return mode
 
 
 def record_mode(path: Path, mode: str) -> None:
@@ -108,17 +89,10 @@ def _default_synchronous() -> int:
 
 
 def _engine(path: Path, *, shared: bool) -> Engine:
-    """An engine on the database file ``path``, which exists: opened read-write, never created
-    (mode=rw), so that a worker whose file is gone for a while (moved away, a network filesystem's
-    hiccup) reports it unavailable instead of making an empty database in its place. The URI is
-    percent-encoded here, so any character may be in the path. Shared: SQLite's own locking off
-    (memq's lock stands in), and a fresh connection per transaction."""
-    uri = f"file:{urllib.parse.quote(str(path))}?mode=rw" + ("&nolock=1" if shared else "")
-
-    def connect() -> sqlite3.Connection:
-        return sqlite3.connect(uri, uri=True, timeout=60, check_same_thread=False)
-
-    return sa.create_engine("sqlite://", creator=connect, poolclass=NullPool if shared else QueuePool)
+    """An engine on the database file ``path`` (memq.store.sqlite_file.connect); shared: a fresh
+    connection per transaction."""
+    return sa.create_engine("sqlite://", creator=lambda: connect(path, shared=shared),
+                            poolclass=NullPool if shared else QueuePool)
 
 
 @functools.cache

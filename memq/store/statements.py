@@ -220,6 +220,11 @@ def add_grid(insert: Any, name: str, source: str | None, now: float) -> Any:
             .on_conflict_do_nothing(index_elements=["name"]))
 
 
+def set_fingerprint(grid: int, fingerprint: str | None, jobs: int) -> Any:
+    """What the grid's last submit expanded (memq.cli.lean.fingerprint), and how many jobs it had then."""
+    return s.grids.update().where(s.grids.c.id == grid).values(fingerprint=fingerprint, fingerprint_jobs=jobs)
+
+
 def lock_grid(name: str) -> Any:
     """The grid's id, its row locked until commit where the database locks rows (SQLite: its
     writers are serialised anyway) - concurrent submits of one grid take turns."""
@@ -430,50 +435,11 @@ def set_paused(grid: str, paused: bool) -> Any:
     return s.grids.update().where(s.grids.c.name == grid).values(paused=paused)
 
 
-# -- reads for display ----------------------------------------------------------------------------
-
-def grid_names() -> Any:
-    return sa.select(s.grids.c.id, s.grids.c.name)
-
-
-def group_grids() -> Any:
-    return sa.select(s.groups.c.id, s.groups.c.grid_id)
-
-
-def counts_by_group(groups: list[int] | None = None) -> Any:
-    """(group, state, jobs); by (group, state): the one index that has state."""
-    query = sa.select(J.c.group_id, J.c.state, sa.func.count()).group_by(J.c.group_id, J.c.state)
-    return query if groups is None else query.where(J.c.group_id.in_(groups))
-
+# -- reads for display (what `memq status` reads: memq.store.overview) -------------------------
 
 def grids() -> Any:
     gr = s.grids
     return sa.select(gr.c.id, gr.c.name, gr.c.paused, gr.c.source, gr.c.created_at).order_by(gr.c.id)
-
-
-def groups_of(grid: str) -> Any:
-    g, gr = s.groups, s.grids
-    return (sa.select(g.c.id, g.c.name, g.c.ready).join(gr, gr.c.id == g.c.grid_id)
-            .where(gr.c.name == grid).order_by(g.c.id))
-
-
-def all_groups() -> Any:
-    g = s.groups
-    return sa.select(g.c.id, g.c.grid_id, g.c.name, g.c.ready).order_by(g.c.id)
-
-
-def dependencies_of(groups: list[int] | None) -> Any:
-    """(group, group it is after) of these groups (None: of every group)."""
-    d = s.group_deps
-    query = sa.select(d.c.group_id, d.c.after_group_id)
-    return query if groups is None else query.where(d.c.group_id.in_(groups))
-
-
-def job_dependencies_of(groups: list[int] | None) -> Any:
-    """(group, job id, job state) of the single jobs these groups wait for (None: every group)."""
-    d = s.group_job_deps
-    query = sa.select(d.c.group_id, J.c.id, J.c.state).join(J, J.c.id == d.c.after_job_id)
-    return query if groups is None else query.where(d.c.group_id.in_(groups))
 
 
 def jobs(where: Any, group: str | None, limit: int | None, newest_first: bool) -> Any:
@@ -491,45 +457,10 @@ def jobs(where: Any, group: str | None, limit: int | None, newest_first: bool) -
             .where(where).order_by(J.c.id.desc() if newest_first else J.c.id).limit(limit))
 
 
-def mean_durations() -> Any:
-    """(grid id, mean run time of its succeeded jobs' last attempts); one scan, no join (names are
-    the caller's: joining grids per row doubled the time on 100,000 jobs)."""
-    return (sa.select(J.c.grid_id, sa.func.avg(J.c.finished_at - J.c.started_at))
-            .where(J.c.state == _lit(Q.SUCCEEDED.value)).group_by(J.c.grid_id))
-
-
-def running_jobs() -> Any:
-    """(id, grid id, attempt, progress, worker) of the running jobs, from their index."""
-    return (sa.select(J.c.id, J.c.grid_id, J.c.attempt, J.c.progress, J.c.worker_id)
-            .where(RUNNING_ON_A_WORKER, J.c.state == _lit(Q.RUNNING.value)).order_by(J.c.id))
-
-
-def queued_gpu_jobs() -> Any:
-    """(grid id, GPUs needed, queued jobs) of the queued jobs that need GPUs. Grouped by GPUs first:
-    grouped by grid first, SQLite scanned every job in the grids' index instead of the queued ones."""
-    return (sa.select(J.c.grid_id, J.c.gpus, sa.func.count()).where(J.c.state == _lit(Q.QUEUED.value),
-                                                                     J.c.gpus > _lit(0))
-            .group_by(J.c.gpus, J.c.grid_id))
-
-
-def recent_failures(limit: int) -> Any:
-    """The last failed or lost attempts, newest first, with their job's grid and group."""
-    g, gr = s.groups, s.grids
-    return (sa.select(A.c.job_id, A.c.attempt, A.c.outcome, A.c.exit_code, A.c.reason, A.c.ended_at,
-                      gr.c.name.label("grid"), g.c.name.label("group"))
-            .select_from(A.join(J, J.c.id == A.c.job_id).join(g, g.c.id == J.c.group_id)
-                         .join(gr, gr.c.id == g.c.grid_id))
-            .where(A.c.outcome.in_(["failed", "lost"])).order_by(A.c.ended_at.desc(), A.c.job_id.desc()).limit(limit))
-
-
 def attempts(job_id: int) -> Any:
     return (sa.select(A.c.attempt, A.c.started_at, A.c.ended_at, A.c.outcome, A.c.exit_code, A.c.reason,
                       W.c.name.label("worker"), W.c.host)
             .select_from(A.outerjoin(W, W.c.id == A.c.worker_id)).where(A.c.job_id == job_id).order_by(A.c.attempt))
-
-
-def workers() -> Any:
-    return sa.select(W).order_by(W.c.id)
 
 
 # -- integrity ------------------------------------------------------------------------------------

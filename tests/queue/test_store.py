@@ -377,6 +377,9 @@ def test_a_claim_whose_reply_was_lost_goes_back_to_the_queue_at_the_next_heartbe
 
 DROP_V4_COLUMNS = ("ALTER TABLE jobs DROP COLUMN gpu_share", "ALTER TABLE jobs DROP COLUMN gpu_mem_gb",
                    "ALTER TABLE workers DROP COLUMN sharing")  # schema version 4: GPU sharing
+DROP_V5_COLUMNS = ("ALTER TABLE grids DROP COLUMN fingerprint", "ALTER TABLE grids DROP COLUMN fingerprint_jobs",
+                   "DROP INDEX ix_jobs_group_state", "CREATE INDEX ix_jobs_group_state ON jobs (group_id, state)",
+                   )  # schema version 5: submit fingerprints, GPUs and run times in the (group, state) index
 
 
 def _downgrade_to_version_1(st) -> None:
@@ -395,7 +398,7 @@ def _downgrade_to_version_1(st) -> None:
         "SELECT row_number() OVER (ORDER BY job_id, attempt), job_id, attempt, worker_id, started_at, ended_at, "
         "outcome, exit_code, reason FROM attempts",
         "DROP TABLE attempts", "ALTER TABLE attempts_v1 RENAME TO attempts", "DROP TABLE group_job_deps",
-        *DROP_V4_COLUMNS, "UPDATE meta SET value = '1' WHERE key = 'schema_version'",
+        *DROP_V4_COLUMNS, *DROP_V5_COLUMNS, "UPDATE meta SET value = '1' WHERE key = 'schema_version'",
     ]
     st.backend.run(lambda conn: [conn.execute(sa.text(sql)) for sql in statements])
 
@@ -417,12 +420,15 @@ def test_a_version_1_database_is_upgraded_when_opened(rig: Rig) -> None:
     def shape(conn: sa.Connection) -> tuple[str, set[str], set[str], list[str], bool]:
         inspector = sa.inspect(conn)
         version = conn.execute(sa.text("SELECT value FROM meta WHERE key = 'schema_version'")).scalar_one()
+        by_state = next(ix for ix in inspector.get_indexes("jobs") if ix["name"] == "ix_jobs_group_state")
+        assert by_state["column_names"] == ["group_id", "state", "gpus", "started_at", "finished_at"]
+        assert {"fingerprint", "fingerprint_jobs"} <= {c["name"] for c in inspector.get_columns("grids")}
         return (version, {ix["name"] for ix in inspector.get_indexes("jobs")},
                 {ix["name"] for ix in inspector.get_indexes("attempts")},
                 inspector.get_pk_constraint("attempts")["constrained_columns"], inspector.has_table("group_job_deps"))
 
     version, job_indexes, attempt_indexes, key, job_deps = upgraded.backend.run(shape, write=False)
-    assert version == "4" and key == ["job_id", "attempt"] and not attempt_indexes and job_deps
+    assert version == "5" and key == ["job_id", "attempt"] and not attempt_indexes and job_deps
     assert {"ix_jobs_grid", "ix_jobs_running", "ix_jobs_group_state", "ix_jobs_queued"} <= job_indexes
     assert not job_indexes & {"ix_jobs_grid_state", "ix_jobs_worker"}
     assert {job["id"]: upgraded.attempts(job["id"]) for job in upgraded.jobs()} == history

@@ -18,7 +18,7 @@ from memq.store.types import Capacity
 
 from ..conftest import CliResult, Processes, Rig
 from . import test_worker as tw
-from .test_store import DROP_V4_COLUMNS, worker
+from .test_store import DROP_V4_COLUMNS, DROP_V5_COLUMNS, worker
 from .test_worker_gpus import _no_nvml, gpus_of  # noqa: F401 - _no_nvml: an autouse fixture
 
 out = tw.out  # the fixture: a directory for the jobs' start and end records
@@ -157,13 +157,13 @@ def test_a_version_3_database_is_upgraded_to_gpu_sharing(rig: Rig) -> None:
     st = rig.store()
     st.submit(GridSpec("old", (GroupSpec("a"),), (JobSpec("old", "a", "command", {}, command=["true"], gpus=1),)))
     me = worker(st, gpus=[0])
-    statements = [*DROP_V4_COLUMNS, "UPDATE meta SET value = '3' WHERE key = 'schema_version'"]
+    statements = [*DROP_V4_COLUMNS, *DROP_V5_COLUMNS, "UPDATE meta SET value = '3' WHERE key = 'schema_version'"]
     st.backend.run(lambda conn: [conn.execute(sa.text(sql)) for sql in statements])
 
     upgraded = rig.store(create=False)
     version = upgraded.backend.run(lambda conn: conn.execute(
         sa.text("SELECT value FROM meta WHERE key = 'schema_version'")).scalar_one(), write=False)
-    assert version == "4"
+    assert version == "5"
     assert [(j["gpus"], j["gpu_share"], j["gpu_mem_gb"]) for j in upgraded.jobs()] == [(1, 0.0, 0.0)]
     upgraded.submit(GridSpec("new", (GroupSpec("a"),), (
         JobSpec("new", "a", "command", {}, command=["true"], gpu_share=0.5, gpu_mem_gb=8),)))
