@@ -1,6 +1,5 @@
-"""Reading the store without SQLAlchemy, on a connection of its own (sqlite3, or libpq itself for
-PostgreSQL: memq.store.libpq): for the commands whose start-up SQLAlchemy's and psycopg's imports
-would dominate (memq.cli.lean).
+"""Reading the store without SQLAlchemy, on a connection of its own (sqlite3, or psycopg itself for
+PostgreSQL): for the commands whose start-up SQLAlchemy's import would dominate (memq.cli.lean).
 
 Only the plain case is read this way: a local-mode SQLite database on a local filesystem, or a
 PostgreSQL database, at this schema version. Anything else - no root, shared mode (its reads go
@@ -71,24 +70,18 @@ def _sqlite(root: Path, fn: Callable[[Any], T]) -> T | None:
 
 
 def _postgres(url: str, fn: Callable[[Any], T]) -> T | None:
-    """Through libpq itself (memq.store.libpq); None where that fails, so the Store (psycopg) reads it
-    and reports what is wrong."""
-    from memq.store.libpq import Connection, LibpqError
+    """Through psycopg without SQLAlchemy; None where that fails, so the Store reads it and reports
+    what is wrong."""
+    import psycopg
 
     scheme, sep, rest = url.partition("://")
     if scheme not in _PG_SCHEMES or not sep:
         return None
-    # (bounded: where the server cannot be reached, the Store tries again and says so)
-    if "connect_timeout=" not in rest:
-        rest += ("&" if "?" in rest else "?") + f"connect_timeout={_CONNECT_TIMEOUT}"
     try:
-        conn = Connection(f"postgresql://{rest}")
-    except LibpqError:
+        # (bounded: where the server cannot be reached, the Store tries again and says so)
+        with psycopg.connect(f"postgresql://{rest}", connect_timeout=_CONNECT_TIMEOUT) as conn:
+            conn.read_only = True
+            with conn.cursor() as cursor:
+                return fn(cursor) if _current(cursor) else None
+    except psycopg.Error:
         return None
-    try:
-        conn.execute("BEGIN READ ONLY")
-        return fn(conn) if _current(conn) else None
-    except LibpqError:
-        return None
-    finally:
-        conn.close()

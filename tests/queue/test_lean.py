@@ -18,7 +18,11 @@ from memq.store.types import Outcome
 from ..conftest import Rig
 from .test_store import CPU, worker
 
-LEAN_RIGS = ("local", "postgres")  # where memq.store.direct reads the store itself
+
+def lean_imports(rig: Rig) -> set[str]:
+    """What `memq status` may import of those _imported reports: where memq.store.direct reads the
+    store itself (local SQLite, PostgreSQL), the database's own driver only."""
+    return {"postgres": {"psycopg"}, "local": set()}.get(rig.kind, {"sqlalchemy", "typer"})
 
 
 def _imported(rig: Rig, *args: str, cwd: Path | None = None) -> tuple[str, set[str]]:
@@ -97,7 +101,7 @@ def test_status_without_sqlalchemy_shows_what_the_store_holds(rig: Rig, cli) -> 
 
     out, imported = _imported(rig, "status", "--json")
     assert json.loads(out)["counts"] == shown["counts"]
-    assert imported == (set() if rig.kind in LEAN_RIGS else {"sqlalchemy", "typer"})  # (PostgreSQL: libpq itself)
+    assert imported == lean_imports(rig)
 
 
 GRID = """\
@@ -128,7 +132,7 @@ def test_an_unchanged_resubmit_is_not_expanded_and_writes_nothing(rig: Rig, cli,
     before = (store.version(), store.jobs())
     assert submit().startswith(unchanged)
     out, imported = _imported(rig, "submit", str(path))
-    assert out.startswith(unchanged) and imported == (set() if rig.kind in LEAN_RIGS else {"sqlalchemy", "typer"})
+    assert out.startswith(unchanged) and imported == lean_imports(rig)
     assert json.loads(cli(*base, "submit", "--json", path).out) == {
         "grid": "fp", "added": 0, "existing": None, "edited": 0, "unchanged": True}
     assert (store.version(), store.jobs()) == before  # nothing written: every write moves the version
@@ -156,8 +160,8 @@ def test_an_unchanged_resubmit_is_not_expanded_and_writes_nothing(rig: Rig, cli,
 
 
 def test_text_and_empty_values_come_back_as_written(rig: Rig, cli) -> None:
-    """What PostgreSQL's COPY text escapes (tab, newline, backslash) and what it writes for NULL (\\N)
-    and for '' are read back as they were written (memq.store.libpq), as by the Store's driver."""
+    """Text with tabs, newlines, backslashes and \\N, '' and NULL are shown as they were written, by
+    the lean path (memq.store.direct) as by the Store's."""
     store = rig.store()
     store.submit(GridSpec("t", (GroupSpec("g"),), (JobSpec("t", "g", "command", {}, command=["true"]),)))
     odd = "exit 1:\ttab, \\N, back\\slash\nnew line é ✓"
