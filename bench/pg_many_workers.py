@@ -57,6 +57,7 @@ class Tally:
     beat_ms: list[float] = field(default_factory=list)
     late_ms: list[float] = field(default_factory=list)
     gap: float = 0.0  # longest time between a worker's lease renewals
+    cpu: float = 0.0  # this process's CPU seconds during the schedule (1 per second: bound by one core)
     errors: Counter[str] = field(default_factory=Counter)
     fenced: int = 0
     empty: int = 0  # claims that found no job
@@ -180,10 +181,12 @@ def run(args: argparse.Namespace, db: str, root: str) -> Tally:
                 schedule.put(time.time() + 1.0, due[1], due[2])
 
     threads = [threading.Thread(target=connection, args=(st,)) for st in stores]
+    cpu0 = time.process_time()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    tally.cpu = time.process_time() - cpu0
     for st in stores:
         st.backend.dispose()
     tally.overdue.update(what for when, _, what in schedule.heap if when < schedule.stop_at)
@@ -225,7 +228,8 @@ def main() -> None:
     twice = sum(1 for k in tally.claimed.values() if k > 1)
     print(f"\nlongest gap between a worker's lease renewals: {tally.gap:.1f} s (lease {args.lease:g} s); "
           f"fenced or dead replies: {tally.fenced}; claims that found no job: {tally.empty}; "
-          f"jobs claimed twice: {twice}; load average {load0:.1f} at the start, {load1():.1f} at the end")
+          f"jobs claimed twice: {twice}; this process's CPU {tally.cpu / seconds:.2f} s per s (one core: 1); "
+          f"load average {load0:.1f} at the start, {load1():.1f} at the end")
     print(f"errors: {sum(tally.errors.values())}" + "".join(f"\n  {v:6d}  {k}" for k, v in tally.errors.most_common(5)))
 
 
