@@ -8,8 +8,8 @@ values as bind parameters named ``p_*``; constants are written into the SQL as l
 planners can match the partial indexes (schema: ``state = 'queued'``) and no execution binds them.
 The others are built per call from their arguments. Statements that need ON CONFLICT take the
 backend's ``insert``. Which statement runs where is the backend's choice (memq.store.backend):
-PostgreSQL runs the ``*_recording_attempt`` forms, which write the attempt row in the same
-statement. SQL that only one database has (COPY, PRAGMA, advisory locks) stays with its backend;
+PostgreSQL runs the ``*_recording_attempts`` forms, which take a whole batch of claims or of ends
+in one statement and write the attempt rows in that statement. SQL that only one database has (COPY, PRAGMA, advisory locks) stays with its backend;
 schema changes are in memq.store.migrations.
 """
 
