@@ -47,6 +47,7 @@ class Sim:
     job: tuple[int, int] | None = None
     ends: float = 0.0
     renewed: float = 0.0  # when its lease was last renewed (its claim or heartbeat)
+    busy: threading.Lock = field(default_factory=threading.Lock)  # one step at a time, as a worker's loop
 
 
 @dataclass
@@ -66,19 +67,20 @@ class Tally:
 
 
 class Schedule:
-    """Due steps (time, worker, what) shared by the connection threads, earliest first."""
+    """Due steps (time, worker, what, job) shared by the connection threads, earliest first (a
+    heartbeat names the job whose run it belongs to)."""
 
     def __init__(self, stop_at: float) -> None:
-        self.heap: list[tuple[float, int, str]] = []
+        self.heap: list[tuple[float, int, str, int]] = []
         self.cond = threading.Condition()
         self.stop_at = stop_at
 
-    def put(self, when: float, worker: int, what: str) -> None:
+    def put(self, when: float, worker: int, what: str, job: int = 0) -> None:
         with self.cond:
-            heapq.heappush(self.heap, (when, worker, what))
+            heapq.heappush(self.heap, (when, worker, what, job))
             self.cond.notify()
 
-    def take(self) -> tuple[float, int, str] | None:
+    def take(self) -> tuple[float, int, str, int] | None:
         """The next step once it is due; None when the run is over."""
         with self.cond:
             while True:
@@ -130,46 +132,51 @@ def run(args: argparse.Namespace, db: str, root: str) -> Tally:
     tally = Tally()
     capacity = Capacity(slots=1)
 
-    def step(st: object, when: float, i: int, what: str) -> None:
+    def step(st: object, when: float, i: int, what: str, job: int) -> None:
         sim = sims[i]
+        with sim.busy:
+            (claim if what == "claim" else renew)(st, when, i, sim, job)
+
+    def claim(st: object, when: float, i: int, sim: Sim, _job: int) -> None:
         began = time.time()
-        if what == "claim":
-            done = [] if sim.job is None else [Outcome(*sim.job, "succeeded")]
-            accepted, got = st.claim_many(sim.ref, capacity, done, 1)  # type: ignore[attr-defined]
-            ms = 1000 * (time.time() - began)
-            with lock:
-                tally.claims += 1
-                tally.claim_ms.append(ms)
-                tally.late_ms.append(1000 * (began - when))
-                tally.fenced += accepted.count(False)
-                if sim.job is not None:
-                    tally.gap = max(tally.gap, began - sim.renewed)
-                tally.empty += not got
-            sim.job = None
-            if not got:
-                schedule.put(time.time() + 1.0, i, "claim")  # an idle worker's poll
-                return
-            sim.job, sim.renewed = (got[0].job_id, got[0].attempt), time.time()
-            with lock:
-                tally.claimed[got[0].job_id] += 1
-            sim.ends = when + args.job_seconds * rng.uniform(0.9, 1.1)
-            schedule.put(sim.ends, i, "claim")
-            if when + beat < sim.ends:
-                schedule.put(when + beat, i, "beat")
-        else:
-            if sim.job is None:
-                return
-            reply = st.heartbeat(sim.ref, [Running(*sim.job)])  # type: ignore[attr-defined]
-            ms = 1000 * (time.time() - began)
-            with lock:
-                tally.beats += 1
-                tally.beat_ms.append(ms)
-                tally.late_ms.append(1000 * (began - when))
+        done = [] if sim.job is None else [Outcome(*sim.job, "succeeded")]
+        accepted, got = st.claim_many(sim.ref, capacity, done, 1)  # type: ignore[attr-defined]
+        ms = 1000 * (time.time() - began)
+        with lock:
+            tally.claims += 1
+            tally.claim_ms.append(ms)
+            tally.late_ms.append(1000 * (began - when))
+            tally.fenced += accepted.count(False)
+            if sim.job is not None:
                 tally.gap = max(tally.gap, began - sim.renewed)
-                tally.fenced += len(reply.fenced) + (not reply.alive)
-            sim.renewed = time.time()
-            if when + beat < sim.ends:
-                schedule.put(when + beat, i, "beat")
+            tally.empty += not got
+            if got:
+                tally.claimed[got[0].job_id] += 1
+        sim.job = None
+        if not got:
+            schedule.put(time.time() + 1.0, i, "claim")  # an idle worker's poll
+            return
+        sim.job, sim.renewed = (got[0].job_id, got[0].attempt), time.time()
+        sim.ends = when + args.job_seconds * rng.uniform(0.9, 1.1)
+        schedule.put(sim.ends, i, "claim")
+        if when + beat < sim.ends:
+            schedule.put(when + beat, i, "beat", got[0].job_id)
+
+    def renew(st: object, when: float, i: int, sim: Sim, job: int) -> None:
+        if sim.job is None or sim.job[0] != job:  # that job has ended
+            return
+        began = time.time()
+        reply = st.heartbeat(sim.ref, [Running(*sim.job)])  # type: ignore[attr-defined]
+        ms = 1000 * (time.time() - began)
+        with lock:
+            tally.beats += 1
+            tally.beat_ms.append(ms)
+            tally.late_ms.append(1000 * (began - when))
+            tally.gap = max(tally.gap, began - sim.renewed)
+            tally.fenced += len(reply.fenced) + (not reply.alive)
+        sim.renewed = time.time()
+        if when + beat < sim.ends:
+            schedule.put(when + beat, i, "beat", job)
 
     def connection(st: object) -> None:
         while (due := schedule.take()) is not None:
@@ -178,7 +185,7 @@ def run(args: argparse.Namespace, db: str, root: str) -> Tally:
             except Exception as exc:  # counted, and the worker goes on as a real one would
                 with lock:
                     tally.errors[f"{type(exc).__name__}: {str(exc).splitlines()[0][:80]}"] += 1
-                schedule.put(time.time() + 1.0, due[1], due[2])
+                schedule.put(time.time() + 1.0, *due[1:])
 
     threads = [threading.Thread(target=connection, args=(st,)) for st in stores]
     cpu0 = time.process_time()
@@ -189,7 +196,7 @@ def run(args: argparse.Namespace, db: str, root: str) -> Tally:
     tally.cpu = time.process_time() - cpu0
     for st in stores:
         st.backend.dispose()
-    tally.overdue.update(what for when, _, what in schedule.heap if when < schedule.stop_at)
+    tally.overdue.update(what for when, _, what, _ in schedule.heap if when < schedule.stop_at)
     return tally
 
 
@@ -200,7 +207,7 @@ def main() -> None:
     ap.add_argument("--job-seconds", type=float, default=30.0, help="each job's run time (+-10%%)")
     ap.add_argument("--lease", type=float, default=60.0, help="the workers' lease (memq worker's default)")
     ap.add_argument("--heartbeat", type=float, default=None, help="seconds between lease renewals (lease/6)")
-    ap.add_argument("--connections", type=int, default=8, help="threads, one connection each")
+    ap.add_argument("--connections", type=int, default=32, help="threads, one connection each")
     args = ap.parse_args()
     if not pg_available():
         sys.exit("PostgreSQL not reachable (MEMQ_BENCH_PG; /work/shared/tools/pg-local up DIR PORT)")
