@@ -124,20 +124,29 @@ class Backend:
         the grid's lock (statements.lock_grid) and passes each key once. Returns how many it inserted."""
         raise NotImplementedError
 
-    def claim(self, conn: Connection, params: dict[str, Any], *, in_grids: bool) -> Any:
-        """Claim one job (see statements.claim) and record its attempt; its row, or None."""
-        row = conn.execute(q.claim(in_grids), params).first()
-        if row is not None:
+    def claim(self, conn: Connection, params: dict[str, Any], *, in_grids: bool, limit: int) -> list[Any]:
+        """Claim up to ``limit`` jobs (see statements.claim) and record their attempts; their rows,
+        in claim order. Here one job per statement: the writers of this database take turns."""
+        rows: list[Any] = []
+        while len(rows) < limit:
+            row = conn.execute(q.claim(in_grids), params).first()
+            if row is None:
+                break
             conn.execute(q.attempt_start(), {"p_job": row.id, "p_attempt": row.attempt,
                                              "p_wid": params["p_wid"], "p_now": params["p_now"]})
-        return row
+            rows.append(row)
+        return rows
 
-    def finish(self, conn: Connection, variant: str, params: dict[str, Any]) -> Any:
-        """End an attempt (see statements.finish) and its attempt row; the job's row, or None if fenced."""
-        row = conn.execute(q.finish(variant), params).first()
-        if row is not None:
-            conn.execute(q.attempt_end(), params)
-        return row
+    def finish(self, conn: Connection, variant: str, outcomes: list[dict[str, Any]]) -> list[Any]:
+        """End attempts (see statements.finish; ``outcomes``: its parameters, one dict per attempt)
+        and their attempt rows; per outcome the job's row, or None where it was fenced."""
+        rows = []
+        for params in outcomes:
+            row = conn.execute(q.finish(variant), params).first()
+            if row is not None:
+                conn.execute(q.attempt_end(), params)
+            rows.append(row)
+        return rows
 
     @contextlib.contextmanager
     def driver_cursor(self, conn: Connection, sql: str) -> Iterator[Any]:

@@ -1,6 +1,7 @@
 """PostgreSQL: the scale-out backend (same schema; the server's MVCC, claims ``FOR UPDATE SKIP LOCKED``).
 
-Where it departs from SQLite: claims and finishes write their attempt row in the same statement;
+Where it departs from SQLite: a worker's claims take a batch of jobs in one statement, its finishes
+end a batch of attempts in one statement, and both write their attempt rows in that statement;
 the hot path's compiled SQL goes straight to psycopg; submits copy new jobs in with COPY (under
 the grid's row lock); schema changes are serialised by an advisory lock; a job process gets the
 URL without its password.
@@ -78,17 +79,22 @@ class Postgres(Backend):
         conn.execute(sa.text(f"ANALYZE jobs ({', '.join(_PLANNED_COLUMNS)})"))
         return len(rows)
 
-    def claim(self, conn: Connection, params: dict[str, Any], *, in_grids: bool) -> Any:
-        stmt = q.claim_recording_attempt(in_grids)
+    def claim(self, conn: Connection, params: dict[str, Any], *, in_grids: bool, limit: int) -> list[Any]:
+        stmt = q.claim_recording_attempts(in_grids)
+        params = {**params, "p_limit": limit}
         if in_grids:  # an expanding IN list needs SQLAlchemy
-            return conn.execute(stmt, params).first()
-        return self._first(conn, stmt, params)
+            return list(conn.execute(stmt, params).all())
+        return self._rows(conn, stmt, params)
 
-    def finish(self, conn: Connection, variant: str, params: dict[str, Any]) -> Any:
-        return self._first(conn, q.finish_recording_attempt(variant), params)
+    def finish(self, conn: Connection, variant: str, outcomes: list[dict[str, Any]]) -> list[Any]:
+        # One statement for every outcome of this variant; (job, attempt) named twice ends once.
+        arrays = {name: [o[one] for o in outcomes] for name, (one, _) in q.FINISH_ARRAYS.items()}
+        ended = {(r.id, r.attempt): r for r in self._rows(conn, q.finish_recording_attempts(variant),
+                                                          {**arrays, "p_now": outcomes[0]["p_now"]})}
+        return [ended.pop((o["p_job"], o["p_attempt"]), None) for o in outcomes]
 
-    def _first(self, conn: Connection, stmt: Any, params: dict[str, Any]) -> Any:
-        """The first row of a hot-path statement, its compiled SQL sent straight to psycopg in the
+    def _rows(self, conn: Connection, stmt: Any, params: dict[str, Any]) -> list[Any]:
+        """The rows of a hot-path statement, its compiled SQL sent straight to psycopg in the
         same transaction: SQLAlchemy's per-execution work was a third of a claim's CPU. Driver errors
         are raised as SQLAlchemy's (and a lost connection is invalidated), so retries and reconnects
         work as for any other statement."""
@@ -105,7 +111,7 @@ class Postgres(Backend):
         driver = conn.connection.driver_connection
         try:
             with driver.cursor(row_factory=namedtuple_row) as cursor:  # type: ignore[union-attr]
-                return cursor.execute(text, values).fetchone()
+                return cursor.execute(text, values).fetchall()
         except psycopg.Error as exc:
             if conn.dialect.is_disconnect(exc, driver, None):
                 conn.invalidate(exc)

@@ -91,17 +91,9 @@ class QueueOps(StoreBase):
         now = time.time()
 
         def tx(conn: Connection) -> tuple[list[bool], list[Claim], bool]:
-            accepted, wake = [], False
-            for outcome in done:
-                ok, woke = finish_in(conn, self.backend, outcome, now)
-                accepted.append(ok)
-                wake = wake or woke
-            claims: list[Claim] = []
-            while len(claims) < limit and not capacity.empty:
-                claim = self._claim_one(conn, worker, capacity, now, beat=not done and not claims)
-                if claim is None:
-                    break
-                claims.append(claim)
+            accepted, wake = finish_all(conn, self.backend, done, now)
+            claims = [] if capacity.empty or limit < 1 else self._claim(conn, worker, capacity, now, limit,
+                                                                         beat=not done)
             return accepted, claims, wake
 
         accepted, claims, wake = self.backend.run(tx, write=True)
@@ -109,28 +101,27 @@ class QueueOps(StoreBase):
             self.bump_version()
         return accepted, claims
 
-    def _claim_one(self, conn: Connection, worker: WorkerRef, cap: Capacity, now: float, *,
-                   beat: bool) -> Claim | None:
+    def _claim(self, conn: Connection, worker: WorkerRef, cap: Capacity, now: float, limit: int, *,
+               beat: bool) -> list[Claim]:
         params: dict[str, Any] = {"p_wid": worker.id, "p_inc": worker.incarnation, "p_free_gpus": cap.gpus,
                                   "p_min_gpus": cap.min_gpus, "p_free_slots": cap.slots, "p_now": now,
                                   "p_horizon": now + MAX_BACKOFF, **cap.sharing_params()}
         if cap.grids:
             params["p_grids"] = list(cap.grids)
-        row = self.backend.claim(conn, params, in_grids=bool(cap.grids))
-        if row is None:
+        rows = self.backend.claim(conn, params, in_grids=bool(cap.grids), limit=limit)
+        if len(rows) < limit:
             due = conn.execute(q.next_due(), params).scalar()
             self.retry_in = None if due is None else max(due - now, 0.0)
-            return None
-        if beat:
+        if beat and rows:
             # A claim from idle is a sign of life: observers must not mistake an idle worker's old
             # counter, unchanged for hours, for a stalled worker that now holds a job. (A worker
             # that just finished a job was heartbeating while it ran.)
             conn.execute(q.beat(), {"p_wid": worker.id})
-        return Claim(job_id=row.id, attempt=row.attempt, key=row.key, grid=self._name(conn, "grids", row.grid_id),
-                     group=self._name(conn, "groups", row.group_id),
-                     kind=row.kind, params=row.params, repeat=row.repeat, command=row.command,
-                     gpus=row.gpus, cpus=row.cpus, mem_gb=row.mem_gb, from_scratch=row.from_scratch,
-                     gpu_share=row.gpu_share, gpu_mem_gb=row.gpu_mem_gb)
+        return [Claim(job_id=row.id, attempt=row.attempt, key=row.key, grid=self._name(conn, "grids", row.grid_id),
+                      group=self._name(conn, "groups", row.group_id),
+                      kind=row.kind, params=row.params, repeat=row.repeat, command=row.command,
+                      gpus=row.gpus, cpus=row.cpus, mem_gb=row.mem_gb, from_scratch=row.from_scratch,
+                      gpu_share=row.gpu_share, gpu_mem_gb=row.gpu_mem_gb) for row in rows]
 
     def waiting_gpus(self, most: int, grids: tuple[str, ...] = ()) -> int | None:
         """How many GPUs the first GPU job in claim order asks for, of those asking for at most
@@ -215,23 +206,46 @@ def _new_job_rows(jobs: Sequence[JobSpec], grid_id: int, group_ids: dict[str, in
 
 def finish_in(conn: Connection, backend: Backend, o: Outcome, now: float) -> tuple[bool, bool]:
     """Apply an outcome; returns (accepted, whether some job may have become claimable)."""
-    variant = o.state if o.state in ("failed", "failed_final", "lost", "requeued", "requeued_alone") else "ended"
-    state = o.state.removesuffix("_final").removesuffix("_alone")
-    params = {"p_job": o.job_id, "p_attempt": o.attempt, "p_now": now, "p_state": state,
-              "p_exit_code": o.exit_code, "p_reason": o.reason, "p_retry_at": now + min(o.backoff, MAX_BACKOFF)}
-    row = backend.finish(conn, variant, params)
-    if row is None:
-        return False, False
+    accepted, wake = finish_all(conn, backend, [o], now)
+    return accepted[0], wake
+
+
+def finish_all(conn: Connection, backend: Backend, outcomes: Sequence[Outcome], now: float,
+               ) -> tuple[list[bool], bool]:
+    """Apply outcomes (one statement per kind of ending where the backend can); returns whether each
+    was accepted, and whether some job may have become claimable."""
+    by_variant: dict[str, list[int]] = {}
+    params = []
+    for i, o in enumerate(outcomes):
+        variant = o.state if o.state in ("failed", "failed_final", "lost", "requeued", "requeued_alone") else "ended"
+        by_variant.setdefault(variant, []).append(i)
+        params.append({"p_job": o.job_id, "p_attempt": o.attempt, "p_now": now,
+                       "p_state": o.state.removesuffix("_final").removesuffix("_alone"), "p_exit_code": o.exit_code,
+                       "p_reason": o.reason, "p_retry_at": now + min(o.backoff, MAX_BACKOFF)})
+    rows: list[Any] = [None] * len(outcomes)
+    for variant, indexes in by_variant.items():
+        for i, row in zip(indexes, backend.finish(conn, variant, [params[i] for i in indexes]), strict=True):
+            rows[i] = row
+    wake = False
+    for o, row in zip(outcomes, rows, strict=True):
+        if row is not None:
+            wake = _after_finish(conn, o, row) or wake
+    return [row is not None for row in rows], wake
+
+
+def _after_finish(conn: Connection, o: Outcome, row: Any) -> bool:
+    """The rest of an accepted outcome: its metrics, and the groups that wait for its job or group.
+    Returns whether some job may have become claimable."""
     if o.metrics:
         conn.execute(q.set_metrics(o.job_id, {**(row.metrics or {}), **o.metrics}))
     if row.state == Q.SUCCEEDED.value and row.has_job_dependants:
         conn.execute(q.refresh_followers(o.job_id))
         if row.has_dependants:
             _group_succeeded(conn, row.group_id)
-        return True, True
+        return True
     if row.state == Q.SUCCEEDED.value and row.has_dependants:
-        return True, _group_succeeded(conn, row.group_id)
-    return True, row.state == Q.QUEUED.value
+        return _group_succeeded(conn, row.group_id)
+    return row.state == Q.QUEUED.value
 
 
 def _add_job_dependencies(conn: Connection, grid: GridSpec, group_ids: dict[str, int]) -> None:

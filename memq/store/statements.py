@@ -8,8 +8,8 @@ values as bind parameters named ``p_*``; constants are written into the SQL as l
 planners can match the partial indexes (schema: ``state = 'queued'``) and no execution binds them.
 The others are built per call from their arguments. Statements that need ON CONFLICT take the
 backend's ``insert``. Which statement runs where is the backend's choice (memq.store.backend):
-PostgreSQL runs the ``*_recording_attempt`` forms, which write the attempt row in the same
-statement. SQL that only one database has (COPY, PRAGMA, advisory locks) stays with its backend;
+PostgreSQL runs the ``*_recording_attempts`` forms, which take a whole batch of claims or of ends
+in one statement and write the attempt rows in that statement. SQL that only one database has (COPY, PRAGMA, advisory locks) stays with its backend;
 schema changes are in memq.store.migrations.
 """
 
@@ -66,27 +66,25 @@ def jobs_where(ids: Iterable[int] = (), grid: str | None = None, states: Sequenc
 
 # -- the worker's hot path ------------------------------------------------------------------------
 
-def _in_claim_order(fits: Any, in_grids: bool, column: Any = J.c.id) -> Any:
-    """``column`` (the id) of the first queued job that ``fits`` admits, in claim order: highest
-    priority first, then submission order; only ready groups of unpaused grids (only the grids
-    ``p_grids`` when ``in_grids``), only jobs past their back-off."""
+def _in_claim_order(fits: Any, in_grids: bool, column: Any = J.c.id, limit: Any = None) -> Any:
+    """``column`` (the id) of the first queued job (``limit`` jobs; default one) that ``fits``
+    admits, in claim order: highest priority first, then submission order; only ready groups of
+    unpaused grids (only the grids ``p_grids`` when ``in_grids``), only jobs past their back-off."""
     g, gr = s.groups, s.grids
     # A not_before beyond the horizon was written by a skewed clock: it does not hold the job back.
     due = sa.or_(J.c.not_before.is_(None), J.c.not_before <= bp("p_now"), J.c.not_before > bp("p_horizon"))
     cand = (sa.select(column).select_from(J.join(g, g.c.id == J.c.group_id).join(gr, gr.c.id == J.c.grid_id))
             .where(J.c.state == _lit(Q.QUEUED.value), g.c.ready.is_(True), gr.c.paused.is_(False), fits, due)
-            .order_by(J.c.priority.desc(), J.c.id).limit(_lit(1)))
+            .order_by(J.c.priority.desc(), J.c.id).limit(_lit(1) if limit is None else limit))
     return cand.where(gr.c.name.in_(bp("p_grids", expanding=True))) if in_grids else cand
 
 
-@functools.cache
-def claim(in_grids: bool, skip_locked: bool = False) -> Any:
-    """Take the next job that fits (``p_min_gpus`` to ``p_free_gpus`` GPUs of ``p_gpu_mem`` GB each,
-    a CPU job when ``p_free_slots``, or a share of a GPU: at most ``p_share`` and ``p_share_mem`` GB
-    of the worker's partly shared GPU, or a whole free GPU's when ``p_whole_share``) for worker
-    ``p_wid``, if its incarnation ``p_inc`` is alive, in claim order
-    (:func:`_in_claim_order`). ``skip_locked``: pass over jobs that a concurrent claim has locked
-    (databases with row locks)."""
+def _claimable(in_grids: bool, limit: Any = None) -> Any:
+    """The ids of the jobs a claim takes: those that fit (``p_min_gpus`` to ``p_free_gpus`` GPUs of
+    ``p_gpu_mem`` GB each, a CPU job when ``p_free_slots``, or a share of a GPU: at most ``p_share``
+    and ``p_share_mem`` GB of the worker's partly shared GPU, or a whole free GPU's when
+    ``p_whole_share``), for worker ``p_wid`` if its incarnation ``p_inc`` is alive, in claim order
+    (:func:`_in_claim_order`)."""
     alive = sa.exists().where(W.c.id == bp("p_wid"), W.c.incarnation == bp("p_inc"),
                               W.c.state != _lit(WS.DEAD.value), W.c.state != _lit(WS.STOPPED.value))
     fits = sa.or_(sa.and_(J.c.gpus > _lit(0), J.c.gpus >= bp("p_min_gpus"), J.c.gpus <= bp("p_free_gpus"),
@@ -95,16 +93,25 @@ def claim(in_grids: bool, skip_locked: bool = False) -> Any:
                   sa.and_(J.c.gpu_share > _lit(0), sa.or_(
                       sa.and_(J.c.gpu_share <= bp("p_share"), J.c.gpu_mem_gb <= bp("p_share_mem")),
                       sa.and_(bp("p_whole_share") > _lit(0), J.c.gpu_mem_gb <= bp("p_gpu_mem")))))
-    cand = _in_claim_order(fits, in_grids).where(alive)
-    if skip_locked:
-        cand = cand.with_for_update(skip_locked=True, of=J)
-    return (J.update().where(J.c.id == cand.scalar_subquery())
+    return _in_claim_order(fits, in_grids, limit=limit).where(alive)
+
+
+def _take(chosen: Any) -> Any:
+    """The claim's UPDATE of the jobs ``chosen`` names: running on worker ``p_wid`` as a new attempt."""
+    return (J.update().where(chosen)
             .values(state=_lit(Q.RUNNING.value), attempt=J.c.attempt + _lit(1), worker_id=bp("p_wid"),
                     started_at=bp("p_now"), finished_at=sa.null(), progress=sa.null(), exit_code=sa.null(),
                     reason=sa.null())
             .returning(J.c.id, J.c.attempt, J.c.key, J.c.grid_id, J.c.group_id, J.c.kind, J.c.params,
                        J.c.repeat, J.c.command, J.c.gpus, J.c.cpus, J.c.mem_gb, J.c.from_scratch,
-                       J.c.gpu_share, J.c.gpu_mem_gb))
+                       J.c.gpu_share, J.c.gpu_mem_gb, J.c.priority))
+
+
+@functools.cache
+def claim(in_grids: bool) -> Any:
+    """Take the next job that fits (:func:`_claimable`) for worker ``p_wid``: a database whose
+    writers take turns (SQLite), one job per statement."""
+    return _take(J.c.id == _claimable(in_grids).scalar_subquery())
 
 
 @functools.cache
@@ -115,15 +122,21 @@ def first_gpu_job(in_grids: bool) -> Any:
 
 
 @functools.cache
-def claim_recording_attempt(in_grids: bool) -> Any:
-    """:func:`claim` that also inserts the attempt row (a data-modifying CTE, PostgreSQL): every
-    statement is a round trip to the server, and round trips are most of a claim's time."""
-    claimed = claim(in_grids, skip_locked=True).cte("claimed")
+def claim_recording_attempts(in_grids: bool) -> Any:
+    """Take up to ``p_limit`` jobs that fit (:func:`_claimable`) in one statement, passing over jobs
+    that concurrent claims have locked, and insert their attempt rows (data-modifying CTEs,
+    PostgreSQL); rows in claim order. One statement per batch, not per job: each statement is a
+    round trip, and a claim transaction's row locks are held until it commits - a batch claimed one
+    job at a time held them across 16 round trips, and the finishes of other workers queued behind
+    them (bench/queue_throughput.py). MATERIALIZED: the locking scan runs once, whatever the plan."""
+    picked = (_claimable(in_grids, bp("p_limit")).with_for_update(skip_locked=True, of=J)
+              .cte("picked").prefix_with("MATERIALIZED"))
+    claimed = _take(J.c.id.in_(sa.select(picked.c.id))).cte("claimed")
     started = A.insert().from_select(
         ["job_id", "attempt", "worker_id", "started_at"],
         sa.select(claimed.c.id, claimed.c.attempt, bp("p_wid", type_=sa.Integer),
                   bp("p_now", type_=sa.Float))).cte("started")
-    return sa.select(claimed).add_cte(started)
+    return sa.select(claimed).add_cte(started).order_by(claimed.c.priority.desc(), claimed.c.id)
 
 
 @functools.cache
@@ -139,6 +152,42 @@ def attempt_end() -> Any:
                     reason=bp("p_reason")))
 
 
+def _ending(variant: str, state: Any, retry_at: Any, exit_code: Any, reason: Any) -> dict[str, Any]:
+    """The job's new values when an attempt ends (see :func:`finish`); the arguments are the
+    outcome's reported state, back-off end, exit code and reason."""
+    values: dict[str, Any]
+    if variant in ("failed", "failed_final", "lost"):
+        counter = J.c.crashes if variant == "lost" else J.c.failures
+        final = sa.true() if variant == "failed_final" else J.c.failures + J.c.crashes + 1 >= J.c.max_attempts
+        values = {counter.name: counter + 1,
+                  "state": sa.case((final, Q.FAILED.value), else_=Q.QUEUED.value),
+                  "not_before": sa.case((final, None), else_=retry_at),
+                  "finished_at": sa.case((final, bp("p_now")), else_=None)}
+    elif variant == "requeued":  # drained or interrupted by us: not the job's fault, not charged
+        values = {"state": Q.QUEUED.value, "not_before": None, "finished_at": None}
+    elif variant == "requeued_alone":  # out of GPU memory beside other jobs: not charged, a GPU of its own
+        values = {"state": Q.QUEUED.value, "not_before": None, "finished_at": None, "gpus": 1, "gpu_share": 0.0}
+    elif variant == "ended":
+        values = {"state": state, "finished_at": bp("p_now"), "not_before": sa.null()}
+    else:
+        raise ValueError(f"unknown finish variant {variant!r}")
+    values.update(worker_id=sa.null(), exit_code=exit_code, reason=reason, cancel_requested=sa.false())
+    return values
+
+
+def _ended(job: Any, attempt: Any, values: dict[str, Any]) -> Any:
+    """The finish's UPDATE: attempt (``job``, ``attempt``) if it is still the job's running one."""
+    current = (J.c.id == job) & (J.c.attempt == attempt) & (J.c.state == _lit(Q.RUNNING.value))
+    # Spelled out: SQLAlchemy leaves RETURNING columns unqualified, and inside this subquery an
+    # unqualified group_id would name group_deps' own column.
+    has_dependants = sa.literal_column(
+        "EXISTS (SELECT 1 FROM group_deps AS d WHERE d.after_group_id = jobs.group_id)").label("has_dependants")
+    has_job_dependants = sa.literal_column(
+        "EXISTS (SELECT 1 FROM group_job_deps AS d WHERE d.after_job_id = jobs.id)").label("has_job_dependants")
+    return J.update().where(current).values(**values).returning(J.c.id, J.c.attempt, J.c.group_id, J.c.state,
+                                                                J.c.metrics, has_dependants, has_job_dependants)
+
+
 @functools.cache
 def finish(variant: str) -> Any:
     """End attempt (``p_job``, ``p_attempt``) if it is still the job's running one (else no row).
@@ -146,42 +195,32 @@ def finish(variant: str) -> Any:
     ``failed``/``lost``: charged to the job's failures/crashes, requeued with a back-off until its
     budget is spent; ``failed_final``: failed now; ``requeued``: back to the queue, not charged
     (``requeued_alone``: and from now on on a GPU of its own);
-    ``ended``: the state ``p_state`` as reported. Returns the job's group, its new state, its
-    metrics and whether other groups wait for its group.
+    ``ended``: the state ``p_state`` as reported. Returns the job's id, attempt, group, its new
+    state, its metrics and whether other groups wait for its group.
     """
-    values: dict[str, Any]
-    if variant in ("failed", "failed_final", "lost"):
-        counter = J.c.crashes if variant == "lost" else J.c.failures
-        final = sa.true() if variant == "failed_final" else J.c.failures + J.c.crashes + 1 >= J.c.max_attempts
-        values = {counter.name: counter + 1,
-                  "state": sa.case((final, Q.FAILED.value), else_=Q.QUEUED.value),
-                  "not_before": sa.case((final, None), else_=bp("p_retry_at")),
-                  "finished_at": sa.case((final, bp("p_now")), else_=None)}
-    elif variant == "requeued":  # drained or interrupted by us: not the job's fault, not charged
-        values = {"state": Q.QUEUED.value, "not_before": None, "finished_at": None}
-    elif variant == "requeued_alone":  # out of GPU memory beside other jobs: not charged, a GPU of its own
-        values = {"state": Q.QUEUED.value, "not_before": None, "finished_at": None, "gpus": 1, "gpu_share": 0.0}
-    elif variant == "ended":
-        values = {"state": bp("p_state"), "finished_at": bp("p_now"), "not_before": sa.null()}
-    else:
-        raise ValueError(f"unknown finish variant {variant!r}")
-    values.update(worker_id=sa.null(), exit_code=bp("p_exit_code"), reason=bp("p_reason"), cancel_requested=sa.false())
-    current = (J.c.id == bp("p_job")) & (J.c.attempt == bp("p_attempt")) & (J.c.state == _lit(Q.RUNNING.value))
-    # Spelled out: SQLAlchemy leaves RETURNING columns unqualified, and inside this subquery an
-    # unqualified group_id would name group_deps' own column.
-    has_dependants = sa.literal_column(
-        "EXISTS (SELECT 1 FROM group_deps AS d WHERE d.after_group_id = jobs.group_id)").label("has_dependants")
-    has_job_dependants = sa.literal_column(
-        "EXISTS (SELECT 1 FROM group_job_deps AS d WHERE d.after_job_id = jobs.id)").label("has_job_dependants")
-    return J.update().where(current).values(**values).returning(J.c.group_id, J.c.state, J.c.metrics,
-                                                                has_dependants, has_job_dependants)
+    values = _ending(variant, bp("p_state"), bp("p_retry_at"), bp("p_exit_code"), bp("p_reason"))
+    return _ended(bp("p_job"), bp("p_attempt"), values)
+
+
+# The outcomes of one batched finish: an array each (one element per outcome), by the name of the
+# array and of the single value in :func:`finish`.
+FINISH_ARRAYS = {"p_jobs": ("p_job", sa.Integer), "p_attempts": ("p_attempt", sa.Integer),
+                 "p_states": ("p_state", sa.String), "p_exit_codes": ("p_exit_code", sa.Integer),
+                 "p_reasons": ("p_reason", sa.Text), "p_retry_ats": ("p_retry_at", sa.Float)}
 
 
 @functools.cache
-def finish_recording_attempt(variant: str) -> Any:
-    """:func:`finish` that also ends the attempt row in the same statement (PostgreSQL)."""
-    finished = finish(variant).cte("finished")
-    ended = attempt_end().where(sa.exists(sa.select(finished.c.state))).cte("ended")
+def finish_recording_attempts(variant: str) -> Any:
+    """:func:`finish` of many attempts in one statement (their outcomes in the arrays of
+    :data:`FINISH_ARRAYS`) that also ends their attempt rows (PostgreSQL). Returns a row per attempt
+    it ended, with the outcome's state as ``outcome``."""
+    o = (sa.func.unnest(*(bp(name, type_=sa.ARRAY(kind)) for name, (_, kind) in FINISH_ARRAYS.items()))
+         .table_valued("job", "attempt", "state", "exit_code", "reason", "retry_at").render_derived(name="o"))
+    finished = (_ended(o.c.job, o.c.attempt, _ending(variant, o.c.state, o.c.retry_at, o.c.exit_code, o.c.reason))
+                .returning(o.c.state.label("outcome"), J.c.exit_code, J.c.reason).cte("finished"))
+    ended = (A.update().where(A.c.job_id == finished.c.id, A.c.attempt == finished.c.attempt)
+             .values(ended_at=bp("p_now"), outcome=finished.c.outcome, exit_code=finished.c.exit_code,
+                     reason=finished.c.reason).cte("ended"))
     return sa.select(finished).add_cte(ended)
 
 
