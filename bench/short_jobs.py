@@ -8,7 +8,8 @@ N command jobs (`true`) are submitted once W workers (`memq worker --gpus none -
 --idle-exit 2`) have registered and wait; throughput = N / (last recorded end - first claim), both
 read from the attempts table after the workers exited, so every cost - claiming, starting, the
 supervisor, recording - is inside the window. CPU ms per job: the CPU time of the workers and all
-they started (supervisors, jobs: reaped children), start-up and idle exit included, over N.
+they started (supervisors, jobs: reaped children), less that of the same workers given no job
+(start-up, idle exit), over N.
 ``--before REV`` runs the same bench, in the same run, with workers from REV's tree (`git archive`
 into a temporary folder, put first on PYTHONPATH), for a before/after pair on one machine state.
 """
@@ -72,8 +73,9 @@ def run(code: Path, n: int, workers: int, slots: int, cleanup: Cleanup, tmp: str
             if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
                 raise RuntimeError(f"workers did not start: {(folder / 'worker.0.log').read_text()[-600:]}")
             time.sleep(0.1)
-        jobs = tuple(JobSpec("short", "g", "command", {"i": i}, command=["true"]) for i in range(n))
-        store.submit(GridSpec("short", (GroupSpec("g"),), jobs))
+        if n:
+            jobs = tuple(JobSpec("short", "g", "command", {"i": i}, command=["true"]) for i in range(n))
+            store.submit(GridSpec("short", (GroupSpec("g"),), jobs))
         load = load1()
         codes = [p.wait(timeout=max(600, n)) for p in procs]
     finally:
@@ -82,13 +84,15 @@ def run(code: Path, n: int, workers: int, slots: int, cleanup: Cleanup, tmp: str
                 p.kill()
                 p.wait()
     cpu = children_cpu() - cpu0
+    if not n:
+        return {"cpu": cpu}
     with store.backend.engine.connect() as conn:
         first, last, done = conn.execute(sa.select(
             sa.func.min(schema.attempts.c.started_at), sa.func.max(schema.attempts.c.ended_at),
             sa.func.count().filter(schema.attempts.c.outcome == "succeeded"))).one()
     if done != n or codes != [0] * workers:
         raise RuntimeError(f"{done} of {n} jobs succeeded, worker exit codes {codes}")
-    return {"rate": n / (last - first), "span": last - first, "cpu_ms": 1000 * cpu / n, "load": load}
+    return {"rate": n / (last - first), "span": last - first, "cpu": cpu, "load": load}
 
 
 def main() -> None:
@@ -109,11 +113,13 @@ def main() -> None:
         rows = []
         for slots in args.slots:
             for name, code, n in sides:
+                idle = run(code, 0, args.workers, slots, cleanup, args.tmp)["cpu"]
                 got = run(code, n, args.workers, slots, cleanup, args.tmp)
                 print(f"  {name}: {args.workers} workers x {slots} slots: {got['rate']:.0f} jobs/s", flush=True)
                 rows.append([name, args.workers, slots, n, f"{got['span']:.2f}", f"{got['rate']:.0f}",
-                             f"{got['cpu_ms']:.1f}", f"{got['load']:.2f}"])
-        print(table(["workers from", "workers", "slots", "jobs", "span s", "jobs/s", "CPU ms/job", "load1"], rows,
+                             f"{1000 * (got['cpu'] - idle) / n:.2f}", f"{idle:.1f}", f"{got['load']:.2f}"])
+        print(table(["workers from", "workers", "slots", "jobs", "span s", "jobs/s", "CPU ms/job", "idle CPU s",
+                     "load1"], rows,
                     title="\nno-op command jobs (`true`) through real workers, local SQLite"))
     finally:
         cleanup.run()

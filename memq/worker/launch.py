@@ -157,13 +157,14 @@ class ActiveJob:
                 self.result = Gone(code)
 
 
-def start_job(claim: Claim, gpus: list[int], env: JobEnv, extra_env: Mapping[str, str], supervisors: Supervisors, *,
+def start_job(claim: Claim, gpus: list[int], env: JobEnv, inherited: Mapping[str, str], supervisors: Supervisors, *,
               worker: str, fence_after: float, kill_grace: float) -> ActiveJob:
-    """Make the attempt's directories and hand it to an idle supervisor (or a new one)."""
+    """Make the attempt's directories and hand it to an idle supervisor (or a new one); the job's
+    environment is ``inherited`` (the worker's, and what opens its store) and ``env``'s variables."""
     env.make_dirs()
     header = (f"# memq: job {claim.job_id} attempt {claim.attempt} on {socket.gethostname()} "
               f"(worker {worker}, GPUs {','.join(map(str, gpus)) or 'none'}) at {time.strftime('%Y-%m-%d %H:%M:%S')}")
-    launch = launch_message(env, claim.command, {**os.environ, **extra_env}, fence_after=fence_after,
+    launch = launch_message(env, claim.command, inherited, fence_after=fence_after,
                             kill_grace=kill_grace, header=header)
     supervisor = supervisors.take()
     job = supervisor.job = ActiveJob(claim, gpus, supervisor, Path(launch.log))

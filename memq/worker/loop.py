@@ -32,6 +32,7 @@ GPU sharing.)
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import random
 import signal
@@ -417,10 +418,15 @@ class Worker:
                 self._pending(Outcome(claim.job_id, claim.attempt, "requeued", reason=why))
             self.ahead.clear()
 
+    @functools.cached_property
+    def _inherited(self) -> dict[str, str]:
+        """Every job's environment before its own variables: the worker's, and what opens the store."""
+        return {**os.environ, **self.store.job_env()}
+
     def _start(self, claim: Claim, gpus: list[int]) -> None:
         cfg = self.cfg
         env = JobEnv.of_claim(claim, self.store.root, cfg.scratch, gpus, sync=cfg.sync_checkpoints)
-        self.jobs[claim.job_id] = start_job(claim, gpus, env, self.store.job_env(), self.supervisors, worker=cfg.name,
+        self.jobs[claim.job_id] = start_job(claim, gpus, env, self._inherited, self.supervisors, worker=cfg.name,
                                             fence_after=cfg.lease / 2, kill_grace=cfg.kill_grace)
         self.log(f"job {claim.job_id} attempt {claim.attempt} ({claim.grid}/{claim.group}) started"
                  + (f" on GPUs {','.join(map(str, gpus))}" if gpus else ""))

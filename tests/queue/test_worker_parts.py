@@ -82,7 +82,8 @@ def supervise(tmp: Path, code: str, fence_after: float = 30.0, supervisor: Super
 LAST_WORDS = (Exited, Fenced, Killed, Unstartable)
 
 
-def reports(supervisor: Supervised, *, until: type | tuple[type, ...] = LAST_WORDS, timeout: float = 30.0) -> list[object]:
+def reports(supervisor: Supervised, *, until: type | tuple[type, ...] = LAST_WORDS,
+            timeout: float = 30.0) -> list[object]:
     """What the supervisor says until it says an ``until`` (by default: how its job ended)."""
     said: list[object] = []
     deadline = time.monotonic() + timeout
