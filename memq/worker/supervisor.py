@@ -52,6 +52,7 @@ from memq.worker.protocol import (
 
 PR_SET_PDEATHSIG = 1
 STDIN = 0
+QUIET = 0.02  # seconds: a job that ends this soon is reported started and ended in one write
 
 
 def load_prctl() -> Any:
@@ -251,9 +252,10 @@ class Supervisor:
         self.devnull = os.open(os.devnull, os.O_RDONLY)  # every job's stdin (dup2'd: this one is not inherited)
 
     @staticmethod
-    def say(report: Report) -> None:
+    def say(*reports: Report) -> None:
+        """Tell the worker, in one write."""
         with contextlib.suppress(BrokenPipeError):
-            sys.stdout.buffer.write(encode(report))
+            sys.stdout.buffer.write(b"".join(map(encode, reports)))
             sys.stdout.flush()
 
     def read_commands(self) -> None:
@@ -279,10 +281,11 @@ class Supervisor:
     def run_one(self, attempt: Attempt) -> None:
         self.attempt = attempt
         started = attempt.start(self.devnull, self.prctl)
-        self.say(started)
         if isinstance(started, Unstartable):
+            self.say(started)
             return
         assert attempt.pid is not None
+        unsaid = [started]  # said with the job's end if that comes within QUIET: one wake-up of the worker
         try:
             pidfd = os.pidfd_open(attempt.pid)
             self.sel.register(pidfd, selectors.EVENT_READ, "job")
@@ -290,8 +293,12 @@ class Supervisor:
             pidfd = None
         try:
             while attempt.poll() is None:
-                timeout = min(attempt.due(), 1.0 if pidfd is not None else 0.05)
-                if any(key.fd == STDIN for key, _ in self.sel.select(timeout)):
+                timeout = min(attempt.due(), QUIET if unsaid else 1.0 if pidfd is not None else 0.05)
+                ready = self.sel.select(timeout)
+                if unsaid and attempt.poll() is None:
+                    self.say(*unsaid)
+                    unsaid.clear()
+                if any(key.fd == STDIN for key, _ in ready):
                     self.read_commands()
                 while self.commands and not isinstance(self.commands[0], Launch):
                     attempt.obey(self.commands.popleft())
@@ -301,7 +308,7 @@ class Supervisor:
             if pidfd is not None:
                 self.sel.unregister(pidfd)
                 os.close(pidfd)
-        self.say(attempt.finish())
+        self.say(*unsaid, attempt.finish())
         self.attempt = None
 
     def serve(self) -> int:
