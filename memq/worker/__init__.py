@@ -2,8 +2,9 @@
 
     config.py      WorkerConfig (the `memq worker` options), default scratch
     loop.py        Worker: the loop - claim, start, heartbeat, record ends, exit
-    launch.py      a claim's directories, environment (memq.jobenv) and argv; its supervisor process
-    supervisor.py  `python -m memq.worker.supervisor`: runs one job, kills it when its lease is not renewed
+    launch.py      a claim's directories, environment (memq.jobenv) and argv; the supervisor processes
+    supervisor.py  `python -m memq.worker.supervisor`: runs a slot's jobs one after the other, kills each
+                   one's process group when it ends or its lease is not renewed
     protocol.py    the typed lines the worker and a supervisor exchange
     outcome.py     how an attempt's end is recorded: retry, back-off, final failure, quarantine
     reaper.py      declaring other workers dead

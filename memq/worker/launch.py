@@ -1,5 +1,6 @@
 """Starting a claimed job: its directories, its environment and argv, and the supervisor process
-that runs it (memq.worker.supervisor); then the worker's end of that supervisor's pipes."""
+that runs it (memq.worker.supervisor, reused from job to job); then the worker's end of that
+supervisor's pipes."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from memq.paths import LOG
 from memq.store.types import Claim
 from memq.template import render
 from memq.worker.protocol import Command, Launch, LineReader, Message, Report, Started, encode
+from memq.worker.wakeup import Wakeup
 
 
 def launch_message(env: JobEnv, command: list[str] | None, inherited: Mapping[str, str], *, fence_after: float,
@@ -30,14 +32,16 @@ def launch_message(env: JobEnv, command: list[str] | None, inherited: Mapping[st
 
 
 class Supervised:
-    """A running supervisor: send it commands, read its reports (its stdout is non-blocking)."""
+    """A supervisor process (memq.worker.supervisor): send it commands, read its reports (its stdout
+    is non-blocking). It runs one job at a time, ``job``, and many in its life."""
 
-    def __init__(self, launch: Launch) -> None:
+    def __init__(self) -> None:
         self.proc = subprocess.Popen([sys.executable, "-m", "memq.worker.supervisor"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        self.send(launch)
         os.set_blocking(self.stdout.fileno(), False)
         self._reports = LineReader()
+        self.job: ActiveJob | None = None
+        self.gone = False  # its stdout reached EOF: it exited
 
     @property
     def stdout(self) -> IO[bytes]:
@@ -54,11 +58,67 @@ class Supervised:
     def read(self) -> list[Message] | None:
         """The reports it wrote since the last read; None once its stdout is closed."""
         try:
-            chunk = os.read(self.stdout.fileno(), 4096)
+            chunk = os.read(self.stdout.fileno(), 65536)
         except BlockingIOError:
             return []
+        self.gone = not chunk
         reports = self._reports.feed(chunk)
         return reports if chunk else None
+
+    def close(self, timeout: float) -> None:
+        """End it and wait: EOF on its stdin makes it kill the job it runs, if any, and exit."""
+        assert self.proc.stdin is not None
+        with contextlib.suppress(OSError):
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:  # the job's first process dies with it (its PDEATHSIG)
+            self.proc.kill()
+            self.proc.wait()
+        self.stdout.close()
+
+
+class Supervisors:
+    """A worker's supervisor processes: an idle one runs the next job, a new one starts only when
+    none is idle, so a worker keeps at most as many as it ran jobs at once. Used as a context, it
+    ends the idle ones on the way out."""
+
+    def __init__(self, wakeup: Wakeup, close_timeout: float) -> None:
+        self.wakeup = wakeup
+        self.close_timeout = close_timeout
+        self.idle: list[Supervised] = []
+
+    def take(self) -> Supervised:
+        while self.idle:
+            supervisor = self.idle.pop()
+            if supervisor.proc.poll() is None:
+                return supervisor
+            self.drop(supervisor)
+        supervisor = Supervised()
+        self.wakeup.watch(supervisor.stdout, supervisor)
+        return supervisor
+
+    def release(self, supervisor: Supervised) -> None:
+        """Its job ended and it said so: it waits for the next one (unless it is gone)."""
+        supervisor.job = None
+        if supervisor.gone:
+            self.drop(supervisor)
+        else:
+            self.idle.append(supervisor)
+
+    def drop(self, supervisor: Supervised) -> None:
+        """End it (a job it still runs is killed) and wait for it."""
+        self.wakeup.forget(supervisor.stdout)
+        if supervisor in self.idle:
+            self.idle.remove(supervisor)
+        supervisor.close(self.close_timeout)
+
+    def __enter__(self) -> Supervisors:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for supervisor in list(self.idle):
+            self.drop(supervisor)
 
 
 @dataclass(frozen=True)
@@ -97,12 +157,16 @@ class ActiveJob:
                 self.result = Gone(code)
 
 
-def start_job(claim: Claim, gpus: list[int], env: JobEnv, extra_env: Mapping[str, str], *, worker: str,
-          fence_after: float, kill_grace: float) -> ActiveJob:
-    """Make the attempt's directories and start its supervisor."""
+def start_job(claim: Claim, gpus: list[int], env: JobEnv, inherited: Mapping[str, str], supervisors: Supervisors, *,
+              worker: str, fence_after: float, kill_grace: float) -> ActiveJob:
+    """Make the attempt's directories and hand it to an idle supervisor (or a new one); the job's
+    environment is ``inherited`` (the worker's, and what opens its store) and ``env``'s variables."""
     env.make_dirs()
     header = (f"# memq: job {claim.job_id} attempt {claim.attempt} on {socket.gethostname()} "
               f"(worker {worker}, GPUs {','.join(map(str, gpus)) or 'none'}) at {time.strftime('%Y-%m-%d %H:%M:%S')}")
-    launch = launch_message(env, claim.command, {**os.environ, **extra_env}, fence_after=fence_after,
+    launch = launch_message(env, claim.command, inherited, fence_after=fence_after,
                             kill_grace=kill_grace, header=header)
-    return ActiveJob(claim, gpus, Supervised(launch), Path(launch.log))
+    supervisor = supervisors.take()
+    job = supervisor.job = ActiveJob(claim, gpus, supervisor, Path(launch.log))
+    supervisor.send(launch)
+    return job

@@ -32,6 +32,7 @@ GPU sharing.)
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import random
 import signal
@@ -49,7 +50,7 @@ from memq.store.errors import StoreUnavailable
 from memq.store.store import Store
 from memq.store.types import Capacity, Claim, Outcome, Running, WorkerRef
 from memq.worker.config import WorkerConfig
-from memq.worker.launch import ActiveJob, start_job
+from memq.worker.launch import ActiveJob, Supervised, Supervisors, start_job
 from memq.worker.outcome import OutcomePolicy
 from memq.worker.pools import GpuPools, hold_for
 from memq.worker.protocol import Renew, Stop
@@ -102,6 +103,7 @@ class Worker:
         self.stop_now = False
         self.ref: WorkerRef | None = None
         self.wakeup = Wakeup()
+        self.supervisors = Supervisors(self.wakeup, close_timeout=config.kill_grace + 5)
         self.claim_at = 0.0  # when to claim next though the version file did not change (monotonic)
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -117,7 +119,7 @@ class Worker:
         self.log(f"started (pid {os.getpid()}, GPUs {','.join(map(str, cfg.gpus)) or 'none'}{multi}, "
                  f"{cfg.slots} CPU slots, lease {cfg.lease:g}s)")
         pause = 1.0
-        with self.wakeup.signals(self._on_signal):
+        with self.wakeup.signals(self._on_signal), self.supervisors:
             while True:
                 try:
                     code = self._loop()
@@ -211,6 +213,7 @@ class Worker:
             self._pending(self._judge(job))
             self.unrecorded_logs[(job.claim.job_id, job.claim.attempt)] = job.log
             del self.jobs[job.claim.job_id]
+            self.supervisors.release(job.supervisor)
         self._start_ahead()
         if self._must_record(now):
             self._exchange()
@@ -415,25 +418,29 @@ class Worker:
                 self._pending(Outcome(claim.job_id, claim.attempt, "requeued", reason=why))
             self.ahead.clear()
 
+    @functools.cached_property
+    def _inherited(self) -> dict[str, str]:
+        """Every job's environment before its own variables: the worker's, and what opens the store."""
+        return {**os.environ, **self.store.job_env()}
+
     def _start(self, claim: Claim, gpus: list[int]) -> None:
         cfg = self.cfg
         env = JobEnv.of_claim(claim, self.store.root, cfg.scratch, gpus, sync=cfg.sync_checkpoints)
-        job = start_job(claim, gpus, env, self.store.job_env(), worker=cfg.name, fence_after=cfg.lease / 2,
-                           kill_grace=cfg.kill_grace)
-        self.jobs[claim.job_id] = job
-        self.wakeup.watch(job.supervisor.stdout, job)
+        self.jobs[claim.job_id] = start_job(claim, gpus, env, self._inherited, self.supervisors, worker=cfg.name,
+                                            fence_after=cfg.lease / 2, kill_grace=cfg.kill_grace)
         self.log(f"job {claim.job_id} attempt {claim.attempt} ({claim.grid}/{claim.group}) started"
                  + (f" on GPUs {','.join(map(str, gpus))}" if gpus else ""))
 
     # -- supervisors -----------------------------------------------------------------------------
 
-    def _collect(self, ready: list[tuple[Any, ActiveJob]]) -> None:
-        """Read what supervisors said; mark jobs whose supervisor is done."""
-        for _, job in ready:
-            reports = job.supervisor.read()
-            if reports is None:
-                self.wakeup.forget(job.supervisor.stdout)
-            job.take(reports)
+    def _collect(self, ready: list[tuple[Any, Supervised]]) -> None:
+        """Read what supervisors said; mark the jobs that ended (or whose supervisor died)."""
+        for _, supervisor in ready:
+            reports = supervisor.read()
+            if supervisor.job is not None:
+                supervisor.job.take(reports)
+            elif reports is None:  # an idle one exited
+                self.supervisors.drop(supervisor)
 
     def _end_job(self, job: ActiveJob, why: str, *, kill: bool) -> None:
         """Ask a job's supervisor to stop it; ``why`` decides how its end is recorded."""
@@ -492,7 +499,5 @@ class Worker:
             self._forget(self.jobs.pop(job_id))
 
     def _forget(self, job: ActiveJob) -> None:
-        """A fenced job: its supervisor is killing it; nothing of it is recorded."""
-        self.wakeup.forget(job.supervisor.stdout)
-        with contextlib.suppress(Exception):
-            job.supervisor.proc.wait(timeout=self.cfg.kill_grace + 5)
+        """A fenced job: nothing of it is recorded; its supervisor, killing it, is ended (not reused)."""
+        self.supervisors.drop(job.supervisor)

@@ -1,9 +1,10 @@
 """The lines a worker and a job's supervisor exchange over the supervisor's stdin and stdout.
 
-Worker -> supervisor: ``launch {json}`` once, then ``renew`` after every heartbeat it committed,
-and ``term WHY`` / ``kill WHY`` to stop the job. Supervisor -> worker: ``started PID``, then one
-of ``exit CODE``, ``fenced``, ``killed WHY CODE`` or ``unstartable WHY`` (the program could not
-be executed: missing, not executable, arguments too long). Both sides use :func:`encode` and
+Worker -> supervisor, for each job it runs: ``launch {json}``, then ``renew`` after every heartbeat
+the worker committed, and ``term WHY`` / ``kill WHY`` to stop the job. Supervisor -> worker:
+``started PID``, then one of ``exit CODE``, ``fenced``, ``killed WHY CODE`` or ``unstartable WHY``
+(the program could not be executed: missing, not executable, arguments too long); after that last
+word the next ``launch`` may come. Both sides use :func:`encode` and
 :class:`LineReader`. Standard library only, and NamedTuples rather than dataclasses: the
 supervisor must start fast (dataclasses imports inspect: ~20 ms more before every job starts).
 Compare messages by type and value: as tuples, ``Renew() == Fenced()``.

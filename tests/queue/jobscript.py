@@ -4,8 +4,9 @@
 
 Holds an exclusive flock on OUTDIR/JOB.lock while it runs; a killed attempt's lock is released
 by the kernel. If the lock is already held when an attempt starts, an earlier attempt of the same
-job is still alive: it writes JOB.ATTEMPT.overlap. Records start (time, pids, GPUs, environment)
-in JOB.ATTEMPT.start and, when it ends on its own, JOB.ATTEMPT.end. Modes:
+job is still alive: it writes JOB.ATTEMPT.overlap. Records start (time, pids, its parent - the
+supervisor -, working directory, GPUs, environment) in JOB.ATTEMPT.start and, when it ends on its
+own, JOB.ATTEMPT.end. Modes:
 
 * ``gate``: run until OUTDIR/JOB.go or OUTDIR/JOB.ATTEMPT.go exists (SECONDS is then only a cap),
   so a test decides when the job ends instead of guessing how long its worker takes;
@@ -33,9 +34,11 @@ except BlockingIOError:
 pids = [os.getpid()]
 if "child" in modes:
     pids.append(subprocess.Popen(["sleep", "600"]).pid)
-record = {"start": time.time(), "pids": pids, "gpus": os.environ.get("CUDA_VISIBLE_DEVICES"),
+record = {"start": time.time(), "pids": pids, "ppid": os.getppid(), "cwd": os.getcwd(),
+          "gpus": os.environ.get("CUDA_VISIBLE_DEVICES"),
           "device_order": os.environ.get("CUDA_DEVICE_ORDER"), "threads": os.environ.get("OMP_NUM_THREADS"),
-          "env_job": os.environ.get("MEMQ_JOB_ID")}
+          "env_job": os.environ.get("MEMQ_JOB_ID"),
+          "params": {k: v for k, v in os.environ.items() if k.startswith("MEMQ_PARAM_")}}
 
 
 def write(name: str, data: dict) -> None:

@@ -69,23 +69,29 @@ def test_every_message_is_one_line_and_reads_back_from_chunks_split_anywhere() -
         decode(b"hello 1")
 
 
-def supervise(tmp: Path, code: str, fence_after: float = 30.0) -> Supervised:
-    log = tmp / "log.txt"
-    return Supervised(Launch(argv=[sys.executable, "-c", code], env=dict(os.environ), cwd=str(tmp), log=str(log),
-                             fence_after=fence_after, term_grace=5.0, header="# head"))
+def supervise(tmp: Path, code: str, fence_after: float = 30.0, supervisor: Supervised | None = None,
+              **launch: object) -> Supervised:
+    """A job running ``code`` under ``supervisor`` (a new one if None), logging to tmp/log.txt."""
+    supervisor = supervisor or Supervised()
+    supervisor.send(Launch(**{"argv": [sys.executable, "-c", code], "env": dict(os.environ), "cwd": str(tmp),
+                              "log": str(tmp / "log.txt"), "fence_after": fence_after, "term_grace": 5.0,
+                              "header": "# head", **launch}))
+    return supervisor
 
 
-def reports(supervisor: Supervised, *, until: type | None = None, timeout: float = 30.0) -> list[object]:
-    """What the supervisor says until it closes its stdout (or says an ``until``)."""
+LAST_WORDS = (Exited, Fenced, Killed, Unstartable)
+
+
+def reports(supervisor: Supervised, *, until: type | tuple[type, ...] = LAST_WORDS,
+            timeout: float = 30.0) -> list[object]:
+    """What the supervisor says until it says an ``until`` (by default: how its job ended)."""
     said: list[object] = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         got = supervisor.read()
-        if got is None:
-            supervisor.proc.wait()
-            return said
+        assert got is not None, f"the supervisor exited ({supervisor.proc.wait()}) after saying {said}"
         said += got
-        if until is not None and any(isinstance(message, until) for message in said):
+        if any(isinstance(message, until) for message in said):
             return said
         time.sleep(0.02)
     raise AssertionError(f"the supervisor said only {said} in {timeout}s")
