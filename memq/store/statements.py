@@ -9,8 +9,8 @@ planners can match the partial indexes (schema: ``state = 'queued'``) and no exe
 The others are built per call from their arguments. Statements that need ON CONFLICT take the
 backend's ``insert``. Which statement runs where is the backend's choice (memq.store.backend):
 PostgreSQL runs the ``*_recording_attempts`` forms, which take a whole batch of claims or of ends
-in one statement and write the attempt rows in that statement. SQL that only one database has (COPY, PRAGMA, advisory locks) stays with its backend;
-schema changes are in memq.store.migrations.
+in one statement and write the attempt rows in that statement. SQL that only one database has
+(COPY, PRAGMA, advisory locks) stays with its backend; schema changes are in memq.store.migrations.
 """
 
 from __future__ import annotations
