@@ -16,9 +16,18 @@ grid runs it.
     python bench/mem_train_step.py --tiny             # CPU smoke check with jobs.mem.config.tiny()
     python bench/mem_train_step.py --profile          # also a torch.profiler table of a few steps
     python bench/mem_train_step.py --reference DIR    # and the reference's step, side by side
+    python bench/mem_train_step.py --compile          # and memq's step with torch.compile, side by side
 
 Prints one table row per configuration: device, precision, subjects, topyneck, batch,
 samples/s, ms/step, peak GPU memory (torch.cuda.max_memory_allocated; n/a on a CPU).
+
+``--compile`` adds, per configuration, memq's step with the model's forward compiled
+(``torch.compile`` of ``MemModel.forward_subjects``, inductor, static shapes; the warm-up steps
+absorb the compilation) and prints its gain. mem.train compiles nothing: a candidate speed-up
+enters training only once this bench shows a gain on a GPU with the same loss (issue 19). Fused
+AdamW is no candidate: Lightning refuses gradient clipping with an optimizer that unscales its own
+gradients, and the recipe clips at TRAINER.GRADIENT_CLIP_VAL (0.5, as the reference). A row whose
+loss was not finite (its optimizer steps skipped) fails instead of printing a figure.
 
 ``--reference DIR`` (a clone of huzeyann/MemoryEncodingModel, never part of memq) also times the
 reference's own LightningModule per row on the same batch, widths, precision and Lightning settings
@@ -194,7 +203,7 @@ class ForwardBreakdown:
 
 def run_one(
     args: argparse.Namespace, device: torch.device, precision: str, n_subjects: int, frozen: bool,
-    profile: bool = False, breakdown: bool = False, ref: Any = None,
+    profile: bool = False, breakdown: bool = False, ref: Any = None, compiled: bool = False,
 ) -> dict[str, Any]:
     """Time memq's training step for one configuration, or the reference's (``ref``) on the same batch."""
     overrides: dict[str, Any] = dict(tiny()) if args.tiny else dict(RANDOM_BACKBONES)  # speed: weights irrelevant
@@ -217,6 +226,8 @@ def run_one(
         if frozen:
             model.freeze_topyneck()
         lit = MemLit(config, model)
+        if compiled:  # the instance attribute shadows the method that MemLit's steps call
+            model.forward_subjects = torch.compile(model.forward_subjects, dynamic=False)  # type: ignore[method-assign]
     else:
         import pytorch_lightning as pl  # the reference's Lightning package
 
@@ -240,10 +251,14 @@ def run_one(
             enable_model_summary=False, default_root_dir=root, callbacks=[timer],
         )
         trainer.fit(lit, train_dataloaders=loader)
+    skipped = warmup + steps - trainer.global_step
+    if ref is None and skipped:  # MemLit skips the optimizer step of a non-finite loss: no figure to time
+        raise RuntimeError(f"{skipped} of {warmup + steps} optimizer steps skipped (non-finite loss)")
     seconds = timer.t1 - timer.t0
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     result: dict[str, Any] = {
-        "model": "memq" if ref is None else "reference", "device": device_name(device), "precision": precision,
+        "model": "reference" if ref is not None else "memq (compiled)" if compiled else "memq",
+        "device": device_name(device), "precision": precision,
         "matmul_precision": config.TRAINER.MATMUL_PRECISION if device.type == "cuda" else "n/a (CPU)",
         "subjects": n_subjects,
         "voxels_per_subject": n_voxels,
@@ -280,20 +295,23 @@ def device_name(device: torch.device) -> str:
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    head = ["device", "precision", "subj", "topyneck", "batch", "samples/s", "ms/step", "peak alloc GiB",
+    head = ["model", "device", "precision", "subj", "topyneck", "batch", "samples/s", "ms/step", "peak alloc GiB",
             "trainable params"]
-    lines = [[r["device"], r["precision"], r["subjects"], r["topyneck"], r["batch"], f"{r['samples_per_s']:.1f}",
-              f"{r['ms_per_step']:.1f}", refstep.peak(r), f"{r['trainable_params']:,}"] for r in rows]
+    lines = [[r["model"], r["device"], r["precision"], r["subjects"], r["topyneck"], r["batch"],
+              f"{r['samples_per_s']:.1f}", f"{r['ms_per_step']:.1f}", refstep.peak(r), f"{r['trainable_params']:,}"]
+             for r in rows]
     print(table(head, lines))
 
 
 def run_logged(
-    args: argparse.Namespace, device: torch.device, precision: str, n_subjects: int, frozen: bool, ref: Any = None
+    args: argparse.Namespace, device: torch.device, precision: str, n_subjects: int, frozen: bool, ref: Any = None,
+    compiled: bool = False,
 ) -> dict[str, Any] | None:
     """run_one with a progress line; None (and the error printed) when the row failed, e.g. out of memory."""
-    who, mode = "memq" if ref is None else "reference", "frozen" if frozen else "trainable"
+    who = "reference" if ref is not None else "memq (compiled)" if compiled else "memq"
+    mode = "frozen" if frozen else "trainable"
     try:
-        r = run_one(args, device, precision, n_subjects, frozen, ref=ref)
+        r = run_one(args, device, precision, n_subjects, frozen, ref=ref, compiled=compiled)
     except Exception as error:  # report it and go on with the next row
         print(f"  {who} {precision} subjects={n_subjects} topyneck={mode}: FAILED {type(error).__name__}: {error}")
         if device.type == "cuda":
@@ -323,6 +341,8 @@ def main() -> None:
         "--ref-attention", default="auto", choices=["auto", "plain"],
         help="reference DINOv2 attention without xformers: auto = SDPA stand-in, plain = dinov2's own fallback",
     )
+    parser.add_argument("--compile", action="store_true",
+                        help="also time memq's step with torch.compile of the model's forward, and its gain")
     parser.add_argument("--xvbc-epochs", type=int, default=None, help="epochs per xvbc job (default MAX_EPOCHS)")
     parser.add_argument("--profile", action="store_true",
                         help="after the table: torch.profiler of the first configuration + forward breakdown")
@@ -356,6 +376,7 @@ def main() -> None:
 
     rows: list[dict[str, Any]] = []
     refs: list[dict[str, Any] | None] = []
+    compiled_rows: list[dict[str, Any]] = []
     for precision, n_subjects, frozen in itertools.product(precisions, subject_counts, frozen_modes):
         result = run_logged(args, device, precision, n_subjects, frozen)
         if result is None:
@@ -363,16 +384,25 @@ def main() -> None:
         rows.append(result)
         if ref is not None:
             refs.append(run_logged(args, device, precision, n_subjects, frozen, ref))
+        if args.compile:
+            compiled = run_logged(args, device, precision, n_subjects, frozen, compiled=True)
+            if compiled is not None:
+                gain = compiled["samples_per_s"] / result["samples_per_s"]
+                print(f"  torch.compile gain: {gain:.2f}x ({result['samples_per_s']:.1f} -> "
+                      f"{compiled['samples_per_s']:.1f} samples/s)", flush=True)
+                compiled_rows.append(compiled)
     print()
     if ref is None:
-        print_table(rows)
+        print_table(rows + compiled_rows)
     else:
         refstep.print_comparison(rows, refs)
         refstep.project(ref, rows, refs, args.xvbc_epochs, args.tiny)
+        if compiled_rows:
+            print_table(compiled_rows)
     out = Path(args.out) if args.out else None
     if out:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "mem_train_step.json").write_text(json.dumps(rows + [r for r in refs if r], indent=2))
+        (out / "mem_train_step.json").write_text(json.dumps(rows + compiled_rows + [r for r in refs if r], indent=2))
 
     if args.profile:
         precision, n_subjects, frozen = precisions[0], subject_counts[0], frozen_modes[-1]
