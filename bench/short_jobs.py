@@ -2,7 +2,7 @@
 local SQLite.
 
     python bench/short_jobs.py                                   # 2000 `true` jobs, 4 workers x 2 slots
-    python bench/short_jobs.py --jobs 3000 --slots 1 2 4 --before main --before-jobs 500
+    python bench/short_jobs.py --jobs 3000 --slots 2 4 --before 5b7ee55 --before-jobs 400  # issue 20's A/B
 
 N command jobs (`true`) are submitted once W workers (`memq worker --gpus none --slots K
 --idle-exit 2`) have registered and wait; throughput = N / (last recorded end - first claim), both
@@ -100,7 +100,8 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2000)
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--slots", type=int, nargs="+", default=[2], help="CPU slots per worker (one run each)")
-    ap.add_argument("--before", help="also run the workers of this git revision (e.g. main)")
+    ap.add_argument("--before", help="also run the workers of this git revision (e.g. main); it must read this "
+                    "tree's schema (5 since 3074399): the roots are made by this tree")
     ap.add_argument("--before-jobs", type=int, help="jobs for the --before runs (default: --jobs)")
     ap.add_argument("--tmp", help="where the roots go (default: $TMPDIR)")
     args = ap.parse_args()
