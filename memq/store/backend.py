@@ -24,6 +24,7 @@ from sqlalchemy.engine import Connection, Engine
 from memq.lock import LockLost
 from memq.store import statements as q
 from memq.store.errors import DatabaseDamaged, StoreUnavailable
+from memq.store.types import WorkerRef
 
 T = TypeVar("T")
 
@@ -147,6 +148,12 @@ class Backend:
                 conn.execute(q.attempt_end(), params)
             rows.append(row)
         return rows
+
+    def renew_lease(self, conn: Connection, ref: WorkerRef, now: float) -> tuple[Any | None, list[Any]]:
+        """One heartbeat's write: the worker's row (``drain``) or None where this incarnation is
+        dead, and the (id, attempt, cancel_requested) of the jobs the table says it runs."""
+        row = conn.execute(q.renew_lease(ref, now)).first()
+        return row, [] if row is None else list(conn.execute(q.held_jobs(ref.id)))
 
     @contextlib.contextmanager
     def driver_cursor(self, conn: Connection, sql: str) -> Iterator[Any]:

@@ -1,10 +1,10 @@
 """PostgreSQL: the scale-out backend (same schema; the server's MVCC, claims ``FOR UPDATE SKIP LOCKED``).
 
 Where it departs from SQLite: a worker's claims take a batch of jobs in one statement, its finishes
-end a batch of attempts in one statement, and both write their attempt rows in that statement;
-the hot path's compiled SQL goes straight to psycopg; submits copy new jobs in with COPY (under
-the grid's row lock); schema changes are serialised by an advisory lock; a job process gets the
-URL without its password.
+end a batch of attempts in one statement, and both write their attempt rows in that statement; a
+heartbeat renews the lease and reads the worker's jobs in one statement; the hot path's compiled
+SQL goes straight to psycopg; submits copy new jobs in with COPY (under the grid's row lock);
+schema changes are serialised by an advisory lock; a job process gets the URL without its password.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from sqlalchemy.engine import Connection
 
 from memq.store import statements as q
 from memq.store.backend import Backend
+from memq.store.types import WorkerRef
 
 _PLANNED_COLUMNS = ("id", "state", "priority", "gpus", "not_before", "grid_id", "group_id", "worker_id")
 _SCHEMA_LOCK = 7405321  # the advisory lock key under which the schema is created or upgraded
@@ -92,6 +93,12 @@ class Postgres(Backend):
         ended = {(r.id, r.attempt): r for r in self._rows(conn, q.finish_recording_attempts(variant),
                                                           {**arrays, "p_now": outcomes[0]["p_now"]})}
         return [ended.pop((o["p_job"], o["p_attempt"]), None) for o in outcomes]
+
+    def renew_lease(self, conn: Connection, ref: WorkerRef, now: float) -> tuple[Any | None, list[Any]]:
+        # One round trip instead of two (a heartbeat's client CPU was twice a claim's)
+        rows = self._rows(conn, q.renew_lease_reading_jobs(),
+                          {"p_wid": ref.id, "p_incarnation": ref.incarnation, "p_now": now})
+        return (rows[0], [r for r in rows if r.id is not None]) if rows else (None, [])
 
     def _rows(self, conn: Connection, stmt: Any, params: dict[str, Any]) -> list[Any]:
         """The rows of a hot-path statement, its compiled SQL sent straight to psycopg in the

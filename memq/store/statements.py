@@ -9,8 +9,9 @@ planners can match the partial indexes (schema: ``state = 'queued'``) and no exe
 The others are built per call from their arguments. Statements that need ON CONFLICT take the
 backend's ``insert``. Which statement runs where is the backend's choice (memq.store.backend):
 PostgreSQL runs the ``*_recording_attempts`` forms, which take a whole batch of claims or of ends
-in one statement and write the attempt rows in that statement. SQL that only one database has
-(COPY, PRAGMA, advisory locks) stays with its backend; schema changes are in memq.store.migrations.
+in one statement and write the attempt rows in that statement, and a heartbeat's two statements as
+one (``renew_lease_reading_jobs``). SQL that only one database has (COPY, PRAGMA, advisory locks)
+stays with its backend; schema changes are in memq.store.migrations.
 """
 
 from __future__ import annotations
@@ -40,8 +41,12 @@ def _lit(value: str | int) -> Any:
 
 def worker_alive(ref: WorkerRef) -> Any:
     """This incarnation of the worker is the registered one, and it was not declared dead or stopped."""
-    return (W.c.id == ref.id) & (W.c.incarnation == ref.incarnation) & W.c.state.notin_(
-        [WS.DEAD.value, WS.STOPPED.value])
+    return _incarnation_alive(ref.id, ref.incarnation)
+
+
+def _incarnation_alive(worker_id: Any, incarnation: Any) -> Any:
+    return ((W.c.id == worker_id) & (W.c.incarnation == incarnation) & (W.c.state != _lit(WS.DEAD.value))
+            & (W.c.state != _lit(WS.STOPPED.value)))
 
 
 def jobs_where(ids: Iterable[int] = (), grid: str | None = None, states: Sequence[str] = (),
@@ -389,6 +394,20 @@ def held_jobs(worker_id: int) -> Any:
     """(id, attempt, cancel_requested) of the jobs the table says this worker runs."""
     return sa.select(J.c.id, J.c.attempt, J.c.cancel_requested).where(
         J.c.worker_id == worker_id, J.c.state == Q.RUNNING.value)
+
+
+@functools.cache
+def renew_lease_reading_jobs() -> Any:
+    """:func:`renew_lease` of incarnation ``p_incarnation`` of worker ``p_wid`` and :func:`held_jobs`
+    in one statement (PostgreSQL: an UPDATE in a WITH). No row: the incarnation is dead; one row
+    whose id is NULL: alive, and the table gives it no job; else one row per job it runs."""
+    alive = _incarnation_alive(bp("p_wid", type_=sa.Integer), bp("p_incarnation", type_=sa.Integer))
+    renewed = (W.update().where(alive)
+               .values(heartbeat=W.c.heartbeat + _lit(1), heartbeat_at=bp("p_now", type_=sa.Float))
+               .returning(W.c.drain).cte("renewed"))
+    held = (J.c.worker_id == bp("p_wid", type_=sa.Integer)) & (J.c.state == _lit(Q.RUNNING.value))
+    return (sa.select(renewed.c.drain, J.c.id, J.c.attempt, J.c.cancel_requested)
+            .select_from(renewed.outerjoin(J, held)))
 
 
 def worker_heartbeats() -> Any:

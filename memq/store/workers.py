@@ -64,10 +64,10 @@ class WorkerOps(StoreBase):
         def tx(conn: Connection) -> HeartbeatReply:
             nonlocal woke
             woke = False  # (a retried transaction starts over)
-            row = conn.execute(q.renew_lease(ref, now)).first()
+            row, held_rows = self.backend.renew_lease(conn, ref, now)
             if row is None:
                 return HeartbeatReply(alive=False, fenced=[(r.job_id, r.attempt) for r in running])
-            current = {(r.id, r.attempt): r.cancel_requested for r in conn.execute(q.held_jobs(ref.id))}
+            current = {(r.id, r.attempt): r.cancel_requested for r in held_rows}
             reply = HeartbeatReply(alive=True, drain=row.drain)
             held = {(r.job_id, r.attempt) for r in running}
             for job_id, attempt in sorted(set(current) - held):

@@ -207,6 +207,12 @@ def test_heartbeat_moves_the_counter_and_reports_cancel_and_drain(rig: Rig) -> N
     assert reply.cancel == [c.job_id] and reply.drain
     # A stale heartbeat count does not kill a worker that has moved on.
     assert st.declare_dead(me.id, before) == []
+    # A worker the table gives no job is alive, and told of nothing.
+    idle = worker(st, "idle")
+    counted = st.worker_heartbeats()[idle.id][0]
+    reply = st.heartbeat(idle, [])
+    assert reply.alive and not (reply.fenced or reply.cancel or reply.drain)
+    assert st.worker_heartbeats()[idle.id][0] == counted + 1
 
 
 def test_lost_attempts_are_charged_and_fail_at_max_attempts(rig: Rig) -> None:
