@@ -16,15 +16,15 @@ from memq.store.names import STATES
 
 GRIDS = "SELECT id, name, paused FROM grids ORDER BY id"
 GROUPS = "SELECT id, grid_id, name, ready FROM groups ORDER BY id"
-# (group, state, jobs); by (group, state): the one index of jobs that has state (ix_jobs_group_state)
-COUNTS_BY_GROUP = "SELECT group_id, state, count(*) FROM jobs GROUP BY group_id, state"
+# (group, state, jobs, summed and counted run times of their last attempts) in one pass over the
+# (group, state) index, which covers the times (ix_jobs_group_state; the run times read apart were
+# a second pass, 11 ms of PostgreSQL's 20 at 100,000 jobs); the succeeded rows give the durations.
+COUNTS_BY_GROUP = ("SELECT group_id, state, count(*), sum(finished_at - started_at), count(finished_at - started_at) "
+                   "FROM jobs GROUP BY group_id, state")
 DEPENDENCIES = "SELECT group_id, after_group_id FROM group_deps"
 JOB_DEPENDENCIES = "SELECT d.group_id, j.id, j.state FROM group_job_deps d JOIN jobs j ON j.id = d.after_job_id"
-# Run time of the succeeded jobs' last attempts, summed by group, and below the queued jobs that need
-# GPUs: from the (group, state) index, which covers GPUs and times (a scan of the jobs took twice as
-# long at 100,000 jobs, and PostgreSQL's read of the queued jobs' rows 50 ms).
-DURATIONS = ("SELECT group_id, sum(finished_at - started_at), count(finished_at - started_at) FROM jobs "
-             "WHERE group_id IN (SELECT id FROM groups) AND state = 'succeeded' GROUP BY group_id")
+# The queued jobs that need GPUs: from the (group, state) index, which covers GPUs (a scan of the jobs
+# took twice as long at 100,000 jobs, and PostgreSQL's read of the queued jobs' rows 50 ms).
 # From the running jobs' index: its condition (worker_id IS NOT NULL) is spelled out for the planners,
 # and +id keeps SQLite from scanning every job in id order instead (18 ms at 100,000 jobs).
 RUNNING = ("SELECT id, grid_id, attempt, CAST(progress AS TEXT), worker_id FROM jobs WHERE worker_id IS NOT NULL "
@@ -53,11 +53,12 @@ def _all(cursor: Any, sql: str) -> list[Any]:
     return cursor.fetchall()
 
 
-def durations(cursor: Any, grid_of: dict[int, str]) -> dict[str, float]:
-    """grid name (``grid_of``: by group id) -> mean run time of its succeeded jobs' last attempts."""
+def durations(by_group: list[Any], grid_of: dict[int, str]) -> dict[str, float]:
+    """grid name (``grid_of``: by group id) -> mean run time of its succeeded jobs' last attempts,
+    from the rows of COUNTS_BY_GROUP."""
     sums: dict[str, list[float]] = {}
-    for group_id, seconds, n in _all(cursor, DURATIONS):
-        if n:
+    for group_id, state, _jobs, seconds, n in by_group:
+        if state == "succeeded" and n:
             total = sums.setdefault(grid_of[group_id], [0.0, 0])
             total[0] += seconds
             total[1] += n
@@ -81,23 +82,28 @@ def _groups(cursor: Any, rows: list[Any], by_group: list[Any]) -> dict[int, dict
         out[gid]["after"].append(names[after])
     for gid, job_id, state in _all(cursor, JOB_DEPENDENCIES):
         out[gid]["after_jobs"].append({"id": job_id, "state": state})
-    for gid, state, n in by_group:
+    for gid, state, n, _seconds, _timed in by_group:
         out[gid]["counts"][state] = n
     return out
 
 
-def grids(cursor: Any, *, with_groups: bool = True) -> dict[int, dict[str, Any]]:
+def counts_by_group(cursor: Any) -> list[Any]:
+    """The rows of COUNTS_BY_GROUP: what :func:`grids` and :func:`durations` are made from."""
+    return _all(cursor, COUNTS_BY_GROUP)
+
+
+def grids(cursor: Any, *, with_groups: bool = True, by_group: list[Any] | None = None) -> dict[int, dict[str, Any]]:
     """Grid id -> its id, name, paused, counts by state, the ids of its groups (``group_ids``), and
     with ``with_groups`` its groups (name, readiness, the groups and single jobs each is after,
-    counts by state)."""
+    counts by state). ``by_group``: :func:`counts_by_group`, read here if not given."""
+    by_group = counts_by_group(cursor) if by_group is None else by_group
     out = {gid: {"id": gid, "name": name, "paused": bool(paused), "counts": dict.fromkeys(STATES, 0),
                  "group_ids": []} for gid, name, paused in _all(cursor, GRIDS)}
     groups = _all(cursor, GROUPS)
     for gid, grid, _name, _ready in groups:
         out[grid]["group_ids"].append(gid)
     grid_of = {gid: grid for gid, grid, _name, _ready in groups}
-    by_group = _all(cursor, COUNTS_BY_GROUP)
-    for group_id, state, n in by_group:
+    for group_id, state, n, _seconds, _timed in by_group:
         out[grid_of[group_id]]["counts"][state] += n
     if with_groups:
         views = _groups(cursor, groups, by_group)
@@ -113,7 +119,8 @@ def read(cursor: Any, *, with_groups: bool = True) -> dict[str, Any]:
     ``grids`` (as :func:`grids` gives them), ``durations`` (grid -> mean run time), ``running``
     (running jobs, by id), ``workers`` (rows), ``failures`` (the 5 latest failed or lost attempts)
     and ``gpu_needs`` (grid -> GPUs needed -> queued jobs that need them)."""
-    found = grids(cursor, with_groups=with_groups)
+    by_group = counts_by_group(cursor)
+    found = grids(cursor, with_groups=with_groups, by_group=by_group)
     name = {i: g["name"] for i, g in found.items()}
     grid_of = {gid: g["name"] for g in found.values() for gid in g.pop("group_ids")}
     gpu_needs: dict[str, dict[int, int]] = {}
@@ -122,7 +129,7 @@ def read(cursor: Any, *, with_groups: bool = True) -> dict[str, Any]:
         per_gpus[need] = per_gpus.get(need, 0) + n
     return {
         "grids": list(found.values()),
-        "durations": durations(cursor, grid_of),
+        "durations": durations(by_group, grid_of),
         "running": [{"id": i, "grid": name[grid_id], "attempt": attempt, "progress": parsed(progress),
                      "worker_id": worker} for i, grid_id, attempt, progress, worker in _all(cursor, RUNNING)],
         "workers": workers(cursor),
