@@ -15,6 +15,7 @@ poll (WorkerConfig.safety_poll) claims and looks at the others anyway, once per 
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import Callable
 from pathlib import Path
@@ -60,7 +61,7 @@ class StoreBase:
         only, so not fsynced: a lost bump costs an idle worker one back-off period."""
         write_text_atomically(self.version_path, secrets.token_hex(8), durable=False)
 
-    def version(self) -> tuple[int, int, int] | None:
+    def version(self) -> tuple[int, int, int, bytes] | None:
         """A cheap fingerprint of the version file; changes whenever the store changed."""
         return _fingerprint(self.version_path)
 
@@ -68,7 +69,7 @@ class StoreBase:
         """Tell idle workers that a worker started running jobs: they watch its heartbeat."""
         write_text_atomically(self.busy_path, secrets.token_hex(8), durable=False)
 
-    def busy_version(self) -> tuple[int, int, int] | None:
+    def busy_version(self) -> tuple[int, int, int, bytes] | None:
         """A cheap fingerprint of the busy file; changes whenever a worker went from idle to busy."""
         return _fingerprint(self.busy_path)
 
@@ -78,10 +79,15 @@ class StoreBase:
         return self.backend.job_env()
 
 
-def _fingerprint(path: Path) -> tuple[int, int, int] | None:
-    """Inode, mtime and size: a bump renames a new file into place (a new inode, a later mtime)."""
+def _fingerprint(path: Path) -> tuple[int, int, int, bytes] | None:
+    """Inode, mtime, size and the random token the last bump wrote. A bump renames a new file into
+    place, yet a stat alone is not enough: sshfs reuses inode numbers and keeps whole seconds of
+    mtime, so every second bump within a second looked unchanged from another mount (an idle worker
+    slept through a submit until its safety poll). Opening the file also revalidates it on NFS
+    (close-to-open), where a stat may answer from the attribute cache."""
     try:
-        st = path.stat()
+        with path.open("rb") as file:
+            st = os.fstat(file.fileno())
+            return (st.st_ino, st.st_mtime_ns, st.st_size, file.read(64))
     except FileNotFoundError:
         return None
-    return (st.st_ino, st.st_mtime_ns, st.st_size)

@@ -297,6 +297,20 @@ def test_version_file_changes_only_when_claimable_work_may_appear(rig: Rig) -> N
     assert v0 is not None
 
 
+def test_every_bump_is_seen_from_another_host_even_within_one_second(multihost_rig: Rig) -> None:
+    """The version and busy files as another host reads them: on sshfs a stat alone (inode, mtime,
+    size) missed every second bump made within a second (inode numbers reused, whole-second mtimes),
+    and an idle worker slept through a submit until its safety poll."""
+    writer, reader = multihost_rig.store(0), multihost_rig.store(1)
+    seen = (reader.version(), reader.busy_version())
+    for _ in range(20):  # (well within a second)
+        writer.bump_version()
+        writer.announce_busy()
+        now = (reader.version(), reader.busy_version())
+        assert now[0] != seen[0] and now[1] != seen[1]
+        seen = now
+
+
 @pytest.mark.parametrize("mode", ["local", "shared"])
 def test_sqlite_mode_is_recorded_in_the_database(tmp_path, mode: str) -> None:
     from memq.errors import UserError
