@@ -117,7 +117,10 @@ def test_status_watch_redraws_what_changes_until_interrupted(tmp_path: Path, pro
     interval = 0.2
     watch = processes.start([sys.executable, "-m", "memq", *rig.cli_args(), "status", "--watch", "--interval",
                              str(interval)], stdin=their_end, stdout=their_end, stderr=their_end, cwd=REPO,
-                            env={**os.environ, "TERM": "xterm-256color"})
+                            env={**os.environ, "TERM": "xterm-256color"},
+                            # as a terminal's foreground job: a test run in the background (`&`) passes
+                            # SIGINT on ignored, and Python keeps it ignored
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     os.close(their_end)
     shown = bytearray()
 
