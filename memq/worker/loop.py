@@ -8,7 +8,7 @@ and wakes for
   claims several and records their ends together (memq/claim_ahead.py);
 * the heartbeat timer (only while it runs jobs) -> one write renews all its leases, then every
   supervisor is told to renew; the reply says what was fenced, cancelled, or drained;
-* the poll timer -> stat the version and busy files (memq/store/base.py); heartbeat (to learn a
+* the poll timer -> read the version and busy files (memq/store/base.py); heartbeat (to learn a
   drain request) and claim only when the version changed or a capped back-off expired, so idle
   workers cause no database transactions while nothing changes. Every claim that finds nothing it
   may run (wherever in the loop it happens) sets the claim timer to when the first backed-off job
