@@ -1,6 +1,6 @@
 """What every part of the Store stands on: its backend, its root, and the two hint files.
 
-Idle workers make no database transaction while nothing changes; they stat two files instead:
+Idle workers make no database transaction while nothing changes; they read two files instead:
 
 * the version file, bumped after every write that may make a job claimable (a submit, a requeue, a
   drain request): an idle worker that sees it change learns its own state (a heartbeat) and claims;
