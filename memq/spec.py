@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+# One encoder for every call: json.dumps builds a new one per call when given options (a job key's JSON
+# took 2.1 us, now 1.5).
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)
+
 
 def canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return _CANONICAL.encode(value)
 
 
 @dataclass(frozen=True)
@@ -33,20 +37,21 @@ class JobSpec:
     max_attempts: int = 3
     gpu_share: float = 0.0  # a fraction 1/k of one GPU (then gpus is 0): memq/worker/sharing.py
     gpu_mem_gb: float = 0.0  # GPU memory it declares it needs, per GPU (0: not declared)
+    # Every job's key is needed (expansion checks them, submit looks them up), so it is computed as the
+    # job is built: a cached_property takes a lock on first use (Python 3.11), ~1.2 us of the ~9 us a
+    # job took to expand.
+    key: str = field(init=False, repr=False, compare=False)
 
-    # Both hashes are computed once per job (expansion checks the keys, submit needs both): a job's
-    # fields are not changed after it is built.
-    @cached_property
-    def key(self) -> str:
+    def __post_init__(self) -> None:
         identity = [self.grid, self.group, self.kind, self.params, self.repeat]
-        return hashlib.sha256(canonical_json(identity).encode()).hexdigest()[:32]
+        object.__setattr__(self, "key", hashlib.sha256(canonical_json(identity).encode()).hexdigest()[:32])
 
     @property
     def run_fields(self) -> tuple[Any, ...]:
         """What the job runs with besides its command: the spec hash's other inputs."""
         return self.gpus, self.cpus, self.mem_gb, self.priority, self.max_attempts, self.gpu_share, self.gpu_mem_gb
 
-    @cached_property
+    @cached_property  # (a job's fields are not changed after it is built)
     def spec_hash(self) -> str:
         """Hash of what the job would run; a resubmitted job whose hash differs was edited."""
         *before_sharing, gpu_share, gpu_mem_gb = self.run_fields

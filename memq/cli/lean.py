@@ -16,6 +16,7 @@ edited in place without a version bump: `memq submit --force` expands and valida
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -83,6 +84,22 @@ def run(argv: list[str]) -> bool:
     parsed = _parse(argv)
     if parsed is None:
         return False
+    # A short-lived process that holds little: the cyclic garbage collector's passes during the imports
+    # and its last pass over every object at exit were ~35 ms of a 0.2 s `memq status`. Reference
+    # counting still frees what is dropped. The Typer app (the worker among its commands) gets it back.
+    gc.disable()
+    answered = False
+    try:
+        answered = _answer(parsed)
+    finally:
+        if answered:
+            gc.freeze()  # the objects left are the process's until it exits: no last pass over them
+        else:
+            gc.enable()
+    return answered
+
+
+def _answer(parsed: _Parsed) -> bool:
     options = RootOptions(**parsed.queue)
     if parsed.command == "status":
         return _status(options, "--json" in parsed.flags)

@@ -8,12 +8,14 @@ import sqlite3
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from memq.errors import UserError
 from memq.grid import load_grid
+from memq.spec import JobSpec
 from memq.template import render
 
 from ..conftest import SMOKE
@@ -47,6 +49,18 @@ def test_key_ignores_param_order_but_not_values_grid_or_group(tmp_path: Path) ->
     assert load_grid(write(tmp_path, base.replace("name: a", "name: b"))).jobs[0].key != a
     # The command is not part of a job's identity: editing it does not make new jobs.
     assert load_grid(write(tmp_path, base.replace("[echo]", "[ls, 3]"))).jobs[0].key == a
+
+
+def test_keys_and_spec_hashes_are_those_earlier_versions_stored() -> None:
+    # A queue keeps the keys and hashes that an earlier memq computed: the same job must hash the same,
+    # or a resubmit would add it again (key) or call it edited (spec hash). Values from memq 6f1ecb8.
+    job = JobSpec(grid="g", group="a", kind="command", params={"y": 2, "x": [1.5, "é"], "z": {"b": None, "a": True}},
+                  repeat=1, command=["echo", "{x}"])
+    assert (job.key, job.spec_hash) == ("36a4d4e768d091da297c8205388d4900", "aa5769fea9fbbe99")
+    shared = JobSpec(grid="g", group="a", kind="command", params={"y": 2}, command=["echo"], gpu_share=0.25,
+                     gpu_mem_gb=16)
+    assert (shared.key, shared.spec_hash) == ("5fb78349840a9fefd3aa1ad9fe8e112e", "a58b2f3213d64df0")
+    assert replace(job, params={"y": 3}).key != job.key  # (a copy with other params is another job)
 
 
 def test_defaults_resources_and_overrides_merge(tmp_path: Path) -> None:

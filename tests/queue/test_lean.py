@@ -104,6 +104,20 @@ def test_status_without_sqlalchemy_shows_what_the_store_holds(rig: Rig, cli) -> 
     assert imported == lean_imports(rig)
 
 
+def test_the_collector_is_off_only_while_this_path_answers(rig: Rig) -> None:
+    """A command answered here runs without the cyclic collector and freezes what is left (no last
+    pass at exit); one left to the Typer app, long-running `memq worker` among them, keeps it."""
+    _queue(rig)
+    code = ("import gc, sys\nfrom memq.cli import main\nsys.argv = ['memq', *sys.argv[1:]]\ntry:\n    main()\n"
+            "finally:\n    print(gc.isenabled(), gc.get_freeze_count() > 0, file=sys.stderr)\n")
+    answered_here = lean_imports(rig) != {"sqlalchemy", "typer"}
+    for args, collector in ((["status", "--json"], not answered_here), (["status", "--interval", "5"], True)):
+        done = subprocess.run([sys.executable, "-c", code, *rig.cli_args(), *args], capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert done.stderr.splitlines()[-1] == f"{collector} {not collector}", args
+
+
 GRID = """\
 name: fp
 defaults:
