@@ -316,14 +316,21 @@ def _validate_params(
 
 def validate_grid(grid: GridFile, source: YamlSource, done: Expanded, root: Path | None) -> None:
     """Each kind's whole-grid check (KindSpec.validate_grid) over every job of the grid, as
-    {"group", "kind", "key", "params"}; a problem is reported at its group's line."""
+    {"group", "kind", "key", "params"} (built only when some kind has such a check); a problem is
+    reported at its group's line."""
+    checks = []
+    for kind in sorted({job.kind for g in grid.groups for job in done.jobs[g.name]}):
+        spec = kinds.lookup(kind)
+        check = kinds.grid_validator(spec) if spec is not None else None
+        if check is not None:
+            checks.append(check)
+    if not checks:
+        return
     jobs = [{"group": g.name, "kind": job.kind, "key": job.key, "params": job.params}
             for g in grid.groups for job in done.jobs[g.name]]
     upstream = upstream_groups(grid)
-    for kind in sorted({job["kind"] for job in jobs}):
-        spec = kinds.lookup(kind)
-        check = kinds.grid_validator(spec) if spec is not None else None
-        problem = check(jobs, upstream, root) if check is not None else None
+    for check in checks:
+        problem = check(jobs, upstream, root)
         if problem is not None:
             group, what = problem
             index = next(i for i, g in enumerate(grid.groups) if g.name == group)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import gc
 import math
 import os
 import time
@@ -30,6 +32,10 @@ def submit(
     A file unchanged since the grid's last submit (same bytes, same --set values, same installed
     packages) with all its jobs still queued is not expanded again, so its kinds' validators do not
     run again either; --force expands and validates it anyway."""
+    # A grid of 100,000 jobs builds ~500,000 objects and exits: without the cyclic collector's passes
+    # over them (reference counting frees what is dropped) and its last pass at exit, 0.3 s sooner.
+    gc.disable()
+    atexit.register(gc.freeze)
     from memq.cli.lean import fingerprint
 
     digest = fingerprint(grid_file, set_ or []) if grid_file.is_file() else None

@@ -14,7 +14,7 @@ import contextlib
 import random
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
@@ -120,9 +120,10 @@ class Backend:
     def lock_schema(self, conn: Connection) -> None:
         """Serialise schema creation and upgrades between processes, for this transaction."""
 
-    def insert_new_jobs(self, conn: Connection, columns: Sequence[str], rows: list[tuple[Any, ...]]) -> int:
-        """Insert driver-ready job rows (JSON columns as text) of keys that are new: the caller holds
-        the grid's lock (statements.lock_grid) and passes each key once. Returns how many it inserted."""
+    def insert_new_jobs(self, conn: Connection, columns: Sequence[str], rows: Iterable[tuple[Any, ...]]) -> int:
+        """Insert driver-ready job rows (JSON columns as text) of keys that are new, taking them as they
+        come: the caller holds the grid's lock (statements.lock_grid) and passes each key once.
+        Returns how many it inserted."""
         raise NotImplementedError
 
     def claim(self, conn: Connection, params: dict[str, Any], *, in_grids: bool, limit: int) -> list[Any]:

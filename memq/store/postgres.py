@@ -10,7 +10,7 @@ schema changes are serialised by an advisory lock; a job process gets the URL wi
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -63,22 +63,25 @@ class Postgres(Backend):
     def lock_schema(self, conn: Connection) -> None:
         conn.execute(sa.text(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK})"))
 
-    def insert_new_jobs(self, conn: Connection, columns: Sequence[str], rows: list[tuple[Any, ...]]) -> int:
+    def insert_new_jobs(self, conn: Connection, columns: Sequence[str], rows: Iterable[tuple[Any, ...]]) -> int:
         # COPY, psycopg's bulk path (executemany spent ~8 s of Python per 100,000 jobs), straight
         # into jobs: the submit holds the grid's row lock, so no other transaction adds these keys
-        # (they name the grid), and ids follow the rows' order.
-        if not rows:
-            return 0
+        # (they name the grid), and ids follow the rows' order. The rows are made as they are sent,
+        # so the server inserts while the next are made (Store.submit of 100,000: 1.69 -> 1.40 s).
         from psycopg import sql
 
         copy_sql = sql.SQL("COPY jobs ({}) FROM STDIN").format(sql.SQL(", ").join(map(sql.Identifier, columns)))
+        added = 0
         with self.driver_cursor(conn, "COPY jobs") as cursor, cursor.copy(copy_sql) as copy:
             for row in rows:
                 copy.write_row(row)
+                added += 1
+        if not added:
+            return 0
         # Fresh statistics, or claims plan a full scan; of the columns the claims and the status
         # filter, group and order by (all of them, JSON included, took 2.5x as long at 100,000 jobs).
         conn.execute(sa.text(f"ANALYZE jobs ({', '.join(_PLANNED_COLUMNS)})"))
-        return len(rows)
+        return added
 
     def claim(self, conn: Connection, params: dict[str, Any], *, in_grids: bool, limit: int) -> list[Any]:
         stmt = q.claim_recording_attempts(in_grids)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from sqlalchemy.engine import Connection
@@ -189,17 +189,16 @@ class _WhatRuns:
 
 
 def _new_job_rows(jobs: Sequence[JobSpec], grid_id: int, group_ids: dict[str, int], now: float, runs: _WhatRuns,
-                  ) -> list[tuple[Any, ...]]:
+                  ) -> Iterator[tuple[Any, ...]]:
     """Driver-ready rows of new jobs (JSON columns as JSON text, or None for SQL NULL): a bulk insert
-    of 100,000 jobs spent most of its time in SQLAlchemy's per-value processing."""
+    of 100,000 jobs spent most of its time in SQLAlchemy's per-value processing. Made as they are
+    sent, so that the database works on the first rows while later ones are made."""
     queued = Q.QUEUED.value
-    rows = []
     for j in jobs:
         command, spec_hash = runs.of(j)
-        rows.append((j.key, grid_id, group_ids[j.group], j.kind, json.dumps(j.params), j.repeat, command, spec_hash,
-                     j.gpus, j.cpus, j.mem_gb, j.gpu_share, j.gpu_mem_gb, j.priority, j.max_attempts, queued, 0, 0, 0,
-                     False, False, now))
-    return rows
+        yield (j.key, grid_id, group_ids[j.group], j.kind, json.dumps(j.params), j.repeat, command, spec_hash,
+               j.gpus, j.cpus, j.mem_gb, j.gpu_share, j.gpu_mem_gb, j.priority, j.max_attempts, queued, 0, 0, 0,
+               False, False, now)
 
 
 # -- steps of a transaction -----------------------------------------------------------------------

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -123,7 +123,7 @@ class _SQLite(Backend):
     def insert(self, table: sa.Table) -> Any:
         return sqlite.insert(table)
 
-    def insert_new_jobs(self, conn: Connection, columns: Sequence[str], rows: list[tuple[Any, ...]]) -> int:
+    def insert_new_jobs(self, conn: Connection, columns: Sequence[str], rows: Iterable[tuple[Any, ...]]) -> int:
         sql = _insert_jobs_sql(tuple(columns))
         with self.driver_cursor(conn, sql) as cursor:
             cursor.executemany(sql, rows)

@@ -59,6 +59,19 @@ def test_submit_is_idempotent_and_edits_add_only_new_jobs(rig: Rig) -> None:
     assert (st.submit(twice).added, st.counts()["d"]["queued"]) == (2, 2)
 
 
+def test_a_submit_that_fails_while_its_rows_are_sent_leaves_nothing(rig: Rig) -> None:
+    # Rows are made while the database takes them: one that cannot be made, half way, must undo the rest.
+    st = rig.store()
+    st.submit(grid("kept", n=1))
+    jobs = [JobSpec("g", "a", "command", {"i": i}, command=["true"]) for i in range(40)]
+    jobs[25] = JobSpec("g", "a", "command", {"i": {25}}, command=["true"])  # a set: not JSON
+    with pytest.raises(TypeError):
+        st.submit(GridSpec("g", (GroupSpec("a"),), tuple(jobs)))
+    assert st.counts() == {"kept": {"queued": 1, "running": 0, "succeeded": 0, "failed": 0, "cancelled": 0}}
+    assert [j["grid"] for j in st.jobs()] == ["kept"]
+    assert st.submit(grid(n=3)).added == 3  # and the next submit goes in
+
+
 def test_params_and_commands_come_back_as_submitted(rig: Rig) -> None:
     st = rig.store()
     awkward = {"text": 'tab\there\nnew line \\N "quoted" \u00e9\u4e2d', "nested": {"list": [1, 2.5, None, True]},
