@@ -65,6 +65,17 @@ def durations(by_group: list[Any], grid_of: dict[int, str]) -> dict[str, float]:
     return {grid: seconds / n for grid, (seconds, n) in sums.items()}
 
 
+def mean_durations(cursor: Any) -> dict[str, float]:
+    """grid name -> mean run time of its succeeded jobs' last attempts (:func:`durations`)."""
+    by_group = counts_by_group(cursor)
+    return durations(by_group, _grid_names_by_group(grids(cursor, with_groups=False, by_group=by_group)))
+
+
+def _grid_names_by_group(found: dict[int, dict[str, Any]]) -> dict[int, str]:
+    """group id -> its grid's name, from :func:`grids`."""
+    return {gid: g["name"] for g in found.values() for gid in g["group_ids"]}
+
+
 def workers(cursor: Any) -> list[dict[str, Any]]:
     """Every worker's row, in registration order."""
     rows = [dict(zip(WORKER_COLUMNS, row, strict=True)) for row in _all(cursor, WORKERS)]
@@ -122,7 +133,9 @@ def read(cursor: Any, *, with_groups: bool = True) -> dict[str, Any]:
     by_group = counts_by_group(cursor)
     found = grids(cursor, with_groups=with_groups, by_group=by_group)
     name = {i: g["name"] for i, g in found.items()}
-    grid_of = {gid: g["name"] for g in found.values() for gid in g.pop("group_ids")}
+    grid_of = _grid_names_by_group(found)
+    for grid in found.values():
+        del grid["group_ids"]
     gpu_needs: dict[str, dict[int, int]] = {}
     for group_id, need, n in _all(cursor, QUEUED_GPU_JOBS):
         per_gpus = gpu_needs.setdefault(grid_of[group_id], {})

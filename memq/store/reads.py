@@ -52,12 +52,7 @@ class ReadOps(StoreBase):
 
     def mean_durations(self) -> dict[str, float]:
         """grid name -> mean run time of its succeeded jobs' last attempts (for an ETA)."""
-        def read(cursor: Any) -> dict[str, float]:
-            by_group = overview.counts_by_group(cursor)
-            grids = overview.grids(cursor, with_groups=False, by_group=by_group).values()
-            return overview.durations(by_group, {gid: g["name"] for g in grids for gid in g["group_ids"]})
-
-        return self._plain(read)
+        return self._plain(overview.mean_durations)
 
     def attempts(self, job_id: int) -> list[dict[str, Any]]:
         return self._read(lambda conn: _rows(conn, q.attempts(job_id)))

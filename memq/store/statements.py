@@ -90,8 +90,7 @@ def _claimable(in_grids: bool, limit: Any = None) -> Any:
     and ``p_share_mem`` GB of the worker's partly shared GPU, or a whole free GPU's when
     ``p_whole_share``), for worker ``p_wid`` if its incarnation ``p_inc`` is alive, in claim order
     (:func:`_in_claim_order`)."""
-    alive = sa.exists().where(W.c.id == bp("p_wid"), W.c.incarnation == bp("p_inc"),
-                              W.c.state != _lit(WS.DEAD.value), W.c.state != _lit(WS.STOPPED.value))
+    alive = sa.exists().where(_incarnation_alive(bp("p_wid"), bp("p_inc")))
     fits = sa.or_(sa.and_(J.c.gpus > _lit(0), J.c.gpus >= bp("p_min_gpus"), J.c.gpus <= bp("p_free_gpus"),
                           J.c.gpu_mem_gb <= bp("p_gpu_mem")),
                   sa.and_(J.c.gpus == _lit(0), J.c.gpu_share == _lit(0), bp("p_free_slots") > _lit(0)),

@@ -10,6 +10,7 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from memq.dashboard import snapshot
 from memq.spec import GridSpec, GroupSpec, JobSpec
@@ -25,17 +26,24 @@ def lean_imports(rig: Rig) -> set[str]:
     return {"postgres": {"psycopg"}, "local": set()}.get(rig.kind, {"sqlalchemy", "typer"})
 
 
-def _imported(rig: Rig, *args: str, cwd: Path | None = None) -> tuple[str, set[str]]:
-    """stdout of `memq ARGS` run through the real entry point in a fresh interpreter, and which of
-    SQLAlchemy, Typer, psycopg, PyYAML and memq.grid it imported."""
-    heavy = "('sqlalchemy', 'typer', 'psycopg', 'yaml')"
-    code = ("import sys\nfrom memq.cli import main\nsys.argv = ['memq', *sys.argv[1:]]\ntry:\n    main()\n"
-            f"finally:\n    print(sorted({{m for m in sys.modules if m.split('.')[0] in {heavy} or m == 'memq.grid'}}),"
-            " file=sys.stderr)\n")
+def _run_cli(rig: Rig, at_exit: str, *args: str, cwd: Path | None = None) -> tuple[str, Any]:
+    """stdout of `memq ARGS` run through the real entry point in a fresh interpreter, and what the
+    Python expression ``at_exit`` gave as the command ended."""
+    code = ("import gc, sys\nfrom memq.cli import main\nsys.argv = ['memq', *sys.argv[1:]]\ntry:\n    main()\n"
+            f"finally:\n    print(repr({at_exit}), file=sys.stderr)\n")
     done = subprocess.run([sys.executable, "-c", code, *rig.cli_args(), *args], capture_output=True, text=True,
                           timeout=60, cwd=cwd)
     assert done.returncode == 0, done.stderr
-    return done.stdout, {m.split(".")[0] if m != "memq.grid" else m for m in eval(done.stderr.splitlines()[-1])}
+    return done.stdout, eval(done.stderr.splitlines()[-1])
+
+
+def _imported(rig: Rig, *args: str, cwd: Path | None = None) -> tuple[str, set[str]]:
+    """stdout of `memq ARGS` (:func:`_run_cli`), and which of SQLAlchemy, Typer, psycopg, PyYAML and
+    memq.grid it imported."""
+    heavy = "('sqlalchemy', 'typer', 'psycopg', 'yaml')"
+    out, found = _run_cli(rig, f"sorted({{m for m in sys.modules if m.split('.')[0] in {heavy} or m == 'memq.grid'}})",
+                          *args, cwd=cwd)
+    return out, {m.split(".")[0] if m != "memq.grid" else m for m in found}
 
 
 def _queue(rig: Rig):  # type: ignore[no-untyped-def]
@@ -108,14 +116,10 @@ def test_the_collector_is_off_only_while_this_path_answers(rig: Rig) -> None:
     """A command answered here runs without the cyclic collector and freezes what is left (no last
     pass at exit); one left to the Typer app, long-running `memq worker` among them, keeps it."""
     _queue(rig)
-    code = ("import gc, sys\nfrom memq.cli import main\nsys.argv = ['memq', *sys.argv[1:]]\ntry:\n    main()\n"
-            "finally:\n    print(gc.isenabled(), gc.get_freeze_count() > 0, file=sys.stderr)\n")
     answered_here = lean_imports(rig) != {"sqlalchemy", "typer"}
     for args, collector in ((["status", "--json"], not answered_here), (["status", "--interval", "5"], True)):
-        done = subprocess.run([sys.executable, "-c", code, *rig.cli_args(), *args], capture_output=True, text=True,
-                              timeout=60)
-        assert done.returncode == 0, done.stderr
-        assert done.stderr.splitlines()[-1] == f"{collector} {not collector}", args
+        _, found = _run_cli(rig, "(gc.isenabled(), gc.get_freeze_count() > 0)", *args)
+        assert found == (collector, not collector), args
 
 
 GRID = """\
